@@ -1,0 +1,36 @@
+# Every target bootstraps .venv on a fresh machine (pinned ranges from pyproject.toml).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint fmt bench clean venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,bench,quote-server]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/phala-router demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check router tests bench
+	$(BIN)/ruff format --check router tests bench
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff format router tests bench
+	$(BIN)/ruff check --fix router tests bench
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.all
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,53 @@
+"""The interface every routing policy implements, and the request facts it may read.
+
+A policy is built once per snapshot (off the hot path) from the routable members and
+returns, per request, an *ordered* iterator of candidates: the first is the pick, the rest
+are the failover order. Iterators are lazy so a request that succeeds first time costs O(1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from router.models import Replica
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A routable replica with its effective weight (config weight x slow-start ramp)."""
+
+    replica: Replica
+    weight: float
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What a policy may know about a request. `headers` is case-insensitive in practice
+    (the engines pass a CIMultiDict); `peer_trusted` says whether the peer is one of
+    `proxy.trusted_proxies`, so policies honour client-sent hints only then."""
+
+    client_ip: str
+    method: str = "GET"
+    path: str = "/"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    peer_trusted: bool = False
+    # Filled by policies: extra response headers (sticky cookie, debug) and a one-line
+    # explanation of the choice for the access log.
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
+    explanation: str = ""
+
+
+class Picker(Protocol):
+    def candidates(self, ctx: RequestContext) -> Iterator[Replica]: ...
+
+
+class InFlight(Protocol):
+    """In-flight request counts per replica id, kept by the data plane."""
+
+    def get(self, replica_id: str, default: int = 0, /) -> int: ...
+
+
+class PickerFactory(Protocol):
+    def __call__(self, members: Sequence[Member], in_flight: InFlight) -> Picker: ...

@@ -1,0 +1,244 @@
+"""The router's configuration: a YAML file, then `ROUTER_*` environment overrides.
+
+Every model is frozen and forbids unknown keys. `load_config()` is the one entry point; it
+raises `ConfigError` whose message names each bad field by its dotted path, the bad value and
+what is allowed, so the CLI can print it and exit 2 without a traceback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from router.attestation.settings import AttestationConfig
+from router.balancing.settings import RoutingConfig
+from router.discovery.settings import PhalaDiscoveryConfig
+from router.dns.settings import DnsConfig
+from router.errors import ConfigError
+from router.health_settings import HealthConfig
+from router.settings_types import (
+    EnvVarName,
+    Frozen,
+    HostPort,
+    PositiveDuration,
+    is_loopback,
+    split_host_port,
+)
+
+ENV_PREFIX = "ROUTER_"
+
+
+class AdminConfig(Frozen):
+    listen: HostPort = "127.0.0.1:9090"
+    # Name of the environment variable holding the admin token; the token itself never
+    # appears in a config file.
+    token_env: EnvVarName | None = None
+
+    @model_validator(mode="after")
+    def _token_required_off_loopback(self) -> AdminConfig:
+        host, _ = split_host_port(self.listen)
+        if not is_loopback(host) and self.token_env is None:
+            raise ValueError(
+                f"admin.listen {self.listen!r} is not a loopback address: set admin.token_env "
+                "to the name of an environment variable holding an admin token"
+            )
+        return self
+
+
+class StaticReplicaConfig(Frozen):
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    url: str
+    region: str | None = None
+    weight: int = Field(100, ge=1, le=10000)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError(
+                f"{value!r} is not an http(s) URL with a host, e.g. https://replica-1.example.com:443"
+            )
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        return value.strip().lower() if value else None
+
+
+class DiscoveryConfig(Frozen):
+    static: tuple[StaticReplicaConfig, ...] | None = None
+    phala: PhalaDiscoveryConfig | None = None
+    # Like curl --connect-to: dial this address for hosts matching the pattern, keeping the
+    # host name for the Host header and TLS SNI. Patterns are exact names or `*.suffix`.
+    connect_to: dict[str, HostPort] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DiscoveryConfig:
+        if (self.static is None) == (self.phala is None):
+            raise ValueError("set exactly one of discovery.static (a list) or discovery.phala")
+        if self.static is not None:
+            ids = [r.id for r in self.static]
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"discovery.static has duplicate ids: {', '.join(dupes)}")
+        for pattern in self.connect_to:
+            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9._-]+", pattern):
+                raise ValueError(
+                    f"connect_to key {pattern!r} must be a host name or *.suffix, e.g. *.example.com"
+                )
+        return self
+
+
+class UpstreamTLSConfig(Frozen):
+    verify: bool = True
+    ca_file: Path | None = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{str(value)!r} is not a readable file")
+        return value
+
+
+class ProxyConfig(Frozen):
+    engine: Literal["aiohttp"] = "aiohttp"
+    connect_timeout: PositiveDuration = 5.0
+    # Time to the first response byte, and the longest gap between body chunks after it.
+    response_timeout: PositiveDuration = 60.0
+    idle_timeout: PositiveDuration = 60.0
+    retries: int = Field(2, ge=0, le=10)
+    max_request_body: int = Field(100 * 1024 * 1024, ge=0)
+    trusted_proxies: tuple[str, ...] = ()
+    drain_timeout: PositiveDuration = 30.0
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{cidr!r} is not an IP network; use CIDR notation, e.g. 10.0.0.0/8 or ::1/128"
+                ) from None
+        return value
+
+
+class RouterConfig(Frozen):
+    listen: HostPort = "127.0.0.1:8080"
+    admin: AdminConfig = AdminConfig()
+    discovery: DiscoveryConfig
+    upstream_tls: UpstreamTLSConfig = UpstreamTLSConfig()
+    routing: RoutingConfig = RoutingConfig()
+    proxy: ProxyConfig = ProxyConfig()
+    health: HealthConfig = HealthConfig()
+    attestation: AttestationConfig = AttestationConfig()
+    dns: DnsConfig = DnsConfig()
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item.startswith("function-") or item in {"tagged-union"}:
+            continue
+        else:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts) or "(top level)"
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem: `dotted.path: message (got: value)`."""
+    lines = []
+    for item in error.errors(include_url=False):
+        where = _format_location(tuple(item["loc"]))
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see config/*.yaml for every key)"
+        elif item["type"] == "missing":
+            message = "required but missing"
+        got = item.get("input")
+        shown = "" if item["type"] in {"missing", "extra_forbidden"} else f" (got: {got!r})"
+        if isinstance(got, dict | list):
+            shown = ""
+        lines.append(f"{where}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """`ROUTER_PROXY__CONNECT_TIMEOUT=2s` sets proxy.connect_timeout (values parsed as YAML)."""
+    for key in sorted(environ):
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX:
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
+        if any(not p for p in path):
+            raise ConfigError(f"environment variable {key}: empty path segment; use SECTION__KEY")
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"environment variable {key}: {part!r} is not a section")
+            node = child
+        try:
+            node[path[-1]] = yaml.safe_load(environ[key])
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"environment variable {key}: not a valid value: {exc}") from None
+    return data
+
+
+def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> RouterConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a YAML mapping of sections (listen, discovery, ...)")
+    data = _apply_env(data, os.environ if environ is None else environ)
+    try:
+        return RouterConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> RouterConfig:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(file)!r}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    return parse_config(data, environ)
+
+
+def redacted(config: RouterConfig) -> dict[str, Any]:
+    """The effective config for display. Secrets are only ever env var names, but values of
+    keys that look secret are masked anyway in case a later section adds one."""
+    data = config.model_dump(mode="json")
+
+    def mask(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: ("***" if re.search(r"(secret|password|token|key)$", k) and v else mask(v))
+                if not k.endswith("_env")
+                else v
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [mask(v) for v in node]
+        return node
+
+    result: dict[str, Any] = mask(data)
+    return result
