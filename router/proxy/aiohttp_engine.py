@@ -191,7 +191,8 @@ class AiohttpEngine:
             # Absolute form: allowed only for the host the request is addressed to, so the
             # router can never be used as an open forward proxy.
             target = URL(raw, encoded=True)
-            if not target.is_absolute() or target.host != request.host.split(":")[0]:
+            named = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
+            if not target.is_absolute() or (target.host or "").lower() != named:
                 raise ClientRequestError(
                     400, "absolute_uri_not_allowed", "absolute-form target for another host"
                 )
