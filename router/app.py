@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from router.admin import AdminServer
@@ -21,6 +21,7 @@ from router.proxy.base import Engine, InFlightCounter, Observers, RequestRecord
 from router.reconciler import Reconciler
 from router.snapshot import Overrides, Policy
 from router.status import status_document
+from router.tls import ServerTLS
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("router.access")
@@ -86,7 +87,14 @@ class RouterApp:
         self.reconciler = Reconciler(
             policy_from_config(config), self.in_flight, clock=clock, health_enabled=False
         )
-        self.engine: Engine = AiohttpEngine(config, self._snapshot, self.observers, self.in_flight)
+        self.tls = (
+            ServerTLS(config.listen_tls.cert_file, config.listen_tls.key_file)
+            if config.listen_tls is not None
+            else None
+        )
+        self.engine: Engine = AiohttpEngine(
+            config, self._snapshot, self.observers, self.in_flight, tls=self.tls
+        )
         self.admin = AdminServer(config.admin.listen, self, self._admin_token())
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
@@ -155,12 +163,17 @@ class RouterApp:
             self.reconciler.set_replicas(static_replicas(discovery.static))
         await self.engine.start()
         await self.admin.start()
+        if self.tls is not None and self.config.listen_tls is not None:
+            self._spawn(self.tls.watch(self.config.listen_tls.reload_interval))
         self._started = True
         log.info(
             "serving on %s, admin on %s",
             ", ".join(f"{h}:{p}" for h, p in self.engine.addresses),
             self.config.admin.listen,
         )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(coro))
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: /readyz turns 503 first, then the listener closes and in-flight

@@ -38,6 +38,7 @@ from router.proxy.headers import (
 )
 from router.proxy.retry import classify_client_error, retryable
 from router.settings_types import split_host_port
+from router.tls import ServerTLS
 from router.upstream import client_ssl_context, make_connector
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,10 @@ class AiohttpEngine:
         snapshots: SnapshotSource,
         observers: Observers,
         in_flight: InFlightCounter,
+        tls: ServerTLS | None = None,
     ) -> None:
         self._config = config
+        self._tls = tls
         self._proxy = config.proxy
         self._snapshots = snapshots
         self._observers = observers
@@ -101,7 +104,7 @@ class AiohttpEngine:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._sites: list[web.TCPSite] = []
-        self.scheme = "http"
+        self._https_port: int | None = None
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -131,10 +134,19 @@ class AiohttpEngine:
             app, access_log=None, shutdown_timeout=cfg.drain_timeout, handle_signals=False
         )
         await self._runner.setup()
-        host, port = split_host_port(self._config.listen)
-        site = web.TCPSite(self._runner, host, port, backlog=1024)
-        await site.start()
-        self._sites.append(site)
+        if self._config.listen_tls is not None and self._tls is not None:
+            host, port = split_host_port(self._config.listen_tls.listen)
+            site = web.TCPSite(
+                self._runner, host, port, backlog=1024, ssl_context=self._tls.context
+            )
+            await site.start()
+            self._sites.append(site)
+            self._https_port = self._runner.addresses[-1][1]
+        if self._config.listen is not None:
+            host, port = split_host_port(self._config.listen)
+            site = web.TCPSite(self._runner, host, port, backlog=1024)
+            await site.start()
+            self._sites.append(site)
 
     async def stop(self, grace: float) -> None:
         if self._runner is not None:
@@ -151,6 +163,13 @@ class AiohttpEngine:
         trusted = self._trusted.contains(peer)
         client = self._trusted.client_address(peer, request.headers.getall("X-Forwarded-For", []))
         outcome = _Outcome()
+        if (
+            self._https_port is not None
+            and not request.secure
+            and self._config.listen_tls is not None
+        ):
+            if self._config.listen_tls.redirect_http:
+                return self._redirect_to_https(request)
         try:
             path = self._validate(request)
             response = await self._forward(request, path, peer, trusted, client, outcome)
@@ -182,6 +201,12 @@ class AiohttpEngine:
             )
         )
         return response
+
+    def _redirect_to_https(self, request: web.Request) -> web.StreamResponse:
+        host = request.headers.get("Host", "").rsplit(":", 1)[0] or "localhost"
+        port = "" if self._https_port == 443 else f":{self._https_port}"
+        path = request.raw_path if request.raw_path.startswith("/") else "/"
+        return web.Response(status=308, headers={"Location": f"https://{host}{port}{path}"})
 
     def _validate(self, request: web.Request) -> str:
         if request.method == "CONNECT":
@@ -233,7 +258,7 @@ class AiohttpEngine:
             request.headers.items(),
             peer=peer,
             peer_trusted=trusted,
-            scheme=self.scheme,
+            scheme="https" if request.secure else "http",
             host=request.host,
         )
         headers = [(k, v) for k, v in headers if k.lower() != "expect"]
