@@ -32,7 +32,7 @@ async def served_names(port: int, ca: trustme.CA) -> list[str]:
     context = ssl.create_default_context()
     ca.configure_trust(context)
     context.check_hostname = False
-    reader, writer = await asyncio.open_connection(
+    _reader, writer = await asyncio.open_connection(
         "127.0.0.1", port, ssl=context, server_hostname="localhost"
     )
     cert = writer.get_extra_info("peercert")

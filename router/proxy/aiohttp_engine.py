@@ -105,6 +105,7 @@ class AiohttpEngine:
         self._runner: web.AppRunner | None = None
         self._sites: list[web.TCPSite] = []
         self._https_port: int | None = None
+        self._redirect_http = config.listen_tls is not None and config.listen_tls.redirect_http
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -163,13 +164,8 @@ class AiohttpEngine:
         trusted = self._trusted.contains(peer)
         client = self._trusted.client_address(peer, request.headers.getall("X-Forwarded-For", []))
         outcome = _Outcome()
-        if (
-            self._https_port is not None
-            and not request.secure
-            and self._config.listen_tls is not None
-        ):
-            if self._config.listen_tls.redirect_http:
-                return self._redirect_to_https(request)
+        if self._redirect_http and not request.secure:
+            return self._redirect_to_https(request)
         try:
             path = self._validate(request)
             response = await self._forward(request, path, peer, trusted, client, outcome)
