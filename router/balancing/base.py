@@ -43,10 +43,8 @@ class Picker(Protocol):
     def candidates(self, ctx: RequestContext) -> Iterator[Replica]: ...
 
 
-class InFlight(Protocol):
-    """In-flight request counts per replica id, kept by the data plane."""
-
-    def get(self, replica_id: str, default: int = 0, /) -> int: ...
+# In-flight request counts per replica id, kept by the data plane.
+InFlight = Mapping[str, int]
 
 
 class PickerFactory(Protocol):

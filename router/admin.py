@@ -1,0 +1,144 @@
+"""The admin listener: /healthz, /readyz, /status, /metrics and operator actions.
+
+It refuses to start off loopback without a token (the config already refuses that), and
+when a token is configured every endpoint except the liveness/readiness probes requires
+`Authorization: Bearer <token>`, compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from router.settings_types import split_host_port
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+
+
+class AdminBackend(Protocol):
+    """What the admin API needs from the running router (implemented by RouterApp)."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def drain(self, replica_id: str, drained: bool) -> None: ...
+
+    def set_active_limit(self, count: int | None) -> None: ...
+
+    async def recheck(self, replica_id: str | None) -> None: ...
+
+
+class AdminServer:
+    def __init__(self, listen: str, backend: AdminBackend, token: str | None) -> None:
+        self._listen = listen
+        self._backend = backend
+        self._token = token.encode() if token else None
+        self._runner: web.AppRunner | None = None
+        self.extra_routes: list[tuple[str, str, Handler]] = []
+        self.port = 0
+
+    def _app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth], client_max_size=64 * 1024)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/status", self._status)
+        app.router.add_post("/admin/replicas/{id}/drain", self._drain)
+        app.router.add_post("/admin/replicas/{id}/undrain", self._undrain)
+        app.router.add_post("/admin/replicas/{id}/recheck", self._recheck)
+        app.router.add_post("/admin/recheck", self._recheck)
+        app.router.add_post("/admin/active-limit", self._active_limit)
+        for method, path, handler in self.extra_routes:
+            app.router.add_route(method, path, handler)
+        return app
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        host, port = split_host_port(self._listen)
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if self._token is not None and request.path not in OPEN_PATHS:
+            header = request.headers.get("Authorization", "")
+            given = header.removeprefix("Bearer ").encode() if header.startswith("Bearer ") else b""
+            if not hmac.compare_digest(given, self._token):
+                return web.json_response(
+                    {"error": "unauthorized", "hint": "send Authorization: Bearer <admin token>"},
+                    status=401,
+                )
+        return await handler(request)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"alive": True})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready = self._backend.ready
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return web.json_response(self._backend.status(), dumps=lambda o: json.dumps(o, indent=1))
+
+    def _known(self, request: web.Request) -> str:
+        replica_id = request.match_info["id"]
+        ids = {r["id"] for r in self._backend.status()["replicas"]}
+        if replica_id not in ids:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": "unknown_replica", "replica": replica_id}),
+                content_type="application/json",
+            )
+        return replica_id
+
+    async def _drain(self, request: web.Request) -> web.Response:
+        replica_id = self._known(request)
+        self._backend.drain(replica_id, True)
+        log.info("admin: drained replica %s", replica_id)
+        return web.json_response({"drained": replica_id})
+
+    async def _undrain(self, request: web.Request) -> web.Response:
+        replica_id = self._known(request)
+        self._backend.drain(replica_id, False)
+        log.info("admin: undrained replica %s", replica_id)
+        return web.json_response({"undrained": replica_id})
+
+    async def _recheck(self, request: web.Request) -> web.Response:
+        replica_id = self._known(request) if "id" in request.match_info else None
+        await self._backend.recheck(replica_id)
+        log.info("admin: re-check of %s", replica_id or "all replicas")
+        return web.json_response({"rechecked": replica_id or "all"})
+
+    async def _active_limit(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            count = body["count"]
+            if count is not None and (
+                isinstance(count, bool) or not isinstance(count, int) or count < 1
+            ):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            return web.json_response(
+                {
+                    "error": "bad_request",
+                    "hint": 'send {"count": K} with K >= 1, or {"count": null} to lift it',
+                },
+                status=400,
+            )
+        self._backend.set_active_limit(count)
+        log.info("admin: active-limit set to %s", count)
+        return web.json_response({"active_limit": count})

@@ -1,0 +1,431 @@
+"""The aiohttp data plane: aiohttp's server in front, one shared aiohttp ClientSession behind.
+
+Bodies stream both ways (never buffered whole), WebSockets are piped frame by frame, and the
+retry rule is the one in `router.proxy.retry`: a failed connect moves to another replica for
+any method; after bytes went out only bodiless idempotent requests are retried; nothing is
+retried once the response has started streaming to the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from router.balancing.base import RequestContext
+from router.config import RouterConfig
+from router.errors import (
+    ClientRequestError,
+    NoRoutableReplica,
+    ProxyError,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from router.models import Replica
+from router.proxy.base import InFlightCounter, Observers, RequestRecord, SnapshotSource
+from router.proxy.headers import (
+    IDEMPOTENT,
+    TrustedProxies,
+    forward_request_headers,
+    forward_response_headers,
+)
+from router.proxy.retry import classify_client_error, retryable
+from router.settings_types import split_host_port
+from router.tls import ServerTLS
+from router.upstream import client_ssl_context, make_connector
+
+log = logging.getLogger(__name__)
+
+# Headers aiohttp's ws_connect writes itself; forwarding the client's would duplicate them.
+_WS_OWN = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+    }
+)
+_CHUNK = 64 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class _Body:
+    """The client's request body as an async iterator that counts, caps, and remembers
+    whether it has started (a started body cannot be sent again)."""
+
+    def __init__(self, request: web.Request, limit: int) -> None:
+        self._request = request
+        self._limit = limit
+        self.started = False
+        self.size = 0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        self.started = True
+        async for chunk in self._request.content.iter_chunked(_CHUNK):
+            self.size += len(chunk)
+            if self.size > self._limit:
+                raise BodyTooLarge
+            yield chunk
+
+
+def error_response(error: ProxyError) -> web.Response:
+    response = web.json_response(error.body(), status=error.status)
+    if isinstance(error, NoRoutableReplica):
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+class AiohttpEngine:
+    def __init__(
+        self,
+        config: RouterConfig,
+        snapshots: SnapshotSource,
+        observers: Observers,
+        in_flight: InFlightCounter,
+        tls: ServerTLS | None = None,
+    ) -> None:
+        self._config = config
+        self._tls = tls
+        self._proxy = config.proxy
+        self._snapshots = snapshots
+        self._observers = observers
+        self._in_flight = in_flight
+        self._trusted = TrustedProxies(config.proxy.trusted_proxies)
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self._sites: list[web.TCPSite] = []
+        self._https_port: int | None = None
+        self._redirect_http = config.listen_tls is not None and config.listen_tls.redirect_http
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        if self._runner is None:
+            return []
+        return [(a[0], a[1]) for a in self._runner.addresses]
+
+    async def start(self) -> None:
+        cfg, tls = self._proxy, self._config.upstream_tls
+        connector = make_connector(
+            self._config.discovery.connect_to,
+            client_ssl_context(tls.verify, tls.ca_file),
+            keepalive_timeout=cfg.idle_timeout,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.response_timeout
+            ),
+        )
+        app = web.Application(client_max_size=cfg.max_request_body or 1024**4)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=cfg.drain_timeout, handle_signals=False
+        )
+        await self._runner.setup()
+        if self._config.listen_tls is not None and self._tls is not None:
+            host, port = split_host_port(self._config.listen_tls.listen)
+            site = web.TCPSite(
+                self._runner, host, port, backlog=1024, ssl_context=self._tls.context
+            )
+            await site.start()
+            self._sites.append(site)
+            self._https_port = self._runner.addresses[-1][1]
+        if self._config.listen is not None:
+            host, port = split_host_port(self._config.listen)
+            site = web.TCPSite(self._runner, host, port, backlog=1024)
+            await site.start()
+            self._sites.append(site)
+
+    async def stop(self, grace: float) -> None:
+        if self._runner is not None:
+            self._runner._shutdown_timeout = grace  # the grace period is decided at stop time
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    # -- request path ---------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        peer = request.remote or ""
+        trusted = self._trusted.contains(peer)
+        client = self._trusted.client_address(peer, request.headers.getall("X-Forwarded-For", []))
+        outcome = _Outcome()
+        if self._redirect_http and not request.secure:
+            return self._redirect_to_https(request)
+        try:
+            path = self._validate(request)
+            response = await self._forward(request, path, peer, trusted, client, outcome)
+        except ProxyError as exc:
+            outcome.error = exc.code
+            response = error_response(exc)
+        except BodyTooLarge:
+            outcome.error = "body_too_large"
+            response = error_response(
+                ClientRequestError(
+                    413, "body_too_large", f"limit {self._proxy.max_request_body} bytes"
+                )
+            )
+        status = outcome.status or response.status
+        self._observers.request_done(
+            RequestRecord(
+                method=request.method,
+                path=request.path,
+                status=status,
+                client=client,
+                replica=outcome.replica,
+                retries=max(outcome.attempts - 1, 0),
+                upstream_seconds=outcome.upstream_seconds,
+                total_seconds=time.monotonic() - started,
+                bytes_in=outcome.bytes_in,
+                bytes_out=outcome.bytes_out,
+                error=outcome.error,
+                explanation=outcome.explanation,
+            )
+        )
+        return response
+
+    def _redirect_to_https(self, request: web.Request) -> web.StreamResponse:
+        host = request.headers.get("Host", "").rsplit(":", 1)[0] or "localhost"
+        port = "" if self._https_port == 443 else f":{self._https_port}"
+        path = request.raw_path if request.raw_path.startswith("/") else "/"
+        return web.Response(status=308, headers={"Location": f"https://{host}{port}{path}"})
+
+    def _validate(self, request: web.Request) -> str:
+        if request.method == "CONNECT":
+            raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
+        raw = request.raw_path
+        if not raw.startswith("/"):
+            # Absolute form: allowed only for the host the request is addressed to, so the
+            # router can never be used as an open forward proxy.
+            target = URL(raw, encoded=True)
+            named = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
+            if not target.is_absolute() or (target.host or "").lower() != named:
+                raise ClientRequestError(
+                    400, "absolute_uri_not_allowed", "absolute-form target for another host"
+                )
+            raw = target.raw_path_qs
+        length = request.content_length
+        if length is not None and length > self._proxy.max_request_body:
+            raise ClientRequestError(
+                413, "body_too_large", f"limit {self._proxy.max_request_body} bytes"
+            )
+        return raw
+
+    async def _forward(
+        self,
+        request: web.Request,
+        path: str,
+        peer: str,
+        trusted: bool,
+        client: str,
+        outcome: _Outcome,
+    ) -> web.StreamResponse:
+        snapshot = self._snapshots()
+        if not snapshot.routable:
+            raise NoRoutableReplica(
+                "no routable replica", replicas=len(snapshot.statuses), routable=0
+            )
+        ctx = RequestContext(
+            client_ip=client,
+            method=request.method,
+            path=path,
+            headers=request.headers,
+            peer_trusted=trusted,
+        )
+        is_ws = (
+            request.headers.get("Upgrade", "").lower() == "websocket"
+            and "upgrade" in request.headers.get("Connection", "").lower()
+        )
+        headers = forward_request_headers(
+            request.headers.items(),
+            peer=peer,
+            peer_trusted=trusted,
+            scheme="https" if request.secure else "http",
+            host=request.host,
+        )
+        headers = [(k, v) for k, v in headers if k.lower() != "expect"]
+        if is_ws:
+            headers = [(k, v) for k, v in headers if k.lower() not in _WS_OWN]
+        has_body = request.body_exists
+        body = _Body(request, self._proxy.max_request_body)
+        idempotent = request.method in IDEMPOTENT and not has_body
+        last_error: ProxyError | None = None
+        try:
+            for replica in snapshot.picker.candidates(ctx):
+                if outcome.attempts > self._proxy.retries:
+                    break
+                outcome.attempts += 1
+                outcome.replica = replica
+                url = URL(
+                    f"{replica.scheme}://{replica.authority}{replica.path_prefix}{path}",
+                    encoded=True,
+                )
+                attempt_started = time.monotonic()
+                self._in_flight.enter(replica.id)
+                try:
+                    if is_ws:
+                        return await self._websocket(request, url, headers, replica, outcome)
+                    upstream = await self._session_or_fail().request(
+                        request.method,
+                        url,
+                        headers=CIMultiDict(headers),
+                        data=body.chunks() if has_body else None,
+                        allow_redirects=False,
+                    )
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    kind, error = classify_client_error(exc, replica)
+                    self._observers.attempt_done(replica, False, kind, None)
+                    last_error = error
+                    if retryable(kind, sent=body.started, idempotent=idempotent):
+                        continue
+                    raise error from exc
+                finally:
+                    self._in_flight.leave(replica.id)
+                outcome.upstream_seconds = time.monotonic() - attempt_started
+                ctx_headers = ctx.response_headers
+                outcome.explanation = ctx.explanation
+                return await self._stream_back(request, upstream, replica, outcome, ctx_headers)
+        finally:
+            outcome.bytes_in = body.size
+        raise last_error or NoRoutableReplica(
+            "no routable replica", replicas=len(snapshot.statuses), routable=0
+        )
+
+    def _session_or_fail(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("engine not started")
+        return self._session
+
+    async def _stream_back(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        replica: Replica,
+        outcome: _Outcome,
+        extra_headers: list[tuple[str, str]],
+    ) -> web.StreamResponse:
+        status = upstream.status
+        ok = status < 500 or not self._config.health.passive.count_5xx
+        self._observers.attempt_done(replica, ok, None if ok else "5xx", status)
+        self._in_flight.enter(replica.id)
+        try:
+            response = web.StreamResponse(status=status, reason=upstream.reason)
+            for key, value in forward_response_headers(upstream.headers.items()):
+                response.headers.add(key, value)
+            for key, value in extra_headers:
+                response.headers.add(key, value)
+            length = upstream.content_length
+            if length is not None and "Transfer-Encoding" not in upstream.headers:
+                response.content_length = length
+            await response.prepare(request)
+            outcome.status = status
+            try:
+                async for chunk in upstream.content.iter_any():
+                    outcome.bytes_out += len(chunk)
+                    await response.write(chunk)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                # The status line is gone: all we can do is cut the connection.
+                kind, _ = classify_client_error(exc, replica)
+                self._observers.attempt_done(replica, False, kind, status)
+                outcome.error = f"upstream_{kind}_mid_body"
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+            await response.write_eof()
+            return response
+        finally:
+            upstream.release()
+            self._in_flight.leave(replica.id)
+
+    async def _websocket(
+        self,
+        request: web.Request,
+        url: URL,
+        headers: list[tuple[str, str]],
+        replica: Replica,
+        outcome: _Outcome,
+    ) -> web.StreamResponse:
+        protocols = [
+            p.strip()
+            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if p.strip()
+        ]
+        upstream = await self._session_or_fail().ws_connect(
+            url, headers=CIMultiDict(headers), protocols=protocols, autoclose=False, autoping=False
+        )
+        self._observers.attempt_done(replica, True, None, 101)
+        client = web.WebSocketResponse(
+            protocols=[upstream.protocol] if upstream.protocol else (),
+            autoclose=False,
+            autoping=False,
+        )
+        await client.prepare(request)
+        outcome.status = 101
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(_pipe_ws(client, upstream))
+                group.create_task(_pipe_ws(upstream, client))
+        except* (aiohttp.ClientError, ConnectionError):
+            log.debug("websocket to %s ended with an error", replica.id)
+        finally:
+            await upstream.close()
+            await client.close()
+        return client
+
+
+class _Outcome:
+    __slots__ = (
+        "attempts",
+        "bytes_in",
+        "bytes_out",
+        "error",
+        "explanation",
+        "replica",
+        "status",
+        "upstream_seconds",
+    )
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.replica: Replica | None = None
+        self.status: int | None = None
+        self.upstream_seconds: float | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.error: str | None = None
+        self.explanation = ""
+
+
+WebSocketLike = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _pipe_ws(source: WebSocketLike, sink: WebSocketLike) -> None:
+    async for message in source:
+        if message.type is aiohttp.WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type is aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        elif message.type is aiohttp.WSMsgType.PING:
+            await sink.ping(message.data)
+        elif message.type is aiohttp.WSMsgType.PONG:
+            await sink.pong(message.data)
+        elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
+            break
+    await sink.close(code=source.close_code or aiohttp.WSCloseCode.OK)
+
+
+__all__ = ["AiohttpEngine", "UpstreamConnectError", "UpstreamProtocolError", "UpstreamTimeout"]

@@ -1,0 +1,85 @@
+"""What every data-plane engine shares: the interface, the observation hooks, load counters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from router.models import Replica
+from router.snapshot import Snapshot
+
+SnapshotSource = Callable[[], Snapshot]
+
+
+class InFlightCounter(dict[str, int]):
+    """In-flight requests per replica id; read by least-request, written by the engine."""
+
+    def enter(self, replica_id: str) -> None:
+        self[replica_id] = self.get(replica_id, 0) + 1
+
+    def leave(self, replica_id: str) -> None:
+        left = self.get(replica_id, 1) - 1
+        if left > 0:
+            self[replica_id] = left
+        else:
+            self.pop(replica_id, None)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """One client request, for metrics and the access log."""
+
+    method: str
+    path: str
+    status: int
+    client: str
+    replica: Replica | None
+    retries: int
+    upstream_seconds: float | None
+    total_seconds: float
+    bytes_in: int
+    bytes_out: int
+    error: str | None = None
+    explanation: str = ""
+
+
+class TrafficObserver(Protocol):
+    """Hooks the engines call; implementations must be cheap (they run per request)."""
+
+    def attempt_done(
+        self, replica: Replica, ok: bool, kind: str | None, status: int | None
+    ) -> None:
+        """One upstream attempt ended. `kind` is connect, tls, reset, timeout, 5xx or None."""
+
+    def request_done(self, record: RequestRecord) -> None:
+        """A client request ended (after the response was fully sent or failed)."""
+
+
+class Observers:
+    """Fans hooks out to several observers."""
+
+    def __init__(self, observers: Sequence[TrafficObserver] = ()) -> None:
+        self.observers = list(observers)
+
+    def attempt_done(
+        self, replica: Replica, ok: bool, kind: str | None, status: int | None
+    ) -> None:
+        for observer in self.observers:
+            observer.attempt_done(replica, ok, kind, status)
+
+    def request_done(self, record: RequestRecord) -> None:
+        for observer in self.observers:
+            observer.request_done(record)
+
+
+class Engine(Protocol):
+    """A data plane: serves client requests from the current snapshot."""
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, let in-flight requests finish for up to `grace` seconds, close."""
