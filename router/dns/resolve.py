@@ -30,7 +30,10 @@ def parse_nameserver(value: str) -> tuple[str, int]:
     """`10.0.0.53`, `10.0.0.53:5353`, `::1` or `[::1]:5353` -> (ip, port)."""
     if ip_literal(value) is not None and not value.startswith("["):
         return str(ip_literal(value)), 53
-    host, port = split_host_port(value)
+    try:
+        host, port = split_host_port(value)
+    except ValueError:
+        host, port = value, 53
     if ip_literal(host) is None:
         raise ValueError(f"nameserver {value!r} must be an IP address with an optional :PORT")
     return str(ip_literal(host)), port

@@ -19,7 +19,7 @@ import logging
 import struct
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import dns.exception
 import dns.flags
@@ -189,8 +189,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         try:
