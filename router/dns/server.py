@@ -174,7 +174,8 @@ class Responder:
         else:
             limit = PLAIN_UDP_LIMIT
         try:
-            return response.to_wire(max_size=limit)
+            # Our rotation is the order; dnspython would otherwise shuffle each RRset.
+            return response.to_wire(max_size=limit, want_shuffle=False)
         except dns.exception.TooBig:
             # Over UDP: an empty answer with TC set tells the client to retry over TCP.
             truncated = dns.message.make_response(query, our_payload=self._server.udp_payload)
@@ -211,7 +212,7 @@ class DnsServer:
         self._cfg = cfg.server
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.address: tuple[str, int] | None = None
 
     async def start(self) -> None:
@@ -245,8 +246,12 @@ class DnsServer:
             self._udp.close()
         if self._tcp is not None:
             self._tcp.close()
-            for task in list(self._connections):
-                task.cancel()
+            # Abort rather than cancel: the handlers see EOF and end on their own (a cancelled
+            # stream handler makes asyncio log a spurious traceback on Python 3.11).
+            for writer in list(self._connections.values()):
+                writer.transport.abort()
+            if self._connections:
+                await asyncio.wait(list(self._connections), timeout=5)
             await self._tcp.wait_closed()
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -255,7 +260,7 @@ class DnsServer:
         if len(self._connections) >= self._cfg.max_tcp_connections:
             writer.close()
             return
-        self._connections.add(task)
+        self._connections[task] = writer
         try:
             while True:
                 async with asyncio.timeout(self._cfg.tcp_idle_timeout):
@@ -273,7 +278,7 @@ class DnsServer:
         except Exception:
             log.exception("DNS server: a TCP connection failed")
         finally:
-            self._connections.discard(task)
+            self._connections.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
