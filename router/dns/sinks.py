@@ -197,6 +197,12 @@ class Rfc2136Sink:
             return await dns.asyncquery.tcp(
                 message, self._host, port=self._port, timeout=self._cfg.timeout
             )
+        except dns.tsig.PeerError as exc:
+            raise DnsSinkError(
+                f"{self.name}: the server rejected TSIG key {self._cfg.tsig_key_name} "
+                f"({type(exc).__name__}): check tsig_key_name, tsig_algorithm and the secret "
+                f"in ${self._cfg.tsig_secret_env}"
+            ) from exc
         except (dns.exception.DNSException, OSError) as exc:
             raise DnsSinkError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
 
