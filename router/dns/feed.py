@@ -17,7 +17,7 @@ from typing import Protocol
 
 import dns.asyncresolver
 
-from router.dns.records import RecordSet, ReplicaSets, build_records, next_serial
+from router.dns.records import RecordSet, build_records, next_serial
 from router.dns.records import replica_sets_from_snapshot as replica_sets
 from router.dns.resolve import Pinned, make_resolver, merge, resolve_addresses
 from router.dns.settings import DnsConfig
@@ -61,6 +61,7 @@ class RecordFeed:
         self._listeners: list[RecordListener] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         self._serial = next_serial(0, wall())
         self.current: RecordSet = build_records(cfg, self._sets, {}, serial=self._serial)
 
@@ -76,6 +77,7 @@ class RecordFeed:
         self._task = asyncio.create_task(self._run(), name="dns-feed")
 
     async def stop(self) -> None:
+        self._stopped = True  # the reconciler has no unsubscribe: ignore later snapshots
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -85,6 +87,8 @@ class RecordFeed:
     # -- internals ------------------------------------------------------------------------
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
+        if self._stopped:
+            return
         self._sets = replica_sets(snapshot.statuses, self._app_id)
         self._rebuild()
         if any(r.host not in self._addresses for r in self._sets.candidates):
@@ -126,7 +130,3 @@ class RecordFeed:
                     await self._wake.wait()
             self._wake.clear()
             await self._resolve()
-
-
-def sets_of(snapshot: Snapshot, app_id: str | None) -> ReplicaSets:
-    return replica_sets(snapshot.statuses, app_id)

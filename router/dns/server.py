@@ -208,6 +208,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class DnsServer:
     def __init__(self, cfg: DnsConfig, source: RecordSource) -> None:
         self.responder = Responder(cfg, source)
+        self.apex = cfg.apex
         assert cfg.server is not None
         self._cfg = cfg.server
         self._udp: asyncio.DatagramTransport | None = None
@@ -236,7 +237,7 @@ class DnsServer:
             break
         log.info(
             "DNS server answering for %s on %s:%s (UDP, TCP)",
-            self.responder._cfg.apex,
+            self.apex,
             host,
             self.address[1] if self.address else port,
         )

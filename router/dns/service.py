@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
+import httpx
+
 from router.dns.feed import RecordFeed, SnapshotSource
 from router.dns.formats import FormatName, render
 from router.dns.records import (
@@ -22,7 +24,12 @@ from router.dns.resolve import Pinned, make_resolver, merge, resolve_addresses
 from router.dns.server import DnsServer
 from router.dns.settings import DnsConfig
 from router.dns.sinks import DnsPublisher, make_sinks
+from router.errors import ConfigError, RouterError
 from router.snapshot import Snapshot
+
+
+class DnsRenderError(RouterError):
+    """`dns render` could not get what it renders (admin API unreachable, bad answer)."""
 
 
 class DnsService:
@@ -79,6 +86,11 @@ async def records_for(
     return records
 
 
+def _require_name(cfg: DnsConfig) -> None:
+    if cfg.name is None:
+        raise ConfigError("dns.name: required to render records, e.g. name: api.example.com")
+
+
 async def render_snapshot(
     cfg: DnsConfig,
     snapshot: Snapshot,
@@ -88,12 +100,13 @@ async def render_snapshot(
     pinned: Pinned | None = None,
     rng: random.Random | None = None,
 ) -> tuple[str, tuple[str, ...]]:
-    """(text, notes) for `phala-router dns render` after one discovery + health pass."""
+    """(text, notes) for `phala-router dns render` after one discovery + health pass.
+    The CLI prints the text to stdout and the notes to stderr (JSON has no comments)."""
+    _require_name(cfg)
     sets = replica_sets_from_snapshot(snapshot.statuses, app_id)
-    records = select(
-        await records_for(cfg, sets, pinned=pinned), cfg.max_records, rng or random.Random()
-    )
-    return render(records, fmt), records.notes
+    records = await records_for(cfg, sets, pinned=pinned)
+    chosen = select(records, cfg.max_records, rng or random.Random())
+    return render(chosen, fmt), chosen.notes
 
 
 async def render_admin_status(
@@ -101,10 +114,51 @@ async def render_admin_status(
     status: Any,
     fmt: FormatName,
     *,
+    pinned: Pinned | None = None,
     rng: random.Random | None = None,
 ) -> tuple[str, tuple[str, ...]]:
-    """(text, notes) for `dns render --from-admin URL`, given the parsed `/status` JSON.
-    Raises ValueError when the JSON lacks what is needed."""
-    sets = records_from_admin_status(status)
-    records = select(await records_for(cfg, sets), cfg.max_records, rng or random.Random())
-    return render(records, fmt), records.notes
+    """(text, notes) from a running router's parsed `/status` JSON; DnsRenderError when
+    the JSON lacks what is needed."""
+    _require_name(cfg)
+    try:
+        sets = records_from_admin_status(status)
+    except ValueError as exc:
+        raise DnsRenderError(str(exc)) from None
+    records = await records_for(cfg, sets, pinned=pinned)
+    chosen = select(records, cfg.max_records, rng or random.Random())
+    return render(chosen, fmt), chosen.notes
+
+
+async def fetch_admin_status(url: str, *, token: str | None = None, timeout: float = 10.0) -> Any:
+    """GET the admin `/status` JSON (`url` may be the admin base URL or the /status URL)."""
+    target = url.rstrip("/")
+    if not target.endswith("/status"):
+        target += "/status"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as client:
+            response = await client.get(target, headers=headers)
+    except httpx.HTTPError as exc:
+        raise DnsRenderError(f"cannot reach the admin API at {target}: {exc}") from None
+    if response.status_code == 401:
+        raise DnsRenderError(f"{target} answered 401: set the admin token (admin.token_env)")
+    if response.status_code != 200:
+        raise DnsRenderError(f"{target} answered HTTP {response.status_code}")
+    try:
+        return response.json()
+    except ValueError:
+        raise DnsRenderError(f"{target} did not answer JSON") from None
+
+
+async def render_from_admin(
+    cfg: DnsConfig,
+    url: str,
+    fmt: FormatName,
+    *,
+    token: str | None = None,
+    pinned: Pinned | None = None,
+) -> tuple[str, tuple[str, ...]]:
+    """`phala-router dns render --from-admin URL`: (text, notes)."""
+    _require_name(cfg)
+    status = await fetch_admin_status(url, token=token)
+    return await render_admin_status(cfg, status, fmt, pinned=pinned)

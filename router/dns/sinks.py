@@ -23,6 +23,7 @@ from typing import Protocol
 
 import dns.asyncquery
 import dns.exception
+import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
@@ -176,7 +177,7 @@ class Rfc2136Sink:
     async def _verify(self, wanted: dict[tuple[str, str], dns.rdataset.Rdataset]) -> None:
         for name, rdtype in self._owned:
             query = dns.message.make_query(name, rdtype)
-            query.flags &= ~0x0100  # no recursion: ask the primary what it serves itself
+            query.flags &= ~dns.flags.RD  # no recursion: ask the primary what it serves itself
             answer = await self._send(query)
             served = {
                 rd
