@@ -302,6 +302,11 @@ async def test_replica_host_names_resolve_through_the_configured_nameserver(
     assert set(found.addresses[NAME]) == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
     assert found.addresses["nope.example.test"] == ()
     assert found.addresses["10.9.9.9"] == ("10.9.9.9",)
+    # `connect_to` targets given by name are looked up in their turn.
+    targets = {"a.internal": ("localhost", 8443), "b.internal": (NAME, 443)}
+    via = await resolve_addresses(["a.internal", "b.internal"], resolver, pinned=targets.get)
+    assert via.addresses["a.internal"] == ("127.0.0.1",)
+    assert set(via.addresses["b.internal"]) == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
 
     front = DnsConfig(name="front.example.org", nameservers=(f"127.0.0.1:{running.port}",))
     reconciler = Reconciler(Policy(picker_factory=RoundRobin), {})

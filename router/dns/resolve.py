@@ -18,25 +18,12 @@ import dns.nameserver
 import dns.resolver
 
 from router.dns.records import ip_literal
-from router.settings_types import split_host_port
+from router.dns.settings import parse_nameserver
 
 log = logging.getLogger(__name__)
 
 # `discovery.connect_to` lookup: host -> (ip, port) the router dials instead, or None.
 Pinned = Callable[[str], tuple[str, int] | None]
-
-
-def parse_nameserver(value: str) -> tuple[str, int]:
-    """`10.0.0.53`, `10.0.0.53:5353`, `::1` or `[::1]:5353` -> (ip, port)."""
-    if ip_literal(value) is not None and not value.startswith("["):
-        return str(ip_literal(value)), 53
-    try:
-        host, port = split_host_port(value)
-    except ValueError:
-        host, port = value, 53
-    if ip_literal(host) is None:
-        raise ValueError(f"nameserver {value!r} must be an IP address with an optional :PORT")
-    return str(ip_literal(host)), port
 
 
 @dataclass(slots=True)
@@ -76,20 +63,21 @@ async def resolve_addresses(
     """Addresses of each host: IP literals as they are, `connect_to` targets when pinned,
     else A and AAAA from the resolver."""
     result = Resolution()
-    pending: list[str] = []
+    pending: list[tuple[str, str]] = []  # (host, the name to look up for it)
     for host in sorted(set(hosts)):
-        literal = ip_literal(host)
         target = pinned(host) if pinned is not None else None
+        name = target[0] if target is not None else host
+        literal = ip_literal(name)
         if literal is not None:
             result.addresses[host] = (str(literal),)
-        elif target is not None:
-            result.addresses[host] = (target[0],)
+        elif name == "localhost":
+            result.addresses[host] = ("127.0.0.1",)
         else:
-            pending.append(host)
+            pending.append((host, name))
     outcomes = await asyncio.gather(
-        *(_lookup(resolver, host) for host in pending), return_exceptions=True
+        *(_lookup(resolver, name) for _, name in pending), return_exceptions=True
     )
-    for host, outcome in zip(pending, outcomes, strict=True):
+    for (host, _), outcome in zip(pending, outcomes, strict=True):
         if isinstance(outcome, BaseException):
             if not isinstance(outcome, dns.exception.DNSException | OSError):
                 raise outcome

@@ -6,6 +6,7 @@ later comparison is between canonical names.
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -13,7 +14,14 @@ import dns.exception
 import dns.name
 from pydantic import Field, field_validator, model_validator
 
-from router.settings_types import Duration, EnvVarName, Frozen, HostPort, PositiveDuration
+from router.settings_types import (
+    Duration,
+    EnvVarName,
+    Frozen,
+    HostPort,
+    PositiveDuration,
+    split_host_port,
+)
 
 TsigAlgorithm = Literal["hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1"]
 Format = Literal["zone", "json", "octodns"]
@@ -30,6 +38,26 @@ def absolute_name(value: str) -> str:
     if len(name.labels) < 3:  # at least two labels plus the root
         raise ValueError(f"{value!r} must have at least two labels, e.g. api.example.com")
     return name.to_text().lower()
+
+
+def parse_nameserver(value: str) -> tuple[str, int]:
+    """`10.0.0.53`, `10.0.0.53:5353`, `::1` or `[::1]:5353` -> (ip, port)."""
+    if _ip(value) is not None and not value.startswith("["):
+        return str(_ip(value)), 53
+    try:
+        host, port = split_host_port(value)
+    except ValueError:
+        host, port = value, 53
+    if _ip(host) is None:
+        raise ValueError(f"nameserver {value!r} must be an IP address with an optional :PORT")
+    return str(_ip(host)), port
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
 
 
 def is_within(name: str, zone: str) -> bool:
@@ -143,8 +171,6 @@ class DnsConfig(Frozen):
     @field_validator("nameservers")
     @classmethod
     def _nameservers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from router.dns.resolve import parse_nameserver
-
         for item in value:
             parse_nameserver(item)
         return value
