@@ -8,11 +8,12 @@ import logging
 import os
 import time
 from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from router.admin import AdminServer
 from router.balancing.round_robin import RoundRobin
-from router.config import RouterConfig
+from router.config import RouterConfig, load_config
 from router.discovery.static import static_replicas
 from router.errors import ConfigError
 from router.models import Replica
@@ -70,16 +71,29 @@ class AccessLog:
         )
 
 
+@dataclass
+class ReloadResult:
+    applied: list[str] = field(default_factory=list)
+    restart_required: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _tls_listen(config: RouterConfig) -> str | None:
+    return config.listen_tls.listen if config.listen_tls else None
+
+
 class RouterApp:
     def __init__(
         self,
         config: RouterConfig,
         *,
+        config_path: str | None = None,
         environ: Mapping[str, str] | None = None,
         access_log_enabled: bool = False,
         clock: Any = time.monotonic,
     ) -> None:
         self.config = config
+        self.config_path = config_path
         self._environ = os.environ if environ is None else environ
         self._clock = clock
         self.in_flight = InFlightCounter()
@@ -154,6 +168,46 @@ class RouterApp:
 
     async def recheck(self, replica_id: str | None) -> None:
         return None
+
+    def reload(self) -> ReloadResult:
+        """Re-read the config file (SIGHUP, POST /admin/reload). A valid new config applies
+        without dropping connections; an invalid one is refused and the running one stays."""
+        if self.config_path is None:
+            return ReloadResult(
+                error="no config file to reload (the router was started from a dict)"
+            )
+        try:
+            new = load_config(self.config_path, self._environ)
+        except ConfigError as exc:
+            log.error("reload refused, still running the previous config:\n%s", exc)
+            return ReloadResult(error=str(exc))
+        old, self.config = self.config, new
+        result = ReloadResult()
+        for name, before, after in (
+            ("listen", old.listen, new.listen),
+            ("listen_tls.listen", _tls_listen(old), _tls_listen(new)),
+            ("admin.listen", old.admin.listen, new.admin.listen),
+            ("admin.token_env", old.admin.token_env, new.admin.token_env),
+            ("proxy.engine", old.proxy.engine, new.proxy.engine),
+        ):
+            if before != after:
+                result.restart_required.append(name)
+        self.engine.apply_config(new)
+        result.applied.append("proxy")
+        if self.tls is not None:
+            self.tls.reload()
+        if new.discovery.static is not None and new.discovery.static != old.discovery.static:
+            self.reconciler.set_replicas(static_replicas(new.discovery.static))
+            result.applied.append("discovery.static")
+        self.reconciler.set_policy(policy_from_config(new))
+        result.applied.append("routing")
+        if result.restart_required:
+            log.warning(
+                "reload: %s changed and take effect only after a restart",
+                ", ".join(result.restart_required),
+            )
+        log.info("reload: applied %s", ", ".join(result.applied))
+        return result
 
     # -- lifecycle ------------------------------------------------------------------------
 

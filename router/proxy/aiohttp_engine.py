@@ -101,6 +101,8 @@ class AiohttpEngine:
         self._observers = observers
         self._in_flight = in_flight
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
+        self._timeout = _timeout(config)
+        self._closing: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._sites: list[web.TCPSite] = []
@@ -113,22 +115,46 @@ class AiohttpEngine:
             return []
         return [(a[0], a[1]) for a in self._runner.addresses]
 
-    async def start(self) -> None:
-        cfg, tls = self._proxy, self._config.upstream_tls
+    def _new_session(self) -> aiohttp.ClientSession:
+        tls = self._config.upstream_tls
         connector = make_connector(
             self._config.discovery.connect_to,
             client_ssl_context(tls.verify, tls.ca_file),
-            keepalive_timeout=cfg.idle_timeout,
+            keepalive_timeout=self._proxy.idle_timeout,
         )
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.response_timeout
-            ),
+            timeout=self._timeout,
         )
+
+    def apply_config(self, config: RouterConfig) -> None:
+        """Take a reloaded config. Listen addresses need a restart (the app says so); how
+        replicas are reached changes by swapping in a new client session, and the old one
+        closes once its in-flight requests had their drain time."""
+        reach_changed = (
+            config.discovery.connect_to,
+            config.upstream_tls,
+            config.proxy.idle_timeout,
+        ) != (
+            self._config.discovery.connect_to,
+            self._config.upstream_tls,
+            self._config.proxy.idle_timeout,
+        )
+        self._config = config
+        self._proxy = config.proxy
+        self._trusted = TrustedProxies(config.proxy.trusted_proxies)
+        self._timeout = _timeout(config)
+        if reach_changed and self._session is not None:
+            old, self._session = self._session, self._new_session()
+            loop = asyncio.get_running_loop()
+            self._closing.add(loop.create_task(_close_later(old, config.proxy.drain_timeout)))
+
+    async def start(self) -> None:
+        self._session = self._new_session()
+        cfg = self._proxy
         app = web.Application(client_max_size=cfg.max_request_body or 1024**4)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self._runner = web.AppRunner(
@@ -155,6 +181,8 @@ class AiohttpEngine:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        for task in self._closing:
+            task.cancel()
 
     # -- request path ---------------------------------------------------------------------
 
@@ -285,6 +313,7 @@ class AiohttpEngine:
                         headers=CIMultiDict(headers),
                         data=body.chunks() if has_body else None,
                         allow_redirects=False,
+                        timeout=self._timeout,
                     )
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     kind, error = classify_client_error(exc, replica)
@@ -385,6 +414,21 @@ class AiohttpEngine:
             await upstream.close()
             await client.close()
         return client
+
+
+def _timeout(config: RouterConfig) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=None,
+        sock_connect=config.proxy.connect_timeout,
+        sock_read=config.proxy.response_timeout,
+    )
+
+
+async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        await session.close()
 
 
 class _Outcome:

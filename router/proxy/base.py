@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from router.config import RouterConfig
 from router.models import Replica
 from router.snapshot import Snapshot
 
@@ -80,6 +81,9 @@ class Engine(Protocol):
     def addresses(self) -> list[tuple[str, int]]: ...
 
     async def start(self) -> None: ...
+
+    def apply_config(self, config: RouterConfig) -> None:
+        """Take a reloaded config (everything but the listen addresses)."""
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish for up to `grace` seconds, close."""
