@@ -14,6 +14,7 @@ import dns.asyncquery
 import dns.edns
 import dns.flags
 import dns.message
+import dns.opcode
 import dns.rcode
 import dns.rdatatype
 import pytest
@@ -320,3 +321,16 @@ async def test_replica_host_names_resolve_through_the_configured_nameserver(
         assert values == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
     finally:
         await feed.stop()
+
+
+async def test_any_returns_every_type_and_other_opcodes_are_not_implemented(
+    running: Running,
+) -> None:
+    anything = await running.query("example.test.", "ANY", tcp=True)
+    assert {rrset.rdtype for rrset in anything.answer} == {dns.rdatatype.SOA, dns.rdatatype.NS}
+    notify = dns.message.make_query("example.test.", "SOA")
+    notify.set_opcode(dns.opcode.NOTIFY)
+    answer = await dns.asyncquery.udp(notify, "127.0.0.1", port=running.port, timeout=2)
+    assert answer.rcode() == dns.rcode.NOTIMP
+    transfer = await running.query("example.test.", "AXFR", tcp=True)
+    assert transfer.rcode() == dns.rcode.REFUSED
