@@ -15,6 +15,7 @@ from router.admin import AdminServer
 from router.balancing.round_robin import RoundRobin
 from router.config import RouterConfig, load_config
 from router.discovery.static import static_replicas
+from router.dns import DnsService
 from router.errors import ConfigError
 from router.models import Replica
 from router.proxy.aiohttp_engine import AiohttpEngine
@@ -23,6 +24,7 @@ from router.reconciler import Reconciler
 from router.snapshot import Overrides, Policy
 from router.status import status_document
 from router.tls import ServerTLS
+from router.upstream import ConnectTo
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("router.access")
@@ -78,6 +80,10 @@ class ReloadResult:
     error: str | None = None
 
 
+def _app_id(config: RouterConfig) -> str | None:
+    return config.discovery.phala.app_id if config.discovery.phala else None
+
+
 def _tls_listen(config: RouterConfig) -> str | None:
     return config.listen_tls.listen if config.listen_tls else None
 
@@ -110,6 +116,17 @@ class RouterApp:
             config, self._snapshot, self.observers, self.in_flight, tls=self.tls
         )
         self.admin = AdminServer(config.admin.listen, self, self._admin_token())
+        self.dns = (
+            DnsService(
+                config.dns,
+                self.reconciler,
+                app_id=_app_id(config),
+                pinned=ConnectTo(config.discovery.connect_to).lookup if config.discovery.connect_to else None,
+                environ=self._environ,
+            )
+            if DnsService.wanted(config.dns)
+            else None
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self._started = False
@@ -217,6 +234,8 @@ class RouterApp:
             self.reconciler.set_replicas(static_replicas(discovery.static))
         await self.engine.start()
         await self.admin.start()
+        if self.dns is not None:
+            await self.dns.start()
         if self.tls is not None and self.config.listen_tls is not None:
             self._spawn(self.tls.watch(self.config.listen_tls.reload_interval))
         self._started = True
@@ -240,5 +259,7 @@ class RouterApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.engine.stop(grace)
+        if self.dns is not None:
+            await self.dns.stop()
         await self.admin.stop()
         self.reconciler.close()
