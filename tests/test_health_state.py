@@ -28,7 +28,7 @@ from router.health.state import (
 )
 from router.health_settings import HealthConfig, PassiveConfig, status_ranges
 from router.models import CheckResult, HealthView, Replica, ReplicaState
-from router.snapshot import Overrides, Policy, build_snapshot
+from router.snapshot import Overrides, Policy, Snapshot, build_snapshot
 
 H, U, P = ReplicaState.HEALTHY, ReplicaState.UNHEALTHY, ReplicaState.PENDING
 LIMITS = Thresholds(healthy=2, unhealthy=3)
@@ -255,7 +255,7 @@ def test_ejection_count_decays_one_step_per_decay_period_out_of_ejection() -> No
         assert state.ejected_until is not None
         now = state.ejected_until
     assert state.ejections == 3
-    back = now + 90  # the third ejection ends at `now + 90`
+    back = now  # when the third ejection (90 s) ended
     assert decay(state, back + 299, PASSIVE).ejections == 3
     assert decay(state, back + 300, PASSIVE).ejections == 2
     assert decay(state, back + 900, PASSIVE).ejections == 0
@@ -307,7 +307,9 @@ def replicas(n: int) -> list[Replica]:
     ]
 
 
-def snapshot(views: dict[str, HealthView], now: float, reps: Sequence[Replica], **policy: float):
+def snapshot(
+    views: dict[str, HealthView], now: float, reps: Sequence[Replica], **policy: float
+) -> Snapshot:
     return build_snapshot(
         version=1,
         now=now,
@@ -338,8 +340,8 @@ def test_panic_routes_to_every_replica_when_the_healthy_share_falls_below_the_th
 def test_slow_start_ramps_a_freshly_healthy_replica_from_ten_percent() -> None:
     reps = replicas(1)
     views = {"r0": view_of(run_checks("+")[-1], OutlierState())}  # healthy since t=1
-    weights = [snapshot(views, t, reps, slow_start=30).by_id["r0"].weight for t in (1, 16, 31)]
-    assert weights == [10.0, 55.0, 100.0]
+    weights = [snapshot(views, t, reps, slow_start=30).by_id["r0"].weight for t in (1, 11, 31)]
+    assert weights == [10.0, 40.0, 100.0]
 
 
 def test_an_ejected_replica_is_out_until_its_time_is_up_then_ramps_back() -> None:
@@ -349,10 +351,10 @@ def test_an_ejected_replica_is_out_until_its_time_is_up_then_ramps_back() -> Non
         "r0": view_of(healthy, fail_n(OutlierState(), 5, now=10)),
         "r1": view_of(healthy, OutlierState()),
     }
-    during = snapshot(views, 20, reps, slow_start=30)
+    during = snapshot(views, 20, reps, slow_start=10)
     assert during.by_id["r0"].state == "ejected"
     assert [r.id for r in during.routable] == ["r1"]
     assert during.next_change_at == 40
-    after = snapshot(views, 40, reps, slow_start=30)
+    after = snapshot(views, 40, reps, slow_start=10)
     assert after.by_id["r0"].routable
     assert after.by_id["r0"].weight == 10.0
