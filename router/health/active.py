@@ -278,7 +278,7 @@ class HealthChecker:
                 self._cfg.timeout,
                 self._clock,
             )
-            self._apply(rid, result)
+            self.apply_check(rid, result)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -291,7 +291,8 @@ class HealthChecker:
             if self._probing.get(rid) is asyncio.current_task():
                 del self._probing[rid]
 
-    def _apply(self, rid: str, result: CheckResult) -> None:
+    def apply_check(self, rid: str, result: CheckResult) -> None:
+        """Fold one active check result in: state, ejection end, publish, next schedule."""
         prev = self._active.get(rid)
         if prev is None:  # forgotten while the probe ran
             return

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 from router.health.state import OutlierState, decay, may_eject, observe_traffic
 from router.health_settings import PassiveConfig
+from router.models import Replica
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,19 @@ class PassiveDetector:
         """A response arrived: a 5xx counts as a failure when `passive.count_5xx`."""
         failed = status >= 500 and self._cfg.count_5xx
         self.record(replica_id, not failed, STATUS_5XX)
+
+    # The data plane's TrafficObserver hooks (structural: health does not import the proxy).
+
+    def attempt_done(
+        self, replica: Replica, ok: bool, kind: str | None, status: int | None
+    ) -> None:
+        """The engine already applied `passive.count_5xx` to `ok`."""
+        if ok and replica.id not in self._dirty:
+            return
+        self.record(replica.id, ok, kind or CONNECT)
+
+    def request_done(self, record: object) -> None:
+        return None
 
     def _observe(self, replica_id: str, state: OutlierState, ok: bool, kind: str) -> None:
         now = self._clock()
