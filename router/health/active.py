@@ -166,11 +166,14 @@ class HealthChecker:
 
     async def check_now(self, replica_id: str | None = None) -> dict[str, CheckResult]:
         """Check one replica (or all) now, within the concurrency bound; returns the
-        results. Raises LookupError naming an unknown or non-candidate replica."""
+        results (none when active checks are off). Raises LookupError naming an unknown
+        or non-candidate replica."""
         if replica_id is not None and replica_id not in self._replicas:
             raise LookupError(
                 f"replica {replica_id!r} is not health-checked (unknown, or not running)"
             )
+        if not self._cfg.enabled:
+            return {}
         ids = [replica_id] if replica_id is not None else list(self._replicas)
         await asyncio.gather(*(self._check_once(rid) for rid in ids))
         return {
