@@ -195,7 +195,10 @@ async def test_failing_health_takes_a_replica_out_after_the_threshold_and_back_a
         await eventually(lambda: w.state("a") == ReplicaState.HEALTHY)
         assert a.count(200) - passes_before == FAST.healthy_threshold
         assert w.routable() == ["a", "b"]
-        await eventually(lambda: a.count(200) - passes_before > 5)  # checks go on
+        views_of_a = sum(rid == "a" for rid, _, _ in w.published)
+        await eventually(lambda: a.count(200) - passes_before > 5)  # checks go on...
+        # ...but passing checks that change nothing cost no snapshot rebuild.
+        assert sum(rid == "a" for rid, _, _ in w.published) == views_of_a
 
     logged = [r.getMessage() for r in caplog.records if r.name.startswith("router.health")]
     assert sum("a unhealthy after 3 failed checks: status 500" in m for m in logged) == 1
@@ -352,6 +355,9 @@ async def test_details_explain_the_last_check_for_the_status_page(
     assert doc["last_check"]["error"] == "status 503"
     assert doc["last_check"]["latency_ms"] >= 0
     assert doc["ejections"] == 0
+    view = w.checker.view("a")
+    assert view is not None
+    assert view.last_check == details.last_check
 
 
 def test_disabled_active_checks_leave_replicas_routable_for_passive_checks() -> None:

@@ -192,6 +192,14 @@ class HealthChecker:
             await self._session.close()
             self._session = None
 
+    def view(self, replica_id: str) -> HealthView | None:
+        """The live view, with the latest check (the published one only changes when
+        routing does): what the status page should show."""
+        active = self._active.get(replica_id)
+        if active is None:
+            return None
+        return view_of(active, self.passive.state(replica_id) or OutlierState())
+
     def details(self, replica_id: str) -> HealthDetails | None:
         active = self._active.get(replica_id)
         if active is None:
