@@ -7,10 +7,11 @@ feeds. Each size runs until every replica is healthy, settles for one interval, 
 measured for `--seconds`.
 
     python -m bench.health_cost [--sizes 100,1000] [--interval 5] [--seconds 15] [--fresh]
+                                [--uvloop]
 
 `--fresh` also measures with a new connection per check (force_close) for comparison with
 the default of keeping connections between checks. Prints a table and writes
-bench/results/health_cost.json.
+bench/results/health_cost.json (health_cost_uvloop.json with --uvloop).
 """
 
 from __future__ import annotations
@@ -212,6 +213,7 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=5.0)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--uvloop", action="store_true", help="run the checker on uvloop")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -220,9 +222,15 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"health check cost, interval {args.interval:g}s, measured {args.seconds:g}s each")
     print_header()
-    rows = asyncio.run(run(sizes, args.interval, args.seconds, args.fresh))
+    if args.uvloop:
+        import uvloop
+
+        rows = uvloop.run(run(sizes, args.interval, args.seconds, args.fresh))
+    else:
+        rows = asyncio.run(run(sizes, args.interval, args.seconds, args.fresh))
+    loop_name = "uvloop" if args.uvloop else "asyncio"
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "health_cost.json"
+    out = RESULTS / ("health_cost_uvloop.json" if args.uvloop else "health_cost.json")
     out.write_text(
         json.dumps(
             {
@@ -231,7 +239,7 @@ def main() -> None:
                 "python": platform.python_version(),
                 "aiohttp": aiohttp.__version__,
                 "cpus": os.cpu_count(),
-                "event_loop": "asyncio (default)",
+                "event_loop": loop_name,
                 "rows": [asdict(r) for r in rows],
             },
             indent=2,
