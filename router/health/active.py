@@ -115,6 +115,7 @@ class HealthChecker:
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
         self._probing: dict[str, asyncio.Task[None]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- membership -----------------------------------------------------------------------
 
@@ -142,6 +143,26 @@ class HealthChecker:
         self.passive.update_replicas(wanted)
         for rid in wanted:
             self._publish(rid, False)
+
+    def reconfigure(self, cfg: HealthConfig, session: SessionSource | None = None) -> None:
+        """Apply reloaded settings, keeping every replica's state and schedule. The next
+        probe of each replica uses the new path, thresholds and timeouts; a new session
+        (how replicas are reached) replaces the old one, which closes when idle."""
+        self._cfg = cfg
+        self._expect = Expectation.of(cfg)
+        self._limits = Thresholds.of(cfg)
+        self.passive.reconfigure(cfg.passive)
+        if session is None:
+            return
+        old = self._session if self._session_factory is not None else None
+        if isinstance(session, aiohttp.ClientSession):
+            self._session, self._session_factory = session, None
+        else:
+            self._session, self._session_factory = None, session
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(_close_when_idle(old, cfg.timeout))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     @property
     def replica_ids(self) -> list[str]:
@@ -343,3 +364,11 @@ class HealthChecker:
             log.warning(
                 "replica %s unhealthy after %d failed checks: %s", rid, new.failures, detail
             )
+
+
+async def _close_when_idle(session: aiohttp.ClientSession, probe_timeout: float) -> None:
+    """Give probes already on the old session their timeout, then close it."""
+    try:
+        await asyncio.sleep(probe_timeout)
+    finally:
+        await session.close()

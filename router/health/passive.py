@@ -43,6 +43,10 @@ class PassiveDetector:
 
     # -- membership -----------------------------------------------------------------------
 
+    def reconfigure(self, cfg: PassiveConfig) -> None:
+        """Reloaded settings apply from the next observation; current counts are kept."""
+        self._cfg = cfg
+
     def update_replicas(self, replica_ids: Iterable[str]) -> None:
         wanted = set(replica_ids)
         for gone in [rid for rid in self._states if rid not in wanted]:

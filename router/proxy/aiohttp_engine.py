@@ -29,7 +29,13 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.models import Replica
-from router.proxy.base import InFlightCounter, Observers, RequestRecord, SnapshotSource
+from router.proxy.base import (
+    InFlightCounter,
+    Observers,
+    RequestRecord,
+    SnapshotSource,
+    no_routable_error,
+)
 from router.proxy.headers import (
     IDEMPOTENT,
     TrustedProxies,
@@ -264,9 +270,7 @@ class AiohttpEngine:
     ) -> web.StreamResponse:
         snapshot = self._snapshots()
         if not snapshot.routable:
-            raise NoRoutableReplica(
-                "no routable replica", replicas=len(snapshot.statuses), routable=0
-            )
+            raise no_routable_error(snapshot)
         ctx = RequestContext(
             client_ip=client,
             method=request.method,
@@ -330,9 +334,7 @@ class AiohttpEngine:
                 return await self._stream_back(request, upstream, replica, outcome, ctx_headers)
         finally:
             outcome.bytes_in = body.size
-        raise last_error or NoRoutableReplica(
-            "no routable replica", replicas=len(snapshot.statuses), routable=0
-        )
+        raise last_error or no_routable_error(snapshot)
 
     def _session_or_fail(self) -> aiohttp.ClientSession:
         if self._session is None:
