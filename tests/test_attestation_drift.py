@@ -50,3 +50,15 @@ def test_a_failed_verdict_does_not_count_as_measured() -> None:
     failed = AttestationVerdict("r1", False, "wrong_instance", 0.0, compose_hash=B)
     drift = group_by_compose([replica("r1", A)], {"r1": failed})
     assert [(g.compose_hash, g.attested) for g in drift.groups] == [(A, False)]
+
+
+def test_verdicts_render_for_status_and_the_cli() -> None:
+    from router.attestation.report import format_verdict, verdict_to_dict
+
+    passed = AttestationVerdict(
+        "r1", True, "ok", 5.0, tcb_status="UpToDate", compose_hash=A, instance_id="c3" * 20
+    )
+    assert format_verdict(passed) == f"r1  PASS  tcb=UpToDate compose={A[:12]} instance={'c3' * 20}"
+    failed = AttestationVerdict("r2", False, "wrong_instance", 5.0, detail="the quote is for x")
+    assert format_verdict(failed) == "r2  FAIL  wrong_instance: the quote is for x"
+    assert verdict_to_dict(failed)["reason"] == "wrong_instance"

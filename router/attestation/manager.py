@@ -129,6 +129,8 @@ class Attestor:
 
     async def run(self) -> None:
         """Attest what is due, then sleep until the next replica is due or discovery wakes us."""
+        if not self._cfg.enabled:
+            return
         while True:
             now = self._clock()
             due = self._due | {
