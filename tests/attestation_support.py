@@ -12,12 +12,15 @@ import datetime as dt
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import dcap_qvl
 import pytest
+from aiohttp import web
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,3 +85,60 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         await asyncio.sleep(0.01)
+
+
+def pccs_app(collateral_name: str) -> tuple[web.Application, list[str]]:
+    """A local PCCS serving one fixture collateral the way dcap-qvl's client asks for it
+    (PCCS v4 API: issuer chains in URL-encoded headers, TCB info and QE identity as
+    `{"tcbInfo": ..., "signature": hex}`, the root CA CRL as hex). Returns the app and the
+    list of paths it was asked for."""
+    data = json.loads(collateral_text(collateral_name))
+    asked: list[str] = []
+
+    def signed(field: str, body: str, signature: str) -> str:
+        # The signed JSON is embedded byte for byte: re-serialising it would break it.
+        return f'{{"{field}":{body},"signature":"{signature}"}}'
+
+    async def pckcrl(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        chain = quote(data["pck_crl_issuer_chain"])
+        return web.Response(
+            body=bytes.fromhex(data["pck_crl"]), headers={"SGX-PCK-CRL-Issuer-Chain": chain}
+        )
+
+    async def rootcacrl(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.Response(text=data["root_ca_crl"])
+
+    async def tcb(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.Response(
+            text=signed("tcbInfo", data["tcb_info"], data["tcb_info_signature"]),
+            headers={"TCB-Info-Issuer-Chain": quote(data["tcb_info_issuer_chain"])},
+        )
+
+    async def qe_identity(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.Response(
+            text=signed("enclaveIdentity", data["qe_identity"], data["qe_identity_signature"]),
+            headers={"SGX-Enclave-Identity-Issuer-Chain": quote(data["qe_identity_issuer_chain"])},
+        )
+
+    app = web.Application()
+    app.router.add_get("/sgx/certification/v4/pckcrl", pckcrl)
+    app.router.add_get("/sgx/certification/v4/rootcacrl", rootcacrl)
+    app.router.add_get("/tdx/certification/v4/tcb", tcb)
+    app.router.add_get("/tdx/certification/v4/qe/identity", qe_identity)
+    return app, asked
+
+
+@asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    """Run `app` on 127.0.0.1 on an ephemeral port; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

@@ -19,7 +19,9 @@ from tests.attestation_support import (
     collateral_text,
     fixture_json,
     fixture_path,
+    pccs_app,
     pinned_now,
+    serve,
 )
 
 
@@ -179,3 +181,18 @@ async def test_real_dcap_qvl_client_against_an_unhelpful_pccs_fails_closed(
         await runner.cleanup()
     assert info.value.reason == "no_collateral"
     assert paths  # dcap-qvl did ask our PCCS
+
+
+async def test_dcap_qvl_fetches_from_a_local_pccs_and_the_copy_is_cached(
+    tmp_path: Path, quote: bytes
+) -> None:
+    app, asked = pccs_app(DSTACK_COLLATERAL)
+    now = pinned_now(DSTACK_COLLATERAL)
+    async with serve(app) as url:
+        config = CollateralConfig(pccs_url=url, cache_dir=tmp_path)
+        got = await CollateralStore(config, wall_clock=lambda: now).get(quote)
+        assert "/tdx/certification/v4/tcb" in asked
+        assert dcap_qvl.verify(quote, got, now).status == "UpToDate"
+    # The PCCS is gone; a restarted router verifies from its disk cache.
+    again = await CollateralStore(config, wall_clock=lambda: now).get(quote)
+    assert dcap_qvl.verify(quote, again, now).status == "UpToDate"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,7 +24,9 @@ from tests.attestation_support import (
     DSTACK_INSTANCE_ID,
     fixture_json,
     fixture_path,
+    pccs_app,
     pinned_now,
+    serve,
 )
 
 NONCE = bytes(range(32))
@@ -180,3 +183,17 @@ async def test_cloud_api_failures_are_fetch_failed_with_the_cause(
     (verdict,) = await gate.attest_now()
     assert (verdict.ok, verdict.reason) == (False, "fetch_failed")
     assert detail in verdict.detail
+
+
+async def test_real_quote_passes_with_collateral_fetched_from_a_pccs(
+    cloud_api: tuple[CloudApi, httpx.AsyncClient], tmp_path: Path
+) -> None:
+    api, client = cloud_api
+    api.body = {"app_id": DSTACK_APP_ID, "instances": [dstack_instance()]}
+    app, asked = pccs_app(DSTACK_COLLATERAL)
+    async with serve(app) as pccs_url:
+        gate = attestor(client, [], collateral={"pccs_url": pccs_url, "cache_dir": str(tmp_path)})
+        gate.update_replicas([gateway_replica()])
+        (verdict,) = await gate.attest_now()
+    assert verdict.ok, verdict
+    assert asked  # the collateral came from our PCCS
