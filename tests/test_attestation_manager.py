@@ -62,6 +62,7 @@ class FakePhala:
         self.quotes = SimulatedQuotes()
         self.replicas: dict[str, SimReplica] = {}
         self.cloud_calls = 0
+        self.cloud_down = False
 
     def add(self, n: int, compose_hash: str = COMPOSE_HASH) -> SimReplica:
         sim = SimReplica(APP_ID, instance(n), compose_hash)
@@ -94,6 +95,8 @@ class FakePhala:
 
     async def cloud(self, request: web.Request) -> web.Response:
         self.cloud_calls += 1
+        if self.cloud_down:
+            raise web.HTTPBadGateway()
         assert request.match_info["app_id"] == APP_ID
         instances = []
         for sim in self.replicas.values():
@@ -327,3 +330,57 @@ async def test_failed_reattestation_removes_the_replica_from_routing_at_once(
         assert status.reason == "unattested: bad_signature"
     finally:
         task.cancel()
+
+
+async def test_cloud_api_outage_keeps_passing_verdicts_until_max_age(world: World) -> None:
+    sim = world.phala.add(1)
+    attestor = world.attestor(mode="cloud")
+    attestor.update_replicas([world.replica(sim)])
+    (passed,) = await attestor.attest_now()
+    world.phala.cloud_down = True
+    (failed,) = await attestor.attest_now()
+    assert (failed.ok, failed.reason) == (False, "fetch_failed")  # what `attest` prints
+    published = world.verdicts[-1]
+    assert published.ok
+    assert published.at == passed.at  # so it still expires at max_age
+    assert published.detail.startswith("last attempt: fetch_failed")
+
+
+async def test_fresh_mode_silence_after_passing_fails_at_once(world: World) -> None:
+    sim = world.phala.add(1)
+    attestor = world.attestor()
+    attestor.update_replicas([world.replica(sim)])
+    await attestor.attest_now()
+    sim.silent = True
+    await attestor.attest_now()
+    assert (world.verdicts[-1].ok, world.verdicts[-1].reason) == (False, "fetch_failed")
+
+
+async def test_oversized_answer_is_refused(world: World) -> None:
+    class Huge(web.View):
+        async def get(self) -> web.Response:
+            return web.json_response({"quote": "00" * (600 * 1024)})
+
+    app = web.Application()
+    app.router.add_view("/.well-known/phala-router/attest", Huge)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    try:
+        replica = Replica(
+            id=instance(9),
+            url=f"http://127.0.0.1:{port}",
+            scheme="http",
+            host="127.0.0.1",
+            port=port,
+        )
+        attestor = world.attestor()
+        attestor.update_replicas([replica])
+        (verdict,) = await attestor.attest_now()
+    finally:
+        await runner.cleanup()
+    assert (verdict.reason, verdict.detail) == (
+        "fetch_failed",
+        "quote server: answer larger than 1 MiB",
+    )

@@ -31,6 +31,8 @@ from router.errors import AttestationError
 from router.models import Replica
 
 GUEST_AGENT_PORT = 8090
+# A quote is ~5 KB and an event log ~20 KB: anything near this is not an attestation.
+MAX_ANSWER = 1024 * 1024
 # `<id>-<port>[s|g].<base_domain>`: a dstack gateway host name (PHALA.md section 2).
 _GATEWAY_HOST = re.compile(r"^(?P<id>[0-9a-zA-Z]+)-(?P<port>\d+)(?P<suffix>[sg]?)\.(?P<base>.+)$")
 
@@ -157,7 +159,12 @@ async def _json(
         async with session.request(method, url, **kwargs) as response:
             if response.status != 200:
                 raise AttestationError("fetch_failed", f"{source}: HTTP {response.status}")
-            return await response.json(content_type=None)
+            body = bytearray()
+            async for chunk in response.content.iter_any():
+                body += chunk
+                if len(body) > MAX_ANSWER:
+                    raise AttestationError("fetch_failed", f"{source}: answer larger than 1 MiB")
+            return json.loads(body)
     except AttestationError:
         raise
     except (aiohttp.ClientError, ValueError, TimeoutError) as exc:

@@ -269,6 +269,18 @@ class Attestor:
             report_data=fresh_report_data(nonce) if nonce is not None else None,
         )
 
+    def _source_outage(
+        self, verdict: AttestationVerdict, previous: AttestationVerdict | None
+    ) -> bool:
+        """A stored quote (cloud, guest-agent) that could not be fetched, or collateral that
+        could not be had, says nothing new about a replica that passed: its verdict stands
+        until max_age. In fresh mode the replica itself must answer, so silence fails."""
+        if previous is None or not previous.ok or verdict.ok:
+            return False
+        if verdict.reason == "no_collateral":
+            return True
+        return verdict.reason == "fetch_failed" and self._cfg.mode != "fresh"
+
     def _failed(self, replica: Replica, exc: AttestationError) -> AttestationVerdict:
         return AttestationVerdict(
             replica_id=replica.id,
@@ -283,6 +295,16 @@ class Attestor:
         if verdict.replica_id not in self._replicas:
             return  # removed while we were attesting it
         previous = self._verdicts.get(verdict.replica_id)
+        if self._source_outage(verdict, previous):
+            assert previous is not None
+            log.warning(
+                "replica %s: re-attestation could not run (%s: %s); keeping the passing "
+                "verdict until attestation.max_age",
+                verdict.replica_id,
+                verdict.reason,
+                verdict.detail,
+            )
+            verdict = replace(previous, detail=f"last attempt: {verdict.reason}: {verdict.detail}")
         self._verdicts[verdict.replica_id] = verdict
         if previous is None or (previous.ok, previous.reason) != (verdict.ok, verdict.reason):
             level = logging.INFO if verdict.ok else logging.WARNING

@@ -227,7 +227,9 @@ def _check_bindings(
             )
     allowed = expect.allowed_compose_hashes
     if allowed is not None and (compose_hash is None or compose_hash not in allowed):
-        known = ", ".join(sorted(h[:12] for h in allowed)) or "none known"
+        known = ", ".join(sorted(h[:12] for h in allowed)) or (
+            "none known: set attestation.allowed_compose_hashes"
+        )
         raise AttestationError(
             "compose_not_allowed",
             f"compose hash {compose_hash or '(none)'} is not allowed (allowed: {known})",
