@@ -4,6 +4,7 @@ only `verifier: insecure-simulator` accepts, and the tamper knobs."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +14,14 @@ import pytest
 from router.attestation.quote import fresh_report_data, parse_td_quote
 from router.attestation.verify import Evidence, Expectation, Verifier, verify_evidence
 from router.models import AttestationVerdict
-from router.simulator.quotes import FixedQuote, SimulatedQuotes, Tamper, make_quote, new_key
+from router.simulator.quotes import (
+    FixedQuote,
+    SimulatedQuotes,
+    Tamper,
+    answer_fresh,
+    make_quote,
+    new_key,
+)
 
 APP_ID = "aa" * 20
 INSTANCE_ID = "bb" * 20
@@ -121,3 +129,25 @@ def test_disallowed_compose_hash_is_refused() -> None:
     quotes = SimulatedQuotes()
     quote_hex, events = quotes.provider(Replica(compose_hash="cc" * 32), fresh_report_data(NONCE))
     assert check(quote_hex, events).reason == "compose_not_allowed"
+
+
+@dataclass(frozen=True)
+class SimulatorReplica:
+    """The simulator's replica record carries no app_id: the provider is told it."""
+
+    instance_id: str = INSTANCE_ID
+    compose_hash: str = COMPOSE_HASH
+
+
+def test_fresh_answer_of_a_simulated_replica_verifies() -> None:
+    quotes = SimulatedQuotes(app_id=APP_ID)
+    status, body = answer_fresh(quotes.provider, SimulatorReplica(), NONCE.hex())
+    assert status == 200
+    assert body["report_data"] == fresh_report_data(NONCE).hex()
+    assert check(body["quote"], json.loads(body["event_log"])).ok
+    assert answer_fresh(quotes.provider, SimulatorReplica(), "nope")[0] == 400
+
+
+def test_provider_without_any_app_id_says_so() -> None:
+    with pytest.raises(ValueError, match="app_id"):
+        SimulatedQuotes().provider(SimulatorReplica(), b"")

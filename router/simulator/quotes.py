@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from router.attestation import simsig
 from router.attestation.eventlog import parse_event_log, replay_rtmrs, runtime_event
-from router.attestation.quote import fresh_report_data
+from router.attestation.quote import fresh_report_data, parse_nonce
 
 HEADER_VERSION = 4
 ATTESTATION_KEY_ECDSA_P256 = 2
@@ -142,10 +143,9 @@ class Tamper(StrEnum):
 
 
 class QuoteSubject(Protocol):
-    """What the provider reads from a simulated replica."""
+    """What the provider reads from a simulated replica (an `app_id` attribute, when the
+    replica has one, overrides the simulator-wide one)."""
 
-    @property
-    def app_id(self) -> str: ...
     @property
     def instance_id(self) -> str: ...
     @property
@@ -161,8 +161,11 @@ class FixedQuote:
 class SimulatedQuotes:
     """Signs quotes for simulated replicas; one key per simulator."""
 
-    def __init__(self, key: ec.EllipticCurvePrivateKey | None = None) -> None:
+    def __init__(
+        self, key: ec.EllipticCurvePrivateKey | None = None, *, app_id: str | None = None
+    ) -> None:
         self.key = key or new_key()
+        self.app_id = app_id
         self._tamper: dict[str, Tamper] = {}
         self._fixed: dict[str, FixedQuote] = {}
 
@@ -194,9 +197,34 @@ class SimulatedQuotes:
         if tamper is Tamper.STALE_NONCE:
             # A quote made for someone else's (earlier) nonce, replayed.
             report_data = fresh_report_data(b"\0" * 32)
+        app_id = getattr(replica, "app_id", None) or self.app_id
+        if not app_id:
+            raise ValueError("SimulatedQuotes needs app_id= when replicas carry none")
         quote, events = make_quote(
-            replica.app_id, instance_id, replica.compose_hash, report_data, key=self.key
+            app_id, instance_id, replica.compose_hash, report_data, key=self.key
         )
         if tamper is Tamper.TAMPERED_QUOTE:
             quote = flip_bit(quote)
         return quote.hex(), events
+
+
+QuoteProvider = Callable[[Any, bytes], tuple[str, list[dict[str, Any]]]]
+
+
+def answer_fresh(
+    provider: QuoteProvider, replica: Any, nonce_hex: str
+) -> tuple[int, dict[str, Any]]:
+    """What a simulated replica answers to `GET <attestation.fresh.path>?nonce=<hex>`, as
+    (HTTP status, JSON body): the quote-server's contract, without a dstack socket."""
+    try:
+        nonce = parse_nonce(nonce_hex)
+    except ValueError as exc:
+        return 400, {"error": "bad_nonce", "detail": f"{exc}; send ?nonce=<64 hex characters>"}
+    report_data = fresh_report_data(nonce)
+    quote, events = provider(replica, report_data)
+    return 200, {
+        "quote": quote,
+        "event_log": json.dumps(events),
+        "report_data": report_data.hex(),
+        "vm_config": json.dumps({"os_image_hash": SIMULATED_OS_IMAGE_HASH}),
+    }
