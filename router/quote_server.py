@@ -22,11 +22,13 @@ from aiohttp import web
 
 from router.attestation.quote import fresh_report_data, parse_nonce
 from router.attestation.settings import FreshConfig
+from router.settings_types import split_host_port
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = FreshConfig().path
 DEFAULT_ENDPOINT = "/var/run/dstack.sock"
+DEFAULT_LISTEN = "0.0.0.0:8099"
 
 
 def _error(status: int, code: str, detail: str) -> web.Response:
@@ -86,3 +88,15 @@ def create_app(
     app.router.add_get(path, quote)
     app.router.add_get("/healthz", healthz)
     return app
+
+
+def run(
+    listen: str = DEFAULT_LISTEN,
+    *,
+    endpoint: str | None = DEFAULT_ENDPOINT,
+    path: str = DEFAULT_PATH,
+) -> None:
+    """Serve until interrupted (the body of `phala-router quote-server`)."""
+    host, port = split_host_port(listen)
+    log.info("quote server on %s, path %s, dstack at %s", listen, path, endpoint or "(auto)")
+    web.run_app(create_app(endpoint=endpoint, path=path), host=host, port=port, print=None)
