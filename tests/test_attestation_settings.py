@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,6 +46,15 @@ def test_every_key_is_accepted() -> None:
     assert cfg.allowed_compose_hashes == ("ab" * 32,)
     assert cfg.collateral.pccs_url == "http://127.0.0.1:8081"
     assert cfg.fresh.port == 8099
+
+
+def test_collateral_file_must_hold_collateral(tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"hello": 1}')
+    with pytest.raises(ConfigError) as info:
+        config({"collateral": {"file": str(wrong)}})
+    assert "attestation.collateral.file" in str(info.value)
+    assert "not dcap-qvl collateral" in str(info.value)
 
 
 @pytest.mark.parametrize(

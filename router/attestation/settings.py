@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Literal
@@ -69,8 +70,18 @@ class CollateralConfig(Frozen):
     @field_validator("file")
     @classmethod
     def _readable(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"{str(value)!r} is not a readable collateral JSON file")
+        if value is None:
+            return value
+        try:
+            data = json.loads(value.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise ValueError(f"{str(value)!r} is not a readable collateral JSON file") from None
+        entries = data if isinstance(data, list) else [data]
+        if not entries or not all(isinstance(e, dict) and "tcb_info" in e for e in entries):
+            raise ValueError(
+                f"{str(value)!r} is not dcap-qvl collateral: expected an object with tcb_info, "
+                "qe_identity, CRLs and issuer chains (or a list of them)"
+            )
         return value
 
 
