@@ -36,9 +36,8 @@ OTHER_COMPOSE = hashlib.sha256(b"another compose").hexdigest()
 BASE = "sim.test"
 
 
-class NoLoad:
-    def get(self, replica_id: str, default: int = 0, /) -> int:
-        return default
+# No requests in flight (typed loosely: main narrows InFlight to Mapping[str, int]).
+NO_LOAD: Any = {}
 
 
 def instance(n: int) -> str:
@@ -312,7 +311,7 @@ async def test_failed_reattestation_removes_the_replica_from_routing_at_once(
     replicas = [world.replica(s) for s in sims]
     reconciler = Reconciler(
         Policy(picker_factory=RoundRobin, attestation_required=True, attestation_max_age=60),
-        in_flight=NoLoad(),
+        in_flight=NO_LOAD,
         health_enabled=False,
     )
     reconciler.set_replicas(replicas)
