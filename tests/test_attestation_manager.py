@@ -383,3 +383,28 @@ async def test_oversized_answer_is_refused(world: World) -> None:
         "fetch_failed",
         "quote server: answer larger than 1 MiB",
     )
+
+
+async def test_an_unexpected_error_does_not_end_the_schedule(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sim = world.phala.add(1)
+    attestor = world.attestor(interval="50ms")
+    real = attestor.attest_now
+    calls = 0
+
+    async def flaky(ids: Any = None) -> list[AttestationVerdict]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("bug")
+        return await real(ids)
+
+    monkeypatch.setattr(attestor, "attest_now", flaky)
+    attestor.update_replicas([world.replica(sim)])
+    task = asyncio.create_task(attestor.run())
+    try:
+        await eventually(lambda: sim.instance_id in attestor.verdicts)
+    finally:
+        task.cancel()
+    assert attestor.errors == 1

@@ -90,6 +90,7 @@ class Attestor:
         self._verdicts: dict[str, AttestationVerdict] = {}
         self._wake = asyncio.Event()
         self._limit = asyncio.Semaphore(cfg.concurrency)
+        self.errors = 0  # unexpected failures of a whole round (bugs), for metrics
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -141,7 +142,12 @@ class Attestor:
             self._due.clear()
             self._wake.clear()
             if due:
-                await self.attest_now(sorted(due))
+                try:
+                    await self.attest_now(sorted(due))
+                except Exception:
+                    # A bug must not end attestation for good: log it, count it, retry later.
+                    self.errors += 1
+                    log.exception("attestation round failed unexpectedly; retrying next round")
             wait = self._next_due_in()
             try:
                 async with asyncio.timeout(wait):
