@@ -50,6 +50,7 @@ class SimReplica:
     instance_id: str
     compose_hash: str
     silent: bool = False
+    hold: asyncio.Event | None = None  # when set, the quote server waits for it
     nonces: list[str] = field(default_factory=list)
 
 
@@ -77,6 +78,8 @@ class FakePhala:
 
     async def fresh(self, request: web.Request) -> web.Response:
         sim = self._target(request)
+        if sim.hold is not None:
+            await sim.hold.wait()
         nonce = parse_nonce(request.query["nonce"])
         sim.nonces.append(nonce.hex())
         report_data = fresh_report_data(nonce)
@@ -408,3 +411,17 @@ async def test_an_unexpected_error_does_not_end_the_schedule(
     finally:
         task.cancel()
     assert attestor.errors == 1
+
+
+async def test_a_slow_replica_does_not_delay_another_ones_failing_verdict(world: World) -> None:
+    slow, bad = world.phala.add(1), world.phala.add(2)
+    slow.hold = asyncio.Event()
+    world.phala.quotes.set_tamper(bad.instance_id, Tamper.TAMPERED_QUOTE)
+    attestor = world.attestor()
+    attestor.update_replicas([world.replica(slow), world.replica(bad)])
+    round_ = asyncio.create_task(attestor.attest_now())
+    await eventually(lambda: [v.replica_id for v in world.verdicts] == [bad.instance_id])
+    assert not round_.done()
+    slow.hold.set()
+    verdicts = await round_
+    assert [v.ok for v in verdicts] == [True, False]

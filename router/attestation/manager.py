@@ -175,10 +175,15 @@ class Attestor:
         cloud_found: dict[str, Evidence | AttestationError] | AttestationError | None = None
         if self._cfg.mode == "cloud":
             cloud_found = await self._fetch_cloud()
-        verdicts = await asyncio.gather(*(self._attest(r, cloud_found) for r in targets))
-        for verdict in verdicts:
+
+        async def attest_and_publish(replica: Replica) -> AttestationVerdict:
+            # Publish each verdict as soon as it is known: a failing replica must not keep
+            # traffic while a slow one in the same round runs into its timeout.
+            verdict = await self._attest(replica, cloud_found)
             self._publish(verdict)
-        return list(verdicts)
+            return verdict
+
+        return list(await asyncio.gather(*(attest_and_publish(r) for r in targets)))
 
     # -- one replica --------------------------------------------------------------------
 
