@@ -35,7 +35,7 @@ class Replica:
     platform_status: str = "running"
     app_id: str | None = None
     compose_hash: str | None = None
-    metadata: Mapping[str, str] = field(default=_EMPTY, compare=True)
+    metadata: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
     @property
     def authority(self) -> str:

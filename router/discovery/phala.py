@@ -9,6 +9,7 @@ An empty list after a non-empty one is believed only after it repeats.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
@@ -108,6 +109,7 @@ class PhalaDiscovery:
         self.last_success: float | None = None  # wall clock
         self.last_error: str | None = None
         self.consecutive_failures = 0
+        self.next_delay = cfg.interval  # seconds until the loop's next pass
         self.replicas: tuple[Replica, ...] | None = None  # the last good set
         if cfg.api_url.startswith("http://") and not _is_local(self._url):
             log.warning("discovery.phala.api_url is plain http: the API key travels in clear")
@@ -117,11 +119,17 @@ class PhalaDiscovery:
     async def first_pass(self) -> list[Replica]:
         """One pass; publishes and returns the set. Raises DiscoveryAuthError (naming the env
         var) when the key is missing or refused, DiscoveryError on any other failure."""
+        return await self.refresh()
+
+    async def refresh(self) -> list[Replica]:
+        """One pass now, with the same rules as the loop (counted, logged, published); returns
+        the set in force afterwards, or raises like `first_pass`."""
         try:
             replicas = await self._pass()
         except _Failure as exc:
-            self._record_failure(exc)
+            self.next_delay = self._record_failure(exc)
             raise
+        self.next_delay = self._cfg.interval
         return list(replicas)
 
     async def run(self) -> None:
@@ -131,11 +139,9 @@ class PhalaDiscovery:
         try:
             while True:
                 await self._sleep(delay)
-                try:
-                    await self._pass()
-                    delay = self._cfg.interval
-                except _Failure as exc:
-                    delay = self._record_failure(exc)
+                with contextlib.suppress(DiscoveryError):
+                    await self.refresh()
+                delay = self.next_delay
         finally:
             await self.aclose()
 
