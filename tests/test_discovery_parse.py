@@ -178,7 +178,7 @@ def test_app_id_accepts_the_app_prefix_and_upper_case() -> None:
 @pytest.mark.parametrize("bad", ["app_123", "x" * 40, APP_ID + "00", "", 42])
 def test_a_bad_app_id_is_rejected_with_what_is_allowed(bad: object) -> None:
     with pytest.raises(ValidationError) as error:
-        PhalaDiscoveryConfig(app_id=bad)  # type: ignore[arg-type]
+        PhalaDiscoveryConfig.model_validate({"app_id": bad})
     assert "40 hex digits" in str(error.value)
 
 
