@@ -229,7 +229,7 @@ async def test_an_unknown_app_is_a_clear_error(sim: Simulator) -> None:
 async def test_an_unreachable_api_is_counted_as_an_error() -> None:
     cfg = PhalaDiscoveryConfig(app_id="c" * 40, api_url="http://127.0.0.1:9/api/v1", timeout=1)
     async with PhalaDiscovery(cfg, Published(), environ=ENV) as discovery:
-        with pytest.raises(DiscoveryError, match="cannot reach http://127.0.0.1:9/api/v1"):
+        with pytest.raises(DiscoveryError, match=r"cannot reach http://127\.0\.0\.1:9/api/v1"):
             await discovery.first_pass()
         assert discovery.refresh_results["error"] == 1
 
