@@ -3,18 +3,22 @@ helpers of discovery: config validation, membership diffs, backoff and Retry-Aft
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from router.config import parse_config
 from router.discovery.phala import backoff_delay, parse_retry_after
 from router.discovery.records import describe_changes, parse_cvms, parse_cvms_result
 from router.discovery.settings import PhalaDiscoveryConfig
+from router.discovery.table import render_table, replica_rows
 from router.errors import ConfigError, DiscoveryError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "phala"
@@ -249,3 +253,63 @@ def test_retry_after_in_seconds_or_as_a_date() -> None:
     assert parse_retry_after("Thu, 01 Jan 1970 00:01:00 GMT", now=30) == 30
     assert parse_retry_after("soon", now=0) is None
     assert parse_retry_after(None, now=0) is None
+
+
+# -- the replicas command's output ------------------------------------------------------------
+
+
+def test_replica_table_and_json_rows() -> None:
+    replicas = parse_cvms(load("cvms_2026-01-21.json"), config())
+    text = render_table(replicas)
+    header, first, *_ = text.splitlines()
+    assert header.split() == ["INSTANCE", "REGION", "STATUS", "URL", "COMPOSE"]
+    assert first.startswith(BOOTING)  # sorted by region (ap-southeast-1 first), then id
+    assert f"{RUNNING}  us-east-1" in text
+    assert "9b4f3c1d2e5a" in text
+    assert text.endswith("4 replica(s), 1 running")
+    rows = replica_rows(replicas)
+    assert json.loads(json.dumps(rows)) == rows
+    assert {row["id"]: row["candidate"] for row in rows}[RUNNING] is True
+    assert render_table([]) == "no replicas"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "instance_id",
+                    "vm_uuid",
+                    "status",
+                    "in_progress",
+                    "node_info",
+                    "gateway",
+                    "base_domain",
+                    "endpoints",
+                    "instance",
+                    "region",
+                    "hosted",
+                    "node",
+                    "cvms",
+                    "public_urls",
+                    "gateway_domain",
+                    "teepod",
+                    "compose_hash",
+                    "name",
+                ]
+            ),
+            inner,
+            max_size=6,
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_any_json_gives_replicas_or_a_discovery_error(payload: object) -> None:
+    with contextlib.suppress(DiscoveryError):
+        parse_cvms_result(payload, config(base_domain="gw.example.com"))

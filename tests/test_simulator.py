@@ -404,3 +404,17 @@ def test_bad_simulator_config_names_the_field(tmp_path: Path) -> None:
         load_simulator_config(path)
     assert "replicas[0].error_rate" in str(error.value)
     assert "replicas[0].instance_id" in str(error.value)
+
+
+async def test_router_overlay_is_a_valid_router_config() -> None:
+    from router.config import parse_config
+
+    async with Simulator(SimulatorConfig.demo(tls=True)) as sim:
+        config = parse_config(sim.router_overlay(), environ={})
+        phala = config.discovery.phala
+        assert phala is not None
+        assert (phala.app_id, phala.scheme, phala.port) == (sim.config.app_id, "https", 8080)
+        assert config.discovery.connect_to == sim.connect_to
+        assert config.upstream_tls.ca_file == sim.ca_file
+        assert [r.status for r in sim.replicas].count("stopped") == 1
+        assert len({r.region for r in sim.replicas}) == 3

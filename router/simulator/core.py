@@ -172,6 +172,15 @@ class Simulator:
             "connect_to": self.connect_to,
         }
 
+    def router_overlay(self, api_key_env: str = "PHALA_CLOUD_API_KEY") -> dict[str, Any]:
+        """The router config sections that point it at this simulator: `discovery` and, with
+        TLS, `upstream_tls.ca_file`. The router process needs `api_key_env` set to
+        `config.api_key`."""
+        overlay: dict[str, Any] = {"discovery": self.discovery_section(api_key_env)}
+        if self.ca_file is not None:
+            overlay["upstream_tls"] = {"ca_file": str(self.ca_file)}
+        return overlay
+
     @property
     def quote_provider(self) -> QuoteProvider | None:
         return self.ctx.quote_provider

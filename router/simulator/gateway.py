@@ -151,6 +151,9 @@ class _ClientSide(asyncio.Protocol):
     def upstream_ready(self, upstream: _UpstreamSide) -> None:
         assert upstream.transport is not None
         assert self._transport is not None
+        if self._transport.is_closing():  # the client left while we were connecting
+            upstream.transport.close()
+            return
         self._upstream = upstream
         if self._buffer:
             upstream.transport.write(bytes(self._buffer))

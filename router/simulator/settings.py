@@ -77,6 +77,17 @@ class SimulatorConfig(Frozen):
     retry_after: int = Field(1, ge=0)  # the Retry-After of an injected 429
     seed: int = 0  # error_rate draws are reproducible
 
+    @classmethod
+    def demo(cls, **fields: object) -> SimulatorConfig:
+        """The demo's cloud: 4 replicas in 3 regions, one of them stopped."""
+        replicas = (
+            SimReplicaConfig(region="us-east", node="node-us-1"),
+            SimReplicaConfig(region="us-east", node="node-us-2"),
+            SimReplicaConfig(region="eu-west", node="node-eu-1"),
+            SimReplicaConfig(region="ap-southeast", node="node-ap-1", status="stopped"),
+        )
+        return cls.model_validate({"replicas": replicas, **fields})
+
     @field_validator("app_id", mode="before")
     @classmethod
     def _app_id(cls, value: object) -> str:

@@ -12,6 +12,7 @@ import json
 import random
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,7 +86,7 @@ class SimReplica:
             cvm_id=hashlib.sha256(instance_id.encode()).hexdigest()[:20],
             region=cfg.region,
             node=cfg.node,
-            node_id=abs(hash(cfg.node)) % 1000,
+            node_id=zlib.crc32(cfg.node.encode()) % 1000,
             app_compose=compose,
             compose_hash=cfg.compose_hash or sha256_hex(compose),
             status=cfg.status,
