@@ -62,7 +62,8 @@ async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
         cfg = PhalaDiscoveryConfig.model_validate(
             {**sim.discovery_section()["phala"], "interval": 0.05, "timeout": 0.5}
         )
-        reconciler = Reconciler(Policy(picker_factory=RoundRobin), {}, health_enabled=False)
+        in_flight: dict[str, int] = {}
+        reconciler = Reconciler(Policy(picker_factory=RoundRobin), in_flight, health_enabled=False)
         discovery = PhalaDiscovery(cfg, reconciler.set_replicas, environ=ENV)
         await discovery.first_pass()
         task = asyncio.create_task(discovery.run())
