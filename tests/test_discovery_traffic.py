@@ -36,6 +36,13 @@ async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> Non
         await asyncio.sleep(0.01)
 
 
+class NoLoad:
+    """In-flight counts: round-robin does not read them."""
+
+    def get(self, replica_id: str, default: int = 0, /) -> int:
+        return default
+
+
 @dataclass
 class Stack:
     sim: Simulator
@@ -62,8 +69,7 @@ async def stack(request: pytest.FixtureRequest) -> AsyncIterator[Stack]:
         cfg = PhalaDiscoveryConfig.model_validate(
             {**sim.discovery_section()["phala"], "interval": 0.05, "timeout": 0.5}
         )
-        in_flight: dict[str, int] = {}
-        reconciler = Reconciler(Policy(picker_factory=RoundRobin), in_flight, health_enabled=False)
+        reconciler = Reconciler(Policy(picker_factory=RoundRobin), NoLoad(), health_enabled=False)
         discovery = PhalaDiscovery(cfg, reconciler.set_replicas, environ=ENV)
         await discovery.first_pass()
         task = asyncio.create_task(discovery.run())
