@@ -372,6 +372,11 @@ async def test_control_api_drives_the_simulator(plain: Simulator) -> None:
             assert response.status == 200
         async with session.get(f"{base}/replicas/{rid}") as response:
             assert response.status == 404
+        async with session.put(f"{base}/shared-backend", json={"rps": 50}) as response:
+            assert (await response.json())["rps"] == 50
+        assert plain.ctx.shared_backend is not None
+        async with session.put(f"{base}/shared-backend", json={"rps": -1}) as response:
+            assert response.status == 400
         _, summary = await get_json(session, f"{base}/")
         assert summary["api_mode"] == "429"
         assert len(summary["replicas"]) == 2
@@ -418,3 +423,19 @@ async def test_router_overlay_is_a_valid_router_config() -> None:
         assert config.upstream_tls.ca_file == sim.ca_file
         assert [r.status for r in sim.replicas].count("stopped") == 1
         assert len({r.region for r in sim.replicas}) == 3
+
+
+async def test_banner_curl_line_reaches_a_replica(plain: Simulator) -> None:
+    banner = plain.banner()
+    assert plain.api_url in banner
+    assert plain.control_url in banner
+    first = plain.replicas[0]
+    curl = next(line for line in banner.splitlines() if "--connect-to" in line).split()
+    # curl --connect-to HOST:PORT:IP:PORT URL: dial IP:PORT, keep the URL's host name.
+    _, _, dial_host, dial_port = curl[2].split(":")
+    reader, writer = await asyncio.open_connection(dial_host, int(dial_port))
+    writer.write(f"GET / HTTP/1.1\r\nHost: {plain.host_of(first.instance_id)}\r\n\r\n".encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    writer.close()

@@ -88,6 +88,17 @@ def control_app(sim: Simulator) -> web.Application:
             sim.break_api(str((await body(request)).get("mode", "")))
         return web.json_response({"mode": sim.ctx.api_mode})
 
+    async def shared_backend(request: web.Request) -> web.StreamResponse:
+        if request.method == "PUT":
+            rps = (await body(request)).get("rps")
+            if rps is not None and (
+                isinstance(rps, bool) or not isinstance(rps, int | float) or rps <= 0
+            ):
+                raise ValueError("rps must be a positive number or null")
+            sim.set_shared_backend_rps(rps)
+        bucket = sim.ctx.shared_backend
+        return web.json_response({"rps": bucket.rate if bucket else None})
+
     app = web.Application(middlewares=[errors])
     app.router.add_get("/", summary)
     app.router.add_get("/replicas", list_replicas)
@@ -98,4 +109,5 @@ def control_app(sim: Simulator) -> web.Application:
     app.router.add_post("/replicas/{id}/start", start)
     app.router.add_delete("/replicas/{id}", remove)
     app.router.add_route("*", "/api-mode", api_mode)
+    app.router.add_route("*", "/shared-backend", shared_backend)
     return app

@@ -290,6 +290,37 @@ class Simulator:
         else:
             self.ctx.api_unblocked.set()
 
+    def banner(self) -> str:
+        """What `phala-router simulate` prints once everything listens."""
+        gateway_host, gateway_port = self.gateway_address.rsplit(":", 1)
+        default_port = 443 if self.config.tls else 80
+        lines = [
+            f"Phala Cloud simulator for app {self.config.app_id}",
+            f"  Cloud API   {self.api_url}   (X-API-Key: {self.config.api_key})",
+            f"  gateway     {self.gateway_address}   ({self.scheme}, *.{self.config.base_domain})",
+            f"  control     {self.control_url}/replicas",
+        ]
+        if self.ca_file is not None:
+            lines.append(f"  gateway CA  {self.ca_file}")
+        lines.append("replicas:")
+        for r in self.replicas:
+            state = r.status + (" (in progress)" if r.in_progress else "")
+            lines.append(
+                f"  {r.instance_id}  {r.region:<14} {state:<10} {self.url_of(r.instance_id)}"
+            )
+        if self.replicas:
+            host = self.host_of(self.replicas[0].instance_id)
+            cacert = f"--cacert {self.ca_file} " if self.ca_file else ""
+            lines += [
+                "try:",
+                f"  curl {cacert}--connect-to {host}:{default_port}:{gateway_host}:{gateway_port} "
+                f"{self.scheme}://{host}/",
+                f"  curl -H 'X-API-Key: {self.config.api_key}' "
+                f"{self.api_url}/apps/{self.config.app_id}/cvms",
+                f'  curl -X PUT -d \'{{"mode": "500"}}\' {self.control_url}/api-mode',
+            ]
+        return "\n".join(lines)
+
     def summary(self) -> dict[str, Any]:
         return {
             "app_id": self.config.app_id,
