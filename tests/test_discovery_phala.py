@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -180,9 +181,16 @@ async def test_a_failing_cloud_api_keeps_the_last_good_set(
         assert len(warnings) == 1  # logged once per change of state, not once per pass
         assert f"Cloud API refresh failed ({kind})" in warnings[0].getMessage()
 
+        status = discovery.status()
+        assert status["state"] == kind
+        assert status["results"][kind] == 3
+        assert status["last_error"]
+        assert API_KEY not in json.dumps(status)
+
         sim.break_api("ok")
         assert await discovery.refresh() == good
         assert discovery.state == "ok"
+        assert discovery.status()["last_error"] is None
         assert discovery.next_delay == cfg.interval
     assert any("recovered after 3 failed" in r.getMessage() for r in caplog.records)
 

@@ -158,6 +158,22 @@ class PhalaDiscovery:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def status(self) -> dict[str, Any]:
+        """For the status page: how discovery is doing (never the API key)."""
+        return {
+            "source": "phala",
+            "app_id": self._cfg.app_id,
+            "api_url": self._cfg.api_url,
+            "state": self._state,
+            "last_success": self.last_success,
+            "last_error": self.last_error,
+            "consecutive_failures": self.consecutive_failures,
+            "next_refresh_in": self.next_delay,
+            "results": dict(self.refresh_results),
+            "replicas": len(self.replicas) if self.replicas is not None else None,
+            "skipped_records": list(self._problems),
+        }
+
     @property
     def state(self) -> str:
         """`ok`, `starting`, or the kind of the last failure."""
