@@ -312,3 +312,17 @@ async def test_refresh_soon_cuts_the_wait_short(sim: Simulator) -> None:
         added = await sim.add_replica(region="us-west")
         discovery.refresh_soon()
         await eventually(lambda: added.instance_id in published.last)
+
+
+async def test_a_bug_in_publishing_is_counted_and_the_loop_goes_on(sim: Simulator) -> None:
+    calls: list[int] = []
+
+    def flaky_publish(replicas: Sequence[Replica]) -> None:
+        calls.append(len(replicas))
+        if len(calls) == 1:
+            raise RuntimeError("listener bug")
+
+    discovery = PhalaDiscovery(discovery_config(sim), flaky_publish, environ=ENV)
+    async with running(discovery):
+        await eventually(lambda: len(calls) >= 3)
+    assert discovery.refresh_results["error"] == 1

@@ -125,7 +125,13 @@ class PhalaDiscovery:
         """One pass now, with the same rules as the loop (counted, logged, published); returns
         the set in force afterwards, or raises like `first_pass`."""
         try:
-            replicas = await self._pass()
+            try:
+                replicas = await self._pass()
+            except _Failure:
+                raise
+            except Exception as exc:  # a bug must not stop discovery: count it, keep going
+                log.exception("unexpected error during a Cloud API pass")
+                raise _Failure("error", f"unexpected {type(exc).__name__}: {exc}") from exc
         except _Failure as exc:
             self.next_delay = self._record_failure(exc)
             raise
