@@ -439,3 +439,17 @@ async def test_banner_curl_line_reaches_a_replica(plain: Simulator) -> None:
     head = await reader.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     writer.close()
+
+
+async def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(
+    plain: Simulator,
+) -> None:
+    host, port = plain.gateway_address.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    name = plain.host_of(plain.replicas[0].instance_id)
+    writer.write(f"GET /x HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+    writer.write_eof()  # like `printf ... | nc`: the request, then EOF at once
+    answer = await asyncio.wait_for(reader.read(), 5)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert plain.replicas[0].instance_id.encode() in answer
+    writer.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import ssl
 
@@ -33,6 +34,8 @@ class Gateway:
         self._connections: set[asyncio.Transport] = set()
         self._rotation = itertools.count()
         self.port = 0
+        # Replicas listen on the simulator's host; dial them there (a wildcard binds loopback).
+        self.replica_host = "127.0.0.1" if host in {"", "0.0.0.0"} else host
         if tls is not None:
             tls.sni_callback = _remember_sni
 
@@ -144,7 +147,9 @@ class _ClientSide(asyncio.Protocol):
     async def _connect(self, port: int) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.create_connection(lambda: _UpstreamSide(self), "127.0.0.1", port)
+            await loop.create_connection(
+                lambda: _UpstreamSide(self), self._gateway.replica_host, port
+            )
         except OSError:
             self._refuse(502, "the replica refused the connection")
 
@@ -179,7 +184,7 @@ class _ClientSide(asyncio.Protocol):
         """TLS: close the connection; plain HTTP: an error answer, then close."""
         assert self._transport is not None
         if not self._tls and not self._transport.is_closing():
-            body = f'{{"error": "{reason}"}}'.encode()
+            body = json.dumps({"error": reason}).encode()
             phrase = {404: "Not Found", 431: "Request Header Fields Too Large"}.get(
                 status, "Bad Gateway"
             )
@@ -191,13 +196,9 @@ class _ClientSide(asyncio.Protocol):
         self._transport.close()
 
     def eof_received(self) -> bool:
-        upstream = self._upstream.transport if self._upstream else None
-        if self._tls:
-            return False  # TLS cannot half-close: the connection ends here
-        if upstream is not None and upstream.can_write_eof():
-            upstream.write_eof()
-            return True  # half-close: the answer may still come back
-        return False
+        # HTTP servers (aiohttp among them) drop a connection on a half-close, so the EOF is
+        # not passed on: the client waits for its answer and the replica closes when done.
+        return self._routed and not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._transport is not None:
