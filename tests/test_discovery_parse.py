@@ -216,6 +216,10 @@ def test_config_errors_name_the_field() -> None:
     assert "discovery.phala.api_url" in text
     assert "discovery.phala.api_key_env" in text
 
+    with pytest.raises(ConfigError, match="put the key in an environment variable") as error:
+        parse_config({"discovery": {"phala": {"app_id": APP_ID, "api_key": "s3cr3t"}}}, environ={})
+    assert "s3cr3t" not in str(error.value)
+
 
 # -- membership diffs, backoff, Retry-After ---------------------------------------------------
 

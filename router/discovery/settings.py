@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from router.settings_types import EnvVarName, Frozen, PositiveDuration
 
@@ -44,6 +44,16 @@ class PhalaDiscoveryConfig(Frozen):
     empty_confirmations: int = Field(2, ge=1, le=100)
     # Used only for records that name no gateway domain (neither gateway nor endpoints).
     base_domain: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError(
+                "api_key cannot be written in the config: put the key in an environment "
+                "variable and name it in api_key_env (default PHALA_CLOUD_API_KEY)"
+            )
+        return data
 
     @field_validator("app_id", mode="before")
     @classmethod
