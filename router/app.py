@@ -14,11 +14,13 @@ from typing import Any
 import aiohttp
 
 from router.admin import AdminServer
+from router.attestation.wiring import build_attestor
 from router.balancing.round_robin import RoundRobin
 from router.config import RouterConfig, load_config
+from router.discovery.phala import PhalaDiscovery
 from router.discovery.static import static_replicas
 from router.dns import DnsService
-from router.errors import ConfigError
+from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
 from router.health import HealthChecker, make_health_session
 from router.models import Replica
 from router.proxy.aiohttp_engine import AiohttpEngine
@@ -38,6 +40,8 @@ def policy_from_config(config: RouterConfig) -> Policy:
         picker_factory=RoundRobin,
         panic_threshold=config.health.panic_threshold,
         slow_start=config.health.slow_start,
+        attestation_required=config.attestation.enabled,
+        attestation_max_age=config.attestation.effective_max_age,
     )
 
 
@@ -107,6 +111,7 @@ class RouterApp:
         environ: Mapping[str, str] | None = None,
         access_log_enabled: bool = False,
         clock: Any = time.monotonic,
+        trusted_simulator_keys: frozenset[bytes] = frozenset(),
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -119,6 +124,20 @@ class RouterApp:
             lambda rid, view, urgent: self.reconciler.set_health(rid, view, urgent=urgent),
             _health_session_factory(config),
             clock=clock,
+        )
+        self.discovery = (
+            PhalaDiscovery(
+                config.discovery.phala, self.set_replicas, environ=self._environ, clock=clock
+            )
+            if config.discovery.phala is not None
+            else None
+        )
+        self.attestor = build_attestor(
+            config,
+            self.reconciler.set_verdict,
+            environ=self._environ,
+            clock=clock,
+            trusted_simulator_keys=trusted_simulator_keys,
         )
         self.observers = Observers([self.health.passive])
         if access_log_enabled:
@@ -208,6 +227,8 @@ class RouterApp:
         """Every discovery result goes to the reconciler and to health checking."""
         self.reconciler.set_replicas(replicas)
         self.health.update_replicas(replicas)
+        if self.attestor is not None:
+            self.attestor.update_replicas(replicas)
 
     def reload(self) -> ReloadResult:
         """Re-read the config file (SIGHUP, POST /admin/reload). A valid new config applies
@@ -263,7 +284,17 @@ class RouterApp:
         discovery = self.config.discovery
         if discovery.static is not None:
             self.set_replicas(static_replicas(discovery.static))
+        if self.discovery is not None:
+            try:
+                await self.discovery.first_pass()
+            except DiscoveryAuthError:
+                raise
+            except DiscoveryError as exc:
+                log.warning("first discovery pass failed (%s); retrying in the background", exc)
+            self._spawn(self.discovery.run())
         self._spawn(self.health.run())
+        if self.attestor is not None:
+            self._spawn(self.attestor.run())
         await self.engine.start()
         await self.admin.start()
         if self.dns is not None:
@@ -291,6 +322,10 @@ class RouterApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.engine.stop(grace)
+        if self.attestor is not None:
+            await self.attestor.aclose()
+        if self.discovery is not None:
+            await self.discovery.aclose()
         if self.dns is not None:
             await self.dns.stop()
         await self.admin.stop()

@@ -128,6 +128,13 @@ class Attestor:
 
     # -- schedule -------------------------------------------------------------------------
 
+    async def aclose(self) -> None:
+        """Close the clients this attestor was given (it owns them once given)."""
+        if self._session is not None:
+            await self._session.close()
+        if self._cloud is not None:
+            await self._cloud.aclose()
+
     async def run(self) -> None:
         """Attest what is due, then sleep until the next replica is due or discovery wakes us."""
         if not self._cfg.enabled:

@@ -118,6 +118,19 @@ class AttestationConfig(Frozen):
     allowed_os_image_hashes: tuple[str, ...] = ()
     collateral: CollateralConfig = CollateralConfig()
     fresh: FreshConfig = FreshConfig()
+    # With verifier insecure-simulator: the simulator public keys (hex, as printed by
+    # `phala-router simulate`) whose signatures are accepted instead of Intel's.
+    simulator_public_keys: tuple[str, ...] = ()
+
+    @field_validator("simulator_public_keys")
+    @classmethod
+    def _hex_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for key in value:
+            try:
+                bytes.fromhex(key)
+            except ValueError:
+                raise ValueError(f"{key[:16]!r}... is not a hex-encoded public key") from None
+        return value
 
     @field_validator("allowed_compose_hashes")
     @classmethod
