@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from router.balancing.base import Member, Picker
-from router.balancing.group import Group, hash64
+from router.balancing.group import Group, Memos, hash64
 from router.balancing.sticky import cookie_value, sign_replica
 from router.errors import ConfigError
 from tests.balancing_support import ctx, factory, first, members, replica
@@ -207,3 +207,18 @@ def test_sticky_with_debug_headers() -> None:
     context = ctx("203.0.113.9")
     first(picker, context)
     assert context.response_headers == [("X-Router-Route", "sticky ip: rendezvous")]
+
+
+def test_rendezvous_results_survive_a_snapshot_with_the_same_group() -> None:
+    memos = Memos()
+    same = pool(3)
+    first_memo = memos.get(same)
+    first_memo[42] = 1
+    memos.next_generation()
+    assert memos.get(pool(3)) is first_memo  # unchanged members and weights: kept
+    assert memos.get(pool(4)) is not first_memo  # different membership: fresh
+    reweighted = [Member(m.replica, 50.0) for m in pool(3)]
+    assert memos.get(reweighted) == {}
+    memos.next_generation()
+    memos.next_generation()
+    assert memos.get(pool(3)) == {}  # dropped once unused for a whole build

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from router.balancing.base import InFlight, Member, Picker, PickerFactory, RequestContext
 from router.balancing.geo import GeoPicker
-from router.balancing.group import FlatPicker, KeyedPicker
+from router.balancing.group import FlatPicker, KeyedPicker, Memos
 from router.balancing.settings import RoutingConfig
 from router.balancing.sticky import CookieSticky, KeyedSticky
 from router.errors import ConfigError
@@ -86,13 +86,17 @@ def make_picker_factory(
             geoip = open_geoip(cfg.geo.geoip_database)
         locator = Locator(cfg.geo, geoip)
 
+    memos = Memos() if sticky.mode in ("header", "ip") else None
+
     def build(members: Sequence[Member], in_flight: InFlight) -> Picker:
+        if memos is not None:
+            memos.next_generation()
         inner: KeyedPicker
         if cfg.policy == "geo":
             assert locator is not None
-            inner = GeoPicker(members, in_flight, cfg.geo, locator, random_source)
+            inner = GeoPicker(members, in_flight, cfg.geo, locator, random_source, memos)
         else:
-            inner = FlatPicker(members, cfg.policy, in_flight, random_source)
+            inner = FlatPicker(members, cfg.policy, in_flight, random_source, memos)
         picker: Picker
         if sticky.mode == "cookie":
             picker = CookieSticky(inner, members, sticky, key)

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from router.balancing.base import InFlight, Member, RequestContext
-from router.balancing.group import Group, Within, unit_interval
+from router.balancing.group import Group, Memos, Within, unit_interval
 from router.balancing.settings import GeoConfig, normalise_region
 from router.geo import ClientLocation, Locator, Point, haversine_km, region_coordinates
 from router.models import Replica
@@ -91,11 +91,12 @@ class GeoPicker:
         cfg: GeoConfig,
         locator: Locator,
         rng: random.Random,
+        memos: Memos | None = None,
     ) -> None:
         self._locator = locator
         self._random = rng.random
         self._plans: dict[str, _Plan] = {}
-        self._all = Group("all", members, "round_robin", in_flight, rng)
+        self._all = Group("all", members, "round_robin", in_flight, rng, memos)
         by_region: dict[str, list[Member]] = {}
         for member in members:
             name = normalise_region(member.replica.region or "") or _UNKNOWN
@@ -113,7 +114,7 @@ class GeoPicker:
                 )
             total = max([m.region_total for m in group_members] + [len(group_members)])
             health = level_health(len(group_members), total, cfg.overprovisioning)
-            group = Group(_printable(name), group_members, within, in_flight, rng)
+            group = Group(_printable(name), group_members, within, in_flight, rng, memos)
             regions.append(_Region(name, point, group, health))
         self._regions = tuple(regions)
         self._default = (

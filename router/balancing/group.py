@@ -55,11 +55,45 @@ def make_selector(
     return RoundRobin(members)
 
 
+class Memos:
+    """Rendezvous winners per group, kept across snapshots while a group's members and
+    weights are unchanged: snapshots are rebuilt on every health change anywhere, and a
+    returning key should stay O(1) through them. Holds the current and previous build."""
+
+    __slots__ = ("_current", "_previous")
+
+    def __init__(self) -> None:
+        self._current: dict[tuple[tuple[str, float], ...], dict[int, int]] = {}
+        self._previous: dict[tuple[tuple[str, float], ...], dict[int, int]] = {}
+
+    def next_generation(self) -> None:
+        self._previous, self._current = self._current, {}
+
+    def get(self, members: Sequence[Member]) -> dict[int, int]:
+        signature = tuple((m.replica.id, m.weight) for m in members)
+        memo = self._current.get(signature)
+        if memo is None:
+            memo = self._previous.get(signature)
+            if memo is None:
+                memo = {}
+            self._current[signature] = memo
+        return memo
+
+
 class Group:
     """Members picked together. `first()` applies the group's rule; `keyed(key)` the
     weighted rendezvous winner for a sticky key; `ring(i)` the failover order from i."""
 
-    __slots__ = ("_memo", "_seeds", "_selector", "_weights", "name", "replicas", "weight")
+    __slots__ = (
+        "_memo",
+        "_seeds",
+        "_selector",
+        "_uniform",
+        "_weights",
+        "name",
+        "replicas",
+        "weight",
+    )
 
     def __init__(
         self,
@@ -68,6 +102,7 @@ class Group:
         within: Within,
         in_flight: InFlight,
         rng: random.Random,
+        memos: Memos | None = None,
     ) -> None:
         self.name = name
         self.replicas: tuple[Replica, ...] = tuple(m.replica for m in members)
@@ -75,7 +110,8 @@ class Group:
         self._weights = tuple(max(m.weight, 1e-9) for m in members)
         self._seeds = tuple(hash64(m.replica.id) for m in members)
         self._selector = make_selector(within, members, in_flight, rng) if members else None
-        self._memo: dict[int, int] = {}
+        self._uniform = len(set(self._weights)) <= 1
+        self._memo: dict[int, int] = memos.get(members) if memos is not None else {}
 
     def first(self) -> int:
         assert self._selector is not None
@@ -90,12 +126,29 @@ class Group:
         if found is not None:
             return found
         best, best_score = 0, -1.0
-        log = math.log
-        for index, seed in enumerate(self._seeds):
-            u = ((_mix(key ^ seed) >> 11) + 0.5) / 9007199254740992.0  # 2**53
-            score = self._weights[index] / -log(u)
-            if score > best_score:
-                best, best_score = index, score
+        weights = self._weights
+        mask = _MASK
+        if self._uniform:
+            # Equal weights: the largest hash wins (no logarithms needed).
+            best_hash = -1
+            for index, seed in enumerate(self._seeds):
+                # splitmix64's finaliser, inlined: this loop is the O(n) part.
+                v = key ^ seed
+                v = ((v ^ (v >> 30)) * 0xBF58476D1CE4E5B9) & mask
+                v = ((v ^ (v >> 27)) * 0x94D049BB133111EB) & mask
+                v ^= v >> 31
+                if v > best_hash:
+                    best, best_hash = index, v
+        else:
+            log = math.log
+            for index, seed in enumerate(self._seeds):
+                v = key ^ seed
+                v = ((v ^ (v >> 30)) * 0xBF58476D1CE4E5B9) & mask
+                v = ((v ^ (v >> 27)) * 0x94D049BB133111EB) & mask
+                v ^= v >> 31
+                score = weights[index] / -log(((v >> 11) + 0.5) / 9007199254740992.0)
+                if score > best_score:
+                    best, best_score = index, score
         if len(self._memo) >= _STICKY_MEMO:
             self._memo.clear()
         self._memo[key] = best
@@ -127,8 +180,9 @@ class FlatPicker:
         within: Within,
         in_flight: InFlight,
         rng: random.Random,
+        memos: Memos | None = None,
     ) -> None:
-        self._group = Group("all", members, within, in_flight, rng)
+        self._group = Group("all", members, within, in_flight, rng, memos)
         self._explanation = "least_request: p2c" if within == "least_request" else "round_robin"
 
     def candidates(self, ctx: RequestContext) -> Iterator[Replica]:
