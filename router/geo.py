@@ -200,8 +200,9 @@ class Locator:
         cache_key = f"{via}:{key}"
         if cache_key not in self._by_region:
             point = region_coordinates(key, self._cfg.regions)
+            label, how = (key, via) if via == "hint" else ("unknown", f"{via} {key}")
             self._by_region[cache_key] = (
-                None if point is None else ClientLocation(f"region:{key}", point, key, via)
+                None if point is None else ClientLocation(f"region:{key}", point, label, how)
             )
             if len(self._by_region) > 1024:  # hints are client-chosen: keep the cache small
                 self._by_region.clear()

@@ -225,3 +225,18 @@ def test_geoip_coordinates_from_a_city_database_are_used() -> None:
     context = ctx("198.51.100.7")
     assert first(picker, context).region == "ap-southeast-1"
     assert "via geoip" in context.explanation
+
+
+def test_a_spilled_request_says_why() -> None:
+    spec = {"eu-central-1": 3, "us-east-1": 10}
+    picker = factory(GEO)(members(spec, totals={"eu-central-1": 10}), {})
+    explanations = set()
+    for _ in range(200):
+        context = ctx(headers={"CF-IPCountry": "DE"}, trusted=True)
+        first(picker, context)
+        explanations.add(context.explanation.split(" -> ")[1])
+    assert any(e.startswith("eu-central-1 (") for e in explanations)
+    assert any(
+        e.startswith("us-east-1 (") and e.endswith("spill-over from eu-central-1 (3/10 routable)")
+        for e in explanations
+    )

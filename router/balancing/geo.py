@@ -68,6 +68,8 @@ class _Region:
     point: Point | None
     group: Group
     health: float
+    routable: int
+    total: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +117,7 @@ class GeoPicker:
             total = max([m.region_total for m in group_members] + [len(group_members)])
             health = level_health(len(group_members), total, cfg.overprovisioning)
             group = Group(_printable(name), group_members, within, in_flight, rng, memos)
-            regions.append(_Region(name, point, group, health))
+            regions.append(_Region(name, point, group, health, len(group_members), total))
         self._regions = tuple(regions)
         self._default = (
             locator.region_location(cfg.default_region, "default_region")
@@ -146,7 +148,10 @@ class GeoPicker:
             far = "unknown distance" if math.isinf(km) else f"{km:.0f} km"
             line = f"geo: {client} -> {region.group.name} ({far})"
             if index > 0:
-                line += f"; spill-over from {nearest.group.name} ({nearest.health:.0%} healthy)"
+                line += (
+                    f"; spill-over from {nearest.group.name} "
+                    f"({nearest.routable}/{nearest.total} routable)"
+                )
             explanations.append(line)
         plan = _Plan(tuple(ranked), tuple(cumulative), tuple(explanations))
         if len(self._plans) >= _PLAN_CACHE:
