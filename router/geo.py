@@ -253,6 +253,8 @@ class Locator:
 
     def _geoip_lookup(self, ip: str) -> ClientLocation | None:
         assert self._geoip is not None
+        if ip.startswith("::ffff:") and "." in ip:
+            ip = ip[7:]  # an IPv4 client seen through a dual-stack socket
         code, point = self._geoip.lookup(ip)
         if point is not None:
             located = self._point(point.lat, point.lon, "geoip")

@@ -113,6 +113,10 @@ def test_the_embedded_geoip_database_works_offline() -> None:
     assert geoip.lookup("127.0.0.1") == (None, None)
     assert geoip.lookup("10.1.2.3") == (None, None)
     assert geoip.lookup("not-an-ip") == (None, None)
+    # A dual-stack listener reports IPv4 clients as IPv4-mapped IPv6 addresses.
+    found = Locator(GeoConfig(), geoip).locate(ctx("::ffff:81.2.69.142"))
+    assert found is not None
+    assert found.label == "GB"
 
 
 # A minimal MaxMind DB writer (format spec: maxmind.github.io/MaxMind-DB), enough to test
@@ -233,3 +237,16 @@ def test_a_full_routing_section_parses() -> None:
     assert cfg.geo.default_region == "us-east-1"
     assert "lab-1" in cfg.geo.regions
     assert cfg.geo.region_hint_header is None
+
+
+@pytest.mark.parametrize(
+    "module", ["router.geo", "router.balancing", "router.balancing.geo", "router.config"]
+)
+def test_modules_import_on_their_own(module: str) -> None:
+    # Import cycles only show when a module is imported first, in a fresh interpreter.
+    import subprocess
+    import sys
+
+    code = f"import {module}; from router.balancing import make_picker_factory"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
