@@ -250,3 +250,17 @@ def test_modules_import_on_their_own(module: str) -> None:
     code = f"import {module}; from router.balancing import make_picker_factory"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_documented_routing_section_is_valid_config() -> None:
+    # router/balancing/README.md's YAML block parses as is (YAML reads `mode: off` as false).
+    import re
+
+    import yaml
+
+    readme = Path(__file__).parent.parent / "router" / "balancing" / "README.md"
+    match = re.search(r"```yaml\n(.*?)```", readme.read_text(encoding="utf-8"), re.S)
+    assert match is not None
+    cfg = parse_config({**base({}), **yaml.safe_load(match.group(1))}, environ={}).routing
+    assert cfg.policy == "geo"
+    assert cfg.sticky.mode == "off"

@@ -125,6 +125,12 @@ class StickyConfig(Frozen):
     # Unset: a random per-process key (cookies stop working across restarts and routers).
     key_env: EnvVarName | None = None
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _off(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `off` as false.
+        return "off" if value is False else value
+
     @field_validator("cookie_name")
     @classmethod
     def _cookie(cls, value: str) -> str:
