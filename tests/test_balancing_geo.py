@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from router.balancing.base import Member
 from router.balancing.geo import level_health, priority_loads
@@ -240,3 +242,28 @@ def test_a_spilled_request_says_why() -> None:
         e.startswith("us-east-1 (") and e.endswith("spill-over from eu-central-1 (3/10 routable)")
         for e in explanations
     )
+
+
+@pytest.mark.parametrize(
+    ("healthy_percent", "local_percent"),
+    # The worked examples of Envoy's priority-level documentation (overprovisioning 1.4).
+    [(100, 100), (72, 100), (71, 99.4), (50, 70), (25, 35), (0, 0)],
+)
+def test_priority_loads_match_envoys_table(healthy_percent: int, local_percent: float) -> None:
+    loads = priority_loads([level_health(healthy_percent, 100, 1.4), 1.0])
+    assert loads[0] * 100 == pytest.approx(local_percent)
+    assert sum(loads) == pytest.approx(1.0)
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=1, max_size=8))
+def test_priority_loads_are_a_distribution_in_level_order(health: list[float]) -> None:
+    loads = priority_loads(health)
+    if sum(health) == 0:
+        assert loads == [0.0] * len(health)
+        return
+    assert sum(loads) == pytest.approx(1.0)
+    assert all(load >= 0 for load in loads)
+    # A level only gets load beyond its own health share when the total is degraded.
+    normalised = min(1.0, sum(health))
+    for load, value in zip(loads, health, strict=True):
+        assert load <= value / normalised + 1e-9
