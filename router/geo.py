@@ -92,7 +92,8 @@ def region_coordinates(
 
 @dataclass(frozen=True, slots=True)
 class ClientLocation:
-    """A located client. `key` groups clients that route alike (plans are cached by it)."""
+    """A located client. `key` groups clients that route alike and are explained alike
+    (routing plans and their explanations are cached by it)."""
 
     key: str
     point: Point
@@ -202,7 +203,7 @@ class Locator:
             point = region_coordinates(key, self._cfg.regions)
             label, how = (key, via) if via == "hint" else ("unknown", f"{via} {key}")
             self._by_region[cache_key] = (
-                None if point is None else ClientLocation(f"region:{key}", point, label, how)
+                None if point is None else ClientLocation(f"region:{key}|{how}", point, label, how)
             )
             if len(self._by_region) > 1024:  # hints are client-chosen: keep the cache small
                 self._by_region.clear()
@@ -228,7 +229,7 @@ class Locator:
     def _point(self, lat: float, lon: float, via: str) -> ClientLocation:
         # Rounded to ~10 km so nearby clients share a cached routing plan.
         lat, lon = round(lat, 1), round(lon, 1)
-        return ClientLocation(f"ll:{lat},{lon}", Point(lat, lon), f"{lat},{lon}", via)
+        return ClientLocation(f"ll:{lat},{lon}|{via}", Point(lat, lon), f"{lat},{lon}", via)
 
     def _country(self, code: str | None, via: str) -> ClientLocation | None:
         if not code:
@@ -241,7 +242,9 @@ class Locator:
             point = self._countries.get(code)
             if point is None:
                 return None
-            found = self._by_country[(code, via)] = ClientLocation(f"cc:{code}", point, code, via)
+            found = self._by_country[(code, via)] = ClientLocation(
+                f"cc:{code}|{via}", point, code, via
+            )
         return found
 
     def _country_header(self, ctx: RequestContext) -> ClientLocation | None:
@@ -259,5 +262,5 @@ class Locator:
         if point is not None:
             located = self._point(point.lat, point.lon, "geoip")
             label = f"{code} ({located.label})" if code else located.label
-            return ClientLocation(located.key, located.point, label, "geoip")
+            return ClientLocation(f"{located.key}|{code}", located.point, label, "geoip")
         return self._country(code, "geoip")

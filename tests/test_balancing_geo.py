@@ -267,3 +267,14 @@ def test_priority_loads_are_a_distribution_in_level_order(health: list[float]) -
     normalised = min(1.0, sum(health))
     for load, value in zip(loads, health, strict=True):
         assert load <= value / normalised + 1e-9
+
+
+def test_the_explanation_follows_the_source_of_each_request() -> None:
+    # Same country, different sources: each request is explained by its own source.
+    picker = factory(GEO, geoip=FakeGeoIP({"198.51.100.1": "DE"}))(members(THREE), {})
+    by_header = ctx(headers={"CF-IPCountry": "DE"}, trusted=True)
+    by_geoip = ctx("198.51.100.1")
+    first(picker, by_header)
+    first(picker, by_geoip)
+    assert "via header CF-IPCountry" in by_header.explanation
+    assert "client=DE via geoip" in by_geoip.explanation

@@ -82,7 +82,7 @@ def test_trusted_headers_need_a_trusted_peer_and_valid_values() -> None:
     assert loc.locate(ctx(headers=headers, trusted=False)) is None
     found = loc.locate(ctx(headers=headers, trusted=True))
     assert found is not None
-    assert found.key == "cc:BR"
+    assert found.key == "cc:BR|header CloudFront-Viewer-Country"
     for junk in ("XX", "T1", "ZZ", ""):
         assert loc.locate(ctx(headers={"CF-IPCountry": junk}, trusted=True)) is None
     bad_latlon = {"CloudFront-Viewer-Latitude": "95", "CloudFront-Viewer-Longitude": "10"}
@@ -92,7 +92,7 @@ def test_trusted_headers_need_a_trusted_peer_and_valid_values() -> None:
     good = {"CloudFront-Viewer-Latitude": "48.137", "CloudFront-Viewer-Longitude": "11.575"}
     found = loc.locate(ctx(headers=good, trusted=True))
     assert found is not None
-    assert found.key == "ll:48.1,11.6"
+    assert found.key == "ll:48.1,11.6|header"
 
 
 def test_custom_header_names() -> None:
