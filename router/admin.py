@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -37,6 +38,9 @@ class AdminBackend(Protocol):
 
     async def recheck(self, replica_id: str | None) -> None: ...
 
+    def reload(self) -> Any:
+        """Re-read the config; returns a dataclass with applied, restart_required, error."""
+
 
 class AdminServer:
     def __init__(self, listen: str, backend: AdminBackend, token: str | None) -> None:
@@ -57,6 +61,7 @@ class AdminServer:
         app.router.add_post("/admin/replicas/{id}/recheck", self._recheck)
         app.router.add_post("/admin/recheck", self._recheck)
         app.router.add_post("/admin/active-limit", self._active_limit)
+        app.router.add_post("/admin/reload", self._reload)
         for method, path, handler in self.extra_routes:
             app.router.add_route(method, path, handler)
         return app
@@ -122,6 +127,10 @@ class AdminServer:
         await self._backend.recheck(replica_id)
         log.info("admin: re-check of %s", replica_id or "all replicas")
         return web.json_response({"rechecked": replica_id or "all"})
+
+    async def _reload(self, request: web.Request) -> web.Response:
+        result = asdict(self._backend.reload())
+        return web.json_response(result, status=400 if result.get("error") else 200)
 
     async def _active_limit(self, request: web.Request) -> web.Response:
         try:
