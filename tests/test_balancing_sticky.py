@@ -192,6 +192,9 @@ def test_without_key_env_cookies_still_work_within_the_process(
     cookie = headers[0][1].split(";", 1)[0]
     assert set_cookie(picker, cookie)[0] == served
     assert any("random per-process key" in r.getMessage() for r in caplog.records)
+    # A config reload builds a new factory: cookies already handed out keep working.
+    reloaded = factory({"sticky": {"mode": "cookie"}}, seed=99)(pool(3), {})
+    assert set_cookie(reloaded, cookie)[0] == served
 
 
 def test_cookie_parsing() -> None:

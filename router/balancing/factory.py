@@ -25,6 +25,9 @@ from router.models import Replica
 log = logging.getLogger(__name__)
 
 DEBUG_HEADER = "X-Router-Route"
+# Without routing.sticky.key_env, one random key per process: a config reload builds a new
+# factory but must not invalidate the cookies already handed out.
+_PROCESS_KEY = secrets.token_bytes(32)
 
 
 class DebugHeaders:
@@ -55,7 +58,7 @@ def _signing_key(cfg: RoutingConfig, environ: Mapping[str, str]) -> bytes:
             "routing.sticky.key_env is not set: sticky cookies are signed with a random "
             "per-process key, so they stop pinning after a restart and differ between routers"
         )
-        return secrets.token_bytes(32)
+        return _PROCESS_KEY
     value = environ.get(name, "")
     if len(value) < 16:
         raise ConfigError(
