@@ -225,3 +225,10 @@ def test_rendezvous_results_survive_a_snapshot_with_the_same_group() -> None:
     memos.next_generation()
     memos.next_generation()
     assert memos.get(pool(3)) == {}  # dropped once unused for a whole build
+
+
+def test_odd_header_bytes_still_place_the_key() -> None:
+    # aiohttp keeps undecodable header bytes as surrogates: hashing must not fail on them.
+    picker = factory({"sticky": {"mode": "header"}})(pool(3), {})
+    odd = {"X-Session-Id": "caf\udce9"}
+    assert first(picker, ctx(headers=odd)).id == first(picker, ctx(headers=odd)).id

@@ -28,7 +28,9 @@ _STICKY_MEMO = 16384
 
 def hash64(text: str) -> int:
     """A stable 64-bit hash (the same in every process and every router instance)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+    return int.from_bytes(
+        hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "big"
+    )
 
 
 def _mix(value: int) -> int:
