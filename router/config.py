@@ -119,6 +119,16 @@ class ProxyConfig(Frozen):
     max_request_body: int = Field(100 * 1024 * 1024, ge=0)
     trusted_proxies: tuple[str, ...] = ()
     drain_timeout: PositiveDuration = 30.0
+    # -- overload and slow clients (router/proxy/admission.py) --
+    # Requests proxied at once (each holds one upstream connection); more wait in a queue of
+    # max_pending for up to connect_timeout, and past that get 503 with Retry-After.
+    max_connections: int = Field(2048, ge=1)
+    max_pending: int = Field(2048, ge=0)
+    # A request head must arrive within this of the connection opening or of the previous
+    # response on it (so it also closes idle keep-alive connections); restart to change.
+    client_header_timeout: PositiveDuration = 30.0
+    # The longest pause allowed between two pieces of a request body (408 after).
+    client_body_timeout: PositiveDuration = 30.0
 
     @field_validator("trusted_proxies")
     @classmethod

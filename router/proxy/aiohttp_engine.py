@@ -29,6 +29,7 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.models import Replica
+from router.proxy.admission import RETRY_AFTER_SECONDS, Admission, Overloaded
 from router.proxy.base import (
     InFlightCounter,
     Observers,
@@ -59,28 +60,48 @@ _WS_OWN = frozenset(
     }
 )
 _CHUNK = 64 * 1024
-
-
-class BodyTooLarge(Exception):
-    pass
+_CLOSE_AFTER = frozenset({"body_too_large", "client_body_timeout", "client_body_incomplete"})
 
 
 class _Body:
     """The client's request body as an async iterator that counts, caps, and remembers
-    whether it has started (a started body cannot be sent again)."""
+    whether it has started (a started body cannot be sent again).
 
-    def __init__(self, request: web.Request, limit: int) -> None:
+    A failure on the client's side (too large, too slow, cut off) is kept in `failure`:
+    the client library reports it as a broken upstream connection, and it must be answered
+    as the client's fault, never counted against the replica."""
+
+    def __init__(self, request: web.Request, limit: int, pause_timeout: float) -> None:
         self._request = request
         self._limit = limit
+        self._pause_timeout = pause_timeout
         self.started = False
         self.size = 0
+        self.failure: ClientRequestError | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.started = True
-        async for chunk in self._request.content.iter_chunked(_CHUNK):
+        content = self._request.content
+        while True:
+            try:
+                async with asyncio.timeout(self._pause_timeout):
+                    chunk = await content.read(_CHUNK)
+            except TimeoutError:
+                self.failure = ClientRequestError(
+                    408, "client_body_timeout", f"no body data for {self._pause_timeout}s"
+                )
+                raise self.failure from None
+            except Exception as exc:  # the client went away or sent a broken body
+                self.failure = ClientRequestError(400, "client_body_incomplete", str(exc))
+                raise self.failure from exc
+            if not chunk:
+                return
             self.size += len(chunk)
             if self.size > self._limit:
-                raise BodyTooLarge
+                self.failure = ClientRequestError(
+                    413, "body_too_large", f"limit {self._limit} bytes"
+                )
+                raise self.failure
             yield chunk
 
 
@@ -88,6 +109,10 @@ def error_response(error: ProxyError) -> web.Response:
     response = web.json_response(error.body(), status=error.status)
     if isinstance(error, NoRoutableReplica):
         response.headers["Retry-After"] = "5"
+    elif isinstance(error, Overloaded):
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    if error.code in _CLOSE_AFTER:
+        response.force_close()  # the rest of the client's body is not worth reading
     return response
 
 
@@ -108,6 +133,7 @@ class AiohttpEngine:
         self._in_flight = in_flight
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
         self._timeout = _timeout(config)
+        self._admission = Admission(config.proxy.max_connections, config.proxy.max_pending)
         self._closing: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -153,6 +179,7 @@ class AiohttpEngine:
         self._proxy = config.proxy
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
         self._timeout = _timeout(config)
+        self._admission.configure(config.proxy.max_connections, config.proxy.max_pending)
         if reach_changed and self._session is not None:
             old, self._session = self._session, self._new_session()
             loop = asyncio.get_running_loop()
@@ -164,7 +191,13 @@ class AiohttpEngine:
         app = web.Application(client_max_size=cfg.max_request_body or 1024**4)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self._runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=cfg.drain_timeout, handle_signals=False
+            app,
+            access_log=None,
+            shutdown_timeout=cfg.drain_timeout,
+            handle_signals=False,
+            # aiohttp closes a connection whose request head is not complete this long after
+            # it opened or after the previous response: the slowloris cut-off.
+            keepalive_timeout=cfg.client_header_timeout,
         )
         await self._runner.setup()
         if self._config.listen_tls is not None and self._tls is not None:
@@ -202,17 +235,11 @@ class AiohttpEngine:
             return self._redirect_to_https(request)
         try:
             path = self._validate(request)
-            response = await self._forward(request, path, peer, trusted, client, outcome)
+            async with self._admission.slot(self._proxy.connect_timeout):
+                response = await self._forward(request, path, peer, trusted, client, outcome)
         except ProxyError as exc:
             outcome.error = exc.code
             response = error_response(exc)
-        except BodyTooLarge:
-            outcome.error = "body_too_large"
-            response = error_response(
-                ClientRequestError(
-                    413, "body_too_large", f"limit {self._proxy.max_request_body} bytes"
-                )
-            )
         status = outcome.status or response.status
         self._observers.request_done(
             RequestRecord(
@@ -293,7 +320,7 @@ class AiohttpEngine:
         if is_ws:
             headers = [(k, v) for k, v in headers if k.lower() not in _WS_OWN]
         has_body = request.body_exists
-        body = _Body(request, self._proxy.max_request_body)
+        body = _Body(request, self._proxy.max_request_body, self._proxy.client_body_timeout)
         idempotent = request.method in IDEMPOTENT and not has_body
         last_error: ProxyError | None = None
         try:
@@ -320,6 +347,8 @@ class AiohttpEngine:
                         timeout=self._timeout,
                     )
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    if body.failure is not None:  # the client's fault, not the replica's
+                        raise body.failure from exc
                     kind, error = classify_client_error(exc, replica)
                     self._observers.attempt_done(replica, False, kind, None)
                     last_error = error

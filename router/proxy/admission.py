@@ -1,0 +1,97 @@
+"""Overload protection shared by the engines: a bounded number of requests proxied at once
+(`proxy.max_connections`) and a bounded queue in front of them (`proxy.max_pending`).
+
+With Envoy's circuit-breaker semantics: a request takes a slot for its whole upstream life
+(connect, response, streamed body); when every slot is taken it may wait in a queue of at
+most `max_pending` for up to `wait` seconds; past that it is refused at once with 503 and
+`Retry-After`, so memory and latency stay bounded however many clients arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from router.errors import ProxyError
+
+RETRY_AFTER_SECONDS = 1
+
+
+class Overloaded(ProxyError):
+    """Every slot is taken and the queue is full (or the wait for a slot ran out)."""
+
+    status = 503
+    code = "overloaded"
+
+
+class Admission:
+    def __init__(self, max_active: int, max_pending: int) -> None:
+        self.max_active = max_active
+        self.max_pending = max_pending
+        self.active = 0
+        self.refused = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def pending(self) -> int:
+        return len(self._waiters)
+
+    def configure(self, max_active: int, max_pending: int) -> None:
+        """A reload: new limits apply to the next requests; a larger limit frees waiters."""
+        self.max_active, self.max_pending = max_active, max_pending
+        while self._waiters and self.active < self.max_active:
+            if self._hand_over():
+                self.active += 1
+
+    @asynccontextmanager
+    async def slot(self, wait: float) -> AsyncIterator[None]:
+        await self._acquire(wait)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, wait: float) -> None:
+        if self.active < self.max_active and not self._waiters:
+            self.active += 1
+            return
+        if len(self._waiters) >= self.max_pending:
+            self.refused += 1
+            raise Overloaded(
+                "too many requests in flight", limit=self.max_active, queued=self.pending
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(wait):
+                await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # a slot was handed over just as we gave up: pass it on
+            else:
+                waiter.cancel()
+                if waiter in self._waiters:  # _hand_over may have dropped it already
+                    self._waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                self.refused += 1
+                raise Overloaded(
+                    "no free slot in time", limit=self.max_active, waited_seconds=wait
+                ) from None
+            raise
+
+    def _hand_over(self) -> bool:
+        """Wake the oldest live waiter; True if one took the slot."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return True
+        return False
+
+    def _release(self) -> None:
+        # The slot moves straight to a waiter (active stays) unless over a lowered limit.
+        if self.active <= self.max_active and self._hand_over():
+            return
+        self.active -= 1
