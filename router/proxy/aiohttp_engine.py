@@ -9,6 +9,7 @@ retried once the response has started streaming to the client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -391,12 +392,20 @@ class AiohttpEngine:
             length = upstream.content_length
             if length is not None and "Transfer-Encoding" not in upstream.headers:
                 response.content_length = length
-            await response.prepare(request)
+            try:
+                await response.prepare(request)
+            except ConnectionResetError:
+                outcome.error = "client_disconnected"  # the client's doing: not a replica fault
+                return response
             outcome.status = status
             try:
                 async for chunk in upstream.content.iter_any():
                     outcome.bytes_out += len(chunk)
-                    await response.write(chunk)
+                    try:
+                        await response.write(chunk)
+                    except ConnectionResetError:
+                        outcome.error = "client_disconnected"
+                        return response
             except (TimeoutError, aiohttp.ClientError) as exc:
                 # The status line is gone: all we can do is cut the connection.
                 kind, _ = classify_client_error(exc, replica)
@@ -405,7 +414,8 @@ class AiohttpEngine:
                 if request.transport is not None:
                     request.transport.close()
                 return response
-            await response.write_eof()
+            with contextlib.suppress(ConnectionResetError):
+                await response.write_eof()
             return response
         finally:
             upstream.release()
