@@ -6,6 +6,7 @@ request; and an observer that timestamps the router's upstream attempts per repl
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 from collections import Counter
@@ -16,6 +17,16 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+
+@dataclass
+class FleetLoad:
+    in_flight: int = 0
+    peak: int = 0
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
 
 
 @dataclass
@@ -30,6 +41,7 @@ class FleetReplica:
     in_flight: int = 0
     peak_in_flight: int = 0
     runner: web.AppRunner | None = None
+    fleet_load: FleetLoad | None = None  # shared by a fleet: requests on all its replicas
     _release: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -52,6 +64,8 @@ class FleetReplica:
             return web.json_response({"ok": True, "replica": self.name})
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        if self.fleet_load is not None:
+            self.fleet_load.enter()
         try:
             body = await request.read()
             if self.latency:
@@ -65,10 +79,12 @@ class FleetReplica:
                     "path": request.raw_path,
                     "body_bytes": len(body),
                     "headers": list(request.headers.items()),
-                }
+                },
             )
         finally:
             self.in_flight -= 1
+            if self.fleet_load is not None:
+                self.fleet_load.in_flight -= 1
 
     async def start(self) -> None:
         if self.runner is None:
@@ -104,7 +120,8 @@ class FleetReplica:
 
 @asynccontextmanager
 async def fleet(count: int, latency: float = 0.0) -> AsyncIterator[list[FleetReplica]]:
-    replicas = [FleetReplica(f"r{i}", latency=latency) for i in range(count)]
+    shared = FleetLoad()
+    replicas = [FleetReplica(f"r{i}", latency=latency, fleet_load=shared) for i in range(count)]
     try:
         for replica in replicas:
             await replica.start()
@@ -209,7 +226,7 @@ class Load:
         ends = sorted(r.ended for r in self.results if 200 <= r.status < 300)
         if len(ends) < 2:
             return 0.0
-        return max(b - a for a, b in zip(ends, ends[1:], strict=False))
+        return max(b - a for a, b in itertools.pairwise(ends))
 
 
 async def run_load(

@@ -62,7 +62,8 @@ async def test_killing_one_of_four_replicas_under_load_fails_no_idempotent_reque
     assert len(load.failures("POST")) <= kill["in_flight"], load.failures("POST")
     # The router stopped sending to the dead replica quickly (connect failures, then ejection).
     last = log.last_to(victim.name)
-    assert last is not None and last - kill["at"] < 1.0
+    assert last is not None
+    assert last - kill["at"] < 1.0
     answered_after = {r.replica for r in load.results if r.started > kill["at"]}
     assert answered_after == {r.name for r in replicas} - {victim.name}
 
@@ -83,7 +84,8 @@ async def test_a_hanging_replica_costs_one_response_timeout_then_is_ejected(
             # An answer never waits for more than one timeout on the stuck replica.
             assert load.latency_p(1.0) < 0.3 + 0.25
             timeouts = [a for a in log.attempts if a.replica == stuck.name]
-            assert timeouts and {a.kind for a in timeouts} == {"timeout"}
+            assert timeouts
+            assert {a.kind for a in timeouts} == {"timeout"}
             assert stuck.name not in routable(router)
             # Out by passive ejection (traffic timeouts) or failed active checks, whichever first.
             assert router.app.reconciler.current.by_id[stuck.name].state in {"ejected", "unhealthy"}
@@ -161,7 +163,8 @@ async def test_graceful_shutdown_finishes_in_flight_and_refuses_only_after_ready
                 await stopping
     assert statuses == [200] * 5
     assert first_refused is not None
-    assert first_not_ready is not None and first_not_ready <= first_refused
+    assert first_not_ready is not None
+    assert first_not_ready <= first_refused
 
 
 def _accepts(host: str, port: int) -> bool:

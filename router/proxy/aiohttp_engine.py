@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -61,6 +61,8 @@ _WS_OWN = frozenset(
     }
 )
 _CHUNK = 64 * 1024
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_VERSIONS = frozenset({aiohttp.HttpVersion10, aiohttp.HttpVersion11})
 _CLOSE_AFTER = frozenset({"body_too_large", "client_body_timeout", "client_body_incomplete"})
 
 
@@ -112,8 +114,6 @@ def error_response(error: ProxyError) -> web.Response:
         response.headers["Retry-After"] = "5"
     elif isinstance(error, Overloaded):
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    if error.code in _CLOSE_AFTER:
-        response.force_close()  # the rest of the client's body is not worth reading
     return response
 
 
@@ -189,8 +189,11 @@ class AiohttpEngine:
     async def start(self) -> None:
         self._session = self._new_session()
         cfg = self._proxy
-        app = web.Application(client_max_size=cfg.max_request_body or 1024**4)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
+        # Every request reaches `handle`, bypassing aiohttp's URL dispatcher: it would answer
+        # 404 itself for CONNECT's authority form and for paths holding an encoded newline.
+        app = web.Application(
+            client_max_size=cfg.max_request_body or 1024**4, middlewares=[self._everything]
+        )
         self._runner = web.AppRunner(
             app,
             access_log=None,
@@ -226,6 +229,10 @@ class AiohttpEngine:
 
     # -- request path ---------------------------------------------------------------------
 
+    @web.middleware
+    async def _everything(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
+        return await self.handle(request)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.monotonic()
         peer = request.remote or ""
@@ -241,6 +248,8 @@ class AiohttpEngine:
         except ProxyError as exc:
             outcome.error = exc.code
             response = error_response(exc)
+            if exc.code in _CLOSE_AFTER:
+                await _send_and_close(request, response)
         status = outcome.status or response.status
         self._observers.request_done(
             RequestRecord(
@@ -269,6 +278,11 @@ class AiohttpEngine:
     def _validate(self, request: web.Request) -> str:
         if request.method == "CONNECT":
             raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
+        if request.version not in _VERSIONS:  # HTTP/0.9 would be forwarded as 1.1
+            raise ClientRequestError(505, "http_version_not_supported", "use HTTP/1.0 or 1.1")
+        hosts = request.headers.getall("Host", [])
+        if len(hosts) > 1 or (not hosts and request.version == aiohttp.HttpVersion11):
+            raise ClientRequestError(400, "bad_host", "HTTP/1.1 needs exactly one Host header")
         raw = request.raw_path
         if not raw.startswith("/"):
             # Absolute form: allowed only for the host the request is addressed to, so the
@@ -455,6 +469,15 @@ class AiohttpEngine:
             await upstream.close()
             await client.close()
         return client
+
+
+async def _send_and_close(request: web.Request, response: web.StreamResponse) -> None:
+    """Answer, then close at once: the rest of the client's body is not worth reading (aiohttp
+    would otherwise linger up to 10 s draining it)."""
+    with contextlib.suppress(ConnectionResetError):
+        await response.prepare(request)
+        await response.write_eof()
+    request.protocol.force_close()
 
 
 def _timeout(config: RouterConfig) -> aiohttp.ClientTimeout:
