@@ -13,9 +13,11 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -63,7 +65,14 @@ _WS_OWN = frozenset(
 _CHUNK = 64 * 1024
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _VERSIONS = frozenset({aiohttp.HttpVersion10, aiohttp.HttpVersion11})
-_CLOSE_AFTER = frozenset({"body_too_large", "client_body_timeout", "client_body_incomplete"})
+_CLOSE_AFTER = frozenset(
+    {
+        "body_too_large",
+        "client_body_timeout",
+        "client_body_incomplete",
+        "http_version_not_supported",
+    }
+)
 
 
 class _Body:
@@ -202,6 +211,7 @@ class AiohttpEngine:
             # aiohttp closes a connection whose request head is not complete this long after
             # it opened or after the previous response: the slowloris cut-off.
             keepalive_timeout=cfg.client_header_timeout,
+            logger=_ServerLog(logging.getLogger("aiohttp.server")),
         )
         await self._runner.setup()
         if self._config.listen_tls is not None and self._tls is not None:
@@ -469,6 +479,17 @@ class AiohttpEngine:
             await upstream.close()
             await client.close()
         return client
+
+
+class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp logs every malformed request at ERROR with a traceback, so any client could
+    flood the log: a client's bad request becomes one DEBUG line; real failures stay ERROR."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            self.debug("%s: bad request (%s)", str(msg) % args, exc_info.message or exc_info.code)
+        else:
+            self.logger.exception(msg, *args, exc_info=exc_info, **kw)
 
 
 async def _send_and_close(request: web.Request, response: web.StreamResponse) -> None:
