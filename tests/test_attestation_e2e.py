@@ -128,8 +128,7 @@ FAULTS: dict[str, dict[str, str]] = {
 async def test_only_attested_replicas_get_traffic_and_status_says_why(mode: str) -> None:
     faults = [knob for knob, reasons in FAULTS.items() if mode in reasons]
     replicas = good(2) + [
-        SimReplicaConfig(region=f"bad-{knob}", attestation=knob)  # type: ignore[arg-type]
-        for knob in faults
+        SimReplicaConfig(region=f"bad-{knob}", attestation=knob) for knob in faults
     ]
     replicas.append(SimReplicaConfig(region="bad-compose", app_compose=OTHER_COMPOSE))
     async with stack(mode, replicas, allowed_compose_hashes=[DEFAULT_COMPOSE_HASH]) as s:
