@@ -28,7 +28,7 @@ from router.snapshot import Snapshot
 from tests.support import RouterHandle, eventually, running_router
 
 API_KEY = "e2e-key"
-ENV = {"PHALA_CLOUD_API_KEY": API_KEY}
+ENV_NAME = "PHALA_CLOUD_API_KEY"
 MODES = ["cloud", "guest-agent", "fresh"]
 DEFAULT_COMPOSE_HASH = sha256_hex(default_compose("sim-app"))
 OTHER_COMPOSE = default_compose("sim-app").replace("sim/app:1", "sim/app:2")
@@ -70,12 +70,15 @@ async def stack(
     replicas: list[SimReplicaConfig],
     *,
     trust: str = "config",
+    sim_config: SimulatorConfig | None = None,
     **attestation: Any,
 ) -> AsyncIterator[Stack]:
     """The simulator with `replicas` and the router in front, attesting in `mode`.
     `trust`: "config" (simulator_public_keys), "argument" (RouterApp's
     trusted_simulator_keys) or "other" (another simulator's key)."""
-    sim = Simulator(SimulatorConfig(api_key=API_KEY, attestation=True, replicas=tuple(replicas)))
+    sim = Simulator(
+        sim_config or SimulatorConfig(api_key=API_KEY, attestation=True, replicas=tuple(replicas))
+    )
     await sim.start()
     try:
         section = sim.attestation_section(
@@ -97,7 +100,9 @@ async def stack(
             "attestation": section,
         }
         async with (
-            running_router(config, environ=ENV, trusted_simulator_keys=keys) as router,
+            running_router(
+                config, environ={ENV_NAME: sim.config.api_key}, trusted_simulator_keys=keys
+            ) as router,
             aiohttp.ClientSession() as session,
         ):
             yield Stack(sim, router, session, [r.instance_id for r in sim.replicas])
@@ -278,6 +283,19 @@ async def test_quotes_signed_by_an_untrusted_key_admit_nobody(trust: str) -> Non
         async with s.session.get(s.router.url + "/") as response:
             assert response.status == 503
         assert all(r.served == 0 for r in s.sim.replicas)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_demo_cloud_attests_through_its_tls_gateway(mode: str) -> None:
+    """What `phala-router demo --attestation <mode>` runs: 4 replicas behind a TLS gateway,
+    one stopped; the 3 running ones are attested and share the traffic."""
+    sim_config = SimulatorConfig.demo(tls=True, attestation=True)
+    async with stack(mode, [], sim_config=sim_config) as s:
+        running = {r.instance_id for r in s.sim.replicas if r.status == "running"}
+        await eventually(lambda: len(s.router.app.reconciler.current.routable) == 3, timeout=5)
+        assert set(await s.send(6)) == running
+        for rid in running:
+            assert (await s.replica_status())[rid]["attestation"]["ok"] is True
 
 
 async def test_keys_passed_to_the_app_are_trusted_like_configured_ones() -> None:
