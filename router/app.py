@@ -15,6 +15,7 @@ from router.balancing.round_robin import RoundRobin
 from router.config import RouterConfig
 from router.discovery.static import static_replicas
 from router.errors import ConfigError
+from router.metrics import Metrics
 from router.models import Replica
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers, RequestRecord
@@ -82,12 +83,17 @@ class RouterApp:
         self._environ = os.environ if environ is None else environ
         self._clock = clock
         self.in_flight = InFlightCounter()
-        self.observers = Observers([AccessLog()] if access_log_enabled else [])
+        self.metrics = Metrics(self.in_flight, clock=clock)
+        self.observers = Observers([self.metrics, *([AccessLog()] if access_log_enabled else [])])
         self.reconciler = Reconciler(
             policy_from_config(config), self.in_flight, clock=clock, health_enabled=False
         )
+        self.metrics.on_snapshot(self.reconciler.current)
+        self.reconciler.subscribe(self.metrics.on_snapshot)
         self.engine: Engine = AiohttpEngine(config, self._snapshot, self.observers, self.in_flight)
-        self.admin = AdminServer(config.admin.listen, self, self._admin_token())
+        self.admin = AdminServer(
+            config.admin.listen, self, self._admin_token(), metrics=self.metrics.render
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self._started = False
@@ -115,7 +121,7 @@ class RouterApp:
         offset = time.time() - now
         snapshot = self.reconciler.current
         overrides = self.reconciler.overrides
-        return status_document(
+        document = status_document(
             snapshot,
             now=now,
             to_wall=lambda t: round(t + offset, 3),
@@ -133,6 +139,7 @@ class RouterApp:
                 "active_limit": overrides.active_limit,
             },
         )
+        return self.metrics.annotate_status(document)
 
     def drain(self, replica_id: str, drained: bool) -> None:
         current = self.reconciler.overrides

@@ -1,0 +1,418 @@
+"""Prometheus metrics on a private registry, fed by one call per event.
+
+The request path only touches plain Python objects: one `_ReplicaStats` per replica holds
+counters in dicts and histograms as bucket lists, and a custom collector turns them into
+Prometheus families at scrape time. Everything runs on the event loop thread, so no locks;
+prometheus-client's own metric objects (which take a lock per update) are used only for
+rare control-plane events. Snapshot-derived series (states, panic, compose hashes) and the
+in-flight gauge are read at scrape time, so they cost nothing between scrapes, and a
+replica's series disappear as soon as a snapshot without it is published.
+
+Wiring (one call each): `Metrics` is a `TrafficObserver`; `reconciler.subscribe(
+metrics.on_snapshot)`; health calls `health_check()` and `ejection()`; attestation calls
+`attestation_verdict()`; discovery calls `discovery_refresh()`.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from importlib import metadata
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from router.models import AttestationVerdict, Replica, ReplicaState
+from router.proxy.base import RequestRecord
+from router.snapshot import Snapshot
+
+NO_REPLICA = "(none)"  # label value for requests that never reached a replica
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
+)
+# Request latency: web calls to slow LLM-style apps, so the tail reaches a minute.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+CHECK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STATES = tuple(s.value for s in ReplicaState)
+RATE_WINDOW = 10.0  # seconds over which /status shows request and error rates
+_SAMPLE_EVERY = 1.0
+_SAMPLE_KEEP = 60.0
+
+
+def build_version() -> str:
+    try:
+        return metadata.version("phala-router")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class _Histogram:
+    """Bucket counts (not cumulative) and a sum; cumulated only at scrape time."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def family_args(self) -> tuple[list[tuple[str, float]], float]:
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        return buckets, self.sum
+
+
+class _ReplicaStats:
+    """Everything counted for one replica (or for NO_REPLICA)."""
+
+    __slots__ = (
+        "attestation",
+        "check_time",
+        "checks",
+        "ejections",
+        "errors",
+        "id",
+        "region",
+        "requests",
+        "total_time",
+        "upstream_time",
+        "verdict_at",
+    )
+
+    def __init__(self, replica_id: str, region: str) -> None:
+        self.id = replica_id
+        self.region = region
+        self.requests: dict[tuple[str, int], int] = {}
+        self.upstream_time = _Histogram(LATENCY_BUCKETS)
+        self.total_time = _Histogram(LATENCY_BUCKETS)
+        self.errors: dict[str, int] = {}
+        self.checks: dict[str, int] = {}
+        self.check_time = _Histogram(CHECK_BUCKETS)
+        self.ejections = 0
+        self.attestation: dict[str, int] = {}
+        self.verdict_at: float | None = None
+
+    def totals(self) -> tuple[int, int]:
+        """(requests, 5xx responses) so far."""
+        count = errors = 0
+        for (_, code), n in self.requests.items():
+            count += n
+            if code >= 500:
+                errors += n
+        return count, errors
+
+
+def _region(replica: Replica | None) -> str:
+    return (replica.region or "") if replica is not None else ""
+
+
+class Metrics:
+    """The router's metrics; see the module docstring for how to feed it."""
+
+    def __init__(
+        self,
+        in_flight: Mapping[str, int],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        version: str | None = None,
+    ) -> None:
+        self._in_flight = in_flight
+        self._clock = clock
+        self._wall = wall
+        self._stats: dict[str, _ReplicaStats] = {NO_REPLICA: _ReplicaStats(NO_REPLICA, "")}
+        self._known: frozenset[str] | None = None  # None until the first snapshot
+        self._snapshot: Snapshot | None = None
+        self._retries = 0
+        self._samples: deque[tuple[float, dict[str, tuple[int, int]]]] = deque()
+        self.discovery_last_success: float | None = None  # wall clock
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._discovery = Counter(
+            "router_discovery_refresh",
+            "Discovery passes by result (ok or an error code).",
+            ["result"],
+            registry=self.registry,
+        )
+        Gauge(
+            "router_build_info", "The router build; always 1.", ["version"], registry=self.registry
+        ).labels(version or build_version()).set(1)
+        self.registry.register(_Collector(self))
+
+    # -- data plane (TrafficObserver): keep these cheap ------------------------------------
+
+    def _stats_for(self, replica: Replica | None) -> _ReplicaStats:
+        key = replica.id if replica is not None else NO_REPLICA
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = _ReplicaStats(key, _region(replica))
+            # A late report about a replica that already left must not resurrect its series.
+            if self._known is None or key in self._known:
+                self._stats[key] = stats
+        return stats
+
+    def attempt_done(
+        self, replica: Replica, ok: bool, kind: str | None, status: int | None
+    ) -> None:
+        if ok:
+            return
+        errors = self._stats_for(replica).errors
+        kind = kind or "other"
+        errors[kind] = errors.get(kind, 0) + 1
+
+    def request_done(self, record: RequestRecord) -> None:
+        stats = self._stats_for(record.replica)
+        method = record.method if record.method in KNOWN_METHODS else "OTHER"
+        key = (method, record.status)
+        requests = stats.requests
+        requests[key] = requests.get(key, 0) + 1
+        stats.total_time.observe(record.total_seconds)
+        if record.upstream_seconds is not None:
+            stats.upstream_time.observe(record.upstream_seconds)
+        if record.retries:
+            self._retries += record.retries
+
+    # -- control plane ----------------------------------------------------------------------
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        """Reconciler listener: remember the snapshot (read at scrape time) and drop the
+        series of replicas that left."""
+        self._snapshot = snapshot
+        self._known = frozenset(snapshot.by_id)
+        for gone in [k for k in self._stats if k != NO_REPLICA and k not in self._known]:
+            del self._stats[gone]
+        for status in snapshot.statuses:
+            replica = status.replica
+            stats = self._stats_for(replica)
+            stats.region = replica.region or ""
+            if status.health is not None:
+                # Health views count ejections too; whichever source saw more wins, so
+                # wiring both `ejection()` and health views never double counts.
+                stats.ejections = max(stats.ejections, status.health.ejections)
+            verdict = status.attestation
+            if verdict is not None and (stats.verdict_at is None or verdict.at > stats.verdict_at):
+                stats.verdict_at = verdict.at
+
+    def health_check(self, replica_id: str, ok: bool, seconds: float | None) -> None:
+        stats = self._control_stats(replica_id)
+        result = "ok" if ok else "fail"
+        stats.checks[result] = stats.checks.get(result, 0) + 1
+        if seconds is not None:
+            stats.check_time.observe(seconds)
+
+    def ejection(self, replica_id: str) -> None:
+        self._control_stats(replica_id).ejections += 1
+
+    def attestation_verdict(self, verdict: AttestationVerdict) -> None:
+        stats = self._control_stats(verdict.replica_id)
+        # Reason codes look like `tcb_status:OutOfDate`; the prefix keeps cardinality fixed.
+        result = "ok" if verdict.ok else verdict.reason.split(":", 1)[0] or "fail"
+        stats.attestation[result] = stats.attestation.get(result, 0) + 1
+        stats.verdict_at = verdict.at
+
+    def discovery_refresh(self, result: str, last_success: float | None = None) -> None:
+        """One discovery pass ended; `result` is "ok" or a short error code.
+        `last_success` is the wall-clock time of the last success (defaults to now on ok)."""
+        self._discovery.labels(result).inc()
+        if last_success is None and result == "ok":
+            last_success = self._wall()
+        if last_success is not None:
+            self.discovery_last_success = last_success
+
+    def _control_stats(self, replica_id: str) -> _ReplicaStats:
+        stats = self._stats.get(replica_id)
+        if stats is None:
+            stats = _ReplicaStats(replica_id, "")
+            if self._known is None or replica_id in self._known:
+                self._stats[replica_id] = stats
+        return stats
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        """The /metrics body and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def rates(self, window: float = RATE_WINDOW) -> dict[str, tuple[float, float]]:
+        """Per replica: (requests per second, fraction of 5xx) over about `window` seconds,
+        from counter samples kept at most once a second; empty until two samples exist."""
+        now = self._clock()
+        totals = {rid: s.totals() for rid, s in self._stats.items()}
+        samples = self._samples
+        if not samples or now - samples[-1][0] >= _SAMPLE_EVERY:
+            samples.append((now, totals))
+        while len(samples) > 1 and now - samples[1][0] >= _SAMPLE_KEEP:
+            samples.popleft()
+        base_at, base = samples[0]
+        for at, sample in samples:
+            if now - at < window:
+                break
+            base_at, base = at, sample
+        elapsed = now - base_at
+        if elapsed <= 0:
+            return {}
+        rates: dict[str, tuple[float, float]] = {}
+        for rid, (count, errors) in totals.items():
+            before_count, before_errors = base.get(rid, (0, 0))
+            sent = count - before_count
+            failed = errors - before_errors
+            rates[rid] = (sent / elapsed, failed / sent if sent else 0.0)
+        return rates
+
+    def annotate_status(self, document: dict[str, Any]) -> dict[str, Any]:
+        """Add request/error rates per replica and the discovery age to a /status document."""
+        rates = self.rates()
+        for row in document.get("replicas", []):
+            rate = rates.get(row["id"])
+            row["requests_per_second"] = round(rate[0], 3) if rate else None
+            row["error_ratio"] = round(rate[1], 4) if rate else None
+        last = self.discovery_last_success
+        document["generated_at"] = round(self._wall(), 3)
+        document["discovery_last_success"] = last
+        document["discovery_age_seconds"] = (
+            round(self._wall() - last, 3) if last is not None else None
+        )
+        return document
+
+
+class _Collector:
+    """Builds the per-replica and snapshot families at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        rr = ["replica", "region"]
+        requests = CounterMetricFamily(
+            "router_requests",
+            "Client requests by replica, method and status code.",
+            labels=[*rr, "method", "code"],
+        )
+        upstream = HistogramMetricFamily(
+            "router_request_duration_seconds",
+            "Upstream time: from sending to the replica to its response headers.",
+            labels=rr,
+        )
+        total = HistogramMetricFamily(
+            "router_request_total_duration_seconds",
+            "End-to-end time of a client request in the router, retries included.",
+            labels=rr,
+        )
+        errors = CounterMetricFamily(
+            "router_upstream_errors",
+            "Failed upstream attempts by kind.",
+            labels=["replica", "kind"],
+        )
+        checks = CounterMetricFamily(
+            "router_health_checks", "Active health checks by result.", labels=["replica", "result"]
+        )
+        check_time = HistogramMetricFamily(
+            "router_health_check_duration_seconds",
+            "Active health check latency.",
+            labels=["replica"],
+        )
+        ejections = CounterMetricFamily(
+            "router_ejections", "Passive-health ejections.", labels=["replica"]
+        )
+        verdicts = CounterMetricFamily(
+            "router_attestation_verdicts",
+            "Attestation verdicts by result (ok or the failure reason code).",
+            labels=["replica", "result"],
+        )
+        age = GaugeMetricFamily(
+            "router_attestation_age_seconds", "Seconds since the last verdict.", labels=["replica"]
+        )
+        now = m._clock()
+        for stats in list(m._stats.values()):
+            rid = stats.id
+            region = stats.region
+            for (method, code), n in stats.requests.items():
+                requests.add_metric([rid, region, method, str(code)], n)
+            if any(stats.upstream_time.counts):
+                upstream.add_metric([rid, region], *stats.upstream_time.family_args())
+            if stats.requests:
+                total.add_metric([rid, region], *stats.total_time.family_args())
+            for kind, n in stats.errors.items():
+                errors.add_metric([rid, kind], n)
+            for result, n in stats.checks.items():
+                checks.add_metric([rid, result], n)
+            if stats.checks:
+                check_time.add_metric([rid], *stats.check_time.family_args())
+            if rid != NO_REPLICA:
+                ejections.add_metric([rid], stats.ejections)
+            for result, n in stats.attestation.items():
+                verdicts.add_metric([rid, result], n)
+            if stats.verdict_at is not None:
+                age.add_metric([rid], round(now - stats.verdict_at, 3))
+        yield from (requests, upstream, total, errors, checks, check_time, ejections)
+        yield from (verdicts, age)
+        yield CounterMetricFamily(
+            "router_retries", "Upstream attempts beyond the first.", value=m._retries
+        )
+        if m.discovery_last_success is not None:  # absent, not 0, until discovery succeeds
+            yield GaugeMetricFamily(
+                "router_discovery_last_success_timestamp_seconds",
+                "Unix time of the last successful discovery pass.",
+                value=m.discovery_last_success,
+            )
+        yield from self._snapshot_families(m._snapshot)
+
+    def _snapshot_families(self, snapshot: Snapshot | None) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            "router_in_flight_requests", "Requests in flight per replica.", labels=["replica"]
+        )
+        states = GaugeMetricFamily(
+            "router_replica_state",
+            "1 for the replica's current state, 0 for the others.",
+            labels=["replica", "region", "state"],
+        )
+        counts = GaugeMetricFamily("router_replicas", "Replicas per state.", labels=["state"])
+        hashes = GaugeMetricFamily(
+            "router_compose_hashes", "Replicas per compose hash.", labels=["hash"]
+        )
+        per_state = dict.fromkeys(STATES, 0)
+        if snapshot is not None:
+            for status in snapshot.statuses:
+                replica = status.replica
+                region = replica.region or ""
+                in_flight.add_metric([replica.id], self._m._in_flight.get(replica.id, 0))
+                per_state[status.state] = per_state.get(status.state, 0) + 1
+                for state in (*STATES, status.state) if status.state not in STATES else STATES:
+                    value = 1.0 if state == status.state else 0.0
+                    states.add_metric([replica.id, region, state], value)
+            for compose_hash, n in snapshot.compose_hashes.items():
+                hashes.add_metric([compose_hash], n)
+        for state, n in per_state.items():
+            counts.add_metric([state], n)
+        yield from (in_flight, states, counts, hashes)
+        yield GaugeMetricFamily(
+            "router_routable_replicas",
+            "Replicas that take traffic now.",
+            value=len(snapshot.routable) if snapshot else 0,
+        )
+        yield GaugeMetricFamily(
+            "router_panic_mode",
+            "1 while routing ignores health (too few healthy replicas).",
+            value=1.0 if snapshot is not None and snapshot.panic else 0.0,
+        )
+        yield GaugeMetricFamily(
+            "router_snapshot_version",
+            "Version of the published routing snapshot.",
+            value=snapshot.version if snapshot else 0,
+        )
