@@ -176,14 +176,24 @@ class Metrics:
         errors[kind] = errors.get(kind, 0) + 1
 
     def request_done(self, record: RequestRecord) -> None:
-        stats = self._stats_for(record.replica)
-        method = record.method if record.method in KNOWN_METHODS else "OTHER"
-        key = (method, record.status)
+        # Inlined on purpose (no helper calls): this runs once per request.
+        replica = record.replica
+        stats = self._stats.get(replica.id if replica is not None else NO_REPLICA)
+        if stats is None:
+            stats = self._stats_for(replica)
+        method = record.method
+        key = (method if method in KNOWN_METHODS else "OTHER", record.status)
         requests = stats.requests
         requests[key] = requests.get(key, 0) + 1
-        stats.total_time.observe(record.total_seconds)
-        if record.upstream_seconds is not None:
-            stats.upstream_time.observe(record.upstream_seconds)
+        seconds = record.total_seconds
+        histogram = stats.total_time
+        histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
+        histogram.sum += seconds
+        seconds_up = record.upstream_seconds
+        if seconds_up is not None:
+            histogram = stats.upstream_time
+            histogram.counts[bisect_left(histogram.bounds, seconds_up)] += 1
+            histogram.sum += seconds_up
         if record.retries:
             self._retries += record.retries
 
