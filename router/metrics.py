@@ -140,7 +140,9 @@ class Metrics:
         self._known: frozenset[str] | None = None  # None until the first snapshot
         self._snapshot: Snapshot | None = None
         self._retries = 0
-        self._samples: deque[tuple[float, dict[str, tuple[int, int]]]] = deque()
+        # Rate samples for /status; the first is "nothing yet, at start", so a fresh page
+        # shows the rate since start until a full window has passed.
+        self._samples: deque[tuple[float, dict[str, tuple[int, int]]]] = deque([(clock(), {})])
         self.discovery_last_success: float | None = None  # wall clock
         self.registry = CollectorRegistry(auto_describe=False)
         self._discovery = Counter(
@@ -260,7 +262,7 @@ class Metrics:
 
     def rates(self, window: float = RATE_WINDOW) -> dict[str, tuple[float, float]]:
         """Per replica: (requests per second, fraction of 5xx) over about `window` seconds,
-        from counter samples kept at most once a second; empty until two samples exist."""
+        from counter samples kept at most once a second (since start while younger)."""
         now = self._clock()
         totals = {rid: s.totals() for rid, s in self._stats.items()}
         samples = self._samples

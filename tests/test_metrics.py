@@ -289,12 +289,23 @@ def test_discovery_refreshes() -> None:
     assert value(s, "router_discovery_last_success_timestamp_seconds") == 1_700_000_000.0
 
 
+def test_a_fresh_router_shows_the_rate_since_start() -> None:
+    clock = FakeClock()
+    a = replica("a")
+    metrics = Metrics({}, clock=clock)
+    metrics.on_snapshot(snapshot([a]))
+    clock.now += 2
+    for _ in range(6):
+        metrics.request_done(record(a))
+    assert metrics.rates()["a"] == (3.0, 0.0)
+
+
 def test_status_rates_come_from_recent_counters() -> None:
     clock = FakeClock()
     a = replica("a")
     metrics = Metrics({}, clock=clock)
     metrics.on_snapshot(snapshot([a]))
-    assert metrics.rates() == {}  # one sample: no rate yet
+    assert metrics.rates() == {}  # no time has passed: no rate yet
     for second in range(10):
         clock.now += 1
         for i in range(4):
@@ -305,8 +316,12 @@ def test_status_rates_come_from_recent_counters() -> None:
     requests_per_second, error_ratio = rates["a"]
     assert requests_per_second == 4.0
     assert error_ratio == 0.25
+    # Later, only the last ~10 seconds count.
+    clock.now += 10
+    metrics.request_done(record(a))
+    assert metrics.rates()["a"] == (0.1, 0.0)
     document = metrics.annotate_status({"replicas": [{"id": "a"}, {"id": "new"}]})
-    assert document["replicas"][0]["requests_per_second"] == 4.0
+    assert document["replicas"][0]["requests_per_second"] == 0.1
     assert document["replicas"][1]["requests_per_second"] is None
 
 
@@ -343,3 +358,29 @@ async def test_scrape_after_traffic_matches_requests_sent(client: aiohttp.Client
                 s = parse(await resp.text())
             assert names_with(s, "replica", "b") == set()
             assert value(s, "router_replicas", state="healthy") == 1
+
+
+def test_grafana_dashboard_queries_only_series_the_router_exports() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads(
+        (Path(__file__).resolve().parent.parent / "config/grafana-dashboard.json").read_text()
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {name for e in exprs for name in re.findall(r"\brouter_[a-z_]+", e)}
+    a = replica("a", compose_hash="h")
+    metrics = Metrics({})
+    metrics.on_snapshot(snapshot([a]))
+    metrics.request_done(record(a, retries=1))
+    metrics.attempt_done(a, False, "connect", None)
+    metrics.health_check("a", True, 0.01)
+    metrics.attestation_verdict(AttestationVerdict("a", True, "ok", at=0.0))
+    metrics.discovery_refresh("ok")
+    exported = {name for name, _ in scrape(metrics)}
+    assert used, "the dashboard has no queries"
+    assert used <= exported, f"dashboard uses unknown series: {sorted(used - exported)}"
+    # The headline panels the issue asks for.
+    titles = {p["title"] for p in dashboard["panels"]}
+    assert {"Request rate by replica", "Replica states now", "Attestation age by replica"} <= titles
