@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # /status.html is a static shell holding no data: its script fetches /status with the token.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/status.html"})
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/status.html"})
 MetricsSource = Callable[[], tuple[bytes, str]]
 RECENT_ACTIONS = 20
 
@@ -70,6 +70,7 @@ class AdminServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/status", self._status)
         app.router.add_get("/status.html", status_page.handle)
+        app.router.add_get("/", status_page.redirect)
         if self._metrics is not None:
             app.router.add_get("/metrics", self._metrics_page)
         app.router.add_post("/admin/replicas/{id}/drain", self._drain)

@@ -60,3 +60,8 @@ async def handle(request: web.Request) -> web.Response:
             "X-Content-Type-Options": "nosniff",
         },
     )
+
+
+async def redirect(request: web.Request) -> web.Response:
+    """The admin listener's root opens the page (a relative target keeps any path prefix)."""
+    raise web.HTTPFound("status.html")

@@ -182,3 +182,21 @@ async def test_access_log_is_off_by_default(
             await app.stop(1.0)
     entries = json_lines(capsys.readouterr().err)
     assert not [e for e in entries if e["logger"] == "router.access"]
+
+
+async def test_a_request_path_cannot_forge_text_log_lines(
+    capsys: pytest.CaptureFixture[str], restore_logging: None
+) -> None:
+    logs.configure("info", "text", access_log=True)
+    async with running_replica("a") as a:
+        config = static_config([("a", f"http://127.0.0.1:{a.port}")], health={"enabled": False})
+        async with router_with_access_log(config, {}) as (url, _):
+            async with aiohttp.ClientSession() as client:
+                # (A %0A path never reaches the access log: aiohttp's router answers 404.)
+                forged = "/x%0D%1B[2K2026-01-01 00:00:00,000 WARNING router.admin: drained a"
+                async with client.get(url + forged) as resp:
+                    assert resp.status == 200
+    access = [line for line in capsys.readouterr().err.splitlines() if "router.access" in line]
+    assert len(access) == 1
+    assert "GET /x\\x0d\\x1b[2K2026-01-01" in access[0]
+    assert "path=/x\\x0d\\x1b[2K2026" in access[0]

@@ -43,6 +43,10 @@ async def test_page_is_a_self_contained_shell_served_without_the_token(
                 page = await resp.text()
                 policy = resp.headers["Content-Security-Policy"]
                 assert resp.headers["Cache-Control"] == "no-store"
+            async with client.get(f"{router.admin_url}/") as resp:
+                assert resp.status == 200
+                landing = str(resp.url)
+    assert landing.endswith("/status.html")
     # The shell carries no data: replica ids and the token only come from /status.
     assert "secret-id" not in page
     assert TOKEN not in page
@@ -221,3 +225,20 @@ async def test_page_asks_for_the_token_when_opened_without_it(browser: Any) -> N
             await page.wait_for_selector("#rows tr[data-replica='only']", timeout=5000)
             assert await page.is_hidden("#token-form")
             assert await page.is_hidden("#error")
+
+            # The operator drains the replica from the page (after confirming), then undrains it.
+            dialogs: list[str] = []
+
+            async def accept(dialog: Any) -> None:
+                dialogs.append(dialog.message)
+                await dialog.accept()
+
+            page.on("dialog", accept)
+            await page.click("#rows tr[data-replica='only'] button")
+            await page.wait_for_selector("#rows tr[data-replica='only'][data-state='draining']")
+            assert dialogs == ["Drain only? It stops receiving new requests."]
+            assert router.app.reconciler.overrides.drained == {"only"}
+            await page.click("#rows tr[data-replica='only'] button:text('Undrain')")
+            await page.wait_for_selector("#rows tr[data-replica='only'][data-state='healthy']")
+            assert router.app.reconciler.overrides.drained == set()
+            assert "undrain only" in await page.inner_text("#actions")
