@@ -20,7 +20,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from router.balancing.round_robin import RoundRobin
-from router.metrics import LATENCY_BUCKETS, Metrics
+from router.metrics import Metrics
+from router.metrics_families import LATENCY_BUCKETS
 from router.models import Replica
 from router.proxy.base import RequestRecord
 from router.snapshot import Overrides, Policy, build_snapshot

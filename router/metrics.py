@@ -1,6 +1,6 @@
 """Prometheus metrics on a private registry, fed by one call per event.
 
-The request path only touches plain Python objects: one `_ReplicaStats` per replica holds
+The request path only touches plain Python objects: one `ReplicaStats` per replica holds
 counters in dicts and histograms as bucket lists, and a custom collector turns them into
 Prometheus families at scrape time. Everything runs on the event loop thread, so no locks;
 prometheus-client's own metric objects (which take a lock per update) are used only for
@@ -24,25 +24,21 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from router.models import AttestationVerdict, Replica, ReplicaState
+from router.metrics_families import (
+    NO_REPLICA,
+    ReplicaStats,
+    replica_families,
+    snapshot_families,
+)
+from router.models import AttestationVerdict, Replica
 from router.proxy.base import RequestRecord
 from router.snapshot import Snapshot
 
-NO_REPLICA = "(none)"  # label value for requests that never reached a replica
 KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
 )
-# Request latency: web calls to slow LLM-style apps, so the tail reaches a minute.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-CHECK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-STATES = tuple(s.value for s in ReplicaState)
 RATE_WINDOW = 10.0  # seconds over which /status shows request and error rates
 _SAMPLE_EVERY = 1.0
 _SAMPLE_KEEP = 60.0
@@ -53,69 +49,6 @@ def build_version() -> str:
         return metadata.version("phala-router")
     except metadata.PackageNotFoundError:
         return "unknown"
-
-
-class _Histogram:
-    """Bucket counts (not cumulative) and a sum; cumulated only at scrape time."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def family_args(self) -> tuple[list[tuple[str, float]], float]:
-        buckets: list[tuple[str, float]] = []
-        total = 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            total += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
-        return buckets, self.sum
-
-
-class _ReplicaStats:
-    """Everything counted for one replica (or for NO_REPLICA)."""
-
-    __slots__ = (
-        "attestation",
-        "check_time",
-        "checks",
-        "ejections",
-        "errors",
-        "id",
-        "region",
-        "requests",
-        "total_time",
-        "upstream_time",
-        "verdict_at",
-    )
-
-    def __init__(self, replica_id: str, region: str) -> None:
-        self.id = replica_id
-        self.region = region
-        self.requests: dict[tuple[str, int], int] = {}
-        self.upstream_time = _Histogram(LATENCY_BUCKETS)
-        self.total_time = _Histogram(LATENCY_BUCKETS)
-        self.errors: dict[str, int] = {}
-        self.checks: dict[str, int] = {}
-        self.check_time = _Histogram(CHECK_BUCKETS)
-        self.ejections = 0
-        self.attestation: dict[str, int] = {}
-        self.verdict_at: float | None = None
-
-    def totals(self) -> tuple[int, int]:
-        """(requests, 5xx responses) so far."""
-        count = errors = 0
-        for (_, code), n in self.requests.items():
-            count += n
-            if code >= 500:
-                errors += n
-        return count, errors
 
 
 def _region(replica: Replica | None) -> str:
@@ -136,7 +69,7 @@ class Metrics:
         self._in_flight = in_flight
         self._clock = clock
         self._wall = wall
-        self._stats: dict[str, _ReplicaStats] = {NO_REPLICA: _ReplicaStats(NO_REPLICA, "")}
+        self._stats: dict[str, ReplicaStats] = {NO_REPLICA: ReplicaStats(NO_REPLICA, "")}
         self._known: frozenset[str] | None = None  # None until the first snapshot
         self._snapshot: Snapshot | None = None
         self._retries = 0
@@ -158,11 +91,11 @@ class Metrics:
 
     # -- data plane (TrafficObserver): keep these cheap ------------------------------------
 
-    def _stats_for(self, replica: Replica | None) -> _ReplicaStats:
+    def _stats_for(self, replica: Replica | None) -> ReplicaStats:
         key = replica.id if replica is not None else NO_REPLICA
         stats = self._stats.get(key)
         if stats is None:
-            stats = _ReplicaStats(key, _region(replica))
+            stats = ReplicaStats(key, _region(replica))
             # A late report about a replica that already left must not resurrect its series.
             if self._known is None or key in self._known:
                 self._stats[key] = stats
@@ -246,10 +179,10 @@ class Metrics:
         if last_success is not None:
             self.discovery_last_success = last_success
 
-    def _control_stats(self, replica_id: str) -> _ReplicaStats:
+    def _control_stats(self, replica_id: str) -> ReplicaStats:
         stats = self._stats.get(replica_id)
         if stats is None:
-            stats = _ReplicaStats(replica_id, "")
+            stats = ReplicaStats(replica_id, "")
             if self._known is None or replica_id in self._known:
                 self._stats[replica_id] = stats
         return stats
@@ -303,77 +236,14 @@ class Metrics:
 
 
 class _Collector:
-    """Builds the per-replica and snapshot families at scrape time."""
+    """Builds the families at scrape time from the counters and the last snapshot."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._m = metrics
 
     def collect(self) -> Iterator[Metric]:
         m = self._m
-        rr = ["replica", "region"]
-        requests = CounterMetricFamily(
-            "router_requests",
-            "Client requests by replica, method and status code.",
-            labels=[*rr, "method", "code"],
-        )
-        upstream = HistogramMetricFamily(
-            "router_request_duration_seconds",
-            "Upstream time: from sending to the replica to its response headers.",
-            labels=rr,
-        )
-        total = HistogramMetricFamily(
-            "router_request_total_duration_seconds",
-            "End-to-end time of a client request in the router, retries included.",
-            labels=rr,
-        )
-        errors = CounterMetricFamily(
-            "router_upstream_errors",
-            "Failed upstream attempts by kind.",
-            labels=["replica", "kind"],
-        )
-        checks = CounterMetricFamily(
-            "router_health_checks", "Active health checks by result.", labels=["replica", "result"]
-        )
-        check_time = HistogramMetricFamily(
-            "router_health_check_duration_seconds",
-            "Active health check latency.",
-            labels=["replica"],
-        )
-        ejections = CounterMetricFamily(
-            "router_ejections", "Passive-health ejections.", labels=["replica"]
-        )
-        verdicts = CounterMetricFamily(
-            "router_attestation_verdicts",
-            "Attestation verdicts by result (ok or the failure reason code).",
-            labels=["replica", "result"],
-        )
-        age = GaugeMetricFamily(
-            "router_attestation_age_seconds", "Seconds since the last verdict.", labels=["replica"]
-        )
-        now = m._clock()
-        for stats in list(m._stats.values()):
-            rid = stats.id
-            region = stats.region
-            for (method, code), n in stats.requests.items():
-                requests.add_metric([rid, region, method, str(code)], n)
-            if any(stats.upstream_time.counts):
-                upstream.add_metric([rid, region], *stats.upstream_time.family_args())
-            if stats.requests:
-                total.add_metric([rid, region], *stats.total_time.family_args())
-            for kind, n in stats.errors.items():
-                errors.add_metric([rid, kind], n)
-            for result, n in stats.checks.items():
-                checks.add_metric([rid, result], n)
-            if stats.checks:
-                check_time.add_metric([rid], *stats.check_time.family_args())
-            if rid != NO_REPLICA:
-                ejections.add_metric([rid], stats.ejections)
-            for result, n in stats.attestation.items():
-                verdicts.add_metric([rid, result], n)
-            if stats.verdict_at is not None:
-                age.add_metric([rid], round(now - stats.verdict_at, 3))
-        yield from (requests, upstream, total, errors, checks, check_time, ejections)
-        yield from (verdicts, age)
+        yield from replica_families(list(m._stats.values()), m._clock())
         yield CounterMetricFamily(
             "router_retries", "Upstream attempts beyond the first.", value=m._retries
         )
@@ -383,48 +253,4 @@ class _Collector:
                 "Unix time of the last successful discovery pass.",
                 value=m.discovery_last_success,
             )
-        yield from self._snapshot_families(m._snapshot)
-
-    def _snapshot_families(self, snapshot: Snapshot | None) -> Iterator[Metric]:
-        in_flight = GaugeMetricFamily(
-            "router_in_flight_requests", "Requests in flight per replica.", labels=["replica"]
-        )
-        states = GaugeMetricFamily(
-            "router_replica_state",
-            "1 for the replica's current state, 0 for the others.",
-            labels=["replica", "region", "state"],
-        )
-        counts = GaugeMetricFamily("router_replicas", "Replicas per state.", labels=["state"])
-        hashes = GaugeMetricFamily(
-            "router_compose_hashes", "Replicas per compose hash.", labels=["hash"]
-        )
-        per_state = dict.fromkeys(STATES, 0)
-        if snapshot is not None:
-            for status in snapshot.statuses:
-                replica = status.replica
-                region = replica.region or ""
-                in_flight.add_metric([replica.id], self._m._in_flight.get(replica.id, 0))
-                per_state[status.state] = per_state.get(status.state, 0) + 1
-                for state in (*STATES, status.state) if status.state not in STATES else STATES:
-                    value = 1.0 if state == status.state else 0.0
-                    states.add_metric([replica.id, region, state], value)
-            for compose_hash, n in snapshot.compose_hashes.items():
-                hashes.add_metric([compose_hash], n)
-        for state, n in per_state.items():
-            counts.add_metric([state], n)
-        yield from (in_flight, states, counts, hashes)
-        yield GaugeMetricFamily(
-            "router_routable_replicas",
-            "Replicas that take traffic now.",
-            value=len(snapshot.routable) if snapshot else 0,
-        )
-        yield GaugeMetricFamily(
-            "router_panic_mode",
-            "1 while routing ignores health (too few healthy replicas).",
-            value=1.0 if snapshot is not None and snapshot.panic else 0.0,
-        )
-        yield GaugeMetricFamily(
-            "router_snapshot_version",
-            "Version of the published routing snapshot.",
-            value=snapshot.version if snapshot else 0,
-        )
+        yield from snapshot_families(m._snapshot, m._in_flight)

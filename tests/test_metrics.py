@@ -8,7 +8,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.balancing.round_robin import RoundRobin
-from router.metrics import NO_REPLICA, Metrics
+from router.metrics import Metrics
+from router.metrics_families import NO_REPLICA
 from router.models import AttestationVerdict, HealthView, Replica, ReplicaState
 from router.proxy.base import RequestRecord
 from router.snapshot import Overrides, Policy, Snapshot, build_snapshot
