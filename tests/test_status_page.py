@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from router.models import AttestationVerdict, CheckResult, HealthView, ReplicaState
 from tests.support import running_replica, running_router, static_config
 
 CHROMIUM = "/usr/bin/chromium"
@@ -170,6 +171,26 @@ async def test_page_shows_replicas_and_a_drained_one_within_one_refresh(
             assert await page.locator("#rows img, #rows script").count() == 0
             assert "routable: 2 / 2" in await page.inner_text("#facts")
 
+            # What health checking and attestation report appears on the next refresh.
+            reconciler = router.app.reconciler
+            now = time.monotonic()
+            check = CheckResult(at=now, ok=True, status=200, latency=0.0123)
+            reconciler.set_health("us-1", HealthView(ReplicaState.HEALTHY, check, ejections=2))
+            reconciler.set_verdict(AttestationVerdict("us-1", True, "ok", at=now - 30))
+            reconciler.set_verdict(
+                AttestationVerdict("eu-1", False, "tcb_status:OutOfDate", at=now)
+            )
+            await page.wait_for_selector("#rows tr[data-replica='us-1'] .ok", timeout=3000)
+            cells = await page.eval_on_selector_all(
+                "#rows tr[data-replica='us-1'] td", "tds => tds.map(td => td.textContent)"
+            )
+            assert cells[5].startswith("ok 200")
+            assert cells[6] == "12.3 ms"
+            assert cells[7].startswith("verified · 3")  # about 30 s ago
+            assert cells[12] == "2"
+            eu = await page.inner_text("#rows tr[data-replica='eu-1']")
+            assert "tcb_status:OutOfDate" in eu
+
             # The replica goes down: the page shows it at the next refresh (every 2 s).
             async with client.post(
                 f"{router.admin_url}/admin/replicas/eu-1/drain",
@@ -235,10 +256,14 @@ async def test_page_asks_for_the_token_when_opened_without_it(browser: Any) -> N
 
             page.on("dialog", accept)
             await page.click("#rows tr[data-replica='only'] button")
-            await page.wait_for_selector("#rows tr[data-replica='only'][data-state='draining']")
+            await page.wait_for_selector(
+                "#rows tr[data-replica='only'][data-state='draining']", timeout=5000
+            )
             assert dialogs == ["Drain only? It stops receiving new requests."]
             assert router.app.reconciler.overrides.drained == {"only"}
             await page.click("#rows tr[data-replica='only'] button:text('Undrain')")
-            await page.wait_for_selector("#rows tr[data-replica='only'][data-state='healthy']")
+            await page.wait_for_selector(
+                "#rows tr[data-replica='only'][data-state='healthy']", timeout=5000
+            )
             assert router.app.reconciler.overrides.drained == set()
             assert "undrain only" in await page.inner_text("#actions")
