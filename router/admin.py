@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # /status.html is a static shell holding no data: its script fetches /status with the token.
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/status.html"})
-MetricsSource = Callable[[], tuple[bytes, str]]
+MetricsSource = Callable[[], Awaitable[tuple[bytes, str]]]
 RECENT_ACTIONS = 20
 
 
@@ -119,7 +119,7 @@ class AdminServer:
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         assert self._metrics is not None
-        body, content_type = self._metrics()
+        body, content_type = await self._metrics()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     def _record(self, request: web.Request, action: str, target: str | None) -> None:

@@ -92,7 +92,7 @@ class RouterApp:
         self.reconciler.subscribe(self.metrics.on_snapshot)
         self.engine: Engine = AiohttpEngine(config, self._snapshot, self.observers, self.in_flight)
         self.admin = AdminServer(
-            config.admin.listen, self, self._admin_token(), metrics=self.metrics.render
+            config.admin.listen, self, self._admin_token(), metrics=self.metrics.render_async
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False

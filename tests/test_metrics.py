@@ -385,3 +385,13 @@ def test_grafana_dashboard_queries_only_series_the_router_exports() -> None:
     # The headline panels the issue asks for.
     titles = {p["title"] for p in dashboard["panels"]}
     assert {"Request rate by replica", "Replica states now", "Attestation age by replica"} <= titles
+
+
+async def test_async_render_matches_sync_render() -> None:
+    a = replica("a")
+    metrics = Metrics({"a": 2})
+    metrics.on_snapshot(snapshot([a]))
+    metrics.request_done(record(a))
+    body, content_type = await metrics.render_async()
+    assert parse(body.decode()) == scrape(metrics)
+    assert content_type == metrics.render()[1]
