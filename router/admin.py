@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -42,6 +43,9 @@ class AdminBackend(Protocol):
     def set_active_limit(self, count: int | None) -> None: ...
 
     async def recheck(self, replica_id: str | None) -> None: ...
+
+    def reload(self) -> Any:
+        """Re-read the config; returns a dataclass with applied, restart_required, error."""
 
 
 class AdminServer:
@@ -78,6 +82,7 @@ class AdminServer:
         app.router.add_post("/admin/replicas/{id}/recheck", self._recheck)
         app.router.add_post("/admin/recheck", self._recheck)
         app.router.add_post("/admin/active-limit", self._active_limit)
+        app.router.add_post("/admin/reload", self._reload)
         for method, path, handler in self.extra_routes:
             app.router.add_route(method, path, handler)
         return app
@@ -157,6 +162,11 @@ class AdminServer:
         self._record(request, "recheck", replica_id)
         log.info("admin: re-check of %s", replica_id or "all replicas")
         return web.json_response({"rechecked": replica_id or "all"})
+
+    async def _reload(self, request: web.Request) -> web.Response:
+        result = asdict(self._backend.reload())
+        self._record(request, "reload", "refused" if result.get("error") else "applied")
+        return web.json_response(result, status=400 if result.get("error") else 200)
 
     async def _active_limit(self, request: web.Request) -> web.Response:
         try:

@@ -7,21 +7,30 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from router.admin import AdminServer
+from router.attestation.wiring import build_attestor
 from router.balancing.round_robin import RoundRobin
-from router.config import RouterConfig
+from router.config import RouterConfig, load_config
+from router.discovery.phala import PhalaDiscovery
 from router.discovery.static import static_replicas
-from router.errors import ConfigError
+from router.dns import DnsService
+from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
+from router.health import HealthChecker, make_health_session
 from router.metrics import Metrics
-from router.models import Replica
+from router.models import AttestationVerdict, Replica
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers, RequestRecord
 from router.reconciler import Reconciler
 from router.snapshot import Overrides, Policy
 from router.status import status_document
+from router.tls import ServerTLS
+from router.upstream import ConnectTo, client_ssl_context
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("router.access")
@@ -32,6 +41,8 @@ def policy_from_config(config: RouterConfig) -> Policy:
         picker_factory=RoundRobin,
         panic_threshold=config.health.panic_threshold,
         slow_start=config.health.slow_start,
+        attestation_required=config.attestation.enabled,
+        attestation_max_age=config.attestation.effective_max_age,
     )
 
 
@@ -70,29 +81,96 @@ class AccessLog:
         )
 
 
+@dataclass
+class ReloadResult:
+    applied: list[str] = field(default_factory=list)
+    restart_required: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def _health_session_factory(config: RouterConfig) -> Callable[[], aiohttp.ClientSession]:
+    """Health checks reach replicas exactly like traffic: same connect_to, TLS and SNI."""
+    tls = config.upstream_tls
+    context = client_ssl_context(tls.verify, tls.ca_file)
+    return lambda: make_health_session(config.discovery.connect_to, context, config.health)
+
+
+def _app_id(config: RouterConfig) -> str | None:
+    return config.discovery.phala.app_id if config.discovery.phala else None
+
+
+def _tls_listen(config: RouterConfig) -> str | None:
+    return config.listen_tls.listen if config.listen_tls else None
+
+
 class RouterApp:
     def __init__(
         self,
         config: RouterConfig,
         *,
+        config_path: str | None = None,
         environ: Mapping[str, str] | None = None,
         access_log_enabled: bool = False,
         clock: Any = time.monotonic,
+        trusted_simulator_keys: frozenset[bytes] = frozenset(),
     ) -> None:
         self.config = config
+        self.config_path = config_path
         self._environ = os.environ if environ is None else environ
         self._clock = clock
         self.in_flight = InFlightCounter()
         self.metrics = Metrics(self.in_flight, clock=clock)
-        self.observers = Observers([self.metrics, *([AccessLog()] if access_log_enabled else [])])
-        self.reconciler = Reconciler(
-            policy_from_config(config), self.in_flight, clock=clock, health_enabled=False
-        )
+        self.reconciler = Reconciler(policy_from_config(config), self.in_flight, clock=clock)
         self.metrics.on_snapshot(self.reconciler.current)
         self.reconciler.subscribe(self.metrics.on_snapshot)
-        self.engine: Engine = AiohttpEngine(config, self._snapshot, self.observers, self.in_flight)
+        self.health = HealthChecker(
+            config.health,
+            lambda rid, view, urgent: self.reconciler.set_health(rid, view, urgent=urgent),
+            _health_session_factory(config),
+            clock=clock,
+        )
+        self.discovery = (
+            PhalaDiscovery(
+                config.discovery.phala, self.set_replicas, environ=self._environ, clock=clock
+            )
+            if config.discovery.phala is not None
+            else None
+        )
+        if self.discovery is not None:
+            self.metrics.watch_discovery(self.discovery)
+        self.attestor = build_attestor(
+            config,
+            self._on_verdict,
+            environ=self._environ,
+            clock=clock,
+            trusted_simulator_keys=trusted_simulator_keys,
+        )
+        self.observers = Observers([self.metrics, self.health.passive])
+        if access_log_enabled:
+            self.observers.observers.append(AccessLog())
+        self.tls = (
+            ServerTLS(config.listen_tls.cert_file, config.listen_tls.key_file)
+            if config.listen_tls is not None
+            else None
+        )
+        self.engine: Engine = AiohttpEngine(
+            config, self._snapshot, self.observers, self.in_flight, tls=self.tls
+        )
         self.admin = AdminServer(
             config.admin.listen, self, self._admin_token(), metrics=self.metrics.render_async
+        )
+        self.dns = (
+            DnsService(
+                config.dns,
+                self.reconciler,
+                app_id=_app_id(config),
+                pinned=ConnectTo(config.discovery.connect_to).lookup
+                if config.discovery.connect_to
+                else None,
+                environ=self._environ,
+            )
+            if DnsService.wanted(config.dns)
+            else None
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
@@ -100,6 +178,10 @@ class RouterApp:
 
     def _snapshot(self):  # type: ignore[no-untyped-def]
         return self.reconciler.current
+
+    def _on_verdict(self, verdict: AttestationVerdict) -> None:
+        self.metrics.attestation_verdict(verdict)
+        self.reconciler.set_verdict(verdict)
 
     def _admin_token(self) -> str | None:
         name = self.config.admin.token_env
@@ -125,7 +207,7 @@ class RouterApp:
             snapshot,
             now=now,
             to_wall=lambda t: round(t + offset, 3),
-            health=self.reconciler.health_of,
+            health=self.health.view,
             verdicts=self.reconciler.verdict_of,
             in_flight=self.in_flight,
             facts={
@@ -152,22 +234,95 @@ class RouterApp:
         self.reconciler.set_overrides(Overrides(current.drained, count))
 
     async def recheck(self, replica_id: str | None) -> None:
-        return None
+        await self.health.check_now(replica_id)
+
+    def set_replicas(self, replicas: Sequence[Replica]) -> None:
+        """Every discovery result goes to the reconciler and to health checking."""
+        self.reconciler.set_replicas(replicas)
+        self.health.update_replicas(replicas)
+        if self.attestor is not None:
+            self.attestor.update_replicas(replicas)
+
+    def reload(self) -> ReloadResult:
+        """Re-read the config file (SIGHUP, POST /admin/reload). A valid new config applies
+        without dropping connections; an invalid one is refused and the running one stays."""
+        if self.config_path is None:
+            return ReloadResult(
+                error="no config file to reload (the router was started from a dict)"
+            )
+        try:
+            new = load_config(self.config_path, self._environ)
+        except ConfigError as exc:
+            log.error("reload refused, still running the previous config:\n%s", exc)
+            return ReloadResult(error=str(exc))
+        old, self.config = self.config, new
+        result = ReloadResult()
+        for name, before, after in (
+            ("listen", old.listen, new.listen),
+            ("listen_tls.listen", _tls_listen(old), _tls_listen(new)),
+            ("admin.listen", old.admin.listen, new.admin.listen),
+            ("admin.token_env", old.admin.token_env, new.admin.token_env),
+            ("proxy.engine", old.proxy.engine, new.proxy.engine),
+            ("health.enabled", old.health.enabled, new.health.enabled),
+            ("health.max_concurrency", old.health.max_concurrency, new.health.max_concurrency),
+        ):
+            if before != after:
+                result.restart_required.append(name)
+        self.engine.apply_config(new)
+        result.applied.append("proxy")
+        if self.tls is not None:
+            self.tls.reload()
+        if new.discovery.static is not None and new.discovery.static != old.discovery.static:
+            self.set_replicas(static_replicas(new.discovery.static))
+            result.applied.append("discovery.static")
+        reach = (old.discovery.connect_to, old.upstream_tls) != (
+            new.discovery.connect_to,
+            new.upstream_tls,
+        )
+        self.health.reconfigure(new.health, _health_session_factory(new) if reach else None)
+        result.applied.append("health")
+        self.reconciler.set_policy(policy_from_config(new))
+        result.applied.append("routing")
+        if result.restart_required:
+            log.warning(
+                "reload: %s changed and take effect only after a restart",
+                ", ".join(result.restart_required),
+            )
+        log.info("reload: applied %s", ", ".join(result.applied))
+        return result
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
         discovery = self.config.discovery
         if discovery.static is not None:
-            self.reconciler.set_replicas(static_replicas(discovery.static))
+            self.set_replicas(static_replicas(discovery.static))
+        if self.discovery is not None:
+            try:
+                await self.discovery.first_pass()
+            except DiscoveryAuthError:
+                raise
+            except DiscoveryError as exc:
+                log.warning("first discovery pass failed (%s); retrying in the background", exc)
+            self._spawn(self.discovery.run())
+        self._spawn(self.health.run())
+        if self.attestor is not None:
+            self._spawn(self.attestor.run())
         await self.engine.start()
         await self.admin.start()
+        if self.dns is not None:
+            await self.dns.start()
+        if self.tls is not None and self.config.listen_tls is not None:
+            self._spawn(self.tls.watch(self.config.listen_tls.reload_interval))
         self._started = True
         log.info(
             "serving on %s, admin on %s",
             ", ".join(f"{h}:{p}" for h, p in self.engine.addresses),
             self.config.admin.listen,
         )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(coro))
 
     async def stop(self, grace: float | None = None) -> None:
         """Graceful: /readyz turns 503 first, then the listener closes and in-flight
@@ -180,5 +335,11 @@ class RouterApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.engine.stop(grace)
+        if self.attestor is not None:
+            await self.attestor.aclose()
+        if self.discovery is not None:
+            await self.discovery.aclose()
+        if self.dns is not None:
+            await self.dns.stop()
         await self.admin.stop()
         self.reconciler.close()

@@ -49,11 +49,14 @@ def run_async(main: Callable[[], Awaitable[Any]]) -> Any:
         return None
 
 
-async def wait_for_signal() -> None:
+async def wait_for_signal(on_hangup: Callable[[], object] | None = None) -> None:
+    """Until SIGTERM/SIGINT; SIGHUP calls `on_hangup` (reload) and keeps running."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if on_hangup is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
     await stop.wait()
 
 
@@ -89,10 +92,10 @@ def serve(config_path: str, log_level: str, log_format: str, access_log: bool) -
     async def run() -> None:
         from router.app import RouterApp
 
-        app = RouterApp(config, access_log_enabled=access_log)
+        app = RouterApp(config, config_path=config_path, access_log_enabled=access_log)
         await app.start()
         try:
-            await wait_for_signal()
+            await wait_for_signal(on_hangup=app.reload)
         finally:
             await app.stop()
 

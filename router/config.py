@@ -133,8 +133,29 @@ class ProxyConfig(Frozen):
         return value
 
 
+class ListenTLSConfig(Frozen):
+    """TLS on the router's own listener (in addition to, or instead of, `listen`)."""
+
+    listen: HostPort
+    cert_file: Path
+    key_file: Path
+    # Answer plain-HTTP requests on `listen` with a redirect to https.
+    redirect_http: bool = False
+    # How often the certificate files are checked for changes (also reloaded on SIGHUP).
+    reload_interval: PositiveDuration = 5.0
+
+    @field_validator("cert_file", "key_file")
+    @classmethod
+    def _exists(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"{str(value)!r} is not a readable file")
+        return value
+
+
 class RouterConfig(Frozen):
-    listen: HostPort = "127.0.0.1:8080"
+    # Plain-HTTP listener; null to serve only TLS (listen_tls).
+    listen: HostPort | None = "127.0.0.1:8080"
+    listen_tls: ListenTLSConfig | None = None
     admin: AdminConfig = AdminConfig()
     discovery: DiscoveryConfig
     upstream_tls: UpstreamTLSConfig = UpstreamTLSConfig()
@@ -143,6 +164,12 @@ class RouterConfig(Frozen):
     health: HealthConfig = HealthConfig()
     attestation: AttestationConfig = AttestationConfig()
     dns: DnsConfig = DnsConfig()
+
+    @model_validator(mode="after")
+    def _some_listener(self) -> RouterConfig:
+        if self.listen is None and self.listen_tls is None:
+            raise ValueError("set listen, listen_tls, or both: the router needs a listener")
+        return self
 
 
 def _format_location(loc: tuple[int | str, ...]) -> str:

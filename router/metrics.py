@@ -9,8 +9,9 @@ in-flight gauge are read at scrape time, so they cost nothing between scrapes, a
 replica's series disappear as soon as a snapshot without it is published.
 
 Wiring (one call each): `Metrics` is a `TrafficObserver`; `reconciler.subscribe(
-metrics.on_snapshot)`; health calls `health_check()` and `ejection()`; attestation calls
-`attestation_verdict()`; discovery calls `discovery_refresh()`.
+metrics.on_snapshot)`; health calls `health_check()` (ejections are also read from the health
+views in snapshots); attestation calls `attestation_verdict()`; discovery is watched with
+`watch_discovery(source)` (or pushes `discovery_refresh()`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
-from typing import Any
+from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
@@ -43,6 +44,16 @@ KNOWN_METHODS = frozenset(
 RATE_WINDOW = 10.0  # seconds over which /status shows request and error rates
 _SAMPLE_EVERY = 1.0
 _SAMPLE_KEEP = 60.0
+
+
+class DiscoveryStats(Protocol):
+    """What `watch_discovery` reads from a discovery source."""
+
+    @property
+    def refresh_results(self) -> Mapping[str, int]: ...
+
+    @property
+    def last_success(self) -> float | None: ...
 
 
 def build_version() -> str:
@@ -77,14 +88,10 @@ class Metrics:
         # Rate samples for /status; the first is "nothing yet, at start", so a fresh page
         # shows the rate since start until a full window has passed.
         self._samples: deque[tuple[float, dict[str, tuple[int, int]]]] = deque([(clock(), {})])
-        self.discovery_last_success: float | None = None  # wall clock
+        self._discovery_pushed: dict[str, int] = {}
+        self._discovery_pushed_success: float | None = None  # wall clock
+        self._discovery_source: DiscoveryStats | None = None
         self.registry = CollectorRegistry(auto_describe=False)
-        self._discovery = Counter(
-            "router_discovery_refresh",
-            "Discovery passes by result (ok or an error code).",
-            ["result"],
-            registry=self.registry,
-        )
         Gauge(
             "router_build_info", "The router build; always 1.", ["version"], registry=self.registry
         ).labels(version or build_version()).set(1)
@@ -174,11 +181,31 @@ class Metrics:
     def discovery_refresh(self, result: str, last_success: float | None = None) -> None:
         """One discovery pass ended; `result` is "ok" or a short error code.
         `last_success` is the wall-clock time of the last success (defaults to now on ok)."""
-        self._discovery.labels(result).inc()
+        self._discovery_pushed[result] = self._discovery_pushed.get(result, 0) + 1
         if last_success is None and result == "ok":
             last_success = self._wall()
         if last_success is not None:
-            self.discovery_last_success = last_success
+            self._discovery_pushed_success = last_success
+
+    def watch_discovery(self, source: DiscoveryStats) -> None:
+        """Read a discovery's own counters at scrape time instead of being told each pass
+        (`PhalaDiscovery` keeps `refresh_results` and `last_success`)."""
+        self._discovery_source = source
+
+    @property
+    def discovery_last_success(self) -> float | None:
+        """Wall-clock time of the last successful discovery pass, if any."""
+        source = self._discovery_source
+        if source is not None and source.last_success is not None:
+            return source.last_success
+        return self._discovery_pushed_success
+
+    def discovery_results(self) -> dict[str, int]:
+        results = dict(self._discovery_pushed)
+        if self._discovery_source is not None:
+            for result, n in self._discovery_source.refresh_results.items():
+                results[result] = results.get(result, 0) + n
+        return results
 
     def _control_stats(self, replica_id: str) -> ReplicaStats:
         stats = self._stats.get(replica_id)
@@ -266,6 +293,14 @@ class _Collector:
         yield CounterMetricFamily(
             "router_retries", "Upstream attempts beyond the first.", value=m._retries
         )
+        refreshes = CounterMetricFamily(
+            "router_discovery_refresh",
+            "Discovery passes by result (ok or an error kind).",
+            labels=["result"],
+        )
+        for result, n in m.discovery_results().items():
+            refreshes.add_metric([result], n)
+        yield refreshes
         if m.discovery_last_success is not None:  # absent, not 0, until discovery succeeds
             yield GaugeMetricFamily(
                 "router_discovery_last_success_timestamp_seconds",

@@ -98,6 +98,8 @@ def _slow_start_weight(
     if policy.slow_start <= 0 or health is None or health.healthy_since is None:
         return 1.0, None
     elapsed = now - health.healthy_since
+    if elapsed < 0:  # the ramp starts when an ejection ends: nothing to step before
+        return SLOW_START_FLOOR, health.healthy_since
     if elapsed >= policy.slow_start:
         return 1.0, None
     ramp = SLOW_START_FLOOR + (1 - SLOW_START_FLOOR) * max(elapsed, 0.0) / policy.slow_start

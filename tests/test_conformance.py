@@ -249,6 +249,7 @@ async def test_no_routable_replica_gives_503_with_retry_after(
                     "error": "no_healthy_replica",
                     "replicas": 1,
                     "routable": 0,
+                    "states": {"draining": 1},
                 }
 
 

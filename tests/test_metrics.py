@@ -395,3 +395,25 @@ async def test_async_render_matches_sync_render() -> None:
     body, content_type = await metrics.render_async()
     assert parse(body.decode()) == scrape(metrics)
     assert content_type == metrics.render()[1]
+
+
+def test_a_watched_discovery_is_read_at_scrape_time() -> None:
+    class Discovery:
+        def __init__(self) -> None:
+            self.refresh_results = {"ok": 0, "auth": 0}
+            self.last_success: float | None = None
+
+    source = Discovery()
+    metrics = Metrics({}, wall=lambda: 1_700_000_100.0)
+    metrics.watch_discovery(source)
+    s = scrape(metrics)
+    assert value(s, "router_discovery_refresh_total", result="ok") == 0
+    assert value(s, "router_discovery_last_success_timestamp_seconds") is None
+    source.refresh_results["ok"] = 3
+    source.refresh_results["auth"] = 1
+    source.last_success = 1_700_000_000.0
+    s = scrape(metrics)
+    assert value(s, "router_discovery_refresh_total", result="ok") == 3
+    assert value(s, "router_discovery_refresh_total", result="auth") == 1
+    assert value(s, "router_discovery_last_success_timestamp_seconds") == 1_700_000_000.0
+    assert metrics.annotate_status({"replicas": []})["discovery_age_seconds"] == 100.0

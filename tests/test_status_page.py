@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from router.models import AttestationVerdict, CheckResult, HealthView, ReplicaState
+from router.models import AttestationVerdict
 from tests.support import running_replica, running_router, static_config
 
 CHROMIUM = "/usr/bin/chromium"
@@ -171,11 +171,9 @@ async def test_page_shows_replicas_and_a_drained_one_within_one_refresh(
             assert await page.locator("#rows img, #rows script").count() == 0
             assert "routable: 2 / 2" in await page.inner_text("#facts")
 
-            # What health checking and attestation report appears on the next refresh.
+            # Attestation verdicts appear on the next refresh.
             reconciler = router.app.reconciler
             now = time.monotonic()
-            check = CheckResult(at=now, ok=True, status=200, latency=0.0123)
-            reconciler.set_health("us-1", HealthView(ReplicaState.HEALTHY, check, ejections=2))
             reconciler.set_verdict(AttestationVerdict("us-1", True, "ok", at=now - 30))
             reconciler.set_verdict(
                 AttestationVerdict("eu-1", False, "tcb_status:OutOfDate", at=now)
@@ -184,10 +182,7 @@ async def test_page_shows_replicas_and_a_drained_one_within_one_refresh(
             cells = await page.eval_on_selector_all(
                 "#rows tr[data-replica='us-1'] td", "tds => tds.map(td => td.textContent)"
             )
-            assert cells[5].startswith("ok 200")
-            assert cells[6] == "12.3 ms"
             assert cells[7].startswith("verified · 3")  # about 30 s ago
-            assert cells[12] == "2"
             eu = await page.inner_text("#rows tr[data-replica='eu-1']")
             assert "tcb_status:OutOfDate" in eu
 
@@ -267,3 +262,44 @@ async def test_page_asks_for_the_token_when_opened_without_it(browser: Any) -> N
             )
             assert router.app.reconciler.overrides.drained == set()
             assert "undrain only" in await page.inner_text("#actions")
+
+
+@pytest.mark.browser
+async def test_page_shows_a_stopped_replica_failing_its_checks_within_one_refresh(
+    browser: Any,
+) -> None:
+    fast_checks = {
+        "enabled": True,
+        "interval": 0.2,
+        "unhealthy_interval": 0.2,
+        "timeout": 0.5,
+        "healthy_threshold": 1,
+        "unhealthy_threshold": 1,
+    }
+    async with running_replica("a") as a, running_replica("b") as b:
+        replicas = [("a", f"http://127.0.0.1:{a.port}"), ("b", f"http://127.0.0.1:{b.port}")]
+        async with running_router(static_config(replicas, health=fast_checks)) as router:
+            page = await browser.new_page(viewport={"width": 1400, "height": 500})
+            await page.goto(f"{router.admin_url}/status.html")
+            await page.wait_for_selector("#rows tr[data-replica='b'][data-state='healthy']")
+            await page.wait_for_selector("#rows tr[data-replica='a'][data-state='healthy']")
+            cells = await page.eval_on_selector_all(
+                "#rows tr[data-replica='b'] td", "tds => tds.map(td => td.textContent)"
+            )
+            assert cells[5].startswith("ok 200 · ")
+            assert cells[6].endswith(" ms")
+
+            assert b.runner is not None
+            await b.runner.cleanup()  # the replica goes down
+            stopped_at = time.monotonic()
+            await page.wait_for_selector(
+                "#rows tr[data-replica='b'][data-state='unhealthy']", timeout=3000
+            )
+            # One 2 s refresh plus one failed check (0.2 s interval).
+            assert time.monotonic() - stopped_at < 3.0
+            row = await page.inner_text("#rows tr[data-replica='b']")
+            assert "unhealthy:" in row
+            assert "fail" in row
+            assert "routable: 1 / 2" in await page.inner_text("#facts")
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "status-page-unhealthy.png"), full_page=True)

@@ -1,11 +1,165 @@
-"""Config of attestation-gated admission (`attestation:`)."""
+"""Config of attestation-gated admission (`attestation:`).
+
+`mode` picks where a replica's quote comes from (`off` admits without attestation);
+`verifier` picks who is trusted to sign it: `dcap` (Intel's chain through dcap-qvl) or
+`insecure-simulator` (the local simulator's own key: for demos only, never production).
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Literal
 
-from router.settings_types import Frozen
+from pydantic import Field, field_validator, model_validator
+
+from router.settings_types import Frozen, PositiveDuration
+
+TCB_STATUSES = (
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
+)
+TcbStatus = Literal[
+    "UpToDate",
+    "SWHardeningNeeded",
+    "ConfigurationNeeded",
+    "ConfigurationAndSWHardeningNeeded",
+    "OutOfDate",
+    "OutOfDateConfigurationNeeded",
+    "Revoked",
+]
+
+DEFAULT_PCCS_URL = "https://pccs.phala.network"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _sha256_hexes(values: tuple[str, ...], what: str) -> tuple[str, ...]:
+    cleaned = []
+    for value in values:
+        v = value.strip().lower().removeprefix("0x")
+        if not _HEX64.match(v):
+            raise ValueError(f"{value!r} is not a {what} (64 hex characters, a sha256)")
+        cleaned.append(v)
+    return tuple(cleaned)
+
+
+class CollateralConfig(Frozen):
+    """Where Intel collateral (TCB info, QE identity, CRLs) comes from.
+
+    `file` (a collateral JSON, or a JSON list of them) serves offline sites; otherwise it is
+    fetched from `pccs_url` and cached per FMSPC in `cache_dir` until shortly before its
+    `nextUpdate`."""
+
+    pccs_url: str | None = DEFAULT_PCCS_URL
+    cache_dir: Path | None = None
+    file: Path | None = None
+
+    @field_validator("pccs_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/?#\s]+", value):
+            raise ValueError(f"{value!r} is not an http(s) URL, e.g. https://pccs.phala.network")
+        return value.rstrip("/") if value else value
+
+    @field_validator("file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return value
+        try:
+            data = json.loads(value.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise ValueError(f"{str(value)!r} is not a readable collateral JSON file") from None
+        entries = data if isinstance(data, list) else [data]
+        if not entries or not all(isinstance(e, dict) and "tcb_info" in e for e in entries):
+            raise ValueError(
+                f"{str(value)!r} is not dcap-qvl collateral: expected an object with tcb_info, "
+                "qe_identity, CRLs and issuer chains (or a list of them)"
+            )
+        return value
+
+
+class FreshConfig(Frozen):
+    """Where a replica answers `GET <path>?nonce=<64 hex>` (the quote-server sidecar).
+
+    `port` None means the replica's own URL port (the sidecar is routed like the app)."""
+
+    path: str = "/.well-known/phala-router/attest"
+    port: int | None = Field(None, ge=1, le=65535)
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/") or any(c in value for c in "?# "):
+            raise ValueError(
+                f"{value!r} must be a URL path starting with '/', without ?, # or spaces"
+            )
+        return value
 
 
 class AttestationConfig(Frozen):
     mode: Literal["off", "cloud", "guest-agent", "fresh"] = "off"
+    verifier: Literal["dcap", "insecure-simulator"] = "dcap"
+    interval: PositiveDuration = 600.0
+    # None = 2 x interval (a verdict survives one failed re-attestation round).
+    max_age: PositiveDuration | None = None
+    timeout: PositiveDuration = 10.0
+    concurrency: int = Field(8, ge=1, le=256)
+    # Empty = the compose hashes the Cloud API reports for this app.
+    allowed_compose_hashes: tuple[str, ...] = ()
+    allowed_tcb_statuses: tuple[TcbStatus, ...] = ("UpToDate",)
+    # Empty = any OS image (when set, the quote's vm_config / os-image-hash must match).
+    allowed_os_image_hashes: tuple[str, ...] = ()
+    collateral: CollateralConfig = CollateralConfig()
+    fresh: FreshConfig = FreshConfig()
+    # With verifier insecure-simulator: the simulator public keys (hex, as printed by
+    # `phala-router simulate`) whose signatures are accepted instead of Intel's.
+    simulator_public_keys: tuple[str, ...] = ()
+
+    @field_validator("simulator_public_keys")
+    @classmethod
+    def _hex_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for key in value:
+            try:
+                bytes.fromhex(key)
+            except ValueError:
+                raise ValueError(f"{key[:16]!r}... is not a hex-encoded public key") from None
+        return value
+
+    @field_validator("allowed_compose_hashes")
+    @classmethod
+    def _compose(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _sha256_hexes(value, "compose hash")
+
+    @field_validator("allowed_os_image_hashes")
+    @classmethod
+    def _os(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _sha256_hexes(value, "OS image hash")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AttestationConfig:
+        if not self.allowed_tcb_statuses:
+            raise ValueError(
+                "attestation.allowed_tcb_statuses is empty: no quote could pass; allowed "
+                f"values: {', '.join(TCB_STATUSES)}"
+            )
+        if self.max_age is not None and self.max_age < self.interval:
+            raise ValueError(
+                f"attestation.max_age ({self.max_age:g}s) is shorter than attestation.interval "
+                f"({self.interval:g}s): every verdict would expire before it is renewed"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def effective_max_age(self) -> float:
+        return self.max_age if self.max_age is not None else 2 * self.interval

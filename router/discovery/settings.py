@@ -1,9 +1,80 @@
-"""Config of Phala Cloud discovery (`discovery.phala:`). Filled in by the discovery issue."""
+"""Config of Phala Cloud discovery (`discovery.phala:`)."""
 
 from __future__ import annotations
 
-from router.settings_types import Frozen
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from router.settings_types import EnvVarName, Frozen, PositiveDuration
+
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+
+
+def normalise_app_id(value: object) -> str:
+    """`app_<40 hex>` or `<40 hex>` -> the 40 lower-case hex digits the Cloud API expects."""
+    if not isinstance(value, str):
+        raise ValueError("app_id must be a string of 40 hex digits, e.g. 'app_0123...abcd'")
+    text = value.strip().lower().removeprefix("app_")
+    if not _HEX40.fullmatch(text):
+        raise ValueError(
+            f"{value!r} is not a Phala app_id: expected 40 hex digits, optionally prefixed "
+            "with 'app_' (as shown in the Phala Cloud dashboard)"
+        )
+    return text
 
 
 class PhalaDiscoveryConfig(Frozen):
+    # The app whose replicas (CVMs) the router fronts; an `app_` prefix is accepted.
     app_id: str
+    api_url: str = "https://cloud-api.phala.com/api/v1"
+    # Name of the environment variable holding the API key; the key never sits in a file.
+    api_key_env: EnvVarName = "PHALA_CLOUD_API_KEY"
+    # Sent as X-Phala-Version; both the 2026-01-21 and legacy 2025-10-28 shapes are parsed.
+    api_version: str = Field("2026-01-21", pattern=r"^\d{4}-\d{2}-\d{2}$")
+    # The app's port on the replica: the URL is {scheme}://{instance_id}-{port}.{base_domain}.
+    port: int = Field(80, ge=1, le=65535)
+    scheme: Literal["https", "http"] = "https"
+    interval: PositiveDuration = 15.0
+    timeout: PositiveDuration = 10.0
+    # Failures back off exponentially from `interval` up to this, with jitter.
+    max_backoff: PositiveDuration = 300.0
+    # An empty answer after a non-empty one is believed only when it repeats this many times.
+    empty_confirmations: int = Field(2, ge=1, le=100)
+    # Used only for records that name no gateway domain (neither gateway nor endpoints).
+    base_domain: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError(
+                "api_key cannot be written in the config: put the key in an environment "
+                "variable and name it in api_key_env (default PHALA_CLOUD_API_KEY)"
+            )
+        return data
+
+    @field_validator("app_id", mode="before")
+    @classmethod
+    def _app_id(cls, value: object) -> str:
+        return normalise_app_id(value)
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^/?#\s]+(/[^?#\s]*)?", value):
+            raise ValueError(
+                f"{value!r} is not an http(s) URL, e.g. https://cloud-api.phala.com/api/v1"
+            )
+        return value.rstrip("/")
+
+    @field_validator("base_domain")
+    @classmethod
+    def _base_domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        name = value.strip().strip(".").lower()
+        if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", name):
+            raise ValueError(f"{value!r} is not a domain name, e.g. dstack-prod5.phala.network")
+        return name

@@ -29,7 +29,13 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.models import Replica
-from router.proxy.base import InFlightCounter, Observers, RequestRecord, SnapshotSource
+from router.proxy.base import (
+    InFlightCounter,
+    Observers,
+    RequestRecord,
+    SnapshotSource,
+    no_routable_error,
+)
 from router.proxy.headers import (
     IDEMPOTENT,
     TrustedProxies,
@@ -38,6 +44,7 @@ from router.proxy.headers import (
 )
 from router.proxy.retry import classify_client_error, retryable
 from router.settings_types import split_host_port
+from router.tls import ServerTLS
 from router.upstream import client_ssl_context, make_connector
 
 log = logging.getLogger(__name__)
@@ -91,17 +98,22 @@ class AiohttpEngine:
         snapshots: SnapshotSource,
         observers: Observers,
         in_flight: InFlightCounter,
+        tls: ServerTLS | None = None,
     ) -> None:
         self._config = config
+        self._tls = tls
         self._proxy = config.proxy
         self._snapshots = snapshots
         self._observers = observers
         self._in_flight = in_flight
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
+        self._timeout = _timeout(config)
+        self._closing: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self._sites: list[web.TCPSite] = []
-        self.scheme = "http"
+        self._https_port: int | None = None
+        self._redirect_http = config.listen_tls is not None and config.listen_tls.redirect_http
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -109,32 +121,65 @@ class AiohttpEngine:
             return []
         return [(a[0], a[1]) for a in self._runner.addresses]
 
-    async def start(self) -> None:
-        cfg, tls = self._proxy, self._config.upstream_tls
+    def _new_session(self) -> aiohttp.ClientSession:
+        tls = self._config.upstream_tls
         connector = make_connector(
             self._config.discovery.connect_to,
             client_ssl_context(tls.verify, tls.ca_file),
-            keepalive_timeout=cfg.idle_timeout,
+            keepalive_timeout=self._proxy.idle_timeout,
         )
-        self._session = aiohttp.ClientSession(
+        return aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=cfg.connect_timeout, sock_read=cfg.response_timeout
-            ),
+            timeout=self._timeout,
         )
+
+    def apply_config(self, config: RouterConfig) -> None:
+        """Take a reloaded config. Listen addresses need a restart (the app says so); how
+        replicas are reached changes by swapping in a new client session, and the old one
+        closes once its in-flight requests had their drain time."""
+        reach_changed = (
+            config.discovery.connect_to,
+            config.upstream_tls,
+            config.proxy.idle_timeout,
+        ) != (
+            self._config.discovery.connect_to,
+            self._config.upstream_tls,
+            self._config.proxy.idle_timeout,
+        )
+        self._config = config
+        self._proxy = config.proxy
+        self._trusted = TrustedProxies(config.proxy.trusted_proxies)
+        self._timeout = _timeout(config)
+        if reach_changed and self._session is not None:
+            old, self._session = self._session, self._new_session()
+            loop = asyncio.get_running_loop()
+            self._closing.add(loop.create_task(_close_later(old, config.proxy.drain_timeout)))
+
+    async def start(self) -> None:
+        self._session = self._new_session()
+        cfg = self._proxy
         app = web.Application(client_max_size=cfg.max_request_body or 1024**4)
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=cfg.drain_timeout, handle_signals=False
         )
         await self._runner.setup()
-        host, port = split_host_port(self._config.listen)
-        site = web.TCPSite(self._runner, host, port, backlog=1024)
-        await site.start()
-        self._sites.append(site)
+        if self._config.listen_tls is not None and self._tls is not None:
+            host, port = split_host_port(self._config.listen_tls.listen)
+            site = web.TCPSite(
+                self._runner, host, port, backlog=1024, ssl_context=self._tls.context
+            )
+            await site.start()
+            self._sites.append(site)
+            self._https_port = self._runner.addresses[-1][1]
+        if self._config.listen is not None:
+            host, port = split_host_port(self._config.listen)
+            site = web.TCPSite(self._runner, host, port, backlog=1024)
+            await site.start()
+            self._sites.append(site)
 
     async def stop(self, grace: float) -> None:
         if self._runner is not None:
@@ -142,6 +187,8 @@ class AiohttpEngine:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        for task in self._closing:
+            task.cancel()
 
     # -- request path ---------------------------------------------------------------------
 
@@ -151,6 +198,8 @@ class AiohttpEngine:
         trusted = self._trusted.contains(peer)
         client = self._trusted.client_address(peer, request.headers.getall("X-Forwarded-For", []))
         outcome = _Outcome()
+        if self._redirect_http and not request.secure:
+            return self._redirect_to_https(request)
         try:
             path = self._validate(request)
             response = await self._forward(request, path, peer, trusted, client, outcome)
@@ -182,6 +231,12 @@ class AiohttpEngine:
             )
         )
         return response
+
+    def _redirect_to_https(self, request: web.Request) -> web.StreamResponse:
+        host = request.headers.get("Host", "").rsplit(":", 1)[0] or "localhost"
+        port = "" if self._https_port == 443 else f":{self._https_port}"
+        path = request.raw_path if request.raw_path.startswith("/") else "/"
+        return web.Response(status=308, headers={"Location": f"https://{host}{port}{path}"})
 
     def _validate(self, request: web.Request) -> str:
         if request.method == "CONNECT":
@@ -215,9 +270,7 @@ class AiohttpEngine:
     ) -> web.StreamResponse:
         snapshot = self._snapshots()
         if not snapshot.routable:
-            raise NoRoutableReplica(
-                "no routable replica", replicas=len(snapshot.statuses), routable=0
-            )
+            raise no_routable_error(snapshot)
         ctx = RequestContext(
             client_ip=client,
             method=request.method,
@@ -233,7 +286,7 @@ class AiohttpEngine:
             request.headers.items(),
             peer=peer,
             peer_trusted=trusted,
-            scheme=self.scheme,
+            scheme="https" if request.secure else "http",
             host=request.host,
         )
         headers = [(k, v) for k, v in headers if k.lower() != "expect"]
@@ -264,6 +317,7 @@ class AiohttpEngine:
                         headers=CIMultiDict(headers),
                         data=body.chunks() if has_body else None,
                         allow_redirects=False,
+                        timeout=self._timeout,
                     )
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     kind, error = classify_client_error(exc, replica)
@@ -280,9 +334,7 @@ class AiohttpEngine:
                 return await self._stream_back(request, upstream, replica, outcome, ctx_headers)
         finally:
             outcome.bytes_in = body.size
-        raise last_error or NoRoutableReplica(
-            "no routable replica", replicas=len(snapshot.statuses), routable=0
-        )
+        raise last_error or no_routable_error(snapshot)
 
     def _session_or_fail(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -364,6 +416,21 @@ class AiohttpEngine:
             await upstream.close()
             await client.close()
         return client
+
+
+def _timeout(config: RouterConfig) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=None,
+        sock_connect=config.proxy.connect_timeout,
+        sock_read=config.proxy.response_timeout,
+    )
+
+
+async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        await session.close()
 
 
 class _Outcome:

@@ -6,10 +6,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from router.config import RouterConfig
+from router.errors import NoRoutableReplica
 from router.models import Replica
 from router.snapshot import Snapshot
 
 SnapshotSource = Callable[[], Snapshot]
+
+
+def no_routable_error(snapshot: Snapshot) -> NoRoutableReplica:
+    """The 503 that names the cause: how many replicas are known, in which states."""
+    states: dict[str, int] = {}
+    for status in snapshot.statuses:
+        states[status.state] = states.get(status.state, 0) + 1
+    return NoRoutableReplica(
+        "no routable replica",
+        replicas=len(snapshot.statuses),
+        routable=0,
+        states=dict(sorted(states.items())),
+    )
 
 
 class InFlightCounter(dict[str, int]):
@@ -80,6 +95,9 @@ class Engine(Protocol):
     def addresses(self) -> list[tuple[str, int]]: ...
 
     async def start(self) -> None: ...
+
+    def apply_config(self, config: RouterConfig) -> None:
+        """Take a reloaded config (everything but the listen addresses)."""
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish for up to `grace` seconds, close."""

@@ -1,1 +1,63 @@
-"""router.simulator."""
+"""A local Phala Cloud: Cloud API, dstack-like gateway, replicas and a control API.
+
+Used in-process by tests, the demo and benchmarks, or alone as `phala-router simulate`.
+Nothing in `router/` imports this package except the CLI's `demo` and `simulate` commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from router.errors import ConfigError
+from router.simulator.cloud_api import API_MODES
+from router.simulator.core import Simulator
+from router.simulator.settings import ReplicaPatch, SimReplicaConfig, SimulatorConfig
+from router.simulator.state import QuoteProvider, SimReplica
+
+__all__ = [
+    "API_MODES",
+    "QuoteProvider",
+    "ReplicaPatch",
+    "SimReplica",
+    "SimReplicaConfig",
+    "Simulator",
+    "SimulatorConfig",
+    "load_simulator_config",
+    "run_simulator",
+]
+
+
+async def run_simulator(
+    config: SimulatorConfig, ready: Callable[[Simulator], None] | None = None
+) -> None:
+    """Run a simulator until cancelled; `ready` is called once everything listens."""
+    sim = Simulator(config)
+    try:
+        await sim.start()
+        if ready is not None:
+            ready(sim)
+        await asyncio.Event().wait()  # until cancelled
+    finally:
+        await sim.stop()
+
+
+def load_simulator_config(path: str | Path) -> SimulatorConfig:
+    """A simulator YAML file -> SimulatorConfig; ConfigError names each bad field."""
+    from router.config import format_validation_error
+
+    file = Path(path)
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read simulator config {str(file)!r}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
+    try:
+        return SimulatorConfig.model_validate(data or {})
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None

@@ -1,0 +1,76 @@
+"""Builds the Attestor from the router config: the replica-side session, the Cloud API
+client and the trusted simulator keys. Kept apart so `serve`, `attest` and the demo share it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import aiohttp
+import httpx
+
+from router.attestation.manager import Attestor
+from router.config import RouterConfig
+from router.errors import ConfigError
+from router.models import AttestationVerdict
+from router.upstream import client_ssl_context, make_connector
+
+
+def cloud_client(config: RouterConfig, environ: Mapping[str, str]) -> httpx.AsyncClient | None:
+    phala = config.discovery.phala
+    if phala is None:
+        return None
+    key = environ.get(phala.api_key_env, "")
+    return httpx.AsyncClient(
+        base_url=phala.api_url,
+        headers={
+            "X-API-Key": key,
+            "X-Phala-Version": phala.api_version,
+            "User-Agent": "phala-router",
+        },
+        timeout=config.attestation.timeout,
+        follow_redirects=False,
+    )
+
+
+def build_attestor(
+    config: RouterConfig,
+    sink: Callable[[AttestationVerdict], None],
+    *,
+    environ: Mapping[str, str],
+    clock: Callable[[], float] = time.monotonic,
+    trusted_simulator_keys: frozenset[bytes] = frozenset(),
+) -> Attestor | None:
+    cfg = config.attestation
+    if not cfg.enabled:
+        return None
+    phala = config.discovery.phala
+    if cfg.mode == "cloud" and phala is None:
+        raise ConfigError(
+            "attestation.mode: cloud reads quotes from the Cloud API and needs discovery.phala; "
+            "with discovery.static use guest-agent or fresh"
+        )
+    session = None
+    if cfg.mode in ("guest-agent", "fresh"):
+        tls = config.upstream_tls
+        session = aiohttp.ClientSession(
+            connector=make_connector(
+                config.discovery.connect_to, client_ssl_context(tls.verify, tls.ca_file)
+            ),
+            auto_decompress=False,
+        )
+    keys = trusted_simulator_keys | {bytes.fromhex(k) for k in cfg.simulator_public_keys}
+    if cfg.verifier == "insecure-simulator" and not keys:
+        raise ConfigError(
+            "attestation.simulator_public_keys: verifier insecure-simulator needs the simulator's "
+            "public key (printed by `phala-router simulate`)"
+        )
+    return Attestor(
+        cfg,
+        phala.app_id if phala else None,
+        sink,
+        session=session,
+        cloud=cloud_client(config, environ) if cfg.mode == "cloud" else None,
+        clock=clock,
+        trusted_simulator_keys=frozenset(keys),
+    )

@@ -1,0 +1,26 @@
+"""Health checking: active probes, passive outlier detection, feeding the reconciler.
+
+- `state`: the pure state machines (rise/fall, expected status/body, scheduling delays,
+  outlier ejection with backoff, cap and decay) and the `HealthView` they produce.
+- `probe`: one HTTP check sent exactly like traffic.
+- `active`: `HealthChecker`, the scheduler with bounded concurrency.
+- `passive`: `PassiveDetector`, fed by the data plane on every upstream attempt.
+
+Panic mode and slow start are applied by `router.snapshot.build_snapshot` from the views.
+"""
+
+from router.health.active import HealthChecker, HealthDetails, HealthSink
+from router.health.passive import CONNECT, RESET, STATUS_5XX, TIMEOUT, PassiveDetector
+from router.health.probe import make_health_session
+
+__all__ = [
+    "CONNECT",
+    "RESET",
+    "STATUS_5XX",
+    "TIMEOUT",
+    "HealthChecker",
+    "HealthDetails",
+    "HealthSink",
+    "PassiveDetector",
+    "make_health_session",
+]

@@ -1,0 +1,335 @@
+"""`Simulator`: a local Phala Cloud (Cloud API, gateway, replicas, control API) in-process.
+
+sim = Simulator(SimulatorConfig(replicas=[...]))
+await sim.start()
+... sim.api_url, sim.connect_to, sim.stop_replica(id), sim.break_api("500") ...
+await sim.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import trustme
+from aiohttp import web
+
+from router.simulator.cloud_api import API_MODES, PREFIX, cloud_api_app
+from router.simulator.control import control_app
+from router.simulator.gateway import Gateway
+from router.simulator.replica import SHUTDOWN_TIMEOUT, ReplicaServers
+from router.simulator.settings import (
+    HealthKnob,
+    ReplicaMode,
+    ReplicaPatch,
+    SimReplicaConfig,
+    SimulatorConfig,
+)
+from router.simulator.state import QuoteProvider, SimContext, SimReplica, TokenBucket
+
+log = logging.getLogger(__name__)
+
+STOPPED_STATUSES = frozenset({"stopped", "stopping", "terminated", "failed", "error", "creating"})
+
+
+class Simulator:
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        self.config = config or SimulatorConfig()
+        cfg = self.config
+        self.ctx = SimContext(
+            app_id=cfg.app_id,
+            app_name=cfg.app_name,
+            api_key=cfg.api_key,
+            base_domain=cfg.base_domain,
+            app_port=cfg.app_port,
+            guest_agent_port=cfg.guest_agent_port,
+            retry_after=cfg.retry_after,
+            tls=cfg.tls,
+            shared_backend=TokenBucket(cfg.shared_backend_rps) if cfg.shared_backend_rps else None,
+        )
+        self._servers: dict[str, ReplicaServers] = {}
+        self._runners: list[web.AppRunner] = []
+        self._gateway: Gateway | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._ca_file: Path | None = None
+        self._api_port = 0
+        self._control_port = 0
+        self._seq = 0
+        self.started = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._gateway = Gateway(self.ctx, cfg.host, cfg.gateway_port, self._gateway_tls())
+        await self._gateway.start()
+        self._api_port = await self._serve(cloud_api_app(self.ctx), cfg.api_port)
+        self._control_port = await self._serve(control_app(self), cfg.control_port)
+        for replica_cfg in cfg.replicas:
+            await self.add_replica(replica_cfg)
+        self.started = True
+        log.info(
+            "simulator up: Cloud API %s, gateway %s, control %s, %d replica(s)",
+            self.api_url,
+            self.gateway_address,
+            self.control_url,
+            len(self.ctx.replicas),
+        )
+
+    async def stop(self) -> None:
+        self.started = False
+        self.break_api("ok")  # release hanging API calls
+        for servers in self._servers.values():
+            await servers.stop()
+        if self._gateway is not None:
+            await self._gateway.stop()
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    async def __aenter__(self) -> Simulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _serve(self, app: web.Application, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, port)
+        await site.start()
+        self._runners.append(runner)
+        bound: int = runner.addresses[-1][1]
+        return bound
+
+    def _gateway_tls(self) -> ssl.SSLContext | None:
+        if not self.config.tls:
+            return None
+        ca = trustme.CA(organization_name="phala-router simulator")
+        domain = self.config.base_domain
+        cert = ca.issue_cert(f"*.{domain}", domain)
+        self._tmp = tempfile.TemporaryDirectory(prefix="phala-sim-")
+        self._ca_file = Path(self._tmp.name) / "sim-ca.pem"
+        ca.cert_pem.write_to_path(str(self._ca_file))
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(context)
+        context.set_alpn_protocols(["http/1.1"])
+        return context
+
+    # -- where things are ------------------------------------------------------------------
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self._host_for_url}:{self._api_port}{PREFIX}"
+
+    @property
+    def control_url(self) -> str:
+        return f"http://{self._host_for_url}:{self._control_port}"
+
+    @property
+    def gateway_address(self) -> str:
+        port = self._gateway.port if self._gateway else 0
+        return f"{self._host_for_url}:{port}"
+
+    @property
+    def connect_to(self) -> dict[str, str]:
+        """For the router's `discovery.connect_to`: every replica name dials the gateway."""
+        return {f"*.{self.config.base_domain}": self.gateway_address}
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA that signed the gateway's wildcard certificate (TLS only)."""
+        return self._ca_file
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.config.tls else "http"
+
+    @property
+    def _host_for_url(self) -> str:
+        host = self.config.host
+        if host in {"0.0.0.0", ""}:
+            return "127.0.0.1"
+        return f"[{host}]" if ":" in host else host
+
+    def discovery_section(self, api_key_env: str = "PHALA_CLOUD_API_KEY") -> dict[str, Any]:
+        """A router `discovery:` config section pointing at this simulator."""
+        return {
+            "phala": {
+                "app_id": self.config.app_id,
+                "api_url": self.api_url,
+                "api_key_env": api_key_env,
+                "port": self.config.app_port,
+                "scheme": self.scheme,
+            },
+            "connect_to": self.connect_to,
+        }
+
+    def router_overlay(self, api_key_env: str = "PHALA_CLOUD_API_KEY") -> dict[str, Any]:
+        """The router config sections that point it at this simulator: `discovery` and, with
+        TLS, `upstream_tls.ca_file`. The router process needs `api_key_env` set to
+        `config.api_key`."""
+        overlay: dict[str, Any] = {"discovery": self.discovery_section(api_key_env)}
+        if self.ca_file is not None:
+            overlay["upstream_tls"] = {"ca_file": str(self.ca_file)}
+        return overlay
+
+    @property
+    def quote_provider(self) -> QuoteProvider | None:
+        return self.ctx.quote_provider
+
+    @quote_provider.setter
+    def quote_provider(self, provider: QuoteProvider | None) -> None:
+        self.ctx.quote_provider = provider
+
+    # -- replicas ----------------------------------------------------------------------------
+
+    @property
+    def replicas(self) -> list[SimReplica]:
+        return list(self.ctx.replicas.values())
+
+    def replica(self, ident: str) -> SimReplica:
+        found = self.ctx.find(ident)
+        if found is None:
+            raise KeyError(f"no simulated replica {ident!r}")
+        return found
+
+    def host_of(self, ident: str, port: int | None = None) -> str:
+        """`<instance_id>-<port>.<base_domain>`: the name the gateway routes to it."""
+        return self.ctx.host_of(self.replica(ident), port or self.config.app_port)
+
+    def url_of(self, ident: str, port: int | None = None) -> str:
+        return f"{self.scheme}://{self.host_of(ident, port)}"
+
+    async def add_replica(self, cfg: SimReplicaConfig | None = None, **fields: Any) -> SimReplica:
+        """Adds a replica (config fields as keywords, or a SimReplicaConfig); it listens
+        unless its status says it is stopped."""
+        cfg = cfg or SimReplicaConfig(**fields)
+        self._seq += 1
+        replica = SimReplica.from_config(
+            cfg, self.config.app_id, self.config.app_name, self._seq, self.config.seed
+        )
+        if replica.instance_id in self.ctx.replicas:
+            raise ValueError(f"replica {replica.instance_id} already exists")
+        servers = ReplicaServers(replica, self.ctx, self.config.host)
+        self._servers[replica.instance_id] = servers
+        self.ctx.replicas[replica.instance_id] = replica
+        if replica.status not in STOPPED_STATUSES:
+            await servers.start()
+        return replica
+
+    async def stop_replica(self, ident: str) -> None:
+        """The CVM stops: its ports close and the Cloud API says `stopped`."""
+        replica = self.replica(ident)
+        replica.status, replica.in_progress = "stopped", False
+        await self._servers[replica.instance_id].stop()
+
+    async def start_replica(self, ident: str) -> None:
+        replica = self.replica(ident)
+        await self._servers[replica.instance_id].start()
+        replica.status, replica.in_progress = "running", False
+
+    async def remove_replica(self, ident: str) -> None:
+        replica = self.replica(ident)
+        await self._servers.pop(replica.instance_id).stop()
+        del self.ctx.replicas[replica.instance_id]
+
+    def set_region(self, ident: str, region: str) -> None:
+        self.replica(ident).region = region
+
+    def set_compose_hash(self, ident: str, compose_hash: str) -> None:
+        self.replica(ident).compose_hash = compose_hash
+
+    def set_status(self, ident: str, status: str, in_progress: bool = False) -> None:
+        """What the Cloud API reports; the listeners are left as they are."""
+        replica = self.replica(ident)
+        replica.status, replica.in_progress = status, in_progress
+
+    def set_health(self, ident: str, health: HealthKnob) -> None:
+        self.replica(ident).health = health
+
+    def set_mode(self, ident: str, mode: ReplicaMode) -> None:
+        self.replica(ident).mode = mode
+
+    def set_latency(self, ident: str, seconds: float) -> None:
+        self.replica(ident).latency = seconds
+
+    def set_error_rate(self, ident: str, rate: float) -> None:
+        self.replica(ident).error_rate = rate
+
+    def set_capacity(self, ident: str, capacity: int | None) -> None:
+        self.replica(ident).capacity = capacity or None
+
+    def set_shared_backend_rps(self, rps: float | None) -> None:
+        self.ctx.shared_backend = TokenBucket(rps) if rps else None
+
+    def patch_replica(self, ident: str, patch: ReplicaPatch) -> SimReplica:
+        replica = self.replica(ident)
+        for name in patch.model_fields_set:
+            value = getattr(patch, name)
+            if name == "capacity":
+                value = value or None
+            if value is not None or name == "capacity":
+                setattr(replica, name, value)
+        return replica
+
+    def break_api(self, mode: str) -> None:
+        """How the Cloud API answers from now on: one of API_MODES."""
+        if mode not in API_MODES:
+            raise ValueError(f"unknown API mode {mode!r}; use one of {', '.join(API_MODES)}")
+        self.ctx.api_mode = mode
+        if mode == "timeout":
+            self.ctx.api_unblocked.clear()
+        else:
+            self.ctx.api_unblocked.set()
+
+    def banner(self) -> str:
+        """What `phala-router simulate` prints once everything listens."""
+        gateway_host, gateway_port = self.gateway_address.rsplit(":", 1)
+        default_port = 443 if self.config.tls else 80
+        lines = [
+            f"Phala Cloud simulator for app {self.config.app_id}",
+            f"  Cloud API   {self.api_url}   (X-API-Key: {self.config.api_key})",
+            f"  gateway     {self.gateway_address}   ({self.scheme}, *.{self.config.base_domain})",
+            f"  control     {self.control_url}/replicas",
+        ]
+        if self.ca_file is not None:
+            lines.append(f"  gateway CA  {self.ca_file}")
+        lines.append("replicas:")
+        for r in self.replicas:
+            state = r.status + (" (in progress)" if r.in_progress else "")
+            lines.append(
+                f"  {r.instance_id}  {r.region:<14} {state:<10} {self.url_of(r.instance_id)}"
+            )
+        if self.replicas:
+            host = self.host_of(self.replicas[0].instance_id)
+            cacert = f"--cacert {self.ca_file} " if self.ca_file else ""
+            lines += [
+                "try:",
+                f"  curl {cacert}--connect-to {host}:{default_port}:{gateway_host}:{gateway_port} "
+                f"{self.scheme}://{host}/",
+                f"  curl -H 'X-API-Key: {self.config.api_key}' "
+                f"{self.api_url}/apps/{self.config.app_id}/cvms",
+                f'  curl -X PUT -d \'{{"mode": "500"}}\' {self.control_url}/api-mode',
+            ]
+        return "\n".join(lines)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "app_id": self.config.app_id,
+            "api_url": self.api_url,
+            "gateway": self.gateway_address,
+            "connect_to": self.connect_to,
+            "tls": self.config.tls,
+            "ca_file": str(self.ca_file) if self.ca_file else None,
+            "api_mode": self.ctx.api_mode,
+            "api_requests": self.ctx.api_requests,
+            "replicas": [r.describe() for r in self.replicas],
+        }

@@ -1,0 +1,230 @@
+"""Simulated TDX quotes: structurally real, signed by the simulator's own key (INSECURE).
+
+A simulated quote has the layout of an Intel TDX v4 quote (48-byte header, 584-byte TD
+report with mr_td, rtmr0-3 and report_data at their real offsets, then the signature
+data) and comes with a dstack-style event log that replays to its RTMRs, so the router's
+event-log, binding and nonce checks run unchanged. Only the signature is fake: an ECDSA
+P-256 signature by a key the simulator made up (see `router.attestation.simsig`), which
+the router accepts only with `attestation.verifier: insecure-simulator`.
+
+`SimulatedQuotes.provider` fits `Simulator.quote_provider`; tamper knobs per instance make
+a replica serve a corrupted quote, another instance's quote, a stale nonce, or a fixture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from router.attestation import simsig
+from router.attestation.eventlog import parse_event_log, replay_rtmrs, runtime_event
+from router.attestation.quote import fresh_report_data, parse_nonce
+
+HEADER_VERSION = 4
+ATTESTATION_KEY_ECDSA_P256 = 2
+TEE_TYPE_TDX = 0x81
+INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
+SIMULATED_OS_IMAGE_HASH = hashlib.sha256(b"phala-router simulated dstack OS image").hexdigest()
+
+
+def new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _boot_events(os_image_hash: str) -> list[dict[str, Any]]:
+    """Stand-ins for firmware/kernel measurements (IMR 0-2), derived from the OS image so
+    replicas on one image share RTMR0-2, as on real hardware."""
+    events = []
+    for imr, count in ((0, 3), (1, 2), (2, 2)):
+        for index in range(count):
+            digest = hashlib.sha384(f"{os_image_hash}/imr{imr}/{index}".encode()).hexdigest()
+            events.append(
+                {
+                    "imr": imr,
+                    "event_type": 0x80000001 + index,
+                    "digest": digest,
+                    "event": "",
+                    "event_payload": "",
+                }
+            )
+    return events
+
+
+def event_log_for(
+    app_id: str,
+    instance_id: str,
+    compose_hash: str,
+    *,
+    os_image_hash: str = SIMULATED_OS_IMAGE_HASH,
+    app_events: tuple[tuple[str, bytes], ...] = (),
+) -> list[dict[str, Any]]:
+    """The event log a dstack replica would return, in dstack's order."""
+    key_provider = json.dumps({"name": "simulator", "id": ""}, separators=(",", ":"))
+    runtime = [
+        ("system-preparing", b""),
+        ("app-id", bytes.fromhex(app_id)),
+        ("compose-hash", bytes.fromhex(compose_hash)),
+        ("instance-id", bytes.fromhex(instance_id)),
+        ("boot-mr-done", b""),
+        ("os-image-hash", bytes.fromhex(os_image_hash)),
+        ("key-provider", key_provider.encode()),
+        ("system-ready", b""),
+        *app_events,
+    ]
+    return _boot_events(os_image_hash) + [runtime_event(name, payload) for name, payload in runtime]
+
+
+def _td_report(mr_td: bytes, rtmrs: tuple[bytes, bytes, bytes, bytes], report_data: bytes) -> bytes:
+    body = (
+        bytes(16)  # tee_tcb_svn
+        + hashlib.sha384(b"simulated TDX module").digest()  # mr_seam
+        + bytes(48)  # mr_signer_seam
+        + bytes(8)  # seam_attributes
+        + bytes(8)  # td_attributes
+        + struct.pack("<Q", 0x61E7)  # xfam
+        + mr_td
+        + bytes(48 * 3)  # mr_config_id, mr_owner, mr_owner_config
+        + b"".join(rtmrs)
+        + report_data
+    )
+    assert len(body) == 584
+    return body
+
+
+def make_quote(
+    app_id: str,
+    instance_id: str,
+    compose_hash: str,
+    report_data: bytes,
+    *,
+    key: ec.EllipticCurvePrivateKey,
+    os_image_hash: str = SIMULATED_OS_IMAGE_HASH,
+) -> tuple[bytes, list[dict[str, Any]]]:
+    """A simulator-signed TDX v4 quote and its event log (ids and hashes as hex strings).
+
+    `report_data` is at most 64 bytes, zero-padded like dstack's GetQuote."""
+    if len(report_data) > 64:
+        raise ValueError("report_data is at most 64 bytes")
+    events = event_log_for(app_id, instance_id, compose_hash, os_image_hash=os_image_hash)
+    rtmrs = replay_rtmrs(parse_event_log(events))
+    mr_td = hashlib.sha384(f"mr_td/{os_image_hash}".encode()).digest()
+    header = (
+        struct.pack("<HHIHH", HEADER_VERSION, ATTESTATION_KEY_ECDSA_P256, TEE_TYPE_TDX, 0, 0)
+        + INTEL_QE_VENDOR_ID
+        + bytes(20)
+    )
+    signed = header + _td_report(mr_td, rtmrs, report_data.ljust(64, b"\0"))
+    signature = simsig.sign(signed, key)
+    return signed + struct.pack("<I", len(signature)) + signature, events
+
+
+def flip_bit(quote: bytes, offset: int = 568) -> bytes:
+    """The quote with one bit of its signed body changed (default: in report_data)."""
+    changed = bytearray(quote)
+    changed[offset] ^= 0x01
+    return bytes(changed)
+
+
+class Tamper(StrEnum):
+    """How a simulated replica misbehaves when asked for a quote."""
+
+    NONE = "none"
+    TAMPERED_QUOTE = "tampered_quote"  # one bit flipped after signing
+    WRONG_INSTANCE = "wrong_instance"  # a genuine quote, but of another instance
+    STALE_NONCE = "stale_nonce"  # replays a quote made for an earlier nonce
+    FIXTURE = "fixture"  # serves a fixed quote (e.g. a real one from the fixtures)
+
+
+class QuoteSubject(Protocol):
+    """What the provider reads from a simulated replica (an `app_id` attribute, when the
+    replica has one, overrides the simulator-wide one)."""
+
+    @property
+    def instance_id(self) -> str: ...
+    @property
+    def compose_hash(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FixedQuote:
+    quote_hex: str
+    event_log: list[dict[str, Any]]
+
+
+class SimulatedQuotes:
+    """Signs quotes for simulated replicas; one key per simulator."""
+
+    def __init__(
+        self, key: ec.EllipticCurvePrivateKey | None = None, *, app_id: str | None = None
+    ) -> None:
+        self.key = key or new_key()
+        self.app_id = app_id
+        self._tamper: dict[str, Tamper] = {}
+        self._fixed: dict[str, FixedQuote] = {}
+
+    @property
+    def public_key(self) -> bytes:
+        """Raw 64-byte public key, for pinning in a verifier."""
+        return simsig.public_key_bytes(self.key.public_key())
+
+    def set_tamper(
+        self, instance_id: str, tamper: Tamper, *, fixed: FixedQuote | None = None
+    ) -> None:
+        self._tamper[instance_id] = tamper
+        if tamper is Tamper.FIXTURE:
+            if fixed is None:
+                raise ValueError("Tamper.FIXTURE needs the fixed quote to serve")
+            self._fixed[instance_id] = fixed
+
+    def provider(
+        self, replica: QuoteSubject, report_data: bytes
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """`Simulator.quote_provider`: (quote as hex, event log) for `report_data`."""
+        tamper = self._tamper.get(replica.instance_id, Tamper.NONE)
+        if tamper is Tamper.FIXTURE:
+            fixed = self._fixed[replica.instance_id]
+            return fixed.quote_hex, fixed.event_log
+        instance_id = replica.instance_id
+        if tamper is Tamper.WRONG_INSTANCE:
+            instance_id = hashlib.sha1(instance_id.encode()).hexdigest()  # noqa: S324 - an id, not security
+        if tamper is Tamper.STALE_NONCE:
+            # A quote made for someone else's (earlier) nonce, replayed.
+            report_data = fresh_report_data(b"\0" * 32)
+        app_id = getattr(replica, "app_id", None) or self.app_id
+        if not app_id:
+            raise ValueError("SimulatedQuotes needs app_id= when replicas carry none")
+        quote, events = make_quote(
+            app_id, instance_id, replica.compose_hash, report_data, key=self.key
+        )
+        if tamper is Tamper.TAMPERED_QUOTE:
+            quote = flip_bit(quote)
+        return quote.hex(), events
+
+
+QuoteProvider = Callable[[Any, bytes], tuple[str, list[dict[str, Any]]]]
+
+
+def answer_fresh(
+    provider: QuoteProvider, replica: Any, nonce_hex: str
+) -> tuple[int, dict[str, Any]]:
+    """What a simulated replica answers to `GET <attestation.fresh.path>?nonce=<hex>`, as
+    (HTTP status, JSON body): the quote-server's contract, without a dstack socket."""
+    try:
+        nonce = parse_nonce(nonce_hex)
+    except ValueError as exc:
+        return 400, {"error": "bad_nonce", "detail": f"{exc}; send ?nonce=<64 hex characters>"}
+    report_data = fresh_report_data(nonce)
+    quote, events = provider(replica, report_data)
+    return 200, {
+        "quote": quote,
+        "event_log": json.dumps(events),
+        "report_data": report_data.hex(),
+        "vm_config": json.dumps({"os_image_hash": SIMULATED_OS_IMAGE_HASH}),
+    }

@@ -1,0 +1,118 @@
+"""Config of the local Phala Cloud simulator (`phala-router simulate -c sim.yaml`)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from router.discovery.settings import normalise_app_id
+from router.settings_types import Duration, Frozen
+
+HealthKnob = int | Literal["hang", "reset"]
+# Whole-replica behaviour at the gateway: "up" serves, "reset" accepts then closes at once,
+# "hang" accepts and never answers.
+ReplicaMode = Literal["up", "reset", "hang"]
+DEFAULT_APP_ID = "5a1a0000000000000000000000000000000c10d5"
+
+
+def check_instance_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{40}", text):
+        raise ValueError(f"{value!r} is not an instance_id: expected 40 hex digits")
+    return text
+
+
+def check_health(value: HealthKnob) -> HealthKnob:
+    if isinstance(value, int) and not 100 <= value <= 599:
+        raise ValueError(f"health {value} is not an HTTP status (100-599), 'hang' or 'reset'")
+    return value
+
+
+class SimReplicaConfig(Frozen):
+    instance_id: str | None = None  # 40 hex; derived from the app_id and position when unset
+    region: str = "us-east"
+    node: str = "node-1"
+    # Set either the compose file text (its sha256 becomes the hash) or the hash itself.
+    app_compose: str | None = None
+    compose_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    status: str = "running"  # "stopped" starts with its listener closed
+    in_progress: bool = False
+    mode: ReplicaMode = "up"
+    health: HealthKnob = 200
+    latency: Duration = 0.0  # added to every request but /health
+    error_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of requests answered 500
+    capacity: int | None = Field(None, ge=1)  # max concurrent requests; the rest queue
+    instance_type: str = "tdx.small"
+
+    _instance_id = field_validator("instance_id")(check_instance_id)
+    _health_knob = field_validator("health")(check_health)
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str) -> str:
+        return value.strip()
+
+
+class SimulatorConfig(Frozen):
+    app_id: str = DEFAULT_APP_ID
+    app_name: str = "sim-app"
+    # The simulator's own fake key; the router reads its copy from an env variable.
+    api_key: str = "sim-api-key"
+    base_domain: str = "sim.phala.local"
+    tls: bool = False
+    host: str = "127.0.0.1"
+    # 0 = an ephemeral port; fixed ports make a long-running `simulate` easy to point at.
+    api_port: int = Field(0, ge=0, le=65535)
+    gateway_port: int = Field(0, ge=0, le=65535)
+    control_port: int = Field(0, ge=0, le=65535)
+    app_port: int = Field(8080, ge=1, le=65535)  # the port in `<instance_id>-<port>.<domain>`
+    guest_agent_port: int = Field(8090, ge=1, le=65535)
+    replicas: tuple[SimReplicaConfig, ...] = (SimReplicaConfig(),)
+    # Requests per second the backend shared by all replicas (a database) can take.
+    shared_backend_rps: float | None = Field(None, gt=0)
+    retry_after: int = Field(1, ge=0)  # the Retry-After of an injected 429
+    seed: int = 0  # error_rate draws are reproducible
+
+    @classmethod
+    def demo(cls, **fields: object) -> SimulatorConfig:
+        """The demo's cloud: 4 replicas in 3 regions, one of them stopped."""
+        replicas = (
+            SimReplicaConfig(region="us-east", node="node-us-1"),
+            SimReplicaConfig(region="us-east", node="node-us-2"),
+            SimReplicaConfig(region="eu-west", node="node-eu-1"),
+            SimReplicaConfig(region="ap-southeast", node="node-ap-1", status="stopped"),
+        )
+        return cls.model_validate({"replicas": replicas, **fields})
+
+    @field_validator("app_id", mode="before")
+    @classmethod
+    def _app_id(cls, value: object) -> str:
+        return normalise_app_id(value)
+
+    @field_validator("base_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        name = value.strip().strip(".").lower()
+        if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", name):
+            raise ValueError(f"{value!r} is not a domain name, e.g. sim.phala.local")
+        return name
+
+
+class ReplicaPatch(Frozen):
+    """Knobs the control API may change on a live replica; unset fields stay as they are."""
+
+    region: str | None = None
+    compose_hash: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    status: str | None = None
+    in_progress: bool | None = None
+    mode: ReplicaMode | None = None
+    health: HealthKnob | None = None
+    latency: Duration | None = None
+    error_rate: float | None = Field(None, ge=0.0, le=1.0)
+    capacity: int | None = Field(None, ge=0)  # 0 lifts the limit
+
+    _health = field_validator("health")(check_health)
