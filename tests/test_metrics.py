@@ -417,3 +417,36 @@ def test_a_watched_discovery_is_read_at_scrape_time() -> None:
     assert value(s, "router_discovery_refresh_total", result="auth") == 1
     assert value(s, "router_discovery_last_success_timestamp_seconds") == 1_700_000_000.0
     assert metrics.annotate_status({"replicas": []})["discovery_age_seconds"] == 100.0
+
+
+async def test_connect_failures_and_ejections_reach_metrics(client: aiohttp.ClientSession) -> None:
+    from tests.support import eventually, free_port
+
+    health = {
+        "enabled": False,
+        "passive": {"consecutive_failures": 1, "max_ejected_percent": 50},
+    }
+    async with running_replica("a") as a:
+        replicas = [
+            ("a", f"http://127.0.0.1:{a.port}"),
+            ("dead", f"http://127.0.0.1:{free_port()}"),
+        ]
+        async with running_router(static_config(replicas, health=health)) as router:
+            for _ in range(4):
+                async with client.get(f"{router.url}/x") as resp:
+                    assert resp.status == 200  # retried on a
+
+            async def scraped() -> Samples:
+                async with client.get(f"{router.admin_url}/metrics") as resp:
+                    return parse(await resp.text())
+
+            async def ejected() -> bool:
+                return value(await scraped(), "router_ejections_total", replica="dead") == 1
+
+            await eventually(ejected, timeout=5)
+            s = await scraped()
+            assert (
+                value(s, "router_upstream_errors_total", replica="dead", kind="connect") or 0
+            ) >= 1
+            assert value(s, "router_replica_state", replica="dead", region="", state="ejected") == 1
+            assert (value(s, "router_retries_total") or 0) >= 1
