@@ -15,7 +15,7 @@ import aiohttp
 
 from router.admin import AdminServer
 from router.attestation.wiring import build_attestor
-from router.balancing.round_robin import RoundRobin
+from router.balancing.factory import make_picker_factory
 from router.config import RouterConfig, load_config
 from router.discovery.phala import PhalaDiscovery
 from router.discovery.static import static_replicas
@@ -36,9 +36,16 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("router.access")
 
 
-def policy_from_config(config: RouterConfig) -> Policy:
+def policy_from_config(config: RouterConfig, environ: Mapping[str, str] | None = None) -> Policy:
+    """The routing-relevant settings. Raises ConfigError (sticky key, GeoIP file)."""
+    routing = config.routing
     return Policy(
-        picker_factory=RoundRobin,
+        picker_factory=make_picker_factory(
+            routing, environ=os.environ if environ is None else environ
+        ),
+        compose_hashes=None
+        if routing.compose_hashes is None
+        else frozenset(routing.compose_hashes),
         panic_threshold=config.health.panic_threshold,
         slow_start=config.health.slow_start,
         attestation_required=config.attestation.enabled,
@@ -120,7 +127,9 @@ class RouterApp:
         self._clock = clock
         self.in_flight = InFlightCounter()
         self.metrics = Metrics(self.in_flight, clock=clock)
-        self.reconciler = Reconciler(policy_from_config(config), self.in_flight, clock=clock)
+        self.reconciler = Reconciler(
+            policy_from_config(config, self._environ), self.in_flight, clock=clock
+        )
         self.metrics.on_snapshot(self.reconciler.current)
         self.reconciler.subscribe(self.metrics.on_snapshot)
         self.health = HealthChecker(
@@ -255,6 +264,11 @@ class RouterApp:
         except ConfigError as exc:
             log.error("reload refused, still running the previous config:\n%s", exc)
             return ReloadResult(error=str(exc))
+        try:
+            policy = policy_from_config(new, self._environ)
+        except ConfigError as exc:
+            log.error("reload refused, still running the previous config:\n%s", exc)
+            return ReloadResult(error=str(exc))
         old, self.config = self.config, new
         result = ReloadResult()
         for name, before, after in (
@@ -281,7 +295,7 @@ class RouterApp:
         )
         self.health.reconfigure(new.health, _health_session_factory(new) if reach else None)
         result.applied.append("health")
-        self.reconciler.set_policy(policy_from_config(new))
+        self.reconciler.set_policy(policy)
         result.applied.append("routing")
         if result.restart_required:
             log.warning(

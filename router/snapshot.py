@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from router.balancing.base import InFlight, Member, Picker, PickerFactory
+from router.balancing.settings import normalise_region
 from router.models import AttestationVerdict, HealthView, Replica, ReplicaState
 
 SLOW_START_FLOOR = 0.1
@@ -189,6 +190,13 @@ def build_snapshot(
     else:
         active = routable_ids
 
+    # Per region, the replicas that would take traffic if healthy (those left out by the
+    # admin active-limit excepted): the geo policy's spill-over compares routable with this.
+    region_totals = Counter(
+        normalise_region(r[0].region or "")
+        for r in eligible
+        if r[0].id not in routable_ids or r[0].id in active
+    )
     statuses: list[ReplicaStatus] = []
     members: list[Member] = []
     for replica, block, view, weight in rows:
@@ -214,7 +222,9 @@ def build_snapshot(
         effective = replica.weight * weight
         reason = "panic: routed despite failing health" if hb is not None else ""
         statuses.append(ReplicaStatus(replica, state, True, reason, effective, view, verdict))
-        members.append(Member(replica, effective))
+        members.append(
+            Member(replica, effective, region_totals[normalise_region(replica.region or "")])
+        )
 
     hashes = Counter(r.compose_hash for r, *_ in rows if r.compose_hash and r.is_candidate)
     frozen_statuses = tuple(statuses)

@@ -16,10 +16,17 @@ from router.models import Replica
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """A routable replica with its effective weight (config weight x slow-start ramp)."""
+    """A routable replica with its effective weight (config weight x slow-start ramp).
+
+    `region_total` counts the replicas of this member's region that would be routable if
+    healthy (routable, pending, unhealthy or ejected; not drained, stopped or refused by
+    attestation); the geo policy's spill-over compares it with the routable count. 0 means
+    unknown: the region is then taken as fully healthy while it has any routable member.
+    """
 
     replica: Replica
     weight: float
+    region_total: int = 0
 
 
 @dataclass(slots=True)

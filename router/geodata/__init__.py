@@ -1,0 +1,1 @@
+"""Data tables shipped with the router (see README.md here for sources and licences)."""
