@@ -138,6 +138,9 @@ class RouterApp:
             _health_session_factory(config),
             clock=clock,
         )
+        self.health.on_check = lambda rid, result: self.metrics.health_check(
+            rid, result.ok, result.latency
+        )
         self.discovery = (
             PhalaDiscovery(
                 config.discovery.phala, self.set_replicas, environ=self._environ, clock=clock

@@ -450,3 +450,24 @@ async def test_connect_failures_and_ejections_reach_metrics(client: aiohttp.Clie
             ) >= 1
             assert value(s, "router_replica_state", replica="dead", region="", state="ejected") == 1
             assert (value(s, "router_retries_total") or 0) >= 1
+
+
+async def test_active_health_checks_are_counted() -> None:
+    from tests.support import eventually, running_replica, running_router, static_config
+
+    async with running_replica("a") as a:
+        config = static_config(
+            [("a", f"http://127.0.0.1:{a.port}")],
+            health={"interval": "50ms", "unhealthy_interval": "20ms"},
+        )
+        async with running_router(config) as router:
+            metrics = router.app.metrics
+
+            def counted() -> bool:
+                body = metrics.render()[0].decode()
+                return (
+                    'router_health_checks_total{replica="a",result="ok"}' in body
+                    and "router_health_check_duration_seconds_count" in body
+                )
+
+            await eventually(counted)
