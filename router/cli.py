@@ -110,6 +110,12 @@ def serve(config_path: str, log_level: str, log_format: str, access_log: bool) -
 def check_config(config_path: str, as_json: bool) -> None:
     """Validate a config and print the effective config (secrets redacted)."""
     config = load_or_exit(config_path)
+    from router.app import policy_from_config
+
+    try:
+        policy_from_config(config)  # sticky keys and GeoIP files are checked here
+    except ConfigError as exc:
+        fail(f"invalid config {config_path}:\n{exc}", EXIT_CONFIG)
     data = redacted(config)
     if as_json:
         click.echo(json.dumps(data, indent=2))

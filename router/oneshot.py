@@ -44,7 +44,7 @@ async def control_plane_pass(
     trusted_simulator_keys: frozenset[bytes] = frozenset(),
 ) -> PassResult:
     environ = os.environ if environ is None else environ
-    reconciler = Reconciler(policy_from_config(config), {})
+    reconciler = Reconciler(policy_from_config(config, environ), {})
     replicas = await discover_once(config, environ)
     if replica_ids:
         unknown = set(replica_ids) - {r.id for r in replicas}

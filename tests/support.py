@@ -54,7 +54,7 @@ class TestReplica:
         app.router.add_get("/slow", self.slow)
         app.router.add_get("/hang", self.hang)
         app.router.add_get("/hop", self.hop)
-        app.router.add_route("*", "/{tail:.*}", self.echo)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self.echo)
         return app
 
     def _seen(self, request: web.Request) -> None:

@@ -108,3 +108,21 @@ def test_systemd_unit_runs_the_cli_with_its_config() -> None:
     ).stdout
     for command in ("serve", "check-config"):
         assert command in help_text
+
+
+def test_phala_compose_runs_the_router_with_a_valid_config() -> None:
+    from router.config import parse_config
+
+    compose = yaml.safe_load((ROOT / "deploy/phala/docker-compose.yml").read_text())
+    service = compose["services"]["phala-router"]
+    assert service["command"][:2] == ["serve", "-c"]
+    env = service["environment"]
+    assert (
+        env["PHALA_CLOUD_API_KEY"] == "${PHALA_CLOUD_API_KEY}"
+    )  # an encrypted env var, never inline
+    embedded = yaml.safe_load(compose["configs"]["router_yaml"]["content"])
+    app_id = "ab" * 20
+    config = parse_config(embedded, {"ROUTER_DISCOVERY__PHALA__APP_ID": app_id})
+    assert config.discovery.phala is not None
+    assert config.discovery.phala.app_id == app_id
+    assert config.admin.token_env == "ROUTER_ADMIN_TOKEN"

@@ -116,6 +116,8 @@ class HealthChecker:
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
         self._probing: dict[str, asyncio.Task[None]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # Called with every active check result (metrics); must be cheap.
+        self.on_check: Callable[[str, CheckResult], None] | None = None
 
     # -- membership -----------------------------------------------------------------------
 
@@ -330,6 +332,8 @@ class HealthChecker:
             return
         new = observe_check(prev, result, self._limits)
         self._active[rid] = new
+        if self.on_check is not None:
+            self.on_check(rid, result)
         if result.ok:
             outlier = self.passive.state(rid)
             if outlier is not None:

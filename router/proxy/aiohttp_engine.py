@@ -162,7 +162,8 @@ class AiohttpEngine:
         self._session = self._new_session()
         cfg = self._proxy
         app = web.Application(client_max_size=cfg.max_request_body or 1024**4)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
+        # [\s\S], not ".": a decoded path may contain a newline (%0A) and must still reach us.
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self.handle)
         self._runner = web.AppRunner(
             app, access_log=None, shutdown_timeout=cfg.drain_timeout, handle_signals=False
         )

@@ -15,6 +15,7 @@ import itertools
 import json
 import logging
 import ssl
+from typing import cast
 
 from router.simulator.state import SimContext, SimReplica
 
@@ -105,7 +106,8 @@ class _ClientSide(asyncio.Protocol):
         self._connecting: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses: cast, don't assert.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         self._gateway.track(transport, True)
         sslobj = transport.get_extra_info("ssl_object")
@@ -223,8 +225,7 @@ class _UpstreamSide(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)
         self._client.upstream_ready(self)
 
     def data_received(self, data: bytes) -> None:
