@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 
 from router.config import parse_config
+from router.errors import ConfigError
 from router.simulator import Simulator, SimulatorConfig, load_simulator_config
 from router.simulator.settings import SimReplicaConfig
 
@@ -50,11 +51,26 @@ def test_a_key_file_keeps_the_public_key_across_runs(tmp_path: Path) -> None:
     assert Simulator(SimulatorConfig(attestation=True)).quote_public_key != (first.quote_public_key)
 
 
-def test_a_key_file_that_is_not_a_key_is_refused_clearly(tmp_path: Path) -> None:
-    key_file = tmp_path / "not-a-key.pem"
-    key_file.write_text("hello")
-    with pytest.raises(ValueError, match="not an unencrypted PEM private key"):
-        Simulator(SimulatorConfig(attestation=True, quote_key_file=key_file))
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        ("not a key", "is not an unencrypted PEM private key"),
+        ("no folder", "does not exist"),
+    ],
+)
+def test_a_bad_key_file_is_refused_at_config_load_naming_the_field(
+    tmp_path: Path, setup: str, message: str
+) -> None:
+    key_file = tmp_path / "key.pem"
+    if setup == "not a key":
+        key_file.write_text("hello")
+    else:
+        key_file = tmp_path / "missing" / "key.pem"
+    path = tmp_path / "sim.yaml"
+    path.write_text(f"attestation: true\nquote_key_file: {key_file}\n")
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_simulator_config(path)
+    assert "quote_key_file" in str(caught.value)
 
 
 def test_simulator_yaml_takes_the_attestation_keys(tmp_path: Path) -> None:

@@ -48,31 +48,47 @@ def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    """The simulator's signing key from a PEM file, made (mode 0600) when it is missing, so
-    the public key a router trusts survives restarts of `phala-router simulate`."""
+def read_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
+    """The EC P-256 key in a PEM file; None when the file does not exist yet (its folder
+    must). ValueError says what is wrong with any other file."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        key = new_key()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(pem)
-        return key
+        if not path.parent.is_dir():
+            raise ValueError(f"{str(path)!r}: folder {str(path.parent)!r} does not exist") from None
+        return None
+    except OSError as exc:
+        raise ValueError(f"{str(path)!r} cannot be read: {exc.strerror}") from None
     try:
         loaded = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
-        raise ValueError(f"{path} is not an unencrypted PEM private key") from None
+        raise ValueError(f"{str(path)!r} is not an unencrypted PEM private key") from None
     if not isinstance(loaded, ec.EllipticCurvePrivateKey) or not isinstance(
         loaded.curve, ec.SECP256R1
     ):
-        raise ValueError(f"{path} does not hold an EC P-256 key")
+        raise ValueError(f"{str(path)!r} does not hold an EC P-256 key")
     return loaded
+
+
+def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The simulator's signing key from a PEM file, made (mode 0600) when it is missing, so
+    the public key a router trusts survives restarts of `phala-router simulate`."""
+    existing = read_key(path)
+    if existing is not None:
+        return existing
+    key = new_key()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(pem)
+    except OSError as exc:
+        raise ValueError(f"{str(path)!r} cannot be written: {exc.strerror}") from None
+    return key
 
 
 def _boot_events(os_image_hash: str) -> list[dict[str, Any]]:

@@ -110,6 +110,15 @@ class SimulatorConfig(Frozen):
     def _app_id(cls, value: object) -> str:
         return normalise_app_id(value)
 
+    @field_validator("quote_key_file")
+    @classmethod
+    def _key_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from router.simulator.quotes import read_key  # cryptography only when asked
+
+            read_key(value)
+        return value
+
     @field_validator("base_domain")
     @classmethod
     def _domain(cls, value: str) -> str:
