@@ -17,8 +17,9 @@ HealthKnob = int | Literal["hang", "reset"]
 ReplicaMode = Literal["up", "reset", "hang"]
 # How a replica answers attestation requests (all three sources): "ok" a good quote;
 # "tampered_quote" one bit flipped after signing; "wrong_instance" another instance's quote;
-# "stale_nonce" a quote made for an earlier nonce; "hang" never answers; "missing" 404
-# (no quote server, no guest agent RPC; the Cloud API lists no quote).
+# "stale_nonce" a quote made for an earlier nonce (refused only in fresh mode); "hang" the
+# fresh path and guest agent never answer; "missing" they answer 404. With either of the
+# last two the Cloud API lists the instance without a quote.
 AttestationKnob = Literal[
     "ok", "tampered_quote", "wrong_instance", "stale_nonce", "hang", "missing"
 ]
