@@ -45,11 +45,7 @@ def demo_router_config(
     }
     config["discovery"]["phala"]["interval"] = "3s"
     if attestation != "off":
-        config["attestation"] = {
-            "mode": attestation,
-            "verifier": "insecure-simulator",
-            "interval": "30s",
-        }
+        config["attestation"] = sim.attestation_section(attestation, interval="30s")
     return config
 
 
@@ -87,7 +83,7 @@ async def run_demo(
     stop: asyncio.Event | None = None,
     ready: Callable[[RouterApp, Simulator], None] | None = None,
 ) -> None:
-    sim = Simulator(SimulatorConfig.demo(tls=True))
+    sim = Simulator(SimulatorConfig.demo(tls=True, attestation=attestation != "off"))
     await sim.start()
     environ = {**os.environ, API_KEY_ENV: sim.config.api_key}
     config = parse_config(
