@@ -23,6 +23,7 @@ import aiohttp
 
 from router.health.passive import PassiveDetector
 from router.health.probe import probe
+from router.health.settings import HealthConfig
 from router.health.state import (
     ActiveState,
     Expectation,
@@ -35,7 +36,6 @@ from router.health.state import (
     view_of,
     worth_publishing,
 )
-from router.health_settings import HealthConfig
 from router.models import CheckResult, HealthView, Replica, ReplicaState
 
 log = logging.getLogger(__name__)
