@@ -10,18 +10,24 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, Protocol
 
 from aiohttp import web
 
+from router import status_page
 from router.settings_types import split_host_port
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# /status.html is a static shell holding no data: its script fetches /status with the token.
+OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/status.html"})
+MetricsSource = Callable[[], Awaitable[tuple[bytes, str]]]
+RECENT_ACTIONS = 20
 
 
 class AdminBackend(Protocol):
@@ -43,10 +49,21 @@ class AdminBackend(Protocol):
 
 
 class AdminServer:
-    def __init__(self, listen: str, backend: AdminBackend, token: str | None) -> None:
+    def __init__(
+        self,
+        listen: str,
+        backend: AdminBackend,
+        token: str | None,
+        metrics: MetricsSource | None = None,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self._listen = listen
         self._backend = backend
         self._token = token.encode() if token else None
+        self._metrics = metrics
+        self._wall = wall
+        # Operator actions, newest last, shown in /status so everyone sees who changed what.
+        self.actions: deque[dict[str, Any]] = deque(maxlen=RECENT_ACTIONS)
         self._runner: web.AppRunner | None = None
         self.extra_routes: list[tuple[str, str, Handler]] = []
         self.port = 0
@@ -56,6 +73,10 @@ class AdminServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/status", self._status)
+        app.router.add_get("/status.html", status_page.handle)
+        app.router.add_get("/", status_page.redirect)
+        if self._metrics is not None:
+            app.router.add_get("/metrics", self._metrics_page)
         app.router.add_post("/admin/replicas/{id}/drain", self._drain)
         app.router.add_post("/admin/replicas/{id}/undrain", self._undrain)
         app.router.add_post("/admin/replicas/{id}/recheck", self._recheck)
@@ -98,7 +119,18 @@ class AdminServer:
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def _status(self, request: web.Request) -> web.Response:
-        return web.json_response(self._backend.status(), dumps=lambda o: json.dumps(o, indent=1))
+        document = {**self._backend.status(), "admin_actions": list(self.actions)}
+        return web.json_response(document, dumps=lambda o: json.dumps(o, indent=1))
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        assert self._metrics is not None
+        body, content_type = await self._metrics()
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    def _record(self, request: web.Request, action: str, target: str | None) -> None:
+        self.actions.append(
+            {"at": round(self._wall(), 3), "action": action, "target": target, "by": request.remote}
+        )
 
     def _known(self, request: web.Request) -> str:
         replica_id = request.match_info["id"]
@@ -113,23 +145,27 @@ class AdminServer:
     async def _drain(self, request: web.Request) -> web.Response:
         replica_id = self._known(request)
         self._backend.drain(replica_id, True)
+        self._record(request, "drain", replica_id)
         log.info("admin: drained replica %s", replica_id)
         return web.json_response({"drained": replica_id})
 
     async def _undrain(self, request: web.Request) -> web.Response:
         replica_id = self._known(request)
         self._backend.drain(replica_id, False)
+        self._record(request, "undrain", replica_id)
         log.info("admin: undrained replica %s", replica_id)
         return web.json_response({"undrained": replica_id})
 
     async def _recheck(self, request: web.Request) -> web.Response:
         replica_id = self._known(request) if "id" in request.match_info else None
         await self._backend.recheck(replica_id)
+        self._record(request, "recheck", replica_id)
         log.info("admin: re-check of %s", replica_id or "all replicas")
         return web.json_response({"rechecked": replica_id or "all"})
 
     async def _reload(self, request: web.Request) -> web.Response:
         result = asdict(self._backend.reload())
+        self._record(request, "reload", "refused" if result.get("error") else "applied")
         return web.json_response(result, status=400 if result.get("error") else 200)
 
     async def _active_limit(self, request: web.Request) -> web.Response:
@@ -149,5 +185,6 @@ class AdminServer:
                 status=400,
             )
         self._backend.set_active_limit(count)
+        self._record(request, "active-limit", None if count is None else str(count))
         log.info("admin: active-limit set to %s", count)
         return web.json_response({"active_limit": count})

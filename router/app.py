@@ -22,7 +22,8 @@ from router.discovery.static import static_replicas
 from router.dns import DnsService
 from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
 from router.health import HealthChecker, make_health_session
-from router.models import Replica
+from router.metrics import Metrics
+from router.models import AttestationVerdict, Replica
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers, RequestRecord
 from router.reconciler import Reconciler
@@ -125,14 +126,20 @@ class RouterApp:
         self._environ = os.environ if environ is None else environ
         self._clock = clock
         self.in_flight = InFlightCounter()
+        self.metrics = Metrics(self.in_flight, clock=clock)
         self.reconciler = Reconciler(
             policy_from_config(config, self._environ), self.in_flight, clock=clock
         )
+        self.metrics.on_snapshot(self.reconciler.current)
+        self.reconciler.subscribe(self.metrics.on_snapshot)
         self.health = HealthChecker(
             config.health,
             lambda rid, view, urgent: self.reconciler.set_health(rid, view, urgent=urgent),
             _health_session_factory(config),
             clock=clock,
+        )
+        self.health.on_check = lambda rid, result: self.metrics.health_check(
+            rid, result.ok, result.latency
         )
         self.discovery = (
             PhalaDiscovery(
@@ -141,14 +148,16 @@ class RouterApp:
             if config.discovery.phala is not None
             else None
         )
+        if self.discovery is not None:
+            self.metrics.watch_discovery(self.discovery)
         self.attestor = build_attestor(
             config,
-            self.reconciler.set_verdict,
+            self._on_verdict,
             environ=self._environ,
             clock=clock,
             trusted_simulator_keys=trusted_simulator_keys,
         )
-        self.observers = Observers([self.health.passive])
+        self.observers = Observers([self.metrics, self.health.passive])
         if access_log_enabled:
             self.observers.observers.append(AccessLog())
         self.tls = (
@@ -159,7 +168,9 @@ class RouterApp:
         self.engine: Engine = AiohttpEngine(
             config, self._snapshot, self.observers, self.in_flight, tls=self.tls
         )
-        self.admin = AdminServer(config.admin.listen, self, self._admin_token())
+        self.admin = AdminServer(
+            config.admin.listen, self, self._admin_token(), metrics=self.metrics.render_async
+        )
         self.dns = (
             DnsService(
                 config.dns,
@@ -179,6 +190,10 @@ class RouterApp:
 
     def _snapshot(self):  # type: ignore[no-untyped-def]
         return self.reconciler.current
+
+    def _on_verdict(self, verdict: AttestationVerdict) -> None:
+        self.metrics.attestation_verdict(verdict)
+        self.reconciler.set_verdict(verdict)
 
     def _admin_token(self) -> str | None:
         name = self.config.admin.token_env
@@ -200,7 +215,7 @@ class RouterApp:
         offset = time.time() - now
         snapshot = self.reconciler.current
         overrides = self.reconciler.overrides
-        return status_document(
+        document = status_document(
             snapshot,
             now=now,
             to_wall=lambda t: round(t + offset, 3),
@@ -218,6 +233,7 @@ class RouterApp:
                 "active_limit": overrides.active_limit,
             },
         )
+        return self.metrics.annotate_status(document)
 
     def drain(self, replica_id: str, drained: bool) -> None:
         current = self.reconciler.overrides

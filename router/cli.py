@@ -168,13 +168,22 @@ def simulate(config_path: str, log_level: str, log_format: str, access_log: bool
         fail(f"invalid simulator config {config_path}:\n{exc}", EXIT_CONFIG)
 
     async def run() -> None:
-        task = asyncio.ensure_future(
+        simulator = asyncio.ensure_future(
             run_simulator(sim_config, ready=lambda sim: click.echo(sim.banner()))
         )
-        await wait_for_signal()
-        task.cancel()
+        signalled = asyncio.ensure_future(wait_for_signal())
+        # Whichever ends first: a signal, or the simulator failing (e.g. a port in use).
+        await asyncio.wait({simulator, signalled}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (simulator, signalled):
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await signalled
+        try:
+            await simulator
+        except asyncio.CancelledError:
+            pass
+        except OSError as exc:
+            raise RouterError(f"the simulator could not start: {exc}") from None
 
     run_async(run)
 

@@ -22,7 +22,7 @@ from router.balancing.settings import RoutingConfig
 from router.discovery.settings import PhalaDiscoveryConfig
 from router.dns.settings import DnsConfig
 from router.errors import ConfigError
-from router.health_settings import HealthConfig
+from router.health.settings import HealthConfig
 from router.settings_types import (
     EnvVarName,
     Frozen,

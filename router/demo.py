@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from router.app import RouterApp
@@ -37,15 +38,14 @@ def demo_router_config(
         "admin": {"listen": f"127.0.0.1:{admin_port}"},
         **sim.router_overlay(api_key_env=API_KEY_ENV),
         "health": {"interval": "2s", "unhealthy_interval": "500ms", "timeout": "1s"},
-        "routing": {"policy": policy},
+        "routing": {"policy": policy, "debug_headers": True},
+        # The demo's curl runs on this machine: trusting loopback lets it play a CDN that
+        # sets CF-IPCountry, to show geo routing. Never trust client networks in production.
+        "proxy": {"trusted_proxies": ["127.0.0.1/32"]},
     }
     config["discovery"]["phala"]["interval"] = "3s"
     if attestation != "off":
-        config["attestation"] = {
-            "mode": attestation,
-            "verifier": "insecure-simulator",
-            "interval": "30s",
-        }
+        config["attestation"] = sim.attestation_section(attestation, interval="30s")
     return config
 
 
@@ -66,7 +66,8 @@ def banner(app: RouterApp, sim: Simulator) -> str:
             f"  for i in 1 2 3 4; do curl -s {router}/ | python3 -m json.tool | grep -E '\"(replica|region)\"'; done",
             f"  curl -s {admin}/status | python3 -m json.tool | grep -E '\"(id|state|reason)\"'",
             f"  curl -s -X POST {sim.control_url}/replicas/<id>/stop      # watch it leave the rotation",
-            f"  curl -s -H 'CF-IPCountry: DE' {router}/     # with --policy geo and a trusted proxy",
+            f"  curl -si -H 'CF-IPCountry: DE' {router}/ | grep X-Router-Route   # --policy geo: eu-west",
+            f"  curl -si -H 'CF-IPCountry: US' {router}/ | grep X-Router-Route   # --policy geo: us-east",
             "",
             "Ctrl-C to stop.",
         ]
@@ -80,8 +81,9 @@ async def run_demo(
     policy: str = "round_robin",
     attestation: str = "off",
     stop: asyncio.Event | None = None,
+    ready: Callable[[RouterApp, Simulator], None] | None = None,
 ) -> None:
-    sim = Simulator(SimulatorConfig.demo(tls=True))
+    sim = Simulator(SimulatorConfig.demo(tls=True, attestation=attestation != "off"))
     await sim.start()
     environ = {**os.environ, API_KEY_ENV: sim.config.api_key}
     config = parse_config(
@@ -99,6 +101,8 @@ async def run_demo(
         await app.start()
         print(sim.banner())
         print(banner(app, sim), flush=True)
+        if ready is not None:
+            ready(app, sim)
         if stop is None:
             from router.cli import wait_for_signal
 

@@ -27,16 +27,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"), default=str)
 
 
+# Control characters from the outside (a decoded request path, a replica id from an API)
+# could forge extra lines in a text log; they are shown escaped instead.
+_ESCAPE_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record).translate(_ESCAPE_CONTROLS)
         access = getattr(record, "access", None)
         if isinstance(access, dict):
             extras = " ".join(f"{k}={v}" for k, v in access.items() if v not in (None, ""))
-            line = f"{line} {extras}"
+            line = f"{line} {extras.translate(_ESCAPE_CONTROLS)}"
         return line
 
 

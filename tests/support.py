@@ -54,7 +54,7 @@ class TestReplica:
         app.router.add_get("/slow", self.slow)
         app.router.add_get("/hang", self.hang)
         app.router.add_get("/hop", self.hop)
-        app.router.add_route("*", "/{tail:.*}", self.echo)
+        app.router.add_route("*", r"/{tail:[\s\S]*}", self.echo)
         return app
 
     def _seen(self, request: web.Request) -> None:
@@ -197,12 +197,20 @@ def static_config(replicas: list[tuple[str, str]], **sections: Any) -> dict[str,
 
 @asynccontextmanager
 async def running_router(
-    config: dict[str, Any], *, environ: dict[str, str] | None = None, grace: float = 1.0
+    config: dict[str, Any],
+    *,
+    environ: dict[str, str] | None = None,
+    grace: float = 1.0,
+    trusted_simulator_keys: frozenset[bytes] = frozenset(),
 ) -> AsyncIterator[RouterHandle]:
     from router.app import RouterApp
     from router.config import parse_config
 
-    app = RouterApp(parse_config(config, environ or {}), environ=environ or {})
+    app = RouterApp(
+        parse_config(config, environ or {}),
+        environ=environ or {},
+        trusted_simulator_keys=trusted_simulator_keys,
+    )
     await app.start()
     host, port = app.engine.addresses[0]
     handle = RouterHandle(app, f"http://{host}:{port}", f"http://127.0.0.1:{app.admin.port}")

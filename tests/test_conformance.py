@@ -354,3 +354,17 @@ async def test_status_explains_each_replica(engine: str, client: aiohttp.ClientS
         assert "drained" in rows["b"]["reason"]
         async with client.get(f"{router.admin_url}/readyz") as resp:
             assert resp.status == 200
+
+
+async def test_encoded_newline_in_path_is_forwarded_encoded(
+    engine: str, client: aiohttp.ClientSession
+) -> None:
+    from yarl import URL
+
+    async with running_replica("a") as a:
+        async with running_router(cfg(engine, [("a", f"http://127.0.0.1:{a.port}")])) as router:
+            async with client.get(URL(f"{router.url}/x%0AInjected:%201", encoded=True)) as resp:
+                assert resp.status == 200
+                answer = await resp.json()
+            assert "Injected" not in answer["headers"]
+            assert answer["path"] == "/x%0AInjected:%201"  # still encoded: no header injection

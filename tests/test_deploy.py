@@ -111,7 +111,7 @@ def test_systemd_unit_runs_the_cli_with_its_config() -> None:
 
 
 def test_phala_compose_runs_the_router_with_a_valid_config() -> None:
-    from router.config import parse_config  # noqa: PLC0415
+    from router.config import parse_config
 
     compose = yaml.safe_load((ROOT / "deploy/phala/docker-compose.yml").read_text())
     service = compose["services"]["phala-router"]

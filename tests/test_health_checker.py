@@ -20,7 +20,7 @@ from aiohttp import web
 
 from router.balancing.round_robin import RoundRobin
 from router.health import HealthChecker, make_health_session
-from router.health_settings import HealthConfig
+from router.health.settings import HealthConfig
 from router.models import HealthView, Replica, ReplicaState
 from router.reconciler import Reconciler
 from router.snapshot import Policy

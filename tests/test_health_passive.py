@@ -10,7 +10,7 @@ import pytest
 
 from router.balancing.round_robin import RoundRobin
 from router.health import HealthChecker
-from router.health_settings import HealthConfig, PassiveConfig
+from router.health.settings import HealthConfig, PassiveConfig
 from router.models import CheckResult, HealthView, Replica, ReplicaState
 from router.reconciler import Reconciler
 from router.snapshot import Policy

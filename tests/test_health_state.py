@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from router.balancing.round_robin import RoundRobin
+from router.health.settings import HealthConfig, PassiveConfig, status_ranges
 from router.health.state import (
     ActiveState,
     Expectation,
@@ -26,7 +27,6 @@ from router.health.state import (
     view_of,
     worth_publishing,
 )
-from router.health_settings import HealthConfig, PassiveConfig, status_ranges
 from router.models import CheckResult, HealthView, Replica, ReplicaState
 from router.snapshot import Overrides, Policy, Snapshot, build_snapshot
 

@@ -122,6 +122,12 @@ class AttestationConfig(Frozen):
     # `phala-router simulate`) whose signatures are accepted instead of Intel's.
     simulator_public_keys: tuple[str, ...] = ()
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `off` as false.
+        return "off" if value is False else value
+
     @field_validator("simulator_public_keys")
     @classmethod
     def _hex_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:

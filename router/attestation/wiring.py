@@ -50,6 +50,12 @@ def build_attestor(
             "attestation.mode: cloud reads quotes from the Cloud API and needs discovery.phala; "
             "with discovery.static use guest-agent or fresh"
         )
+    keys = trusted_simulator_keys | {bytes.fromhex(k) for k in cfg.simulator_public_keys}
+    if cfg.verifier == "insecure-simulator" and not keys:
+        raise ConfigError(
+            "attestation.simulator_public_keys: verifier insecure-simulator needs the simulator's "
+            "public key (printed by `phala-router simulate`)"
+        )
     session = None
     if cfg.mode in ("guest-agent", "fresh"):
         tls = config.upstream_tls
@@ -58,12 +64,6 @@ def build_attestor(
                 config.discovery.connect_to, client_ssl_context(tls.verify, tls.ca_file)
             ),
             auto_decompress=False,
-        )
-    keys = trusted_simulator_keys | {bytes.fromhex(k) for k in cfg.simulator_public_keys}
-    if cfg.verifier == "insecure-simulator" and not keys:
-        raise ConfigError(
-            "attestation.simulator_public_keys: verifier insecure-simulator needs the simulator's "
-            "public key (printed by `phala-router simulate`)"
         )
     return Attestor(
         cfg,

@@ -23,6 +23,7 @@ import aiohttp
 
 from router.health.passive import PassiveDetector
 from router.health.probe import probe
+from router.health.settings import HealthConfig
 from router.health.state import (
     ActiveState,
     Expectation,
@@ -35,7 +36,6 @@ from router.health.state import (
     view_of,
     worth_publishing,
 )
-from router.health_settings import HealthConfig
 from router.models import CheckResult, HealthView, Replica, ReplicaState
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,8 @@ class HealthChecker:
         self._slots = asyncio.Semaphore(cfg.max_concurrency)
         self._probing: dict[str, asyncio.Task[None]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # Called with every active check result (metrics); must be cheap.
+        self.on_check: Callable[[str, CheckResult], None] | None = None
 
     # -- membership -----------------------------------------------------------------------
 
@@ -330,6 +332,8 @@ class HealthChecker:
             return
         new = observe_check(prev, result, self._limits)
         self._active[rid] = new
+        if self.on_check is not None:
+            self.on_check(rid, result)
         if result.ok:
             outlier = self.passive.state(rid)
             if outlier is not None:

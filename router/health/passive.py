@@ -11,8 +11,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from router.health.settings import PassiveConfig
 from router.health.state import OutlierState, decay, may_eject, observe_traffic
-from router.health_settings import PassiveConfig
 from router.models import Replica
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 import aiohttp
 from yarl import URL
 
+from router.health.settings import HealthConfig
 from router.health.state import Expectation, judge
-from router.health_settings import HealthConfig
 from router.models import CheckResult, Replica
 from router.upstream import make_connector
 

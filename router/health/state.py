@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from router.health_settings import HealthConfig, PassiveConfig, status_ranges
+from router.health.settings import HealthConfig, PassiveConfig, status_ranges
 from router.models import CheckResult, HealthView, ReplicaState
 
 # A delay never drops below this, whatever the jitter, so a scheduler cannot spin.

@@ -16,11 +16,17 @@ from pydantic import ValidationError
 from router.errors import ConfigError
 from router.simulator.cloud_api import API_MODES
 from router.simulator.core import Simulator
-from router.simulator.settings import ReplicaPatch, SimReplicaConfig, SimulatorConfig
+from router.simulator.settings import (
+    AttestationKnob,
+    ReplicaPatch,
+    SimReplicaConfig,
+    SimulatorConfig,
+)
 from router.simulator.state import QuoteProvider, SimReplica
 
 __all__ = [
     "API_MODES",
+    "AttestationKnob",
     "QuoteProvider",
     "ReplicaPatch",
     "SimReplica",

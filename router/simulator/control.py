@@ -4,7 +4,8 @@ GET    /                      where everything is, and every replica
 GET    /replicas              every replica's state
 POST   /replicas              add one (body: SimReplicaConfig fields)
 GET    /replicas/{id}         one replica (instance_id, vm_uuid or a unique prefix)
-PATCH  /replicas/{id}         change knobs (body: ReplicaPatch fields)
+PATCH  /replicas/{id}         change knobs (body: ReplicaPatch fields), e.g.
+                              {"attestation": "wrong_instance"} or {"compose_hash": "<64 hex>"}
 POST   /replicas/{id}/stop    stop it (ports close, the API says stopped)
 POST   /replicas/{id}/start   start it again
 DELETE /replicas/{id}         remove it

@@ -4,6 +4,11 @@ sim = Simulator(SimulatorConfig(replicas=[...]))
 await sim.start()
 ... sim.api_url, sim.connect_to, sim.stop_replica(id), sim.break_api("500") ...
 await sim.stop()
+
+With `SimulatorConfig(attestation=True)` every replica answers the router's three
+attestation sources with quotes signed by `sim.quotes` (INSECURE: trust
+`sim.quote_public_key` only with `attestation.verifier: insecure-simulator`);
+`sim.set_attestation(id, knob)` makes one misbehave.
 """
 
 from __future__ import annotations
@@ -20,15 +25,18 @@ from aiohttp import web
 from router.simulator.cloud_api import API_MODES, PREFIX, cloud_api_app
 from router.simulator.control import control_app
 from router.simulator.gateway import Gateway
+from router.simulator.quotes import SimulatedQuotes, load_or_create_key, new_key
 from router.simulator.replica import SHUTDOWN_TIMEOUT, ReplicaServers
 from router.simulator.settings import (
+    FRESH_PATH,
+    AttestationKnob,
     HealthKnob,
     ReplicaMode,
     ReplicaPatch,
     SimReplicaConfig,
     SimulatorConfig,
 )
-from router.simulator.state import QuoteProvider, SimContext, SimReplica, TokenBucket
+from router.simulator.state import QuoteProvider, SimContext, SimReplica, TokenBucket, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +57,14 @@ class Simulator:
             retry_after=cfg.retry_after,
             tls=cfg.tls,
             shared_backend=TokenBucket(cfg.shared_backend_rps) if cfg.shared_backend_rps else None,
+            fresh_path=cfg.fresh_path,
         )
+        key = load_or_create_key(cfg.quote_key_file) if cfg.quote_key_file else new_key()
+        # Always made (the key is cheap) so the public key is known before start; plugged
+        # in as the quote provider only when attestation is on.
+        self.quotes = SimulatedQuotes(key, app_id=cfg.app_id)
+        if cfg.attestation:
+            self.ctx.quote_provider = self.quotes.provider
         self._servers: dict[str, ReplicaServers] = {}
         self._runners: list[web.AppRunner] = []
         self._gateway: Gateway | None = None
@@ -182,6 +197,29 @@ class Simulator:
         return overlay
 
     @property
+    def quote_public_key(self) -> bytes:
+        """The raw public key of the simulator's quote signer: what a router trusts through
+        `attestation.simulator_public_keys` (hex) or `RouterApp(trusted_simulator_keys=)`."""
+        return self.quotes.public_key
+
+    @property
+    def attestation(self) -> bool:
+        """Whether replicas answer attestation requests with simulated quotes."""
+        return self.ctx.quote_provider is not None
+
+    def attestation_section(self, mode: str = "fresh", **fields: Any) -> dict[str, Any]:
+        """A router `attestation:` section that trusts this simulator's quotes."""
+        section: dict[str, Any] = {
+            "mode": mode,
+            "verifier": "insecure-simulator",
+            "simulator_public_keys": [self.quote_public_key.hex()],
+            **fields,
+        }
+        if self.ctx.fresh_path != FRESH_PATH:
+            section.setdefault("fresh", {"path": self.ctx.fresh_path})
+        return section
+
+    @property
     def quote_provider(self) -> QuoteProvider | None:
         return self.ctx.quote_provider
 
@@ -247,6 +285,16 @@ class Simulator:
     def set_compose_hash(self, ident: str, compose_hash: str) -> None:
         self.replica(ident).compose_hash = compose_hash
 
+    def set_app_compose(self, ident: str, app_compose: str) -> None:
+        """A new compose file on one replica (its hash follows), as a Phala update does."""
+        replica = self.replica(ident)
+        replica.app_compose = app_compose
+        replica.compose_hash = sha256_hex(app_compose)
+
+    def set_attestation(self, ident: str, knob: AttestationKnob) -> None:
+        """How the replica answers attestation requests from now on (see AttestationKnob)."""
+        self.replica(ident).attestation = knob
+
     def set_status(self, ident: str, status: str, in_progress: bool = False) -> None:
         """What the Cloud API reports; the listeners are left as they are."""
         replica = self.replica(ident)
@@ -302,6 +350,13 @@ class Simulator:
         ]
         if self.ca_file is not None:
             lines.append(f"  gateway CA  {self.ca_file}")
+        if self.attestation:
+            lines += [
+                "attestation: simulated TDX quotes, signed by the simulator's own key (INSECURE)",
+                f"  public key  {self.quote_public_key.hex()}",
+                "  router config:  attestation: {verifier: insecure-simulator, "
+                "simulator_public_keys: [<public key>]}",
+            ]
         lines.append("replicas:")
         for r in self.replicas:
             state = r.status + (" (in progress)" if r.in_progress else "")
@@ -331,5 +386,8 @@ class Simulator:
             "ca_file": str(self.ca_file) if self.ca_file else None,
             "api_mode": self.ctx.api_mode,
             "api_requests": self.ctx.api_requests,
+            "attestation": self.attestation,
+            "quote_public_key": self.quote_public_key.hex() if self.attestation else None,
+            "fresh_path": self.ctx.fresh_path,
             "replicas": [r.describe() for r in self.replicas],
         }

@@ -7,20 +7,26 @@ event-log, binding and nonce checks run unchanged. Only the signature is fake: a
 P-256 signature by a key the simulator made up (see `router.attestation.simsig`), which
 the router accepts only with `attestation.verifier: insecure-simulator`.
 
-`SimulatedQuotes.provider` fits `Simulator.quote_provider`; tamper knobs per instance make
-a replica serve a corrupted quote, another instance's quote, a stale nonce, or a fixture.
+`SimulatedQuotes.provider` fits `Simulator.quote_provider`. How a replica misbehaves is its
+`attestation` knob (`Simulator.set_attestation`, or the control API): a corrupted quote,
+another instance's quote, a stale nonce; "hang" and "missing" are handled by the servers,
+which never ask for a quote then. `set_tamper` overrides the knob per instance, and is the
+only way to serve a fixed quote (e.g. a real one from the fixtures).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from router.attestation import simsig
@@ -34,8 +40,55 @@ INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 SIMULATED_OS_IMAGE_HASH = hashlib.sha256(b"phala-router simulated dstack OS image").hexdigest()
 
 
+# Knobs under which a replica gives no quote at all (the servers answer for them).
+SILENT_KNOBS = frozenset({"hang", "missing"})
+
+
 def new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
+
+
+def read_key(path: Path) -> ec.EllipticCurvePrivateKey | None:
+    """The EC P-256 key in a PEM file; None when the file does not exist yet (its folder
+    must). ValueError says what is wrong with any other file."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            raise ValueError(f"{str(path)!r}: folder {str(path.parent)!r} does not exist") from None
+        return None
+    except OSError as exc:
+        raise ValueError(f"{str(path)!r} cannot be read: {exc.strerror}") from None
+    try:
+        loaded = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise ValueError(f"{str(path)!r} is not an unencrypted PEM private key") from None
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey) or not isinstance(
+        loaded.curve, ec.SECP256R1
+    ):
+        raise ValueError(f"{str(path)!r} does not hold an EC P-256 key")
+    return loaded
+
+
+def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The simulator's signing key from a PEM file, made (mode 0600) when it is missing, so
+    the public key a router trusts survives restarts of `phala-router simulate`."""
+    existing = read_key(path)
+    if existing is not None:
+        return existing
+    key = new_key()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(pem)
+    except OSError as exc:
+        raise ValueError(f"{str(path)!r} cannot be written: {exc.strerror}") from None
+    return key
 
 
 def _boot_events(os_image_hash: str) -> list[dict[str, Any]]:
@@ -142,9 +195,19 @@ class Tamper(StrEnum):
     FIXTURE = "fixture"  # serves a fixed quote (e.g. a real one from the fixtures)
 
 
+def tamper_of(replica: object) -> Tamper:
+    """The Tamper named by a replica's `attestation` knob ("ok" and the rest: none)."""
+    knob = getattr(replica, "attestation", "ok")
+    try:
+        return Tamper(knob)
+    except ValueError:
+        return Tamper.NONE
+
+
 class QuoteSubject(Protocol):
     """What the provider reads from a simulated replica (an `app_id` attribute, when the
-    replica has one, overrides the simulator-wide one)."""
+    replica has one, overrides the simulator-wide one; an `attestation` attribute names
+    its Tamper unless `set_tamper` said otherwise)."""
 
     @property
     def instance_id(self) -> str: ...
@@ -177,6 +240,7 @@ class SimulatedQuotes:
     def set_tamper(
         self, instance_id: str, tamper: Tamper, *, fixed: FixedQuote | None = None
     ) -> None:
+        """Overrides the replica's own `attestation` knob; Tamper.NONE included."""
         self._tamper[instance_id] = tamper
         if tamper is Tamper.FIXTURE:
             if fixed is None:
@@ -187,7 +251,7 @@ class SimulatedQuotes:
         self, replica: QuoteSubject, report_data: bytes
     ) -> tuple[str, list[dict[str, Any]]]:
         """`Simulator.quote_provider`: (quote as hex, event log) for `report_data`."""
-        tamper = self._tamper.get(replica.instance_id, Tamper.NONE)
+        tamper = self._tamper.get(replica.instance_id) or tamper_of(replica)
         if tamper is Tamper.FIXTURE:
             fixed = self._fixed[replica.instance_id]
             return fixed.quote_hex, fixed.event_log
@@ -209,6 +273,27 @@ class SimulatedQuotes:
 
 
 QuoteProvider = Callable[[Any, bytes], tuple[str, list[dict[str, Any]]]]
+VM_CONFIG = json.dumps({"os_image_hash": SIMULATED_OS_IMAGE_HASH})
+
+
+def app_key_report_data(instance_id: str) -> bytes:
+    """What dstack's GetAttestationForAppKey binds: `dip1::secp256k1c-pk:` and the app's
+    compressed public key (here a stand-in derived from the instance)."""
+    stand_in = b"\x02" + hashlib.sha256(f"sim-app-key:{instance_id}".encode()).digest()
+    return b"dip1::secp256k1c-pk:" + stand_in
+
+
+def answer_guest_agent(provider: QuoteProvider, replica: Any) -> dict[str, Any]:
+    """The guest agent's `POST /prpc/GetAttestationForAppKey` answer (body
+    `{"algorithm": "secp256k1"}`): a quote bound to the app key, not to any nonce."""
+    report_data = app_key_report_data(replica.instance_id)
+    quote, events = provider(replica, report_data)
+    return {
+        "quote": quote,
+        "event_log": json.dumps(events),
+        "report_data": report_data.hex(),
+        "vm_config": VM_CONFIG,
+    }
 
 
 def answer_fresh(
@@ -226,5 +311,5 @@ def answer_fresh(
         "quote": quote,
         "event_log": json.dumps(events),
         "report_data": report_data.hex(),
-        "vm_config": json.dumps({"os_image_hash": SIMULATED_OS_IMAGE_HASH}),
+        "vm_config": VM_CONFIG,
     }

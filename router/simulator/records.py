@@ -11,7 +11,7 @@ import json
 import time
 from typing import Any
 
-from router.simulator.state import SimContext, SimReplica
+from router.simulator.state import SimContext, SimReplica, sha256_hex
 
 LEGACY_VERSION = "2025-10-28"
 OS_IMAGE_HASH = hashlib.sha256(b"sim-dstack-os-0.5").hexdigest()
@@ -106,7 +106,7 @@ def stored_report_data(replica: SimReplica) -> bytes:
 def _quote(
     replica: SimReplica, ctx: SimContext, report_data: bytes
 ) -> tuple[str | None, list[Any]]:
-    if ctx.quote_provider is None or not replica.up:
+    if ctx.quote_provider is None or not replica.up or replica.attestation in ("hang", "missing"):
         return None, []
     quote, event_log = ctx.quote_provider(replica, report_data)
     return quote, event_log
@@ -121,8 +121,14 @@ def tcb_info(replica: SimReplica, ctx: SimContext, event_log: list[Any]) -> dict
         "rtmr2": zero,
         "rtmr3": zero,
         "event_log": event_log,
-        "app_compose": replica.app_compose,
+        "app_compose": _known_compose(replica),
     }
+
+
+def _known_compose(replica: SimReplica) -> str | None:
+    """The compose text, unless only its hash was changed (`set_compose_hash`): then the
+    text behind the hash is unknown, and a stale text would contradict the measured hash."""
+    return replica.app_compose if sha256_hex(replica.app_compose) == replica.compose_hash else None
 
 
 def app_attestations(ctx: SimContext) -> dict[str, Any]:
@@ -136,10 +142,16 @@ def app_attestations(ctx: SimContext) -> dict[str, Any]:
                 "status": replica.status,
                 "quote": quote,
                 "tcb_info": tcb_info(replica, ctx, event_log),
-                "error": None if replica.up else "instance is not running",
+                "error": None if quote else _no_quote_reason(replica),
             }
         )
     return {"app_id": ctx.app_id, "name": ctx.app_name, "instances": instances}
+
+
+def _no_quote_reason(replica: SimReplica) -> str:
+    if not replica.up:
+        return "instance is not running"
+    return "no attestation available for this instance"
 
 
 def cvm_attestation(replica: SimReplica, ctx: SimContext) -> dict[str, Any]:
@@ -151,7 +163,7 @@ def cvm_attestation(replica: SimReplica, ctx: SimContext) -> dict[str, Any]:
         "error": None,
         "app_certificates": [],
         "tcb_info": tcb_info(replica, ctx, event_log),
-        "compose_file": replica.app_compose,
+        "compose_file": _known_compose(replica),
         "quote": quote,
     }
 

@@ -5,6 +5,10 @@ App endpoints: `/health` (its own knob: a status code, "hang" or "reset"), `/ech
 back), `/slow?ms=N`, `/stream?chunks=N&interval_ms=M` (chunked), `/ws` (WebSocket echo), and
 any other path: JSON saying which replica answered. Every request but `/health` goes through
 the knobs: capacity (a queue), latency, the shared backend, then error_rate.
+
+With simulated quotes on (`ctx.quote_provider`), the app also answers the router's fresh
+attestation at `ctx.fresh_path` (as the quote-server sidecar would) and the guest agent
+answers `GetAttestationForAppKey`; both follow the replica's `attestation` knob.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
+from router.simulator.quotes import SILENT_KNOBS, answer_fresh, answer_guest_agent
 from router.simulator.records import guest_info
-from router.simulator.state import SimContext, SimReplica
+from router.simulator.state import QuoteProvider, SimContext, SimReplica
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ class ReplicaServers:
             return
         self._stopping = asyncio.Event()
         app_runner = await self._serve(_app(self.replica, self._ctx, self._stopping))
-        agent_runner = await self._serve(_agent_app(self.replica, self._ctx))
+        agent_runner = await self._serve(_agent_app(self.replica, self._ctx, self._stopping))
         self._runners = [app_runner, agent_runner]
         self.replica.app_port = _port_of(app_runner)
         self.replica.agent_port = _port_of(agent_runner)
@@ -133,8 +138,15 @@ def _app(replica: SimReplica, ctx: SimContext, stopping: asyncio.Event) -> web.A
                 await ws.send_bytes(message.data)
         return ws
 
+    async def fresh(request: web.Request, provider: QuoteProvider) -> web.StreamResponse:
+        await _hold_if_silent(replica, stopping)
+        status, body = answer_fresh(provider, replica, request.query.get("nonce", ""))
+        return web.json_response(body, status=status)
+
     async def dispatch(request: web.Request) -> web.StreamResponse:
         path = request.path
+        if path == ctx.fresh_path and ctx.quote_provider is not None:
+            return await fresh(request, ctx.quote_provider)
         handler: Handler = {"/echo": echo, "/slow": slow, "/stream": stream, "/ws": websocket}.get(
             path, info
         )
@@ -175,19 +187,40 @@ async def _serve_one(
         replica.in_flight -= 1
 
 
-def _agent_app(replica: SimReplica, ctx: SimContext) -> web.Application:
-    """The dstack guest agent's public `Info` RPC, as reached at `<id>-8090.<domain>`."""
+def _agent_app(replica: SimReplica, ctx: SimContext, stopping: asyncio.Event) -> web.Application:
+    """The dstack guest agent's public RPCs, as reached at `<id>-8090.<domain>`: `Info`, and
+    `GetAttestationForAppKey` when quotes are simulated."""
 
     async def info(request: web.Request) -> web.StreamResponse:
         return web.json_response(guest_info(replica, ctx))
+
+    async def attestation(request: web.Request) -> web.StreamResponse:
+        provider = ctx.quote_provider
+        if provider is None:
+            return await not_found(request)
+        await _hold_if_silent(replica, stopping)
+        return web.json_response(answer_guest_agent(provider, replica))
 
     async def not_found(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": f"no such RPC {request.path}"}, status=404)
 
     app = web.Application()
     app.router.add_route("*", "/prpc/Info", info)
+    app.router.add_post("/prpc/GetAttestationForAppKey", attestation)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
+
+
+async def _hold_if_silent(replica: SimReplica, stopping: asyncio.Event) -> None:
+    """The `attestation` knob "hang" never answers (until the replica stops); "missing"
+    answers 404, as a replica without the quote server or RPC would."""
+    if replica.attestation not in SILENT_KNOBS:
+        return
+    if replica.attestation == "hang":
+        await stopping.wait()
+    raise web.HTTPNotFound(
+        text='{"error": "no attestation here (simulated)"}', content_type="application/json"
+    )
 
 
 def _abort(request: web.Request) -> None:

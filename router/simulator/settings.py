@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -14,6 +15,15 @@ HealthKnob = int | Literal["hang", "reset"]
 # Whole-replica behaviour at the gateway: "up" serves, "reset" accepts then closes at once,
 # "hang" accepts and never answers.
 ReplicaMode = Literal["up", "reset", "hang"]
+# How a replica answers attestation requests (all three sources): "ok" a good quote;
+# "tampered_quote" one bit flipped after signing; "wrong_instance" another instance's quote;
+# "stale_nonce" a quote made for an earlier nonce (refused only in fresh mode); "hang" the
+# fresh path and guest agent never answer; "missing" they answer 404. With either of the
+# last two the Cloud API lists the instance without a quote.
+AttestationKnob = Literal[
+    "ok", "tampered_quote", "wrong_instance", "stale_nonce", "hang", "missing"
+]
+FRESH_PATH = "/.well-known/phala-router/attest"  # router default `attestation.fresh.path`
 DEFAULT_APP_ID = "5a1a0000000000000000000000000000000c10d5"
 
 
@@ -47,6 +57,7 @@ class SimReplicaConfig(Frozen):
     error_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of requests answered 500
     capacity: int | None = Field(None, ge=1)  # max concurrent requests; the rest queue
     instance_type: str = "tdx.small"
+    attestation: AttestationKnob = "ok"
 
     _instance_id = field_validator("instance_id")(check_instance_id)
     _health_knob = field_validator("health")(check_health)
@@ -76,6 +87,13 @@ class SimulatorConfig(Frozen):
     shared_backend_rps: float | None = Field(None, gt=0)
     retry_after: int = Field(1, ge=0)  # the Retry-After of an injected 429
     seed: int = 0  # error_rate draws are reproducible
+    # Simulated TDX quotes (signed by the simulator's own key: INSECURE, for demos and
+    # tests) from the Cloud API, each guest agent and each replica's `fresh_path`.
+    attestation: bool = False
+    fresh_path: str = Field(FRESH_PATH, pattern=r"^/[^?# ]*$")
+    # A PEM EC P-256 key to sign quotes with, created when missing, so the public key to
+    # trust stays the same across runs; unset = a new key every run.
+    quote_key_file: Path | None = None
 
     @classmethod
     def demo(cls, **fields: object) -> SimulatorConfig:
@@ -92,6 +110,15 @@ class SimulatorConfig(Frozen):
     @classmethod
     def _app_id(cls, value: object) -> str:
         return normalise_app_id(value)
+
+    @field_validator("quote_key_file")
+    @classmethod
+    def _key_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from router.simulator.quotes import read_key  # cryptography only when asked
+
+            read_key(value)
+        return value
 
     @field_validator("base_domain")
     @classmethod
@@ -114,5 +141,6 @@ class ReplicaPatch(Frozen):
     latency: Duration | None = None
     error_rate: float | None = Field(None, ge=0.0, le=1.0)
     capacity: int | None = Field(None, ge=0)  # 0 lifts the limit
+    attestation: AttestationKnob | None = None
 
     _health = field_validator("health")(check_health)

@@ -17,7 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.simulator.settings import HealthKnob, ReplicaMode, SimReplicaConfig
+from router.simulator.settings import (
+    FRESH_PATH,
+    AttestationKnob,
+    HealthKnob,
+    ReplicaMode,
+    SimReplicaConfig,
+)
 
 # (replica, report_data) -> (quote hex, event log); None answers `quote: null`.
 QuoteProvider = Callable[["SimReplica", bytes], tuple[str, list[dict[str, Any]]]]
@@ -63,6 +69,7 @@ class SimReplica:
     capacity: int | None
     instance_type: str
     rng: random.Random
+    attestation: AttestationKnob = "ok"
     created_at: float = field(default_factory=time.time)
     app_port: int | None = None  # the local port of its app server while up
     agent_port: int | None = None  # the local port of its guest agent while up
@@ -98,6 +105,7 @@ class SimReplica:
             capacity=cfg.capacity,
             instance_type=cfg.instance_type,
             rng=random.Random(seed * 1_000_003 + seq),
+            attestation=cfg.attestation,
         )
 
     @property
@@ -132,6 +140,7 @@ class SimReplica:
             "capacity": self.capacity,
             "served": self.served,
             "in_flight": self.in_flight,
+            "attestation": self.attestation,
         }
 
 
@@ -172,6 +181,7 @@ class SimContext:
     replicas: dict[str, SimReplica] = field(default_factory=dict)
     shared_backend: TokenBucket | None = None
     quote_provider: QuoteProvider | None = None
+    fresh_path: str = FRESH_PATH  # where replicas answer `attestation.mode: fresh`
     api_mode: str = "ok"  # set by break_api
     api_unblocked: asyncio.Event = field(default_factory=asyncio.Event)
     api_requests: int = 0

@@ -1,0 +1,200 @@
+"""The series behind /metrics: plain per-replica counters (cheap to update on the request
+path) and the functions that turn them, and a snapshot, into Prometheus families at scrape
+time."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Mapping
+
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from router.models import ReplicaState
+from router.snapshot import Snapshot
+
+NO_REPLICA = "(none)"  # label value for requests that never reached a replica
+# Request latency: web calls to slow LLM-style apps, so the tail reaches a minute.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+CHECK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STATES = tuple(s.value for s in ReplicaState)
+
+
+class Histogram:
+    """Bucket counts (not cumulative) and a sum; cumulated only at scrape time."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def family_args(self) -> tuple[list[tuple[str, float]], float]:
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += count
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        return buckets, self.sum
+
+
+class ReplicaStats:
+    """Everything counted for one replica (or for NO_REPLICA)."""
+
+    __slots__ = (
+        "attestation",
+        "check_time",
+        "checks",
+        "ejections",
+        "errors",
+        "id",
+        "region",
+        "requests",
+        "total_time",
+        "upstream_time",
+        "verdict_at",
+    )
+
+    def __init__(self, replica_id: str, region: str) -> None:
+        self.id = replica_id
+        self.region = region
+        self.requests: dict[tuple[str, int], int] = {}
+        self.upstream_time = Histogram(LATENCY_BUCKETS)
+        self.total_time = Histogram(LATENCY_BUCKETS)
+        self.errors: dict[str, int] = {}
+        self.checks: dict[str, int] = {}
+        self.check_time = Histogram(CHECK_BUCKETS)
+        self.ejections = 0
+        self.attestation: dict[str, int] = {}
+        self.verdict_at: float | None = None
+
+    def totals(self) -> tuple[int, int]:
+        """(requests, 5xx responses) so far."""
+        count = errors = 0
+        for (_, code), n in self.requests.items():
+            count += n
+            if code >= 500:
+                errors += n
+        return count, errors
+
+
+def replica_families(all_stats: Iterable[ReplicaStats], now: float) -> Iterator[Metric]:
+    """Families for the per-replica counters; `now` (monotonic) ages attestation verdicts."""
+    rr = ["replica", "region"]
+    requests = CounterMetricFamily(
+        "router_requests",
+        "Client requests by replica, method and status code.",
+        labels=[*rr, "method", "code"],
+    )
+    upstream = HistogramMetricFamily(
+        "router_request_duration_seconds",
+        "Upstream time: from sending to the replica to its response headers.",
+        labels=rr,
+    )
+    total = HistogramMetricFamily(
+        "router_request_total_duration_seconds",
+        "End-to-end time of a client request in the router, retries included.",
+        labels=rr,
+    )
+    errors = CounterMetricFamily(
+        "router_upstream_errors",
+        "Failed upstream attempts by kind.",
+        labels=["replica", "kind"],
+    )
+    checks = CounterMetricFamily(
+        "router_health_checks", "Active health checks by result.", labels=["replica", "result"]
+    )
+    check_time = HistogramMetricFamily(
+        "router_health_check_duration_seconds",
+        "Active health check latency.",
+        labels=["replica"],
+    )
+    ejections = CounterMetricFamily(
+        "router_ejections", "Passive-health ejections.", labels=["replica"]
+    )
+    verdicts = CounterMetricFamily(
+        "router_attestation_verdicts",
+        "Attestation verdicts by result (ok or the failure reason code).",
+        labels=["replica", "result"],
+    )
+    age = GaugeMetricFamily(
+        "router_attestation_age_seconds", "Seconds since the last verdict.", labels=["replica"]
+    )
+    for stats in all_stats:
+        rid = stats.id
+        region = stats.region
+        for (method, code), n in stats.requests.items():
+            requests.add_metric([rid, region, method, str(code)], n)
+        if any(stats.upstream_time.counts):
+            upstream.add_metric([rid, region], *stats.upstream_time.family_args())
+        if stats.requests:
+            total.add_metric([rid, region], *stats.total_time.family_args())
+        for kind, n in stats.errors.items():
+            errors.add_metric([rid, kind], n)
+        for result, n in stats.checks.items():
+            checks.add_metric([rid, result], n)
+        if stats.checks:
+            check_time.add_metric([rid], *stats.check_time.family_args())
+        if rid != NO_REPLICA:
+            ejections.add_metric([rid], stats.ejections)
+        for result, n in stats.attestation.items():
+            verdicts.add_metric([rid, result], n)
+        if stats.verdict_at is not None:
+            age.add_metric([rid], round(now - stats.verdict_at, 3))
+    yield from (requests, upstream, total, errors, checks, check_time, ejections)
+    yield from (verdicts, age)
+
+
+def snapshot_families(snapshot: Snapshot | None, in_flight: Mapping[str, int]) -> Iterator[Metric]:
+    """Families read from the published snapshot and the live in-flight counter."""
+    flights = GaugeMetricFamily(
+        "router_in_flight_requests", "Requests in flight per replica.", labels=["replica"]
+    )
+    states = GaugeMetricFamily(
+        "router_replica_state",
+        "1 for the replica's current state, 0 for the others.",
+        labels=["replica", "region", "state"],
+    )
+    counts = GaugeMetricFamily("router_replicas", "Replicas per state.", labels=["state"])
+    hashes = GaugeMetricFamily(
+        "router_compose_hashes", "Replicas per compose hash.", labels=["hash"]
+    )
+    per_state = dict.fromkeys(STATES, 0)
+    if snapshot is not None:
+        for status in snapshot.statuses:
+            replica = status.replica
+            region = replica.region or ""
+            flights.add_metric([replica.id], in_flight.get(replica.id, 0))
+            per_state[status.state] = per_state.get(status.state, 0) + 1
+            for state in (*STATES, status.state) if status.state not in STATES else STATES:
+                value = 1.0 if state == status.state else 0.0
+                states.add_metric([replica.id, region, state], value)
+        for compose_hash, n in snapshot.compose_hashes.items():
+            hashes.add_metric([compose_hash], n)
+    for state, n in per_state.items():
+        counts.add_metric([state], n)
+    yield from (flights, states, counts, hashes)
+    yield GaugeMetricFamily(
+        "router_routable_replicas",
+        "Replicas that take traffic now.",
+        value=len(snapshot.routable) if snapshot else 0,
+    )
+    yield GaugeMetricFamily(
+        "router_panic_mode",
+        "1 while routing ignores health (too few healthy replicas).",
+        value=1.0 if snapshot is not None and snapshot.panic else 0.0,
+    )
+    yield GaugeMetricFamily(
+        "router_snapshot_version",
+        "Version of the published routing snapshot.",
+        value=snapshot.version if snapshot else 0,
+    )
