@@ -98,6 +98,7 @@ async def test_secrets_never_appear_in_logs_status_metrics_or_error_bodies(
                 async with client.post(f"{router.admin_url}/admin/reload", headers=auth) as resp:
                     seen.append(await resp.text())
             assert seen[0].startswith("200")
+            assert seen[1].startswith("200")  # /metrics
     assert_no_secret("\n".join(seen), "an admin or proxy answer")
     assert_no_secret(caplog.text, "the logs")
     assert_no_secret(repr([r.__dict__ for r in caplog.records]), "log record fields")
