@@ -204,7 +204,7 @@ async def test_slowloris_connections_are_cut_and_others_are_served(engine: str) 
         cut = asyncio.gather(*(trickle(r, w) for r, w in trickling))
         await still_serves(s)  # while they trickle
         cut_after = await cut
-        assert max(cut_after) < 1.5  # 1000 header bytes would take 20 s
+        assert max(cut_after) < 3.0  # cut after ~0.3 s; 1000 header bytes would take 20 s
         assert s.replica.hits == 1
 
 
