@@ -221,7 +221,7 @@ async def cloud_outage(seconds: float, clients: int, mode: str) -> Row:
             )
 
 
-async def overload(seconds: float, clients: int) -> Row:
+async def overload(seconds: float, clients: int, polite: bool) -> Row:
     async with fleet(2, latency=0.05) as replicas:
         config = fleet_config(replicas, proxy={"max_connections": 32, "max_pending": 64})
         async with running_router(config) as router:
@@ -242,14 +242,18 @@ async def overload(seconds: float, clients: int) -> Row:
             prober = asyncio.create_task(probe())
             many = clients * 25
             load = await run_load(
-                router.url, clients=many, until=lambda: time.monotonic() > end, method_of=MIXED
+                router.url,
+                clients=many,
+                until=lambda: time.monotonic() > end,
+                method_of=MIXED,
+                honour_retry_after=polite,
             )
             await prober
             ok = [r for r in load.results if r.status == 200]
             refused = [r for r in load.results if r.status == 503]
             fleet_load = replicas[0].fleet_load
             return row(
-                f"overload ({many} clients, 2 slow replicas)",
+                f"overload ({many} {'polite' if polite else 'hammering'} clients)",
                 load,
                 answered_200=len(ok),
                 refused_503=len(refused),
@@ -331,7 +335,8 @@ SCENARIOS: dict[str, Callable[[float, int], Awaitable[Row]]] = {
     "outage-500": lambda s, c: cloud_outage(s, c, "500"),
     "outage-timeout": lambda s, c: cloud_outage(s, c, "timeout"),
     "outage-garbage": lambda s, c: cloud_outage(s, c, "garbage"),
-    "overload": overload,
+    "overload": lambda s, c: overload(s, c, polite=False),
+    "overload-polite": lambda s, c: overload(s, c, polite=True),
     "shutdown": graceful_shutdown,
     "gateway-http": lambda s, c: gateway_replica_dies(s, c, False),
     "gateway-tls": lambda s, c: gateway_replica_dies(s, c, True),

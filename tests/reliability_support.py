@@ -239,9 +239,11 @@ async def run_load(
     max_requests: int = 100_000,
     session: aiohttp.ClientSession | None = None,
     on_result: Callable[[Result], Awaitable[None] | None] | None = None,
+    honour_retry_after: bool = False,
 ) -> Load:
     """`clients` workers send requests back to back until `until()` holds (checked before
-    each request) or `max_requests` were sent in all. POSTs carry a small body."""
+    each request) or `max_requests` were sent in all. POSTs carry a small body. Polite
+    clients (`honour_retry_after`) pause as a 503's Retry-After says."""
     load = Load()
     sent = 0
     own = session is None
@@ -264,13 +266,17 @@ async def run_load(
                     result = Result(started, time.monotonic(), method, resp.status, replica)
                     if resp.status != 200:
                         result.error = body[:200].decode(errors="replace")
+                    pause = resp.headers.get("Retry-After", "") if resp.status == 503 else ""
             except aiohttp.ClientError as exc:
                 result = Result(started, time.monotonic(), method, 0, None, repr(exc))
+                pause = ""
             load.results.append(result)
             if on_result is not None:
                 maybe = on_result(result)
                 if maybe is not None:
                     await maybe
+            if honour_retry_after and pause.isdigit():
+                await asyncio.sleep(int(pause))  # the client's own backoff, as asked
 
     try:
         async with asyncio.TaskGroup() as group:
