@@ -13,7 +13,7 @@ import pydantic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.app import policy_from_config
+from router.app import RouterApp, policy_from_config
 from router.config import RouterConfig, load_config, parse_config, redacted
 from router.errors import ConfigError
 
@@ -119,6 +119,8 @@ def check(load: Any) -> None:
     redacted(config)
     with contextlib.suppress(ConfigError):
         policy_from_config(config, {})
+    with contextlib.suppress(ConfigError):  # e.g. a named env var that is not set
+        RouterApp(config, environ={})
 
 
 @settings(max_examples=300, deadline=None)
