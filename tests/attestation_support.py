@@ -7,12 +7,10 @@ Tests that need them skip, saying why, when none exists.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import os
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -76,15 +74,6 @@ DSTACK_COLLATERAL = "qvl-tdx_quote_outdated_collateral.json"
 DSTACK_APP_ID = "3763bc34552cf3a27ff71ad5f7a90471562a1a2d"
 DSTACK_INSTANCE_ID = "c3714eb66990eace777b4e664c16e09375dec4c9"
 DSTACK_COMPOSE_HASH = "3763bc34552cf3a27ff71ad5f7a90471562a1a2df552dfc1998cba2d60da27e7"
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll `condition` until it holds; fail clearly at the deadline (never a bare sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.01)
 
 
 def pccs_app(collateral_name: str) -> tuple[web.Application, list[str]]:

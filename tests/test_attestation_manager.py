@@ -27,7 +27,7 @@ from router.reconciler import Reconciler
 from router.simulator.quotes import FixedQuote, SimulatedQuotes, Tamper, make_quote
 from router.snapshot import Policy
 from router.upstream import client_ssl_context, make_connector
-from tests.attestation_support import eventually
+from tests.support import eventually
 
 APP_ID = "a1" * 20
 APP_COMPOSE = '{"manifest_version": 2, "docker_compose_file": "services: {app: {image: demo}}"}'

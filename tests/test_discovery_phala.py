@@ -8,8 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -19,17 +18,10 @@ from router.discovery.settings import PhalaDiscoveryConfig
 from router.errors import DiscoveryAuthError, DiscoveryError
 from router.models import Replica
 from router.simulator import SimReplicaConfig, Simulator, SimulatorConfig
+from tests.support import eventually
 
 API_KEY = "phala-test-key-0123456789-SECRET"
 ENV = {"PHALA_CLOUD_API_KEY": API_KEY}
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.01)
 
 
 class Published:

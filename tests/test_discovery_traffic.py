@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,16 +24,9 @@ from router.reconciler import Reconciler
 from router.simulator import Simulator, SimulatorConfig
 from router.snapshot import Policy
 from router.upstream import client_ssl_context, make_connector
+from tests.support import eventually
 
 ENV = {"PHALA_CLOUD_API_KEY": "traffic-key"}
-
-
-async def eventually(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(0.01)
 
 
 @dataclass

@@ -50,10 +50,3 @@ class RoundRobin:
         count = len(replicas)
         for offset in range(1, count):
             yield replicas[(first + offset) % count]
-
-
-def ring_after(replicas: Sequence[Replica], first: int) -> Iterator[Replica]:
-    """The failover order used by every policy: the pick, then the rest of the ring."""
-    count = len(replicas)
-    for offset in range(count):
-        yield replicas[(first + offset) % count]
