@@ -280,6 +280,11 @@ class RouterApp:
             ("admin.listen", old.admin.listen, new.admin.listen),
             ("admin.token_env", old.admin.token_env, new.admin.token_env),
             ("proxy.engine", old.proxy.engine, new.proxy.engine),
+            (
+                "proxy.client_header_timeout",
+                old.proxy.client_header_timeout,
+                new.proxy.client_header_timeout,
+            ),
             ("health.enabled", old.health.enabled, new.health.enabled),
             ("health.max_concurrency", old.health.max_concurrency, new.health.max_concurrency),
         ):
@@ -346,6 +351,9 @@ class RouterApp:
         requests get up to `grace` seconds to finish."""
         self._draining = True
         grace = self.config.proxy.drain_timeout if grace is None else grace
+        if self.config.proxy.shutdown_delay > 0:
+            # Keep serving while load balancers notice /readyz is 503.
+            await asyncio.sleep(self.config.proxy.shutdown_delay)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

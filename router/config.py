@@ -24,6 +24,7 @@ from router.dns.settings import DnsConfig
 from router.errors import ConfigError
 from router.health.settings import HealthConfig
 from router.settings_types import (
+    Duration,
     EnvVarName,
     Frozen,
     HostPort,
@@ -119,6 +120,9 @@ class ProxyConfig(Frozen):
     max_request_body: int = Field(100 * 1024 * 1024, ge=0)
     trusted_proxies: tuple[str, ...] = ()
     drain_timeout: PositiveDuration = 30.0
+    # On SIGTERM, /readyz turns 503 this long before the listener closes, so a load
+    # balancer polling /readyz stops sending new connections first (e.g. 5s behind one).
+    shutdown_delay: Duration = 0.0
     # -- overload and slow clients (router/proxy/admission.py) --
     # Requests proxied at once (each holds one upstream connection); more wait in a queue of
     # max_pending for up to connect_timeout, and past that get 503 with Retry-After.
@@ -212,10 +216,34 @@ def format_validation_error(error: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _secret_names(data: Any, environ: Mapping[str, str]) -> set[str]:
+    """Environment variables the config names as holding secrets (`*_env` keys, in the file
+    or in an override): those hold values, not config overrides, even when they are called
+    ROUTER_SOMETHING (e.g. admin.token_env: ROUTER_ADMIN_TOKEN)."""
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(key, str) and key.endswith("_env") and isinstance(value, str):
+                    names.add(value)
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(data)
+    for key, value in environ.items():
+        if key.startswith(ENV_PREFIX) and key.lower().endswith("_env"):
+            names.add(value)
+    return names
+
+
 def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
     """`ROUTER_PROXY__CONNECT_TIMEOUT=2s` sets proxy.connect_timeout (values parsed as YAML)."""
+    secrets = _secret_names(data, environ)
     for key in sorted(environ):
-        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX:
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX or key in secrets:
             continue
         path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
         if any(not p for p in path):

@@ -154,3 +154,19 @@ def test_every_example_config_is_valid() -> None:
     assert examples, "config/ holds example configs"
     for path in examples:
         load_config(path, {})
+
+
+def test_secret_variables_named_router_star_are_not_read_as_overrides() -> None:
+    data = with_(admin={"listen": "127.0.0.1:9090", "token_env": "ROUTER_ADMIN_TOKEN"})
+    config = parse_config(
+        data,
+        {
+            "ROUTER_ADMIN_TOKEN": "s3cret",
+            "ROUTER_STICKY_KEY": "k" * 20,
+            "ROUTER_ROUTING__STICKY__KEY_ENV": "ROUTER_STICKY_KEY",
+        },
+    )
+    assert config.admin.token_env == "ROUTER_ADMIN_TOKEN"
+    assert config.routing.sticky.key_env == "ROUTER_STICKY_KEY"
+    # A real typo is still an error.
+    assert "admin_tokn: unknown key" in error_of(GOOD, {"ROUTER_ADMIN_TOKN": "x"})

@@ -286,9 +286,8 @@ class PhalaDiscovery:
         self.refresh_results[exc.kind] += 1
         self.consecutive_failures += 1
         self.last_error = str(exc)
-        delay = backoff_delay(
-            self.consecutive_failures, self._cfg.interval, self._cfg.max_backoff, self._rng
-        )
+        ceiling = self._cfg.max_backoff if self._cfg.max_backoff is not None else self._cfg.interval
+        delay = backoff_delay(self.consecutive_failures, self._cfg.interval, ceiling, self._rng)
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         kept = len(self.replicas) if self.replicas is not None else 0

@@ -38,8 +38,10 @@ class PhalaDiscoveryConfig(Frozen):
     scheme: Literal["https", "http"] = "https"
     interval: PositiveDuration = 15.0
     timeout: PositiveDuration = 10.0
-    # Failures back off exponentially from `interval` up to this, with jitter.
-    max_backoff: PositiveDuration = 300.0
+    # Failed refreshes retry with jitter, backing off exponentially up to this. None (the
+    # default) = `interval`: a recovered API is then noticed within one interval; raise it
+    # to spare the Cloud API during long outages at the cost of noticing recovery later.
+    max_backoff: PositiveDuration | None = None
     # An empty answer after a non-empty one is believed only when it repeats this many times.
     empty_confirmations: int = Field(2, ge=1, le=100)
     # Used only for records that name no gateway domain (neither gateway nor endpoints).
