@@ -265,9 +265,9 @@ def parse_counts(text: str) -> list[int]:
     return counts
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m bench.scaling") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m bench.scaling",
+        prog=prog,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -344,8 +344,8 @@ def progress_for(options: SweepOptions, enabled: bool) -> AbstractContextManager
     return RichProgress(label, options.counts, options.run_time)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str = "python -m bench.scaling") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     options = options_from(args, parser)
     try:
