@@ -17,7 +17,7 @@ from typing import Any
 KNEE_GAIN = 0.10
 BUSY_CORE = 0.90  # a single-threaded process at 90% of a core is the bottleneck
 LITTLE_MIN = 0.80  # achieved rps below 80% of users / (latency + think time): client lags
-MACHINE_BUSY = 0.95
+MACHINE_BUSY = 0.85  # all cores this busy: everything queues for CPU
 
 
 @dataclass
@@ -39,6 +39,8 @@ class Point:
     locust_processes: int
     cpu: dict[str, dict[str, float]] = field(default_factory=dict)
     per_replica: dict[str, int] = field(default_factory=dict)  # requests each one served
+    per_replica_from: str = ""  # who counted them: simulator, router metrics or locust
+    by_name: dict[str, int] = field(default_factory=dict)  # locust request name -> requests
     model_rps: float | None = None
     flags: list[str] = field(default_factory=list)
     limited_by: str = "-"
@@ -143,7 +145,11 @@ def load_flags(point: Point, users: int, think_ms: float) -> list[str]:
         flags.append(f"router saturated: {router['busiest']:.0%} of a core")
     machine = point.cpu.get("machine")
     if machine and machine["total"] >= MACHINE_BUSY:
-        flags.append(f"machine CPU {machine['total']:.0%} busy: results are a lower bound")
+        others = machine.get("others", 0.0)
+        also = f" ({others:.1f} cores by other processes)" if others >= 0.1 else ""
+        flags.append(
+            f"machine CPU {machine['total']:.0%} busy{also}: throughput here is a lower bound"
+        )
     if point.failure_rate > 0.01:
         flags.append(f"{point.failure_rate:.1%} of requests failed")
     return flags
@@ -198,3 +204,14 @@ def finish(points: list[Point], price_per_replica_hour: float | None) -> int | N
             point.cost_per_million = round(cost, 4) if cost is not None else None
         previous = point
     return knee(points)
+
+
+def tagged_counts(entries: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """Requests per replica from locust names tagged "<scenario> @<replica>" (only the
+    responses that named their replica, so a sample of the traffic)."""
+    counts: dict[str, int] = {}
+    for entry in entries:
+        _, sep, replica = str(entry.get("name", "")).rpartition(" @")
+        if sep and replica:
+            counts[replica] = counts.get(replica, 0) + int(entry["num_requests"])
+    return counts

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.analysis import Latency, summarise
-from bench.procs import CpuSample, utilisation
+from bench.procs import CpuWindow, free_port
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 TICK = 0.5  # seconds between CPU samples and progress updates
@@ -79,7 +79,10 @@ def locust_command(host: str, load: Load, prefix: Path) -> list[str]:
         str(prefix),
     ]
     if load.processes > 1:
-        command += ["--processes", str(load.processes)]
+        # A port of our own: another locust (someone else's sweep) may hold the default.
+        port = str(free_port())
+        command += ["--processes", str(load.processes), "--master-bind-host", "127.0.0.1"]
+        command += ["--master-bind-port", port, "--master-host", "127.0.0.1", "--master-port", port]
     return command
 
 
@@ -129,18 +132,18 @@ def run_locust(
             cwd=workdir,
         )
         start = time.monotonic()
-        first: CpuSample | None = None
-        last: CpuSample | None = None
+        window = CpuWindow()
+        spawned_at: float | None = None
         try:
             while proc.poll() is None:
                 elapsed = time.monotonic() - start
                 rps, spawned = _live_rps(prefix.with_name("locust_stats_history.csv"), load.users)
-                labels = {"locust": proc.pid, **(watch or {})}
-                sample = CpuSample(time.monotonic(), labels)
-                # Samples count once every user runs (the CSV lags by up to a second).
-                if spawned:
-                    first = first or sample
-                    last = sample
+                # Samples count once every user runs until locust starts stopping; the CSV
+                # says so up to a second late, hence the margin at the end.
+                if spawned and spawned_at is None:
+                    spawned_at = elapsed
+                if spawned_at is not None and elapsed <= spawned_at + load.run_time - 1.0:
+                    window.sample(time.monotonic(), {"locust": proc.pid, **(watch or {})})
                 if progress is not None:
                     progress(elapsed, rps)
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -150,7 +153,7 @@ def run_locust(
                 proc.kill()
                 proc.wait()
     entries = _entries(prefix.with_suffix(".json"))
-    cpu = utilisation(first, last) if first is not None and last is not None else {}
+    cpu = window.utilisation()
     tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
     return LocustRun(summarise(entries), entries, cpu, proc.returncode, tail)
 

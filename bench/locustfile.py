@@ -91,7 +91,8 @@ def _call(
     with user.client.request(
         method, path, name=name, headers=headers, catch_response=True, **kwargs
     ) as response:
-        replica = response.headers.get(REPLICA_HEADER) if REPLICA_HEADER else None
+        # No headers at all when the connection failed (locust records that as a failure).
+        replica = (response.headers or {}).get(REPLICA_HEADER) if REPLICA_HEADER else None
         if replica:
             response.request_meta["name"] = f"{name} @{replica[:12]}"
 

@@ -72,43 +72,68 @@ def machine_cpu() -> tuple[float, float] | None:
     return float(total - idle), float(total)
 
 
-class CpuSample:
-    """CPU seconds of watched processes (and their descendants) at one instant."""
+class CpuWindow:
+    """CPU use of watched processes (and their descendants) over a window of samples.
 
-    def __init__(self, at: float, watched: Mapping[str, int]) -> None:
-        self.at = at
-        self.per_pid: dict[str, dict[int, float]] = {}
+    A process seen for the last time before the window ends (a locust worker that quit
+    first) is rated over the time it was seen, so its share is not diluted."""
+
+    def __init__(self) -> None:
+        self._start = 0.0
+        self._first: dict[str, dict[int, float]] = {}
+        self._last: dict[str, dict[int, tuple[float, float]]] = {}  # pid -> (seconds, at)
+        self._machine: list[tuple[float, float]] = []
+        self.samples = 0
+
+    def sample(self, at: float, watched: Mapping[str, int]) -> None:
+        if self.samples == 0:
+            self._start = at
         for label, root in watched.items():
-            usage: dict[int, float] = {}
+            first = self._first.setdefault(label, {})
+            last = self._last.setdefault(label, {})
             for pid in descendants(root):
                 seconds = process_cpu(pid)
-                if seconds is not None:
-                    usage[pid] = seconds
-            self.per_pid[label] = usage
-        self.machine = machine_cpu()
+                if seconds is None:
+                    continue
+                if self.samples == 0:
+                    first[pid] = seconds
+                last[pid] = (seconds, at)
+        machine = machine_cpu()
+        if machine is not None:
+            self._machine.append(machine)
+        self.samples += 1
 
-
-def utilisation(first: CpuSample, last: CpuSample) -> dict[str, dict[str, float]]:
-    """Per label: `total` (cores used, 1.0 = one full core) and `busiest` (the busiest single
-    process, as a fraction of one core) between two samples; `machine` the share of all
-    cores that were busy."""
-    wall = last.at - first.at
-    result: dict[str, dict[str, float]] = {}
-    if wall <= 0:
+    def utilisation(self) -> dict[str, dict[str, float]]:
+        """Per label: `total` (cores used, 1.0 = one full core) and `busiest` (the busiest
+        single process, as a fraction of one core); `machine`: the share of all cores that
+        were busy and `others` the cores used by processes not watched."""
+        result: dict[str, dict[str, float]] = {}
+        if self.samples < 2:
+            return result
+        for label, last in self._last.items():
+            first = self._first.get(label, {})
+            rates = [
+                max(0.0, seconds - first.get(pid, 0.0)) / (at - self._start)
+                for pid, (seconds, at) in last.items()
+                if at > self._start
+            ]
+            result[label] = {
+                "total": round(sum(rates), 3),
+                "busiest": round(max(rates, default=0.0), 3),
+            }
+        if len(self._machine) >= 2:
+            (busy0, total0), (busy1, total1) = self._machine[0], self._machine[-1]
+            if total1 > total0:
+                share = (busy1 - busy0) / (total1 - total0)
+                cores = float(os.cpu_count() or 1)
+                ours = sum(r["total"] for r in result.values())
+                result["machine"] = {
+                    "total": round(share, 3),
+                    "busiest": 0.0,
+                    "cores": cores,
+                    "others": round(max(0.0, share * cores - ours), 3),
+                }
         return result
-    for label, after in last.per_pid.items():
-        before = first.per_pid.get(label, {})
-        deltas = [max(0.0, seconds - before.get(pid, 0.0)) for pid, seconds in after.items()]
-        result[label] = {
-            "total": round(sum(deltas) / wall, 3),
-            "busiest": round(max(deltas, default=0.0) / wall, 3),
-        }
-    if first.machine and last.machine:
-        busy = last.machine[0] - first.machine[0]
-        total = last.machine[1] - first.machine[1]
-        if total > 0:
-            result["machine"] = {"total": round(busy / total, 3), "busiest": 0.0}
-    return result
 
 
 def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: float) -> None:

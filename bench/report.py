@@ -125,11 +125,12 @@ def markdown(sweep: Sweep) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for point in sweep.points:
         r = row(sweep, point)
+        gain = r["gain"]
         cells = [str(point.replicas), _fmt(r["rps"], ",.0f")]
         cells += [_fmt(r["model_rps"], ",.0f")] if modelled else []
         cells += [
             _fmt(r["efficiency"], ".0%"),
-            _fmt(r["gain"], "+.0%"),
+            _fmt(abs(gain) if gain is not None and abs(gain) < 0.005 else gain, "+.0%"),
             _fmt(r["p50_ms"], ".0f"),
             _fmt(r["p95_ms"], ".0f"),
             _fmt(r["p99_ms"], ".0f"),
@@ -231,11 +232,18 @@ def plot(sweeps: Sequence[Sweep], path: Path, title: str = "phala-router scaling
             ":",
             color=color,
             alpha=0.6,
-            label=f"ideal linear ({sweep.label})" if len(sweeps) > 1 else "ideal linear",
+            label="ideal linear" if index == 0 else "_nolegend_",
         )
         models = [p.model_rps for p in sweep.points]
         if all(m is not None for m in models):
-            left.plot(counts, models, "--", color=color, alpha=0.35, label="model capacity")
+            left.plot(
+                counts,
+                models,
+                "--",
+                color=color,
+                alpha=0.35,
+                label="model capacity" if index == 0 else "_nolegend_",
+            )
         right.plot(counts, [p.latency.p95_ms for p in sweep.points], "o-", color=color)
         if sweep.knee is not None:
             knee_point = next(p for p in sweep.points if p.replicas == sweep.knee)

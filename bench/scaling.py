@@ -25,7 +25,15 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.analysis import Point, Sweep, finish, limited_by, load_flags, model_rps
+from bench.analysis import (
+    Point,
+    Sweep,
+    finish,
+    limited_by,
+    load_flags,
+    model_rps,
+    tagged_counts,
+)
 from bench.loadgen import Load, run_locust
 from bench.procs import cpu_count
 from bench.report import environment, markdown, write_all
@@ -233,19 +241,25 @@ def _measure(
         raise TargetError(
             f"locust sent no requests at {count} replica(s) (exit {run.exit_code}):\n{run.log_tail}"
         )
-    per_replica = {}
+    per_replica, counted_by = {}, ""
     if before is not None and after is not None:
         per_replica = {
             rid: after[rid] - before.get(rid, 0)
             for rid in after
             if after[rid] - before.get(rid, 0) > 0
         }
+        counted_by = target.served_by
+    if not per_replica:
+        per_replica = tagged_counts(run.entries)
+        counted_by = "locust (responses naming their replica)" if per_replica else ""
     point = Point(
         replicas=count,
         latency=run.latency,
         locust_processes=processes,
         cpu=run.cpu,
         per_replica=per_replica,
+        per_replica_from=counted_by,
+        by_name={str(e["name"]): int(e["num_requests"]) for e in run.entries},
         model_rps=options.model(count),
     )
     point.flags = load_flags(point, users, options.think_ms)

@@ -42,6 +42,7 @@ class LiveTarget:
         self._token = token
         self._original_limit: int | None = None
         self.pids: dict[str, int] = {}
+        self.served_by = "router metrics"  # who counts requests per replica
 
     # -- admin API ------------------------------------------------------------------------
 
@@ -151,6 +152,7 @@ class SimulatedTarget(LiveTarget):
         port = free_port()
         super().__init__(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{free_port()}")
         self._port = port
+        self.served_by = "simulator"
 
     def open(self) -> None:
         self._workdir.mkdir(parents=True, exist_ok=True)

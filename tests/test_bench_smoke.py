@@ -16,7 +16,16 @@ from typing import Any
 
 import pytest
 
-from bench.analysis import Latency, Point, Sweep, finish, load_flags, percentile, summarise
+from bench.analysis import (
+    Latency,
+    Point,
+    Sweep,
+    finish,
+    load_flags,
+    percentile,
+    summarise,
+    tagged_counts,
+)
 from bench.report import markdown
 from bench.scaling import main
 from bench.targets import LiveTarget, TargetError
@@ -37,6 +46,8 @@ def test_simulated_sweep_writes_table_json_csv_and_png(
             "4",
             "--latency-ms",
             "20",
+            "--scenario",
+            "mix",
             "--price-per-replica-hour",
             "0.5",
             "--no-pin",
@@ -68,6 +79,11 @@ def test_simulated_sweep_writes_table_json_csv_and_png(
         assert point["cost_per_million"] > 0
         # The simulator counted who served: both replicas at 2, one at 1.
         assert len(point["per_replica"]) == point["replicas"]
+        assert point["per_replica_from"] == "simulator"
+        # Responses naming their replica (the echo POST) are tagged per replica by locust.
+        tagged = {name.partition(" @")[2] for name in point["by_name"] if " @" in name}
+        assert tagged
+        assert tagged <= {rid[:12] for rid in point["per_replica"]}
     assert points[0]["efficiency"] == 1.0
 
     with (tmp_path / "smoke.csv").open() as file:
@@ -246,3 +262,13 @@ def test_a_lagging_load_generator_is_reported() -> None:
     sweep = Sweep("s", "live", {"users": 64, "scenario": "small", "run_time": 5.0}, [lagging])
     sweep.points[0].flags = flags
     assert "Caveats:" in markdown(sweep)
+
+
+def test_per_replica_counts_from_tagged_locust_names() -> None:
+    entries = [
+        {"name": "post @abc", "num_requests": 3},
+        {"name": "post @def", "num_requests": 4},
+        {"name": "small @abc", "num_requests": 1},
+        {"name": "small", "num_requests": 50},
+    ]
+    assert tagged_counts(entries) == {"abc": 4, "def": 4}
