@@ -1,6 +1,7 @@
 """`make bench`: every benchmark, one after the other, results under bench/results/.
 
-    python -m bench.all [--run-time 20] [--backend-rps 200] [--skip-proxy]
+    python -m bench.all [--run-time 20] [--backend-rps 200] [--price-per-replica-hour P]
+                        [--skip-proxy]
 
 1. The scaling sweep on the simulator at 1, 2, 4, 8 replicas (each 4 concurrent x 50 ms =
    80 req/s), first without and then with a shared backend capped at --backend-rps: the
@@ -23,13 +24,17 @@ from bench.scaling import RESULTS, SweepOptions, progress_for, run_sweep
 from bench.targets import TargetError
 
 
-def scaling_sweeps(run_time: float, backend_rps: float, out: Path, progress: bool) -> int:
+def scaling_sweeps(
+    run_time: float, backend_rps: float, out: Path, progress: bool, price: float | None
+) -> int:
     sweeps = []
     for label, backend in (
         ("no shared backend", None),
         (f"shared backend {backend_rps:g} req/s", backend_rps),
     ):
-        options = SweepOptions(run_time=run_time, backend_rps=backend, label=label)
+        options = SweepOptions(
+            run_time=run_time, backend_rps=backend, label=label, price_per_replica_hour=price
+        )
         try:
             with progress_for(options, progress) as reporter:
                 sweeps.append(run_sweep(options, reporter))
@@ -54,12 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-time", type=float, default=20.0, help="seconds per point")
     parser.add_argument("--backend-rps", type=float, default=200.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--price-per-replica-hour", type=float, help="adds $ per M requests")
     parser.add_argument("--skip-proxy", action="store_true")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
     if args.run_time <= 0 or args.backend_rps <= 0:
         parser.error("--run-time and --backend-rps must be > 0")
-    status = scaling_sweeps(args.run_time, args.backend_rps, args.out, args.progress)
+    price = args.price_per_replica_hour
+    if price is not None and price < 0:
+        parser.error("--price-per-replica-hour must be >= 0")
+    status = scaling_sweeps(args.run_time, args.backend_rps, args.out, args.progress, price)
     if not args.skip_proxy:
         status = proxy_benchmark() or status
     return status

@@ -160,14 +160,15 @@ def limited_by(point: Point, backend_rps: float | None) -> str:
     text = " ".join(point.flags)
     if "load generator" in text:
         return "load generator"
-    if "router saturated" in text:
-        return "router"
-    if "machine CPU" in text:
-        return "machine CPU"
+    # Reaching the simulated app's capacity means it was the limit, however busy the CPU.
     if point.model_rps and point.rps >= 0.85 * point.model_rps:
         if backend_rps and point.model_rps >= backend_rps:
             return "shared backend"
         return "replicas"
+    if "router saturated" in text:
+        return "router"
+    if "machine CPU" in text:
+        return "machine CPU"
     return "-"
 
 

@@ -21,6 +21,7 @@ from bench.analysis import (
     Point,
     Sweep,
     finish,
+    limited_by,
     load_flags,
     percentile,
     summarise,
@@ -272,3 +273,13 @@ def test_per_replica_counts_from_tagged_locust_names() -> None:
         {"name": "small", "num_requests": 50},
     ]
     assert tagged_counts(entries) == {"abc": 4, "def": 4}
+
+
+def test_limited_by_names_the_simulated_bottleneck_before_cpu_caveats() -> None:
+    busy = "machine CPU 95% busy: throughput here is a lower bound"
+    at_replicas = _point(4, 310, model_rps=320.0, flags=[busy])
+    assert limited_by(at_replicas, backend_rps=None) == "replicas"
+    at_backend = _point(8, 201, model_rps=200.0)
+    assert limited_by(at_backend, backend_rps=200.0) == "shared backend"
+    short_of_model = _point(8, 300, model_rps=640.0, flags=[busy])
+    assert limited_by(short_of_model, backend_rps=None) == "machine CPU"
