@@ -147,9 +147,9 @@ def load_flags(point: Point, users: int, think_ms: float) -> list[str]:
     if machine and machine["total"] >= MACHINE_BUSY:
         others = machine.get("others", 0.0)
         also = f" ({others:.1f} cores by other processes)" if others >= 0.1 else ""
-        flags.append(
-            f"machine CPU {machine['total']:.0%} busy{also}: throughput here is a lower bound"
-        )
+        reached = point.model_rps is not None and point.rps >= 0.85 * point.model_rps
+        meaning = "capacity reached anyway" if reached else "throughput here is a lower bound"
+        flags.append(f"machine CPU {machine['total']:.0%} busy{also}: {meaning}")
     if point.failure_rate > 0.01:
         flags.append(f"{point.failure_rate:.1%} of requests failed")
     return flags
