@@ -79,7 +79,8 @@ class SweepOptions:
         return 64
 
     def model(self, count: int) -> float | None:
-        if self.kind != "simulated":
+        # Only where every request costs the replica's service time: `slow` adds its own.
+        if self.kind != "simulated" or self.scenario not in ("small", "post"):
             return None
         return model_rps(count, self.capacity, self.latency_ms, self.backend_rps)
 

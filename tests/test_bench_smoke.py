@@ -28,7 +28,7 @@ from bench.analysis import (
     tagged_counts,
 )
 from bench.report import markdown
-from bench.scaling import main
+from bench.scaling import SweepOptions, main
 from bench.targets import LiveTarget, TargetError
 
 pytest.importorskip("locust", reason="the bench extra (locust) is not installed")
@@ -48,7 +48,7 @@ def test_simulated_sweep_writes_table_json_csv_and_png(
             "--latency-ms",
             "20",
             "--scenario",
-            "mix",
+            "post",
             "--price-per-replica-hour",
             "0.5",
             "--no-pin",
@@ -283,3 +283,11 @@ def test_limited_by_names_the_simulated_bottleneck_before_cpu_caveats() -> None:
     assert limited_by(at_backend, backend_rps=200.0) == "shared backend"
     short_of_model = _point(8, 300, model_rps=640.0, flags=[busy])
     assert limited_by(short_of_model, backend_rps=None) == "machine CPU"
+
+
+def test_model_capacity_only_where_it_holds() -> None:
+    small = SweepOptions(capacity=4, latency_ms=50, backend_rps=200)
+    assert [small.model(n) for n in (1, 2, 4, 8)] == [80, 160, 200, 200]
+    assert small.resolved_users() == 64  # twice the slots of 8 replicas
+    assert SweepOptions(scenario="mix").model(2) is None  # /slow holds a slot longer
+    assert SweepOptions(target="http://x", admin="http://y").model(2) is None
