@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -203,6 +204,8 @@ def run_sweep(options: SweepOptions, reporter: Reporter | None = None) -> Sweep:
             sweep.points.append(point)
     finally:
         target.close()
+    if options.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)  # kept on failure: the logs say why
     sweep.settings["locust_processes"] = processes
     sweep.knee = finish(sweep.points, options.price_per_replica_hour)
     return sweep

@@ -209,7 +209,10 @@ class SimulatedTarget(LiveTarget):
         with selectors.DefaultSelector() as selector:
             selector.register(sim.stdout, selectors.EVENT_READ)
             if not selector.select(START_TIMEOUT):
-                raise TargetError(f"the simulator did not start in {START_TIMEOUT:.0f} s")
+                raise TargetError(
+                    f"the simulator did not start in {START_TIMEOUT:.0f} s "
+                    f"(log: {self._workdir / 'simulator.log'})"
+                )
         line = sim.stdout.readline()
         if not line:
             log = (self._workdir / "simulator.log").read_text(errors="replace")[-2000:]
