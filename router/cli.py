@@ -284,5 +284,17 @@ def quote_server(
     run(listen, endpoint=dstack_socket, path=path)
 
 
+def _add_bench_commands() -> None:
+    """`phala-router bench ...` when the bench package is installed with the router."""
+    try:
+        from bench.cli import bench_group
+    except ImportError:
+        return
+    main.add_command(bench_group)
+
+
+_add_bench_commands()
+
+
 if __name__ == "__main__":
     main()

@@ -19,3 +19,13 @@ def engine(request: pytest.FixtureRequest) -> str:
 async def client() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         yield session
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail loudly if anything imported gevent's monkey-patching into the test process
+    (e.g. importing locust): asyncio's sockets and TLS would then break at random."""
+    import socket
+
+    assert socket.socket.__module__ == "socket", (
+        "gevent has patched socket; do not import locust in tests"
+    )

@@ -7,6 +7,7 @@ headless) with a tiny load for a second or two per replica count.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import threading
 from collections.abc import Iterator
@@ -31,7 +32,10 @@ from bench.report import markdown
 from bench.scaling import SweepOptions, main
 from bench.targets import LiveTarget, TargetError
 
-pytest.importorskip("locust", reason="the bench extra (locust) is not installed")
+# find_spec, not importorskip: importing locust here would let gevent monkey-patch
+# sockets and SSL for every other test in this process. Locust runs in its own process.
+if importlib.util.find_spec("locust") is None:
+    pytest.skip("the bench extra (locust) is not installed", allow_module_level=True)
 
 
 def test_simulated_sweep_writes_table_json_csv_and_png(
