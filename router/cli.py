@@ -264,8 +264,9 @@ def dns_render(config_path: str, fmt: str, admin_url: str | None) -> None:
         return await render_snapshot(config.dns, result.snapshot, fmt, app_id=app_id, pinned=pinned)  # type: ignore[arg-type]
 
     text, notes = run_async(render)
-    for note in notes:
-        click.echo(f"; {note}", err=True)
+    if fmt != "zone":  # the zone text already carries them as comments
+        for note in notes:
+            click.echo(f"; {note}", err=True)
     click.echo(text, nl=not text.endswith("\n"))
 
 

@@ -67,6 +67,7 @@ async def test_reload_under_load_changes_replicas_with_no_failed_request(tmp_pat
                     [("b", urls["b"]), ("c", urls["c"])],
                     health={"enabled": False},
                     proxy={"retries": 1},
+                    routing={"policy": "least_request"},
                 ),
             )
             result = app.reload()
@@ -77,6 +78,7 @@ async def test_reload_under_load_changes_replicas_with_no_failed_request(tmp_pat
             # Removed at once: no request sent after the reload reached it.
             assert late_hits_on_removed == []
             assert {r["id"] for r in app.status()["replicas"]} == {"b", "c"}
+            assert app.status()["policy"] == "least_request"
         finally:
             stop.set()
             await loader
