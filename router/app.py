@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from router.admin import AdminServer
@@ -18,6 +19,7 @@ from router.errors import ConfigError
 from router.models import Replica
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers, RequestRecord
+from router.proxy.fast import FastEngine
 from router.reconciler import Reconciler
 from router.snapshot import Overrides, Policy
 from router.status import status_document
@@ -32,6 +34,44 @@ def policy_from_config(config: RouterConfig) -> Policy:
         panic_threshold=config.health.panic_threshold,
         slow_start=config.health.slow_start,
     )
+
+
+def worker_count(config: RouterConfig) -> int:
+    """`proxy.workers`: a number, or auto = the CPU cores this process may run on."""
+    workers = config.proxy.workers
+    if workers == "auto":
+        return max(len(os.sched_getaffinity(0)), 1)
+    return workers
+
+
+def run_workers(count: int, run_one: Callable[[int], object]) -> None:
+    """Run `run_one(index)` in `count` processes, each a full router (its own loop,
+    discovery, health checks and listener, shared through SO_REUSEPORT). Index 0 is this
+    process: it alone serves the admin listener and, when it returns, stops the others.
+
+    Called before any event loop exists, so the children start from a clean fork."""
+    children: list[int] = []
+    for index in range(1, count):
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 0
+            try:
+                run_one(index)
+            except BaseException:
+                log.exception("worker %d failed", index)
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+    try:
+        run_one(0)
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for pid in children:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
 
 class AccessLog:
@@ -77,6 +117,7 @@ class RouterApp:
         environ: Mapping[str, str] | None = None,
         access_log_enabled: bool = False,
         clock: Any = time.monotonic,
+        admin_enabled: bool = True,
     ) -> None:
         self.config = config
         self._environ = os.environ if environ is None else environ
@@ -86,8 +127,20 @@ class RouterApp:
         self.reconciler = Reconciler(
             policy_from_config(config), self.in_flight, clock=clock, health_enabled=False
         )
-        self.engine: Engine = AiohttpEngine(config, self._snapshot, self.observers, self.in_flight)
+        self.engine: Engine
+        if config.proxy.engine == "fast":
+            self.engine = FastEngine(
+                config,
+                self._snapshot,
+                self.observers,
+                self.in_flight,
+                reuse_port=worker_count(config) > 1,
+            )
+        else:
+            self.engine = AiohttpEngine(config, self._snapshot, self.observers, self.in_flight)
         self.admin = AdminServer(config.admin.listen, self, self._admin_token())
+        # With several workers only the first serves the admin listener.
+        self._admin_enabled = admin_enabled
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self._started = False
@@ -154,7 +207,8 @@ class RouterApp:
         if discovery.static is not None:
             self.reconciler.set_replicas(static_replicas(discovery.static))
         await self.engine.start()
-        await self.admin.start()
+        if self._admin_enabled:
+            await self.admin.start()
         self._started = True
         log.info(
             "serving on %s, admin on %s",
@@ -173,5 +227,6 @@ class RouterApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.engine.stop(grace)
-        await self.admin.stop()
+        if self._admin_enabled:
+            await self.admin.stop()
         self.reconciler.close()

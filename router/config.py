@@ -110,7 +110,13 @@ class UpstreamTLSConfig(Frozen):
 
 
 class ProxyConfig(Frozen):
-    engine: Literal["aiohttp"] = "aiohttp"
+    engine: Literal["aiohttp", "fast"] = "aiohttp"
+    # Processes serving the listener (SO_REUSEPORT), each a full router; "auto" = CPU cores.
+    workers: int | Literal["auto"] = 1
+    # Slowloris guards (fast engine): a request head must arrive within this time, and a
+    # request body may pause at most this long between reads.
+    client_header_timeout: PositiveDuration = 10.0
+    client_body_timeout: PositiveDuration = 60.0
     connect_timeout: PositiveDuration = 5.0
     # Time to the first response byte, and the longest gap between body chunks after it.
     response_timeout: PositiveDuration = 60.0
@@ -119,6 +125,13 @@ class ProxyConfig(Frozen):
     max_request_body: int = Field(100 * 1024 * 1024, ge=0)
     trusted_proxies: tuple[str, ...] = ()
     drain_timeout: PositiveDuration = 30.0
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and 1 <= value <= 256):
+            return value
+        raise ValueError("must be a whole number from 1 to 256, or auto (one per CPU core)")
 
     @field_validator("trusted_proxies")
     @classmethod

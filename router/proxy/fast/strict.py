@@ -1,0 +1,106 @@
+"""Strict reading of a client's request head, because a proxy is where smuggling happens.
+
+llhttp (via httptools, no leniency flags) already refuses the framing attacks: both
+Content-Length and Transfer-Encoding, duplicate or non-numeric Content-Length, a
+Transfer-Encoding whose last coding is not chunked, bad chunk sizes, obsolete line folding,
+bare CR or LF, control characters in values, whitespace before the colon. What it lets
+through and this module refuses: a missing or repeated Host in HTTP/1.1, HTTP versions other
+than 1.0/1.1, CONNECT, and targets that are neither origin-form nor absolute-form for the
+host the request names (the router must never act as an open forward proxy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from yarl import URL
+
+from router.errors import ClientRequestError
+
+
+@dataclass(slots=True)
+class RequestHead:
+    """A validated request head, ready to forward."""
+
+    method: str
+    target: str  # origin-form: path and query
+    version: str  # "1.1" or "1.0"
+    headers: list[tuple[str, str]]
+    host: str | None
+    content_length: int | None
+    chunked: bool
+    upgrade: str | None  # the Upgrade value when the client asked to switch protocols
+    expect_continue: bool
+    keep_alive: bool
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+def bad_request(message: str, code: str = "bad_request") -> ClientRequestError:
+    return ClientRequestError(400, code, message)
+
+
+def validate(
+    method: str, url: bytes, version: str, headers: list[tuple[str, str]], keep_alive: bool
+) -> RequestHead:
+    if method == "CONNECT":
+        raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
+    if version not in ("1.1", "1.0"):
+        raise ClientRequestError(505, "http_version_not_supported", "HTTP/1.0 or 1.1 only")
+    host: str | None = None
+    hosts = 0
+    content_length: int | None = None
+    chunked = False
+    connection = ""
+    upgrade: str | None = None
+    expect_continue = False
+    for name, value in headers:
+        lower = name.lower()
+        if lower == "host":
+            hosts += 1
+            host = value
+        elif lower == "content-length":
+            content_length = int(value)  # llhttp allowed only one, all digits
+        elif lower == "transfer-encoding":
+            chunked = True  # llhttp allowed only a coding list ending in chunked
+        elif lower == "connection":
+            connection += "," + value.lower()
+        elif lower == "upgrade":
+            upgrade = value
+        elif lower == "expect":
+            expect_continue = value.lower() == "100-continue"
+    if hosts > 1 or (hosts == 0 and version == "1.1"):
+        raise bad_request("exactly one Host header is required", "bad_host")
+    if upgrade is not None and "upgrade" not in connection:
+        upgrade = None
+    target = url.decode("latin-1")
+    if not target.startswith("/"):
+        target = _absolute_target(target, host or "")
+    return RequestHead(
+        method=method,
+        target=target,
+        version=version,
+        headers=headers,
+        host=host,
+        content_length=content_length,
+        chunked=chunked,
+        upgrade=upgrade,
+        expect_continue=expect_continue,
+        keep_alive=keep_alive,
+    )
+
+
+def _absolute_target(raw: str, host_header: str) -> str:
+    """Absolute form is accepted only for the host the request is addressed to."""
+    try:
+        target = URL(raw, encoded=True)
+    except ValueError:
+        raise bad_request("malformed request target", "bad_target") from None
+    named = host_header.rsplit(":", 1)[0].lower()
+    if not target.is_absolute() or (target.host or "").lower() != named:
+        raise ClientRequestError(
+            400, "absolute_uri_not_allowed", "absolute-form target for another host"
+        )
+    return target.raw_path_qs
