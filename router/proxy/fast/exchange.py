@@ -10,6 +10,7 @@ has started nothing is retried and a failure can only cut the client connection.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -26,15 +27,13 @@ from router.errors import (
 )
 from router.models import Replica
 from router.proxy.base import RequestRecord
-from router.proxy.fast import wire
+from router.proxy.fast import rules, wire
 from router.proxy.fast.strict import RequestHead
 from router.proxy.fast.upstream import Target, UpstreamConnection, classify_dial_error
-from router.proxy.headers import IDEMPOTENT, forward_request_headers, forward_response_headers
+from router.proxy.headers import IDEMPOTENT
 from router.proxy.retry import retryable
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from router.proxy.fast.server import ClientConnection, EngineCore
 
 _DIAL_MESSAGES = {
@@ -42,46 +41,60 @@ _DIAL_MESSAGES = {
     "connect_timeout": "connect timed out",
     "connect": "connect failed",
 }
-_OWN_REQUEST_HEADERS = frozenset({"content-length", "expect"})
+_NO_CANDIDATES: Iterator[Replica] = iter(())
 _NO_BODY_STATUSES = frozenset({101, 204, 304})
 _BACKLOG = 256 * 1024  # request body bytes buffered before the client is paused
 
 
+class LazyHeaders(Mapping[str, str]):
+    """The request headers for routing policies, decoded only if a policy looks."""
+
+    __slots__ = ("_decoded", "_raw")
+
+    def __init__(self, raw: rules.RawHeaders) -> None:
+        self._raw = raw
+        self._decoded: CIMultiDict[str] | None = None
+
+    def _headers(self) -> CIMultiDict[str]:
+        if self._decoded is None:
+            self._decoded = CIMultiDict(rules.decode(self._raw))
+        return self._decoded
+
+    def __getitem__(self, key: str) -> str:
+        return self._headers()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers())
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def getall(self, key: str, default: list[str] | None = None) -> list[str]:
+        return self._headers().getall(key, default or [])
+
+
 class Exchange:
-    __slots__ = (
-        "_candidates",
-        "_fwd_block",
-        "attempt_started",
-        "attempts",
-        "body",
-        "body_complete",
-        "buffered",
-        "bytes_in",
-        "bytes_out",
-        "chunked_out",
-        "client",
-        "client_ip",
-        "close_after",
-        "conn",
-        "core",
-        "ctx",
-        "dialing",
-        "error",
-        "error_code",
-        "finished",
-        "head",
-        "idempotent",
-        "last_error",
-        "out",
-        "replica",
-        "sent",
-        "started",
-        "status",
-        "tunnel_pending",
-        "tunnelled",
-        "until_eof",
-        "upstream_seconds",
-    )
+    # Per-request state; most fields start at these class-level defaults so that creating
+    # an exchange (once per request) only sets what differs.
+    conn: UpstreamConnection | None = None
+    replica: Replica | None = None
+    ctx: RequestContext | None = None
+    status: int | None = None
+    upstream_seconds: float | None = None
+    last_error: ProxyError | None = None
+    error_code: str | None = None
+    dialing = False
+    sent = False
+    finished = False
+    chunked_out = False
+    until_eof = False
+    tunnelled = False
+    attempts = 0
+    attempt_started = 0.0
+    buffered = 0
+    bytes_in = 0
+    bytes_out = 0
+    _fwd_block = b""
 
     def __init__(
         self, client: ClientConnection, head: RequestHead | None, error: ProxyError | None = None
@@ -92,32 +105,18 @@ class Exchange:
         self.error = error
         self.started = time.monotonic()
         self.body: list[bytes] = []
-        self.buffered = 0
-        self.body_complete = head is None or not head.has_body
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.sent = False
-        self.idempotent = head is not None and head.method in IDEMPOTENT and not head.has_body
-        self.conn: UpstreamConnection | None = None
-        self.dialing = False
-        self.replica: Replica | None = None
-        self.attempts = 0
-        self.attempt_started = 0.0
-        self.upstream_seconds: float | None = None
-        self.last_error: ProxyError | None = None
-        self.status: int | None = None
         self.out: list[bytes] = []
-        self.chunked_out = False
-        self.until_eof = False
-        self.close_after = head is None or not head.keep_alive or head.upgrade is not None
-        self.finished = False
-        self.error_code: str | None = None
-        self.ctx: RequestContext | None = None
-        self.client_ip = client.peer
         self.tunnel_pending: list[bytes] = []
-        self.tunnelled = False
-        self._candidates: Iterator[Replica] = iter(())
-        self._fwd_block = b""
+        self.client_ip = client.peer
+        self._candidates: Iterator[Replica] = _NO_CANDIDATES
+        if head is None:
+            self.body_complete = True
+            self.idempotent = False
+            self.close_after = True
+        else:
+            self.body_complete = not head.has_body
+            self.idempotent = not head.has_body and head.method in IDEMPOTENT
+            self.close_after = not head.keep_alive or head.upgrade is not None
 
     # -- start: runs when this request reaches the head of its connection's queue ----------
 
@@ -129,9 +128,9 @@ class Exchange:
         if head.expect_continue and not self.body_complete:
             self.client.transport_write(wire.CONTINUE)
         peer = self.client.peer
-        trusted = core.trusted.contains(peer)
+        trusted = self.client.trusted
         if trusted:
-            xff = [v for k, v in head.headers if k.lower() == "x-forwarded-for"]
+            xff = [v.decode("latin-1") for k, v in head.headers if k.lower() == b"x-forwarded-for"]
             self.client_ip = core.trusted.client_address(peer, xff)
         snapshot = core.snapshots()
         if not snapshot.routable:
@@ -145,15 +144,14 @@ class Exchange:
             client_ip=self.client_ip,
             method=head.method,
             path=head.target,
-            headers=CIMultiDict(head.headers),
+            headers=LazyHeaders(head.headers),
             peer_trusted=trusted,
         )
-        forwarded = forward_request_headers(
-            head.headers, peer=peer, peer_trusted=trusted, scheme="http", host=head.host
-        )
-        # Framing is the router's own (below); Expect was answered here.
-        kept = [(k, v) for k, v in forwarded if k.lower() not in _OWN_REQUEST_HEADERS]
-        block = [wire.header_block(kept)]
+        block = [
+            rules.request_block(
+                head.headers, peer=peer, peer_trusted=trusted, scheme="http", host=head.host
+            )
+        ]
         if head.upgrade is not None:
             block.append(f"Connection: upgrade\r\nUpgrade: {head.upgrade}\r\n".encode("latin-1"))
         elif head.chunked:
@@ -290,7 +288,7 @@ class Exchange:
 
     # -- the upstream's response (ResponseSink) ---------------------------------------------
 
-    def response_head(self, status: int, reason: bytes, headers: list[tuple[str, str]]) -> None:
+    def response_head(self, status: int, headers: rules.RawHeaders) -> None:
         head, replica = self.head, self.replica
         assert head is not None
         assert replica is not None
@@ -300,23 +298,15 @@ class Exchange:
         ok = status < 500 or not self.core.count_5xx
         self.core.observers.attempt_done(replica, ok, None if ok else "5xx", status)
         self.status = status
-        length: str | None = None
-        chunked = False
-        for name, value in headers:
-            lower = name.lower()
-            if lower == "content-length":
-                length = value
-            elif lower == "transfer-encoding":
-                chunked = True
-        out = forward_response_headers(headers)
+        block, length, chunked = rules.response_block(headers)
         if self.ctx is not None and self.ctx.response_headers:
-            out.extend(self.ctx.response_headers)
+            block += wire.header_block(self.ctx.response_headers)
         framing = b""
         if status == 101:
             framing = f"Connection: upgrade\r\nUpgrade: {head.upgrade or ''}\r\n".encode("latin-1")
         elif length is not None and not chunked:
             if status not in _NO_BODY_STATUSES:
-                framing = b"Content-Length: %s\r\n" % length.encode("latin-1")
+                framing = b"Content-Length: %s\r\n" % length
         elif head.method == "HEAD" or status in _NO_BODY_STATUSES:
             pass
         elif head.version == "1.1":
@@ -333,9 +323,7 @@ class Exchange:
                 framing += b"Connection: close\r\n"
             elif head.version == "1.0":
                 framing += b"Connection: keep-alive\r\n"
-        self.out.append(
-            wire.status_line(status, reason) + wire.header_block(out) + framing + wire.CRLF
-        )
+        self.out.append(wire.status_line(status) + block + framing + wire.CRLF)
 
     def response_body(self, data: bytes) -> None:
         self.bytes_out += len(data)

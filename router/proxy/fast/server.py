@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from typing import cast
 
 import httptools
 
@@ -55,12 +56,25 @@ class EngineCore:
     all_closed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+_METHODS: dict[bytes, str] = {}
+
+
+def _method(raw: bytes) -> str:
+    method = _METHODS.get(raw)
+    if method is None:
+        method = raw.decode("latin-1")
+        if len(_METHODS) < 64:  # llhttp knows a fixed set of methods
+            _METHODS[raw] = method
+    return method
+
+
 class ClientConnection(asyncio.Protocol):
     def __init__(self, core: EngineCore) -> None:
         self.core = core
         self.loop = core.pool.loop
         self.transport: asyncio.Transport | None = None
         self.peer = ""
+        self.trusted = False
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
         self.reading: Exchange | None = None  # the request whose body is being parsed
@@ -71,7 +85,7 @@ class ClientConnection(asyncio.Protocol):
         self.write_paused = False
         self._paused = 0
         self._url = b""
-        self._headers: list[tuple[str, str]] = []
+        self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_kind = 0
@@ -80,10 +94,11 @@ class ClientConnection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self.trusted = self.core.trusted.contains(self.peer)
         self.core.connections.add(self)
         self.core.all_closed.clear()
         self._arm(_IDLE, self.core.idle_timeout)
@@ -179,12 +194,12 @@ class ClientConnection(asyncio.Protocol):
             raise ClientRequestError(
                 431, "headers_too_large", f"limit {wire.MAX_HEADER_BLOCK} bytes"
             )
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
         head = validate(
-            parser.get_method().decode("latin-1"),
+            _method(parser.get_method()),
             self._url,
             parser.get_http_version(),
             self._headers,

@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from yarl import URL
 
 from router.errors import ClientRequestError
+from router.proxy.fast.rules import RawHeaders
+
+_NOTED = frozenset(
+    {b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect"}
+)
 
 
 @dataclass(slots=True)
@@ -25,17 +30,14 @@ class RequestHead:
     method: str
     target: str  # origin-form: path and query
     version: str  # "1.1" or "1.0"
-    headers: list[tuple[str, str]]
+    headers: RawHeaders
     host: str | None
     content_length: int | None
     chunked: bool
     upgrade: str | None  # the Upgrade value when the client asked to switch protocols
     expect_continue: bool
     keep_alive: bool
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
+    has_body: bool
 
 
 def bad_request(message: str, code: str = "bad_request") -> ClientRequestError:
@@ -43,52 +45,56 @@ def bad_request(message: str, code: str = "bad_request") -> ClientRequestError:
 
 
 def validate(
-    method: str, url: bytes, version: str, headers: list[tuple[str, str]], keep_alive: bool
+    method: str, url: bytes, version: str, headers: RawHeaders, keep_alive: bool
 ) -> RequestHead:
     if method == "CONNECT":
         raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
     if version not in ("1.1", "1.0"):
         raise ClientRequestError(505, "http_version_not_supported", "HTTP/1.0 or 1.1 only")
-    host: str | None = None
+    host: bytes | None = None
     hosts = 0
     content_length: int | None = None
     chunked = False
-    connection = ""
-    upgrade: str | None = None
+    connection = b""
+    upgrade: bytes | None = None
     expect_continue = False
     for name, value in headers:
         lower = name.lower()
-        if lower == "host":
+        if lower not in _NOTED:
+            continue
+        if lower == b"host":
             hosts += 1
             host = value
-        elif lower == "content-length":
+        elif lower == b"content-length":
             content_length = int(value)  # llhttp allowed only one, all digits
-        elif lower == "transfer-encoding":
+        elif lower == b"transfer-encoding":
             chunked = True  # llhttp allowed only a coding list ending in chunked
-        elif lower == "connection":
-            connection += "," + value.lower()
-        elif lower == "upgrade":
+        elif lower == b"connection":
+            connection += b"," + value.lower()
+        elif lower == b"upgrade":
             upgrade = value
-        elif lower == "expect":
-            expect_continue = value.lower() == "100-continue"
+        else:
+            expect_continue = value.lower() == b"100-continue"
     if hosts > 1 or (hosts == 0 and version == "1.1"):
         raise bad_request("exactly one Host header is required", "bad_host")
-    if upgrade is not None and "upgrade" not in connection:
+    if upgrade is not None and b"upgrade" not in connection:
         upgrade = None
+    host_str = host.decode("latin-1") if host is not None else None
     target = url.decode("latin-1")
     if not target.startswith("/"):
-        target = _absolute_target(target, host or "")
+        target = _absolute_target(target, host_str or "")
     return RequestHead(
         method=method,
         target=target,
         version=version,
         headers=headers,
-        host=host,
+        host=host_str,
         content_length=content_length,
         chunked=chunked,
-        upgrade=upgrade,
+        upgrade=upgrade.decode("latin-1") if upgrade is not None else None,
         expect_continue=expect_continue,
         keep_alive=keep_alive,
+        has_body=chunked or bool(content_length),
     )
 
 

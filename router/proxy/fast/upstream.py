@@ -14,7 +14,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import httptools
 
@@ -29,7 +29,9 @@ PoolKey = tuple[str, str, int]
 class ResponseSink(Protocol):
     """What a connection tells the request it is serving."""
 
-    def response_head(self, status: int, reason: bytes, headers: list[tuple[str, str]]) -> None: ...
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """The final response head (1xx other than 101 are not relayed). The reason phrase
+        is not kept: the router sends the standard one (RFC 9112: clients ignore it)."""
 
     def response_body(self, data: bytes) -> None: ...
 
@@ -64,7 +66,6 @@ class UpstreamConnection(asyncio.Protocol):
         "_deadline",
         "_headers",
         "_loop",
-        "_reason",
         "_skip",
         "_timer",
         "head_only",
@@ -95,8 +96,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.timeout = pool.response_timeout
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._headers: list[tuple[str, str]] = []
-        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
         self._skip = False
 
     # -- used by the request --------------------------------------------------------------
@@ -147,8 +147,8 @@ class UpstreamConnection(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -204,24 +204,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks --------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self._headers = []
-        self._reason = b""
-
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if status < 200 and status != 101:
+            self._headers = []
             return  # 100 Continue / 103 Early Hints: not relayed
         if not self.parser.should_keep_alive():
             self.reusable = False
+        headers, self._headers = self._headers, []
         if self.sink is not None:
-            self.sink.response_head(status, self._reason, self._headers)
+            self.sink.response_head(status, headers)
         if self.head_only and status != 101:
             # llhttp cannot be told a response answers HEAD: it would wait for a body.
             # Finish here and start a fresh parser for the next response.

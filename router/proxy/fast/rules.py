@@ -1,0 +1,117 @@
+"""The header rules of `router.proxy.headers`, applied to raw header bytes.
+
+Decoding every header to `str`, filtering, and encoding it again costs more than the rest
+of a small request, so the common cases are done on bytes here with the same sets
+(hop-by-hop, forwarding, Via). The rare cases fall back to the `str` functions themselves:
+a Connection header naming an end-to-end header, or a trusted peer whose forwarding headers
+must be merged. tests/test_fast_rules.py checks both paths give the same result.
+"""
+
+from __future__ import annotations
+
+from router.proxy.headers import (
+    FORWARDING,
+    HOP_BY_HOP,
+    VIA,
+    forward_request_headers,
+    forward_response_headers,
+)
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+_HOP = frozenset(h.encode() for h in HOP_BY_HOP)
+_FORWARDING = frozenset(h.encode() for h in FORWARDING)
+_VIA = VIA.encode()
+# Request headers whose framing or meaning the router sets itself.
+_OWN_REQUEST = frozenset({b"host", b"content-length", b"expect", b"via"})
+_SPECIAL_REQUEST = _HOP | _FORWARDING | _OWN_REQUEST
+_SPECIAL_RESPONSE = _HOP | {b"content-length", b"via"}
+
+
+def decode(headers: RawHeaders) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+
+
+def _tokens(values: list[bytes]) -> set[bytes]:
+    return {t.strip().lower() for v in values for t in v.split(b",") if t.strip()}
+
+
+_HOP_ONLY: dict[bytes, bool] = {}
+
+
+def _names_only_hop_by_hop(values: list[bytes]) -> bool:
+    """Whether Connection names nothing beyond the hop-by-hop set (almost always true:
+    `keep-alive`, `close`, `upgrade`); cached, since the same few values repeat."""
+    if len(values) != 1:
+        return _tokens(values) <= _HOP
+    known = _HOP_ONLY.get(values[0])
+    if known is None:
+        known = _tokens(values) <= _HOP
+        if len(_HOP_ONLY) < 256:
+            _HOP_ONLY[values[0]] = known
+    return known
+
+
+def _encode(headers: list[tuple[str, str]]) -> bytes:
+    return "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1")
+
+
+def request_block(
+    headers: RawHeaders, *, peer: str, peer_trusted: bool, scheme: str, host: str | None
+) -> bytes:
+    """Header lines to send upstream, without Host and framing (the caller adds them)."""
+    if not peer_trusted:
+        out: list[bytes] = []
+        connection: list[bytes] = []
+        via: list[bytes] = []
+        for name, value in headers:
+            if name.lower() in _SPECIAL_REQUEST:
+                lower = name.lower()
+                if lower == b"connection":
+                    connection.append(value)
+                elif lower == b"via":
+                    via.append(value)
+                continue
+            out += (name, b": ", value, b"\r\n")
+        if not connection or _names_only_hop_by_hop(connection):
+            out.append(
+                b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n"
+                % (peer.encode(), scheme.encode())
+            )
+            if host:
+                out.append(b"X-Forwarded-Host: %s\r\n" % host.encode("latin-1"))
+            via.append(_VIA)
+            out += (b"Via: ", b", ".join(via), b"\r\n")
+            return b"".join(out)
+    forwarded = forward_request_headers(
+        decode(headers), peer=peer, peer_trusted=peer_trusted, scheme=scheme, host=host
+    )
+    return _encode([(k, v) for k, v in forwarded if k.lower() not in ("content-length", "expect")])
+
+
+def response_block(headers: RawHeaders) -> tuple[bytes, bytes | None, bool]:
+    """Header lines for the client (hop-by-hop and Content-Length removed, Via appended),
+    with the upstream's Content-Length value and whether it was chunked."""
+    out: list[bytes] = []
+    connection: list[bytes] = []
+    via: list[bytes] = []
+    length: bytes | None = None
+    chunked = False
+    for name, value in headers:
+        if name.lower() in _SPECIAL_RESPONSE:
+            lower = name.lower()
+            if lower == b"content-length":
+                length = value
+            elif lower == b"transfer-encoding":
+                chunked = True
+            elif lower == b"connection":
+                connection.append(value)
+            elif lower == b"via":
+                via.append(value)
+            continue
+        out += (name, b": ", value, b"\r\n")
+    if connection and not _names_only_hop_by_hop(connection):
+        return _encode(forward_response_headers(decode(headers))), length, chunked
+    via.append(_VIA)
+    out += (b"Via: ", b", ".join(via), b"\r\n")
+    return b"".join(out), length, chunked
