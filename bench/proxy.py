@@ -213,7 +213,9 @@ def process(argv: list[str], port: int, cores: str) -> Iterator[subprocess.Popen
             wait_port(port)
         except RuntimeError:
             proc.kill()
-            raise RuntimeError(f"{argv[0]} did not start: {proc.communicate()[1][-2000:]!r}") from None
+            raise RuntimeError(
+                f"{argv[0]} did not start: {proc.communicate()[1][-2000:]!r}"
+            ) from None
         yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -293,7 +295,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     for name in order:
                         port = free_port()
                         argv = target_argv(name, work, port, upstream, scenario, args.workers)
-                        cores = PROXY_CORE if args.workers == 1 or name in ("nginx", "haproxy") else "0,1"
+                        cores = (
+                            PROXY_CORE
+                            if args.workers == 1 or name in ("nginx", "haproxy")
+                            else "0,1"
+                        )
                         with process(argv, port, cores) as proc:
                             run_wrk(port, scenario, args.warmup, work)
                             pids = tree_pids(proc.pid)
@@ -303,7 +309,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                             got[name] = Sample(
                                 rps, p99, cpu / max(rps * args.duration, 1) * 1e6, rss_mb(pids)
                             )
-                        print(f"  {scenario.name} round {round_no + 1} {name}: {rps:,.0f} req/s p99 {p99:.2f} ms")
+                        print(
+                            f"  {scenario.name} round {round_no + 1} {name}: {rps:,.0f} req/s p99 {p99:.2f} ms"
+                        )
                     ref = got.get(args.reference)
                     for name, sample in got.items():
                         rows[name].samples.append(sample)

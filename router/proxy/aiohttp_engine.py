@@ -157,6 +157,8 @@ class AiohttpEngine:
         except ProxyError as exc:
             outcome.error = exc.code
             response = error_response(exc)
+            if isinstance(exc, ClientRequestError):
+                response.force_close()  # a refused request ends the connection
         except BodyTooLarge:
             outcome.error = "body_too_large"
             response = error_response(
@@ -186,6 +188,9 @@ class AiohttpEngine:
     def _validate(self, request: web.Request) -> str:
         if request.method == "CONNECT":
             raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
+        hosts = request.headers.getall("Host", [])
+        if len(hosts) > 1 or (not hosts and request.version >= (1, 1)):
+            raise ClientRequestError(400, "bad_host", "exactly one Host header is required")
         raw = request.raw_path
         if not raw.startswith("/"):
             # Absolute form: allowed only for the host the request is addressed to, so the

@@ -334,10 +334,14 @@ class ClientConnection(asyncio.Protocol):
     # -- timeouts ---------------------------------------------------------------------------
 
     def _arm(self, kind: int, seconds: float) -> None:
+        """Lazy: moving a deadline later costs nothing, the timer re-arms when it fires."""
         self._timer_kind = kind
-        self._deadline = self.loop.time() + seconds
-        if self._timer is None:
-            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+        self._deadline = deadline = self.loop.time() + seconds
+        if self._timer is not None:
+            if self._timer.when() <= deadline:
+                return
+            self._timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
