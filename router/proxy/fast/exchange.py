@@ -140,12 +140,9 @@ class Exchange:
                 )
             )
             return
+        # Positional: (client_ip, method, path, headers, peer_trusted).
         self.ctx = RequestContext(
-            client_ip=self.client_ip,
-            method=head.method,
-            path=head.target,
-            headers=LazyHeaders(head.headers),
-            peer_trusted=trusted,
+            self.client_ip, head.method, head.target, LazyHeaders(head.headers), trusted
         )
         block = [
             rules.request_block(
@@ -171,7 +168,8 @@ class Exchange:
             self.attempts += 1
             self.replica = replica
             self.attempt_started = time.monotonic()
-            core.in_flight.enter(replica.id)
+            in_flight = core.in_flight
+            in_flight[replica.id] = in_flight.get(replica.id, 0) + 1  # InFlightCounter.enter
             target = core.pool.target(replica)
             conn = core.pool.acquire(target)
             if conn is not None:
@@ -213,12 +211,15 @@ class Exchange:
         assert conn.transport is not None
         self.conn = conn
         conn.begin(self, head.method == "HEAD")
-        line = b"%s %s%s HTTP/1.1\r\n" % (
+        buffers = [
             head.method.encode(),
+            b" ",
             target.prefix,
-            head.target.encode("latin-1"),
-        )
-        buffers = [line, target.host_line, self._fwd_block]
+            head.raw_target,
+            b" HTTP/1.1\r\n",
+            target.host_line,
+            self._fwd_block,
+        ]
         if head.has_body:
             self.sent = True
             if head.chunked:
@@ -295,8 +296,10 @@ class Exchange:
         if status == 101 and head.upgrade is None:
             raise UpstreamProtocolError("101 without an upgrade request")
         self.upstream_seconds = time.monotonic() - self.attempt_started
-        ok = status < 500 or not self.core.count_5xx
-        self.core.observers.attempt_done(replica, ok, None if ok else "5xx", status)
+        observers = self.core.observers
+        if observers.observers:
+            ok = status < 500 or not self.core.count_5xx
+            observers.attempt_done(replica, ok, None if ok else "5xx", status)
         self.status = status
         block, length, chunked = rules.response_block(headers)
         if self.ctx is not None and self.ctx.response_headers:

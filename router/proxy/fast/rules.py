@@ -89,6 +89,17 @@ def request_block(
     return _encode([(k, v) for k, v in forwarded if k.lower() not in ("content-length", "expect")])
 
 
+# Raw response header name -> whether it needs a rule; upstreams repeat the same spellings.
+_SPECIAL_NAMES: dict[bytes, bool] = {}
+
+
+def _remember(name: bytes) -> bool:
+    special = name.lower() in _SPECIAL_RESPONSE
+    if len(_SPECIAL_NAMES) < 1024:
+        _SPECIAL_NAMES[name] = special
+    return special
+
+
 def response_block(headers: RawHeaders) -> tuple[bytes, bytes | None, bool]:
     """Header lines for the client (hop-by-hop and Content-Length removed, Via appended),
     with the upstream's Content-Length value and whether it was chunked."""
@@ -98,7 +109,10 @@ def response_block(headers: RawHeaders) -> tuple[bytes, bytes | None, bool]:
     length: bytes | None = None
     chunked = False
     for name, value in headers:
-        if name.lower() in _SPECIAL_RESPONSE:
+        special = _SPECIAL_NAMES.get(name)
+        if special is None:
+            special = _remember(name)
+        if special:
             lower = name.lower()
             if lower == b"content-length":
                 length = value

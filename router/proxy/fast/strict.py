@@ -11,8 +11,6 @@ host the request names (the router must never act as an open forward proxy).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from yarl import URL
 
 from router.errors import ClientRequestError
@@ -23,21 +21,51 @@ _NOTED = frozenset(
 )
 
 
-@dataclass(slots=True)
 class RequestHead:
-    """A validated request head, ready to forward."""
+    """A validated request head, ready to forward. (A plain class: built once per request,
+    and positional construction is measurably cheaper than a dataclass's keywords.)"""
 
-    method: str
-    target: str  # origin-form: path and query
-    version: str  # "1.1" or "1.0"
-    headers: RawHeaders
-    host: str | None
-    content_length: int | None
-    chunked: bool
-    upgrade: str | None  # the Upgrade value when the client asked to switch protocols
-    expect_continue: bool
-    keep_alive: bool
-    has_body: bool
+    __slots__ = (
+        "chunked",
+        "content_length",
+        "expect_continue",
+        "has_body",
+        "headers",
+        "host",
+        "keep_alive",
+        "method",
+        "raw_target",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: str,  # origin-form: path and query
+        raw_target: bytes,  # the same, as sent upstream
+        version: str,  # "1.1" or "1.0"
+        headers: RawHeaders,
+        host: str | None,
+        content_length: int | None,
+        chunked: bool,
+        upgrade: str | None,  # the Upgrade value when the client asked to switch protocols
+        expect_continue: bool,
+        keep_alive: bool,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.raw_target = raw_target
+        self.version = version
+        self.headers = headers
+        self.host = host
+        self.content_length = content_length
+        self.chunked = chunked
+        self.upgrade = upgrade
+        self.expect_continue = expect_continue
+        self.keep_alive = keep_alive
+        self.has_body = chunked or bool(content_length)
 
 
 def bad_request(message: str, code: str = "bad_request") -> ClientRequestError:
@@ -83,18 +111,19 @@ def validate(
     target = url.decode("latin-1")
     if not target.startswith("/"):
         target = _absolute_target(target, host_str or "")
+        url = target.encode("latin-1")
     return RequestHead(
-        method=method,
-        target=target,
-        version=version,
-        headers=headers,
-        host=host_str,
-        content_length=content_length,
-        chunked=chunked,
-        upgrade=upgrade.decode("latin-1") if upgrade is not None else None,
-        expect_continue=expect_continue,
-        keep_alive=keep_alive,
-        has_body=chunked or bool(content_length),
+        method,
+        target,
+        url,
+        version,
+        headers,
+        host_str,
+        content_length,
+        chunked,
+        upgrade.decode("latin-1") if upgrade is not None else None,
+        expect_continue,
+        keep_alive,
     )
 
 
