@@ -248,3 +248,25 @@ def test_worker_count(workers: int, expected: int) -> None:
     assert worker_count(config) == expected
     auto = parse_config(fast(1, workers="auto"), {})
     assert worker_count(auto) >= 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"Content-Length: 100\r\n\r\n" + b"x" * 100,
+        b"Transfer-Encoding: chunked\r\n\r\n64\r\n" + b"x" * 100 + b"\r\n0\r\n\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_body_over_the_limit_gets_413(body: bytes) -> None:
+    async def upload(r: asyncio.StreamReader, w: asyncio.StreamWriter, head: bytes) -> bool:
+        await r.read(65536)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await w.drain()
+        return True
+
+    async with raw_upstream(upload) as up:
+        async with running_router(fast(up.port, max_request_body=10)) as router:
+            answer = await request(router.url, b"POST / HTTP/1.1\r\nHost: t\r\n" + body)
+            assert answer.startswith(b"HTTP/1.1 413")
+            assert b'"error": "body_too_large"' in answer
