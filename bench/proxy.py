@@ -248,6 +248,12 @@ def run_wrk(port: int, scenario: Scenario, seconds: float, work: Path) -> tuple[
 # -- the run ---------------------------------------------------------------------------------
 
 
+def target_workers(name: str, default: int) -> int:
+    """`fast-w2` is the fast engine with two worker processes."""
+    _, _, suffix = name.partition("-w")
+    return int(suffix) if suffix.isdigit() else default
+
+
 def target_argv(
     name: str, work: Path, port: int, upstream: int, scenario: Scenario, workers: int
 ) -> list[str]:
@@ -263,7 +269,9 @@ def target_argv(
         return [sys.executable, "-m", "bench.minimal_proxy", str(port), str(upstream)]
     engine = "aiohttp" if name.startswith("aiohttp") else "fast"
     conf = work / f"router-{name}.yaml"
-    conf.write_text(router_config(port, upstream, engine, workers, scenario.replicas))
+    conf.write_text(
+        router_config(port, upstream, engine, target_workers(name, workers), scenario.replicas)
+    )
     return [sys.executable, "-m", "bench.proxy", "--serve-router", str(conf)]
 
 
@@ -295,10 +303,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     for name in order:
                         port = free_port()
                         argv = target_argv(name, work, port, upstream, scenario, args.workers)
+                        workers = target_workers(name, args.workers)
+                        # More workers than one get every core: they then share core 1
+                        # with wrk and the upstream, which the table must be read with.
                         cores = (
-                            PROXY_CORE
-                            if args.workers == 1 or name in ("nginx", "haproxy")
-                            else "0,1"
+                            PROXY_CORE if workers == 1 or name in ("nginx", "haproxy") else "0,1"
                         )
                         with process(argv, port, cores) as proc:
                             run_wrk(port, scenario, args.warmup, work)
@@ -365,20 +374,21 @@ def serve_router(config_path: str) -> None:
 
     import uvloop
 
-    from router.app import RouterApp, run_workers, worker_count
+    from router.app import RouterApp
     from router.config import load_config
+    from router.workers import WorkerLink, run_workers, worker_count
 
     config = load_config(config_path)
 
-    async def main(index: int) -> None:
-        app = RouterApp(config, admin_enabled=index == 0)
+    async def main(worker: WorkerLink) -> None:
+        app = RouterApp(config, worker=worker)
         await app.start()
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
         await app.stop(1.0)
 
-    run_workers(worker_count(config), lambda index: uvloop.run(main(index)))
+    run_workers(worker_count(config), lambda worker: uvloop.run(main(worker)))
 
 
 def main() -> None:

@@ -6,9 +6,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from router.admin import AdminServer
@@ -23,6 +22,7 @@ from router.proxy.fast import FastEngine
 from router.reconciler import Reconciler
 from router.snapshot import Overrides, Policy
 from router.status import status_document
+from router.workers import WorkerLink, worker_count
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("router.access")
@@ -34,44 +34,6 @@ def policy_from_config(config: RouterConfig) -> Policy:
         panic_threshold=config.health.panic_threshold,
         slow_start=config.health.slow_start,
     )
-
-
-def worker_count(config: RouterConfig) -> int:
-    """`proxy.workers`: a number, or auto = the CPU cores this process may run on."""
-    workers = config.proxy.workers
-    if workers == "auto":
-        return max(len(os.sched_getaffinity(0)), 1)
-    return workers
-
-
-def run_workers(count: int, run_one: Callable[[int], object]) -> None:
-    """Run `run_one(index)` in `count` processes, each a full router (its own loop,
-    discovery, health checks and listener, shared through SO_REUSEPORT). Index 0 is this
-    process: it alone serves the admin listener and, when it returns, stops the others.
-
-    Called before any event loop exists, so the children start from a clean fork."""
-    children: list[int] = []
-    for index in range(1, count):
-        pid = os.fork()
-        if pid == 0:  # the child
-            code = 0
-            try:
-                run_one(index)
-            except BaseException:
-                log.exception("worker %d failed", index)
-                code = 1
-            finally:
-                os._exit(code)
-        children.append(pid)
-    try:
-        run_one(0)
-    finally:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        for pid in children:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
 
 
 class AccessLog:
@@ -117,7 +79,7 @@ class RouterApp:
         environ: Mapping[str, str] | None = None,
         access_log_enabled: bool = False,
         clock: Any = time.monotonic,
-        admin_enabled: bool = True,
+        worker: WorkerLink | None = None,
     ) -> None:
         self.config = config
         self._environ = os.environ if environ is None else environ
@@ -139,8 +101,9 @@ class RouterApp:
         else:
             self.engine = AiohttpEngine(config, self._snapshot, self.observers, self.in_flight)
         self.admin = AdminServer(config.admin.listen, self, self._admin_token())
-        # With several workers only the first serves the admin listener.
-        self._admin_enabled = admin_enabled
+        # With several worker processes only the first serves the admin listener.
+        self._worker = worker or WorkerLink()
+        self._admin_enabled = self._worker.serves_admin
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self._started = False
@@ -192,10 +155,12 @@ class RouterApp:
         ids = set(current.drained)
         (ids.add if drained else ids.discard)(replica_id)
         self.reconciler.set_overrides(Overrides(frozenset(ids), current.active_limit))
+        self._worker.publish(self.reconciler.overrides)
 
     def set_active_limit(self, count: int | None) -> None:
         current = self.reconciler.overrides
         self.reconciler.set_overrides(Overrides(current.drained, count))
+        self._worker.publish(self.reconciler.overrides)
 
     async def recheck(self, replica_id: str | None) -> None:
         return None
@@ -207,6 +172,7 @@ class RouterApp:
         if discovery.static is not None:
             self.reconciler.set_replicas(static_replicas(discovery.static))
         await self.engine.start()
+        self._worker.listen(self.reconciler.set_overrides)
         if self._admin_enabled:
             await self.admin.start()
         self._started = True
@@ -226,6 +192,7 @@ class RouterApp:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._worker.close()
         await self.engine.stop(grace)
         if self._admin_enabled:
             await self.admin.stop()

@@ -241,8 +241,8 @@ class Recorder:
 
 @pytest.mark.parametrize(("workers", "expected"), [(1, 1), (3, 3)])
 def test_worker_count(workers: int, expected: int) -> None:
-    from router.app import worker_count
     from router.config import parse_config
+    from router.workers import worker_count
 
     config = parse_config(fast(1, workers=workers), {})
     assert worker_count(config) == expected
