@@ -144,6 +144,14 @@ class Exchange:
         self.ctx = RequestContext(
             self.client_ip, head.method, head.target, LazyHeaders(head.headers), trusted
         )
+        if head.forward_block is None:
+            head.forward_block = self._forward_block(head, peer, trusted)
+        self._fwd_block = head.forward_block
+        self._candidates = snapshot.picker.candidates(self.ctx)
+        self._try_next()
+
+    @staticmethod
+    def _forward_block(head: RequestHead, peer: str, trusted: bool) -> bytes:
         block = [
             rules.request_block(
                 head.headers, peer=peer, peer_trusted=trusted, scheme="http", host=head.host
@@ -156,9 +164,7 @@ class Exchange:
         elif head.content_length is not None:
             block.append(b"Content-Length: %d\r\n" % head.content_length)
         block.append(wire.CRLF)
-        self._fwd_block = b"".join(block)
-        self._candidates = snapshot.picker.candidates(self.ctx)
-        self._try_next()
+        return b"".join(block)
 
     def _try_next(self) -> None:
         core = self.core
@@ -301,7 +307,15 @@ class Exchange:
             ok = status < 500 or not self.core.count_5xx
             observers.attempt_done(replica, ok, None if ok else "5xx", status)
         self.status = status
-        block, length, chunked = rules.response_block(headers)
+        conn = self.conn
+        if conn is not None and headers == conn.last_raw:
+            # Same head as this connection's last response (only Date changes, once a
+            # second): the rules are a pure function of it.
+            block, length, chunked = conn.last_rules
+        else:
+            block, length, chunked = rules.response_block(headers)
+            if conn is not None:
+                conn.last_raw, conn.last_rules = headers, (block, length, chunked)
         if self.ctx is not None and self.ctx.response_headers:
             block += wire.header_block(self.ctx.response_headers)
         framing = b""

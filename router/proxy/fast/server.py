@@ -22,7 +22,7 @@ from router.errors import ClientRequestError, ProxyError
 from router.proxy.base import InFlightCounter, Observers, SnapshotSource
 from router.proxy.fast import wire
 from router.proxy.fast.exchange import Exchange
-from router.proxy.fast.strict import bad_request, validate
+from router.proxy.fast.strict import RequestHead, bad_request, validate
 from router.proxy.fast.upstream import Pool, UpstreamConnection
 from router.proxy.headers import TrustedProxies
 
@@ -87,6 +87,8 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
+        self._last_key: object = None
+        self._last_head: RequestHead | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_kind = 0
         self._deadline = 0.0
@@ -198,13 +200,17 @@ class ClientConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self.parser
-        head = validate(
-            _method(parser.get_method()),
-            self._url,
-            parser.get_http_version(),
-            self._headers,
-            parser.should_keep_alive(),
-        )
+        method = parser.get_method()
+        version = parser.get_http_version()
+        keep_alive = parser.should_keep_alive()
+        key = (method, self._url, version, keep_alive, self._headers)
+        if key == self._last_key and self._last_head is not None:
+            # Keep-alive clients repeat the same head (wrk, health checkers, SDK loops):
+            # validation and header rules are pure functions of it, so reuse the result.
+            head = self._last_head
+        else:
+            head = validate(_method(method), self._url, version, self._headers, keep_alive)
+            self._last_key, self._last_head = key, head
         if head.content_length is not None and head.content_length > self.core.max_body:
             limit = self.core.max_body
             raise ClientRequestError(413, "body_too_large", f"limit {limit} bytes")

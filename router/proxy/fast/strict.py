@@ -29,6 +29,7 @@ class RequestHead:
         "chunked",
         "content_length",
         "expect_continue",
+        "forward_block",
         "has_body",
         "headers",
         "host",
@@ -66,6 +67,9 @@ class RequestHead:
         self.expect_continue = expect_continue
         self.keep_alive = keep_alive
         self.has_body = chunked or bool(content_length)
+        # The header lines sent upstream, built by the first exchange that uses this head
+        # (a connection's peer and trust do not change, so neither does the block).
+        self.forward_block: bytes | None = None
 
 
 def bad_request(message: str, code: str = "bad_request") -> ClientRequestError:

@@ -71,6 +71,8 @@ class UpstreamConnection(asyncio.Protocol):
         "head_only",
         "idle_since",
         "key",
+        "last_raw",
+        "last_rules",
         "parser",
         "pool",
         "read_paused",
@@ -97,6 +99,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._headers: list[tuple[bytes, bytes]] = []
+        # The last response head and what the header rules made of it (see Exchange).
+        self.last_raw: list[tuple[bytes, bytes]] | None = None
+        self.last_rules: tuple[bytes, bytes | None, bool] = (b"", None, False)
         self._skip = False
 
     # -- used by the request --------------------------------------------------------------
