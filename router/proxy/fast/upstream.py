@@ -200,11 +200,15 @@ class UpstreamConnection(asyncio.Protocol):
             sink.upstream_failed("reset")
 
     def pause_writing(self) -> None:
-        if self.sink is not None:
+        if self.tunnel is not None:
+            self.tunnel.pause_reading()  # the client's bytes fill this socket: hold them
+        elif self.sink is not None:
             self.sink.upstream_pause(True)
 
     def resume_writing(self) -> None:
-        if self.sink is not None:
+        if self.tunnel is not None:
+            self.tunnel.resume_reading()
+        elif self.sink is not None:
             self.sink.upstream_pause(False)
 
     # -- httptools callbacks --------------------------------------------------------------
@@ -358,6 +362,10 @@ class Pool:
                     server_hostname=target.server_hostname,
                 )
         except (OSError, TimeoutError) as exc:
+            done(None, exc)
+            return
+        except Exception as exc:  # e.g. an unencodable host name: still a failed dial
+            log.warning("dialling %s failed: %r", target.key, exc)
             done(None, exc)
             return
         done(conn, None)
