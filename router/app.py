@@ -172,6 +172,13 @@ class RouterApp:
         if discovery.static is not None:
             self.reconciler.set_replicas(static_replicas(discovery.static))
         await self.engine.start()
+        workers = worker_count(self.config)
+        if workers > 1 and self._worker.count == 1:
+            log.warning(
+                "proxy.workers is %d but this process was not started by "
+                "router.workers.run_workers: serving with one process",
+                workers,
+            )
         self._worker.listen(self.reconciler.set_overrides)
         if self._admin_enabled:
             await self.admin.start()

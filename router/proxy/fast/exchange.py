@@ -10,11 +10,9 @@ has started nothing is retried and a failure can only cut the client connection.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING
-
-from multidict import CIMultiDict
 
 from router.balancing.base import RequestContext
 from router.errors import (
@@ -44,33 +42,6 @@ _DIAL_MESSAGES = {
 _NO_CANDIDATES: Iterator[Replica] = iter(())
 _NO_BODY_STATUSES = frozenset({101, 204, 304})
 _BACKLOG = 256 * 1024  # request body bytes buffered before the client is paused
-
-
-class LazyHeaders(Mapping[str, str]):
-    """The request headers for routing policies, decoded only if a policy looks."""
-
-    __slots__ = ("_decoded", "_raw")
-
-    def __init__(self, raw: rules.RawHeaders) -> None:
-        self._raw = raw
-        self._decoded: CIMultiDict[str] | None = None
-
-    def _headers(self) -> CIMultiDict[str]:
-        if self._decoded is None:
-            self._decoded = CIMultiDict(rules.decode(self._raw))
-        return self._decoded
-
-    def __getitem__(self, key: str) -> str:
-        return self._headers()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._headers())
-
-    def __len__(self) -> int:
-        return len(self._raw)
-
-    def getall(self, key: str, default: list[str] | None = None) -> list[str]:
-        return self._headers().getall(key, default or [])
 
 
 class Exchange:
@@ -142,29 +113,13 @@ class Exchange:
             return
         # Positional: (client_ip, method, path, headers, peer_trusted).
         self.ctx = RequestContext(
-            self.client_ip, head.method, head.target, LazyHeaders(head.headers), trusted
+            self.client_ip, head.method, head.target, rules.LazyHeaders(head.headers), trusted
         )
         if head.forward_block is None:
-            head.forward_block = self._forward_block(head, peer, trusted)
+            head.forward_block = rules.forward_block(head, peer, trusted)
         self._fwd_block = head.forward_block
         self._candidates = snapshot.picker.candidates(self.ctx)
         self._try_next()
-
-    @staticmethod
-    def _forward_block(head: RequestHead, peer: str, trusted: bool) -> bytes:
-        block = [
-            rules.request_block(
-                head.headers, peer=peer, peer_trusted=trusted, scheme="http", host=head.host
-            )
-        ]
-        if head.upgrade is not None:
-            block.append(f"Connection: upgrade\r\nUpgrade: {head.upgrade}\r\n".encode("latin-1"))
-        elif head.chunked:
-            block.append(b"Transfer-Encoding: chunked\r\n")
-        elif head.content_length is not None:
-            block.append(b"Content-Length: %d\r\n" % head.content_length)
-        block.append(wire.CRLF)
-        return b"".join(block)
 
     def _try_next(self) -> None:
         core = self.core

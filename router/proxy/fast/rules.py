@@ -5,9 +5,17 @@ of a small request, so the common cases are done on bytes here with the same set
 (hop-by-hop, forwarding, Via). The rare cases fall back to the `str` functions themselves:
 a Connection header naming an end-to-end header, or a trusted peer whose forwarding headers
 must be merged. tests/test_fast_rules.py checks both paths give the same result.
+
+Also here: the header block sent upstream for a request head (`forward_block`) and the
+lazily decoded view of request headers that routing policies read (`LazyHeaders`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from multidict import CIMultiDict
 
 from router.proxy.headers import (
     FORWARDING,
@@ -16,6 +24,9 @@ from router.proxy.headers import (
     forward_request_headers,
     forward_response_headers,
 )
+
+if TYPE_CHECKING:
+    from router.proxy.fast.strict import RequestHead
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -129,3 +140,45 @@ def response_block(headers: RawHeaders) -> tuple[bytes, bytes | None, bool]:
     via.append(_VIA)
     out += (b"Via: ", b", ".join(via), b"\r\n")
     return b"".join(out), length, chunked
+
+
+def forward_block(head: RequestHead, peer: str, trusted: bool) -> bytes:
+    """Everything after the request line and Host: forwarded headers, framing, blank line."""
+    block = [
+        request_block(head.headers, peer=peer, peer_trusted=trusted, scheme="http", host=head.host)
+    ]
+    if head.upgrade is not None:
+        block.append(f"Connection: upgrade\r\nUpgrade: {head.upgrade}\r\n".encode("latin-1"))
+    elif head.chunked:
+        block.append(b"Transfer-Encoding: chunked\r\n")
+    elif head.content_length is not None:
+        block.append(b"Content-Length: %d\r\n" % head.content_length)
+    block.append(b"\r\n")
+    return b"".join(block)
+
+
+class LazyHeaders(Mapping[str, str]):
+    """The request headers for routing policies, decoded only if a policy looks."""
+
+    __slots__ = ("_decoded", "_raw")
+
+    def __init__(self, raw: RawHeaders) -> None:
+        self._raw = raw
+        self._decoded: CIMultiDict[str] | None = None
+
+    def _headers(self) -> CIMultiDict[str]:
+        if self._decoded is None:
+            self._decoded = CIMultiDict(decode(self._raw))
+        return self._decoded
+
+    def __getitem__(self, key: str) -> str:
+        return self._headers()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers())
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def getall(self, key: str, default: list[str] | None = None) -> list[str]:
+        return self._headers().getall(key, default or [])
