@@ -87,6 +87,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
+        self._in_head = False
         self._last_key: object = None
         self._last_head: RequestHead | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -177,6 +178,7 @@ class ClientConnection(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        self._in_head = True
         if not self.queue:
             self._arm(_HEADER, self.core.header_timeout)
 
@@ -199,6 +201,7 @@ class ClientConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self.parser
         method = parser.get_method()
         version = parser.get_http_version()
@@ -312,6 +315,8 @@ class ClientConnection(asyncio.Protocol):
             self.backlog(False)
         if self.queue:
             self.queue[0].start()
+        elif self._in_head:  # a pipelined head is still arriving: it gets the head timeout
+            self._arm(_HEADER, self.core.header_timeout)
         else:
             self._arm(_IDLE, self.core.idle_timeout)
 
