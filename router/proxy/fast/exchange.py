@@ -97,7 +97,7 @@ class Exchange:
             self._fail(self.error or ClientRequestError(400, "bad_request"))
             return
         if head.expect_continue and not self.body_complete:
-            self.client.transport_write(wire.CONTINUE)
+            self.client.send([wire.CONTINUE])
         peer = self.client.peer
         trusted = self.client.trusted
         if trusted:
@@ -194,7 +194,7 @@ class Exchange:
             if self.buffered:
                 self.buffered = 0
                 self.client.backlog(False)
-        conn.transport.writelines(buffers)
+        conn.send(buffers)
         if self.client.write_paused:
             conn.pause_reading()
 
@@ -213,9 +213,9 @@ class Exchange:
         if conn is not None and conn.transport is not None:
             head = self.head
             if head is not None and head.chunked:
-                conn.transport.writelines(wire.chunk(data))
+                conn.send(wire.chunk(data))
             else:
-                conn.transport.write(data)
+                conn.send([data])
             return
         self.body.append(data)
         self.buffered += len(data)
@@ -227,7 +227,7 @@ class Exchange:
         conn = self.conn
         head = self.head
         if conn is not None and conn.transport is not None and head is not None and head.chunked:
-            conn.transport.write(wire.LAST_CHUNK)
+            conn.send([wire.LAST_CHUNK])
 
     def client_failed(self, error: ProxyError) -> None:
         """The request body broke (bad chunk, too large, too slow)."""
@@ -237,7 +237,7 @@ class Exchange:
         if self.status is not None:
             # The response has started: the only way to say "broken" is to cut.
             self.error_code = error.code
-            self.client.abort()
+            self.client.cut()
             return
         self._drop_upstream()
         self.error = error
@@ -306,7 +306,7 @@ class Exchange:
 
     def flush(self) -> None:
         if self.out:
-            self.client.transport_writelines(self.out)
+            self.client.send(self.out)
             self.out = []
 
     def response_done(self) -> None:
@@ -337,7 +337,7 @@ class Exchange:
         self.flush()
         self.client.start_tunnel(self, conn)
         if self.tunnel_pending:
-            conn.transport.writelines(self.tunnel_pending)
+            conn.send(self.tunnel_pending)
             self.tunnel_pending = []
 
     def upstream_failed(self, kind: str) -> None:
@@ -375,7 +375,7 @@ class Exchange:
         self.core.observers.attempt_done(replica, False, kind, self.status)
         self.error_code = f"upstream_{kind}_mid_body"
         self.flush()
-        self.client.abort()
+        self.client.cut()
         self._finish(notify=False)
 
     def upstream_pause(self, paused: bool) -> None:
@@ -409,7 +409,7 @@ class Exchange:
             self.close_after = True
         if self.client.draining:
             self.close_after = True
-        self.client.transport_write(wire.error_response(error, close=self.close_after))
+        self.client.send([wire.error_response(error, close=self.close_after)])
         self._finish()
 
     def _finish(self, notify: bool = True) -> None:

@@ -22,6 +22,7 @@ from router.errors import ClientRequestError, ProxyError
 from router.proxy.base import InFlightCounter, Observers, SnapshotSource
 from router.proxy.fast import wire
 from router.proxy.fast.exchange import Exchange
+from router.proxy.fast.outbox import Writer
 from router.proxy.fast.strict import RequestHead, bad_request, validate
 from router.proxy.fast.upstream import Pool, UpstreamConnection
 from router.proxy.headers import TrustedProxies
@@ -68,11 +69,14 @@ def _method(raw: bytes) -> str:
     return method
 
 
-class ClientConnection(asyncio.Protocol):
+class ClientConnection(asyncio.Protocol, Writer):
     def __init__(self, core: EngineCore) -> None:
         self.core = core
         self.loop = core.pool.loop
         self.transport: asyncio.Transport | None = None
+        self.outbox = core.pool.outbox
+        self._pending = None
+        self._close_pending = False
         self.peer = ""
         self.trusted = False
         self.parser = httptools.HttpRequestParser(self)
@@ -108,8 +112,7 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
-            if self.tunnel.transport is not None:
-                self.tunnel.transport.write(data)
+            self.tunnel.send([data])
             return
         if self.upgrading is not None:
             self.upgrading.tunnel_data(data)
@@ -257,18 +260,11 @@ class ClientConnection(asyncio.Protocol):
     def is_active(self, exchange: Exchange) -> bool:
         return bool(self.queue) and self.queue[0] is exchange
 
-    def transport_write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
-
-    def transport_writelines(self, data: list[bytes]) -> None:
-        if self.transport is not None:
-            self.transport.writelines(data)
-
-    def abort(self) -> None:
+    def cut(self) -> None:
+        """End the connection after what was queued (a response that cannot be finished:
+        the client sees it short of its length or last chunk)."""
         self.ignore_input = True
-        if self.transport is not None:
-            self.transport.abort()
+        self.close_transport()
 
     def backlog(self, on: bool) -> None:
         self._pause(_BACKLOG, on)
@@ -321,15 +317,15 @@ class ClientConnection(asyncio.Protocol):
             self._arm(_IDLE, self.core.idle_timeout)
 
     def _close_when_done(self) -> None:
-        if self.transport is not None and not self.queue:
-            self.transport.close()
+        if not self.queue:
+            self.close_transport()
 
     def start_tunnel(self, exchange: Exchange, conn: UpstreamConnection) -> None:
         """After a 101: bytes flow raw both ways until either side closes."""
         self.tunnel = conn
         self.upgrading = None
         self._timer_kind = 0
-        conn.tunnel = self.transport
+        conn.tunnel = self
         if self._paused:
             self._paused = 0
             if self.transport is not None:
@@ -338,9 +334,8 @@ class ClientConnection(asyncio.Protocol):
     def drain(self) -> None:
         """Engine stopping: close now if idle, else after the response in progress."""
         self.draining = True
-        idle = not self.queue and self.tunnel is None and self.reading is None
-        if idle and self.transport is not None:
-            self.transport.close()
+        if not self.queue and self.tunnel is None and self.reading is None:
+            self.close_transport()
 
     # -- timeouts ---------------------------------------------------------------------------
 
@@ -365,7 +360,7 @@ class ClientConnection(asyncio.Protocol):
         self._timer_kind = 0
         if kind == _IDLE:
             if not self.queue:
-                self.transport.close()
+                self.close_transport()
         elif kind == _HEADER:
             self.reject(ClientRequestError(408, "request_timeout", "request head too slow"))
         else:

@@ -19,6 +19,7 @@ from typing import Protocol, cast
 import httptools
 
 from router.models import Replica
+from router.proxy.fast.outbox import Outbox, Writer
 from router.upstream import ConnectTo
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,13 @@ class Target:
     host_line: bytes  # b"Host: authority\r\n"
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.Protocol, Writer):
     __slots__ = (
+        "_close_pending",
         "_deadline",
         "_headers",
         "_loop",
+        "_pending",
         "_skip",
         "_timer",
         "head_only",
@@ -73,6 +76,7 @@ class UpstreamConnection(asyncio.Protocol):
         "key",
         "last_raw",
         "last_rules",
+        "outbox",
         "parser",
         "pool",
         "read_paused",
@@ -88,9 +92,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.key = key
         self._loop = pool.loop
         self.transport: asyncio.Transport | None = None
+        self.outbox = pool.outbox
+        self._pending = None
+        self._close_pending = False
         self.parser = httptools.HttpResponseParser(self)
         self.sink: ResponseSink | None = None
-        self.tunnel: asyncio.Transport | None = None  # after a 101: raw bytes go here
+        self.tunnel: Writer | None = None  # after a 101: raw bytes go to this client
         self.reusable = True
         self.read_paused = False
         self.head_only = False  # the request was HEAD: the response has no body
@@ -146,8 +153,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.reusable = False
-        if self.transport is not None:
-            self.transport.close()
+        self.close_transport()
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -157,7 +163,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
-            self.tunnel.write(data)
+            self.tunnel.send([data])
             return
         if self.sink is None:
             # Bytes while idle: the peer is not speaking HTTP/1.1 keep-alive properly.
@@ -193,7 +199,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         if self.tunnel is not None:
-            self.tunnel.close()
+            self.tunnel.close_transport()
             return
         sink, self.sink = self.sink, None
         if sink is not None:
@@ -201,13 +207,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.tunnel is not None:
-            self.tunnel.pause_reading()  # the client's bytes fill this socket: hold them
+            if self.tunnel.transport is not None:  # the client's bytes fill this socket
+                self.tunnel.transport.pause_reading()
         elif self.sink is not None:
             self.sink.upstream_pause(True)
 
     def resume_writing(self) -> None:
         if self.tunnel is not None:
-            self.tunnel.resume_reading()
+            if self.tunnel.transport is not None:
+                self.tunnel.transport.resume_reading()
         elif self.sink is not None:
             self.sink.upstream_pause(False)
 
@@ -266,6 +274,7 @@ class Pool:
         max_idle: int = 128,
     ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.outbox = Outbox(self.loop)
         self._connect_to = connect_to
         self._tls = tls
         self.connect_timeout = connect_timeout
