@@ -13,6 +13,11 @@ close never overtakes data queued before it.
 from __future__ import annotations
 
 import asyncio
+import logging
+
+log = logging.getLogger(__name__)
+
+HOLD_LIMIT = 16 * 1024  # bytes held per connection before writing at once
 
 
 class Outbox:
@@ -28,7 +33,10 @@ class Outbox:
     def _flush(self) -> None:
         waiting, self._waiting = self._waiting, []
         for writer in waiting:
-            writer.flush_now()
+            try:
+                writer.flush_now()
+            except (OSError, RuntimeError) as exc:  # that peer is gone; the others are not
+                log.debug("write to a closed connection dropped: %r", exc)
 
 
 class Writer:
@@ -42,19 +50,26 @@ class Writer:
 
     def send(self, buffers: list[bytes]) -> None:
         """Queue `buffers` (the list is taken over, not copied) for the end of this loop
-        iteration."""
+        iteration; big writes go out at once (holding them only costs buffer copies)."""
         if self.transport is None:
             return
-        if self._pending is None:
+        pending = self._pending
+        if pending is None:
+            if sum(map(len, buffers)) > HOLD_LIMIT:
+                if not self.transport.is_closing():
+                    self.transport.writelines(buffers)
+                return
             self._pending = buffers
             self.outbox.enqueue(self)
         else:
-            self._pending.extend(buffers)
+            pending.extend(buffers)
+            if sum(map(len, pending)) > HOLD_LIMIT:
+                self.flush_now()
 
     def flush_now(self) -> None:
         pending, self._pending = self._pending, None
         transport = self.transport
-        if transport is None:
+        if transport is None or transport.is_closing():
             return
         if pending:
             transport.writelines(pending)

@@ -194,6 +194,7 @@ class UpstreamConnection(asyncio.Protocol, Writer):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
+        self.transport = None
         self.pool.forget(self)
         if self._timer is not None:
             self._timer.cancel()
