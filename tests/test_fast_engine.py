@@ -270,3 +270,42 @@ async def test_body_over_the_limit_gets_413(body: bytes) -> None:
             answer = await request(router.url, b"POST / HTTP/1.1\r\nHost: t\r\n" + body)
             assert answer.startswith(b"HTTP/1.1 413")
             assert b'"error": "body_too_large"' in answer
+
+
+async def test_refused_upgrade_is_relayed_and_the_connection_closed() -> None:
+    async def no_ws(r: asyncio.StreamReader, w: asyncio.StreamWriter, head: bytes) -> bool:
+        w.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope")
+        await w.drain()
+        return True
+
+    async with raw_upstream(no_ws) as up, running_router(fast(up.port)) as router:
+        answer = await request(
+            router.url,
+            b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        assert answer.startswith(b"HTTP/1.1 404")
+        assert answer.endswith(b"nope")  # and the router closed: request() read to EOF
+        assert b"upgrade: websocket" in up.heads[0].lower()
+
+
+async def test_pipelined_upload_and_get_are_answered_in_order() -> None:
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter, head: bytes) -> bool:
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        body = await r.readexactly(length) if length else b"-"
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await w.drain()
+        return True
+
+    async with raw_upstream(echo) as up, running_router(fast(up.port)) as router:
+        data = (
+            b"POST /a HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nfirst"
+            + b"GET /b HTTP/1.1\r\nHost: t\r\n\r\n"
+            + b"POST /c HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nConnection: close\r\n\r\nthird"
+        )
+        answer = await request(router.url, data)
+        bodies = [part.rsplit(b"\r\n\r\n", 1)[1] for part in answer.split(b"HTTP/1.1 200 OK")[1:]]
+        assert bodies == [b"first", b"-", b"third"]
