@@ -26,11 +26,13 @@ from router.metrics import Metrics
 from router.models import AttestationVerdict, Replica
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers, RequestRecord
+from router.proxy.fast import FastEngine
 from router.reconciler import Reconciler
 from router.snapshot import Overrides, Policy
 from router.status import status_document
 from router.tls import ServerTLS
 from router.upstream import ConnectTo, client_ssl_context
+from router.workers import WorkerLink, worker_count
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("router.access")
@@ -120,6 +122,7 @@ class RouterApp:
         access_log_enabled: bool = False,
         clock: Any = time.monotonic,
         trusted_simulator_keys: frozenset[bytes] = frozenset(),
+        worker: WorkerLink | None = None,
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -165,12 +168,26 @@ class RouterApp:
             if config.listen_tls is not None
             else None
         )
-        self.engine: Engine = AiohttpEngine(
-            config, self._snapshot, self.observers, self.in_flight, tls=self.tls
-        )
+        self.engine: Engine
+        if config.proxy.engine == "fast":
+            self.engine = FastEngine(
+                config,
+                self._snapshot,
+                self.observers,
+                self.in_flight,
+                reuse_port=worker_count(config) > 1,
+                tls=self.tls,
+            )
+        else:
+            self.engine = AiohttpEngine(
+                config, self._snapshot, self.observers, self.in_flight, tls=self.tls
+            )
         self.admin = AdminServer(
             config.admin.listen, self, self._admin_token(), metrics=self.metrics.render_async
         )
+        # With several worker processes only the first serves the admin listener.
+        self._worker = worker or WorkerLink()
+        self._admin_enabled = self._worker.serves_admin
         self.dns = (
             DnsService(
                 config.dns,
@@ -240,10 +257,12 @@ class RouterApp:
         ids = set(current.drained)
         (ids.add if drained else ids.discard)(replica_id)
         self.reconciler.set_overrides(Overrides(frozenset(ids), current.active_limit))
+        self._worker.publish(self.reconciler.overrides)
 
     def set_active_limit(self, count: int | None) -> None:
         current = self.reconciler.overrides
         self.reconciler.set_overrides(Overrides(current.drained, count))
+        self._worker.publish(self.reconciler.overrides)
 
     async def recheck(self, replica_id: str | None) -> None:
         await self.health.check_now(replica_id)
@@ -331,8 +350,17 @@ class RouterApp:
         if self.attestor is not None:
             self._spawn(self.attestor.run())
         await self.engine.start()
-        await self.admin.start()
-        if self.dns is not None:
+        workers = worker_count(self.config)
+        if workers > 1 and self._worker.count == 1:
+            log.warning(
+                "proxy.workers is %d but this process was not started by "
+                "router.workers.run_workers: serving with one process",
+                workers,
+            )
+        self._worker.listen(self.reconciler.set_overrides)
+        if self._admin_enabled:
+            await self.admin.start()
+        if self.dns is not None and self._admin_enabled:  # one DNS publisher per host
             await self.dns.start()
         if self.tls is not None and self.config.listen_tls is not None:
             self._spawn(self.tls.watch(self.config.listen_tls.reload_interval))
@@ -359,12 +387,14 @@ class RouterApp:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._worker.close()
         await self.engine.stop(grace)
         if self.attestor is not None:
             await self.attestor.aclose()
         if self.discovery is not None:
             await self.discovery.aclose()
-        if self.dns is not None:
+        if self.dns is not None and self._admin_enabled:
             await self.dns.stop()
-        await self.admin.stop()
+        if self._admin_enabled:
+            await self.admin.stop()
         self.reconciler.close()

@@ -91,17 +91,25 @@ def serve(config_path: str, log_level: str, log_format: str, access_log: bool) -
     logs.configure(log_level, log_format, access_log)
     config = load_or_exit(config_path)
 
-    async def run() -> None:
-        from router.app import RouterApp
+    from router.workers import WorkerLink, run_workers, worker_count
 
-        app = RouterApp(config, config_path=config_path, access_log_enabled=access_log)
-        await app.start()
-        try:
-            await wait_for_signal(on_hangup=app.reload)
-        finally:
-            await app.stop()
+    def run_one(worker: WorkerLink) -> None:
+        async def run() -> None:
+            from router.app import RouterApp
 
-    run_async(run)
+            app = RouterApp(
+                config, config_path=config_path, access_log_enabled=access_log, worker=worker
+            )
+            await app.start()
+            try:
+                await wait_for_signal(on_hangup=app.reload)
+            finally:
+                await app.stop()
+
+        run_async(run)
+
+    # proxy.workers > 1: one full router per process on SO_REUSEPORT (see router/workers.py).
+    run_workers(worker_count(config), run_one)
 
 
 @main.command("check-config")

@@ -111,7 +111,9 @@ class UpstreamTLSConfig(Frozen):
 
 
 class ProxyConfig(Frozen):
-    engine: Literal["aiohttp"] = "aiohttp"
+    engine: Literal["aiohttp", "fast"] = "fast"
+    # Processes serving the listener (SO_REUSEPORT), each a full router; "auto" = CPU cores.
+    workers: int | Literal["auto"] = 1
     connect_timeout: PositiveDuration = 5.0
     # Time to the first response byte, and the longest gap between body chunks after it.
     response_timeout: PositiveDuration = 60.0
@@ -130,9 +132,16 @@ class ProxyConfig(Frozen):
     max_pending: int = Field(2048, ge=0)
     # A request head must arrive within this of the connection opening or of the previous
     # response on it (so it also closes idle keep-alive connections); restart to change.
-    client_header_timeout: PositiveDuration = 30.0
+    client_header_timeout: PositiveDuration = 10.0
     # The longest pause allowed between two pieces of a request body (408 after).
-    client_body_timeout: PositiveDuration = 30.0
+    client_body_timeout: PositiveDuration = 60.0
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers(cls, value: Any) -> Any:
+        if value == "auto" or (type(value) is int and 1 <= value <= 256):
+            return value
+        raise ValueError("must be a whole number from 1 to 256, or auto (one per CPU core)")
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-ENGINES = ["aiohttp"]
+ENGINES = ["aiohttp", "fast"]
 
 
 @pytest.fixture(params=ENGINES)

@@ -30,7 +30,7 @@ def test_minimal_config_gets_safe_defaults() -> None:
     assert config.listen == "127.0.0.1:8080"
     assert config.admin.listen == "127.0.0.1:9090"
     assert config.upstream_tls.verify is True
-    assert config.proxy.engine == "aiohttp"
+    assert config.proxy.engine == "fast"
     assert config.attestation.mode == "off"
 
 

@@ -198,5 +198,8 @@ async def test_a_request_path_cannot_forge_text_log_lines(
                     assert resp.status == 200
     access = [line for line in capsys.readouterr().err.splitlines() if "router.access" in line]
     assert len(access) == 1
-    assert "GET /x\\x0d\\x1b[2K2026-01-01" in access[0]
-    assert "path=/x\\x0d\\x1b[2K2026" in access[0]
+    # The path shows escaped (aiohttp decodes it: \\x0d; the fast engine keeps %0D), never as
+    # raw control characters that would end the line or rewrite the terminal.
+    assert "\r" not in access[0]
+    assert "\x1b" not in access[0]
+    assert ("/x\\x0d\\x1b[2K2026" in access[0]) or ("/x%0D%1B" in access[0])

@@ -26,11 +26,20 @@ def write(path: Path, config: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(config))
 
 
-async def test_reload_under_load_changes_replicas_with_no_failed_request(tmp_path: Path) -> None:
+async def test_reload_under_load_changes_replicas_with_no_failed_request(
+    engine: str, tmp_path: Path
+) -> None:
     async with running_replica("a") as a, running_replica("b") as b, running_replica("c") as c:
         path = tmp_path / "router.yaml"
         urls = {r.name: f"http://127.0.0.1:{r.port}" for r in (a, b, c)}
-        write(path, static_config([("a", urls["a"]), ("b", urls["b"])], health={"enabled": False}))
+        write(
+            path,
+            static_config(
+                [("a", urls["a"]), ("b", urls["b"])],
+                health={"enabled": False},
+                proxy={"engine": engine},
+            ),
+        )
         app = RouterApp(load_config(path, {}), config_path=str(path), environ={})
         await app.start()
         host, port = app.engine.addresses[0]
@@ -66,7 +75,7 @@ async def test_reload_under_load_changes_replicas_with_no_failed_request(tmp_pat
                 static_config(
                     [("b", urls["b"]), ("c", urls["c"])],
                     health={"enabled": False},
-                    proxy={"retries": 1},
+                    proxy={"retries": 1, "engine": engine},
                     routing={"policy": "least_request"},
                 ),
             )

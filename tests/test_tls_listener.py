@@ -45,7 +45,9 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-def tls_config(port: int, cert: Path, key: Path, **tls: object) -> dict[str, object]:
+def tls_config(
+    port: int, cert: Path, key: Path, engine: str = "aiohttp", **tls: object
+) -> dict[str, object]:
     return static_config(
         [("a", f"http://127.0.0.1:{port}")],
         listen=None,
@@ -57,14 +59,18 @@ def tls_config(port: int, cert: Path, key: Path, **tls: object) -> dict[str, obj
             **tls,
         },
         health={"enabled": False},
+        proxy={"engine": engine},
     )
 
 
 async def test_verified_client_gets_through_with_forwarded_proto_https(
-    ca: trustme.CA, tmp_path: Path
+    engine: str, ca: trustme.CA, tmp_path: Path
 ) -> None:
     cert, key = write_pair(ca, "localhost", tmp_path)
-    async with running_replica("a") as a, running_router(tls_config(a.port, cert, key)) as router:
+    async with (
+        running_replica("a") as a,
+        running_router(tls_config(a.port, cert, key, engine)) as router,
+    ):
         port = router.app.engine.addresses[0][1]
         async with aiohttp.ClientSession() as client:
             async with client.get(f"https://localhost:{port}/", ssl=client_context(ca)) as resp:
@@ -73,10 +79,13 @@ async def test_verified_client_gets_through_with_forwarded_proto_https(
 
 
 async def test_new_certificate_serves_new_connections_while_old_stream_completes(
-    ca: trustme.CA, tmp_path: Path
+    engine: str, ca: trustme.CA, tmp_path: Path
 ) -> None:
     cert, key = write_pair(ca, "old.test", tmp_path)
-    async with running_replica("a") as a, running_router(tls_config(a.port, cert, key)) as router:
+    async with (
+        running_replica("a") as a,
+        running_router(tls_config(a.port, cert, key, engine)) as router,
+    ):
         port = router.app.engine.addresses[0][1]
         assert await served_names(port, ca) == ["old.test"]
         async with aiohttp.ClientSession() as client:
@@ -95,10 +104,13 @@ async def test_new_certificate_serves_new_connections_while_old_stream_completes
 
 
 async def test_broken_certificate_file_keeps_the_old_one(
-    ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    engine: str, ca: trustme.CA, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cert, key = write_pair(ca, "old.test", tmp_path)
-    async with running_replica("a") as a, running_router(tls_config(a.port, cert, key)) as router:
+    async with (
+        running_replica("a") as a,
+        running_router(tls_config(a.port, cert, key, engine)) as router,
+    ):
         port = router.app.engine.addresses[0][1]
         cert.write_text(
             "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n"
@@ -108,9 +120,11 @@ async def test_broken_certificate_file_keeps_the_old_one(
         assert await served_names(port, ca) == ["old.test"]
 
 
-async def test_plain_listener_redirects_to_https_when_asked(ca: trustme.CA, tmp_path: Path) -> None:
+async def test_plain_listener_redirects_to_https_when_asked(
+    engine: str, ca: trustme.CA, tmp_path: Path
+) -> None:
     cert, key = write_pair(ca, "localhost", tmp_path)
-    config = tls_config(0, cert, key, redirect_http=True)
+    config = tls_config(0, cert, key, engine, redirect_http=True)
     config["listen"] = "127.0.0.1:0"
     async with running_router(config) as router:
         https_port = router.app.engine.addresses[0][1]

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from router.errors import ProxyError
+from router.errors import NoRoutableReplica, ProxyError
 
 RETRY_AFTER_SECONDS = 1
 
@@ -24,6 +24,15 @@ class Overloaded(ProxyError):
 
     status = 503
     code = "overloaded"
+
+
+def retry_after(error: ProxyError) -> str | None:
+    """The Retry-After value both engines send with a 503, or None."""
+    if isinstance(error, Overloaded):
+        return str(RETRY_AFTER_SECONDS)
+    if isinstance(error, NoRoutableReplica):
+        return "5"
+    return None
 
 
 class Admission:
@@ -44,6 +53,37 @@ class Admission:
         while self._waiters and self.active < self.max_active:
             if self._hand_over():
                 self.active += 1
+
+    # -- callback-style use (the fast engine) ---------------------------------------------
+
+    def try_acquire(self) -> bool:
+        """Take a free slot at once if there is one and nobody is queued before us."""
+        if self.active < self.max_active and not self._waiters:
+            self.active += 1
+            return True
+        return False
+
+    def enqueue(self) -> asyncio.Future[None] | None:
+        """Join the queue; the future completes when a slot is handed over. None (counted as
+        refused) when the queue is full."""
+        if len(self._waiters) >= self.max_pending:
+            self.refused += 1
+            return None
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
+
+    def abandon(self, waiter: asyncio.Future[None]) -> None:
+        """A queued request gives up (its wait ran out, or its client left)."""
+        if waiter.done() and not waiter.cancelled():
+            self._release()  # a slot was handed over just as we gave up: pass it on
+            return
+        waiter.cancel()
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+
+    def release(self) -> None:
+        self._release()
 
     @asynccontextmanager
     async def slot(self, wait: float) -> AsyncIterator[None]:

@@ -25,14 +25,13 @@ from router.balancing.base import RequestContext
 from router.config import RouterConfig
 from router.errors import (
     ClientRequestError,
-    NoRoutableReplica,
     ProxyError,
     UpstreamConnectError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
 from router.models import Replica
-from router.proxy.admission import RETRY_AFTER_SECONDS, Admission, Overloaded
+from router.proxy.admission import Admission, retry_after
 from router.proxy.base import (
     InFlightCounter,
     Observers,
@@ -119,10 +118,8 @@ class _Body:
 
 def error_response(error: ProxyError) -> web.Response:
     response = web.json_response(error.body(), status=error.status)
-    if isinstance(error, NoRoutableReplica):
-        response.headers["Retry-After"] = "5"
-    elif isinstance(error, Overloaded):
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    if (after := retry_after(error)) is not None:
+        response.headers["Retry-After"] = after
     return response
 
 
@@ -260,6 +257,8 @@ class AiohttpEngine:
             response = error_response(exc)
             if exc.code in _CLOSE_AFTER:
                 await _send_and_close(request, response)
+            elif isinstance(exc, ClientRequestError):
+                response.force_close()  # a refused request ends the connection
         status = outcome.status or response.status
         self._observers.request_done(
             RequestRecord(

@@ -1,0 +1,164 @@
+"""The fast engine: `proxy.engine: fast`. Same interface and behaviour as the aiohttp engine,
+built on asyncio protocols, httptools (llhttp) and, when the loop is uvloop, libuv I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+
+from router.config import RouterConfig
+from router.proxy.admission import Admission
+from router.proxy.base import InFlightCounter, Observers, SnapshotSource
+from router.proxy.fast.server import ClientConnection, EngineCore
+from router.proxy.fast.upstream import Pool
+from router.proxy.headers import TrustedProxies
+from router.settings_types import split_host_port
+from router.tls import ServerTLS
+from router.upstream import ConnectTo, client_ssl_context
+
+log = logging.getLogger(__name__)
+
+
+class FastEngine:
+    def __init__(
+        self,
+        config: RouterConfig,
+        snapshots: SnapshotSource,
+        observers: Observers,
+        in_flight: InFlightCounter,
+        *,
+        reuse_port: bool = False,
+        tls: ServerTLS | None = None,
+    ) -> None:
+        self._config = config
+        self._snapshots = snapshots
+        self._observers = observers
+        self._in_flight = in_flight
+        self._reuse_port = reuse_port
+        self._tls = tls
+        self._servers: list[asyncio.Server] = []
+        self._core: EngineCore | None = None
+        self.scheme = "http"
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [
+            (s.getsockname()[0], s.getsockname()[1]) for srv in self._servers for s in srv.sockets
+        ]
+
+    async def start(self) -> None:
+        config, proxy = self._config, self._config.proxy
+        pool = self._new_pool(config)
+        core = EngineCore(
+            snapshots=self._snapshots,
+            observers=self._observers,
+            in_flight=self._in_flight,
+            trusted=TrustedProxies(proxy.trusted_proxies),
+            pool=pool,
+            retries=proxy.retries,
+            max_body=proxy.max_request_body,
+            count_5xx=config.health.passive.count_5xx,
+            idle_timeout=proxy.idle_timeout,
+            header_timeout=proxy.client_header_timeout,
+            body_timeout=proxy.client_body_timeout,
+            admission=Admission(proxy.max_connections, proxy.max_pending),
+            admission_wait=proxy.connect_timeout,
+        )
+        core.all_closed.set()
+        self._core = core
+        loop = asyncio.get_running_loop()
+        # The TLS listener first, as in the aiohttp engine (addresses[0] is then https).
+        listeners: list[tuple[str, ssl.SSLContext | None]] = []
+        if config.listen_tls is not None and self._tls is not None:
+            listeners.append((config.listen_tls.listen, self._tls.context))
+        if config.listen is not None:
+            listeners.append((config.listen, None))
+        for listen, context in listeners:
+            host, port = split_host_port(listen)
+            self._servers.append(
+                await loop.create_server(
+                    lambda: ClientConnection(core),
+                    host,
+                    port,
+                    backlog=1024,
+                    reuse_port=self._reuse_port or None,
+                    ssl=context,
+                )
+            )
+        if (
+            config.listen_tls is not None
+            and config.listen_tls.redirect_http
+            and len(self._servers) == 2
+        ):
+            core.redirect_https_port = self._servers[0].sockets[0].getsockname()[1]
+
+    def apply_config(self, config: RouterConfig) -> None:
+        """A reload: limits, timeouts, trust and retries apply to the next requests; a change
+        in how replicas are reached swaps in a new upstream pool (the old one closes after
+        the drain time, so requests on it finish)."""
+        core, proxy = self._core, config.proxy
+        old = self._config
+        self._config = config
+        if core is None:
+            return
+        core.trusted = TrustedProxies(proxy.trusted_proxies)
+        core.retries = proxy.retries
+        core.max_body = proxy.max_request_body
+        core.count_5xx = config.health.passive.count_5xx
+        core.idle_timeout = proxy.idle_timeout
+        core.body_timeout = proxy.client_body_timeout
+        core.admission.configure(proxy.max_connections, proxy.max_pending)
+        core.admission_wait = proxy.connect_timeout
+        reach = (
+            config.discovery.connect_to,
+            config.upstream_tls,
+            proxy.connect_timeout,
+            proxy.response_timeout,
+            proxy.idle_timeout,
+        )
+        before = (
+            old.discovery.connect_to,
+            old.upstream_tls,
+            old.proxy.connect_timeout,
+            old.proxy.response_timeout,
+            old.proxy.idle_timeout,
+        )
+        if reach != before:
+            previous, core.pool = core.pool, self._new_pool(config)
+            loop = asyncio.get_running_loop()
+            loop.call_later(proxy.drain_timeout, previous.close)
+
+    def _new_pool(self, config: RouterConfig) -> Pool:
+        proxy, tls = config.proxy, config.upstream_tls
+        return Pool(
+            ConnectTo(config.discovery.connect_to),
+            client_ssl_context(tls.verify, tls.ca_file),
+            connect_timeout=proxy.connect_timeout,
+            response_timeout=proxy.response_timeout,
+            idle_timeout=proxy.idle_timeout,
+        )
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting, close idle client connections, let requests in flight finish for
+        up to `grace` seconds, then cut what is left."""
+        core, servers = self._core, self._servers
+        if core is None or not servers:
+            return
+        for server in servers:
+            server.close()
+        core.draining = True
+        for connection in list(core.connections):
+            connection.drain()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await core.all_closed.wait()
+        for connection in list(core.connections):
+            if connection.transport is not None:
+                connection.transport.abort()
+        core.pool.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                for server in servers:
+                    await server.wait_closed()

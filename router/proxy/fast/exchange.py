@@ -1,0 +1,511 @@
+"""One client request on its way through the router: pick, dial or reuse, send, relay back.
+
+A callback state machine rather than a coroutine per request (a task and its futures cost
+more than the rest of a small request). The retry rule is `router.proxy.retry`: a failed
+dial moves to the next candidate for any method while no body byte has been committed;
+after the request went out only bodiless idempotent requests move on; once the response
+has started nothing is retried and a failure can only cut the client connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from functools import partial
+from typing import TYPE_CHECKING
+
+from router.balancing.base import RequestContext
+from router.errors import (
+    ClientRequestError,
+    ProxyError,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from router.models import Replica
+from router.proxy.admission import Overloaded
+from router.proxy.base import RequestRecord, no_routable_error
+from router.proxy.fast import rules, wire
+from router.proxy.fast.strict import RequestHead
+from router.proxy.fast.upstream import Target, UpstreamConnection, classify_dial_error
+from router.proxy.headers import IDEMPOTENT
+from router.proxy.retry import retryable
+
+if TYPE_CHECKING:
+    from router.proxy.fast.server import ClientConnection, EngineCore
+
+_DIAL_MESSAGES = {
+    "tls": "TLS handshake failed",
+    "connect_timeout": "connect timed out",
+    "connect": "connect failed",
+}
+_NO_CANDIDATES: Iterator[Replica] = iter(())
+_NO_BODY_STATUSES = frozenset({101, 204, 304})
+_BACKLOG = 256 * 1024  # request body bytes buffered before the client is paused
+
+
+class Exchange:
+    # Per-request state; most fields start at these class-level defaults so that creating
+    # an exchange (once per request) only sets what differs.
+    conn: UpstreamConnection | None = None
+    replica: Replica | None = None
+    ctx: RequestContext | None = None
+    status: int | None = None
+    upstream_seconds: float | None = None
+    last_error: ProxyError | None = None
+    error_code: str | None = None
+    dialing = False
+    sent = False
+    finished = False
+    chunked_out = False
+    until_eof = False
+    tunnelled = False
+    attempts = 0
+    attempt_started = 0.0
+    buffered = 0
+    bytes_in = 0
+    bytes_out = 0
+    _fwd_block = b""
+    holds_slot = False
+    _slot_waiter: asyncio.Future[None] | None = None
+    _slot_timer: asyncio.TimerHandle | None = None
+
+    def __init__(
+        self, client: ClientConnection, head: RequestHead | None, error: ProxyError | None = None
+    ) -> None:
+        self.client = client
+        self.core: EngineCore = client.core
+        self.head = head
+        self.error = error
+        self.started = time.monotonic()
+        self.body: list[bytes] = []
+        self.out: list[bytes] = []
+        self.tunnel_pending: list[bytes] = []
+        self.client_ip = client.peer
+        self._candidates: Iterator[Replica] = _NO_CANDIDATES
+        if head is None:
+            self.body_complete = True
+            self.idempotent = False
+            self.close_after = True
+        else:
+            self.body_complete = not head.has_body
+            self.idempotent = not head.has_body and head.method in IDEMPOTENT
+            self.close_after = not head.keep_alive or head.upgrade is not None
+
+    # -- start: runs when this request reaches the head of its connection's queue ----------
+
+    def start(self) -> None:
+        head, core = self.head, self.core
+        if self.error is not None or head is None:
+            self._fail(self.error or ClientRequestError(400, "bad_request"))
+            return
+        if head.expect_continue and not self.body_complete:
+            self.client.send([wire.CONTINUE])
+        peer = self.client.peer
+        trusted = self.client.trusted
+        if trusted:
+            xff = [v.decode("latin-1") for k, v in head.headers if k.lower() == b"x-forwarded-for"]
+            self.client_ip = core.trusted.client_address(peer, xff)
+        if core.redirect_https_port is not None and self.client.scheme == "http":
+            self._redirect_to_https(head, core.redirect_https_port)
+            return
+        admission = core.admission
+        if admission.try_acquire():
+            self.holds_slot = True
+        else:
+            waiter = admission.enqueue()
+            if waiter is None:
+                self._fail(
+                    Overloaded(
+                        "too many requests in flight",
+                        limit=admission.max_active,
+                        queued=admission.pending,
+                    )
+                )
+                return
+            self._slot_waiter = waiter
+            waiter.add_done_callback(self._slot_granted)
+            self._slot_timer = self.client.loop.call_later(
+                core.admission_wait, self._slot_timed_out
+            )
+            return
+        self._admitted()
+
+    def _redirect_to_https(self, head: RequestHead, https_port: int) -> None:
+        host = (head.host or "localhost").rsplit(":", 1)[0]
+        port = "" if https_port == 443 else f":{https_port}"
+        path = head.target if head.target.startswith("/") else "/"
+        location = f"https://{host}{port}{path}".encode("latin-1")
+        self.status = 308
+        self.client.send(
+            [wire.status_line(308), b"Location: " + location + b"\r\nContent-Length: 0\r\n\r\n"]
+        )
+        self._finish()
+
+    def _slot_granted(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.cancelled() or self.finished:
+            return
+        self._slot_waiter = None
+        if self._slot_timer is not None:
+            self._slot_timer.cancel()
+            self._slot_timer = None
+        self.holds_slot = True
+        self._admitted()
+
+    def _slot_timed_out(self) -> None:
+        waiter, self._slot_waiter = self._slot_waiter, None
+        self._slot_timer = None
+        if waiter is None or self.finished:
+            return
+        self.core.admission.abandon(waiter)
+        self.core.admission.refused += 1
+        self._fail(
+            Overloaded(
+                "no free slot in time",
+                limit=self.core.admission.max_active,
+                waited_seconds=self.core.admission_wait,
+            )
+        )
+
+    def _admitted(self) -> None:
+        head, core = self.head, self.core
+        assert head is not None
+        peer, trusted = self.client.peer, self.client.trusted
+        snapshot = core.snapshots()
+        if not snapshot.routable:
+            self._fail(no_routable_error(snapshot))
+            return
+        # Positional: (client_ip, method, path, headers, peer_trusted).
+        self.ctx = RequestContext(
+            self.client_ip, head.method, head.target, rules.LazyHeaders(head.headers), trusted
+        )
+        if head.forward_block is None:
+            head.forward_block = rules.forward_block(head, peer, trusted, self.client.scheme)
+        self._fwd_block = head.forward_block
+        self._candidates = snapshot.picker.candidates(self.ctx)
+        self._try_next()
+
+    def _try_next(self) -> None:
+        core = self.core
+        for replica in self._candidates:
+            if self.attempts > core.retries:
+                break
+            self.attempts += 1
+            self.replica = replica
+            self.attempt_started = time.monotonic()
+            in_flight = core.in_flight
+            in_flight[replica.id] = in_flight.get(replica.id, 0) + 1  # InFlightCounter.enter
+            target = core.pool.target(replica)
+            conn = core.pool.acquire(target)
+            if conn is not None:
+                self._send(conn, target)
+            else:
+                self.dialing = True
+                core.pool.connect(target, partial(self._dialled, target))
+            return
+        self._fail(self.last_error or no_routable_error(core.snapshots()))
+
+    def _dialled(
+        self, target: Target, conn: UpstreamConnection | None, exc: BaseException | None
+    ) -> None:
+        self.dialing = False
+        replica = self.replica
+        assert replica is not None
+        if self.finished:  # the client left while we dialled
+            if conn is not None:
+                self.core.pool.release(conn)
+            self.core.in_flight.leave(replica.id)
+            return
+        if conn is None:
+            kind = classify_dial_error(exc) if exc is not None else "connect"
+            self.core.observers.attempt_done(replica, False, kind, None)
+            self.core.in_flight.leave(replica.id)
+            self.last_error = UpstreamConnectError(
+                _DIAL_MESSAGES[kind], replica=replica.id, cause=kind
+            )
+            if retryable(kind, sent=self.sent, idempotent=self.idempotent):
+                self._try_next()
+            else:
+                self._fail(self.last_error)
+            return
+        self._send(conn, target)
+
+    def _send(self, conn: UpstreamConnection, target: Target) -> None:
+        head = self.head
+        assert head is not None
+        assert conn.transport is not None
+        self.conn = conn
+        conn.begin(self, head.method == "HEAD")
+        buffers = [
+            head.method.encode(),
+            b" ",
+            target.prefix,
+            head.raw_target,
+            b" HTTP/1.1\r\n",
+            target.host_line,
+            self._fwd_block,
+        ]
+        if head.has_body:
+            self.sent = True
+            if head.chunked:
+                for data in self.body:
+                    buffers.extend(wire.chunk(data))
+                if self.body_complete:
+                    buffers.append(wire.LAST_CHUNK)
+            else:
+                buffers.extend(self.body)
+            self.body = []
+            if self.buffered:
+                self.buffered = 0
+                self.client.backlog(False)
+        conn.send(buffers)
+        if self.client.write_paused:
+            conn.pause_reading()
+
+    # -- the client's request body ---------------------------------------------------------
+
+    def body_data(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        if self.finished:
+            return  # answered already: the rest of the body is read and dropped
+        if self.bytes_in > self.core.max_body:
+            self.client_failed(
+                ClientRequestError(413, "body_too_large", f"limit {self.core.max_body} bytes")
+            )
+            return
+        conn = self.conn
+        if conn is not None and conn.transport is not None:
+            head = self.head
+            if head is not None and head.chunked:
+                conn.send(wire.chunk(data))
+            else:
+                conn.send([data])
+            return
+        self.body.append(data)
+        self.buffered += len(data)
+        if self.buffered > _BACKLOG:
+            self.client.backlog(True)
+
+    def body_done(self) -> None:
+        self.body_complete = True
+        conn = self.conn
+        head = self.head
+        if conn is not None and conn.transport is not None and head is not None and head.chunked:
+            conn.send([wire.LAST_CHUNK])
+
+    def client_failed(self, error: ProxyError) -> None:
+        """The request body broke (bad chunk, too large, too slow)."""
+        self.close_after = True
+        if self.finished:
+            return
+        if self.status is not None:
+            # The response has started: the only way to say "broken" is to cut.
+            self.error_code = error.code
+            self.client.cut()
+            return
+        self._drop_upstream()
+        self.error = error
+        if self.client.is_active(self):
+            self._fail(error)
+        # else: answered with the error when it reaches the head of the queue
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.tunnel_pending.append(data)
+
+    # -- the upstream's response (ResponseSink) ---------------------------------------------
+
+    def response_head(self, status: int, headers: rules.RawHeaders) -> None:
+        head, replica = self.head, self.replica
+        assert head is not None
+        assert replica is not None
+        if status == 101 and head.upgrade is None:
+            raise UpstreamProtocolError("101 without an upgrade request")
+        self.upstream_seconds = time.monotonic() - self.attempt_started
+        observers = self.core.observers
+        if observers.observers:
+            ok = status < 500 or not self.core.count_5xx
+            observers.attempt_done(replica, ok, None if ok else "5xx", status)
+        self.status = status
+        conn = self.conn
+        if conn is not None and headers == conn.last_raw:
+            # Same head as this connection's last response (only Date changes, once a
+            # second): the rules are a pure function of it.
+            block, length, chunked = conn.last_rules
+        else:
+            block, length, chunked = rules.response_block(headers)
+            if conn is not None:
+                conn.last_raw, conn.last_rules = headers, (block, length, chunked)
+        if self.ctx is not None and self.ctx.response_headers:
+            block += wire.header_block(self.ctx.response_headers)
+        framing = b""
+        if status == 101:
+            framing = f"Connection: upgrade\r\nUpgrade: {head.upgrade or ''}\r\n".encode("latin-1")
+        elif length is not None and not chunked:
+            if status not in _NO_BODY_STATUSES:
+                framing = b"Content-Length: %s\r\n" % length
+        elif head.method == "HEAD" or status in _NO_BODY_STATUSES:
+            pass
+        elif head.version == "1.1":
+            framing = b"Transfer-Encoding: chunked\r\n"
+            self.chunked_out = True
+        else:
+            self.close_after = True  # an HTTP/1.0 client learns the end from the close
+        if not chunked and length is None and head.method != "HEAD":
+            self.until_eof = status not in _NO_BODY_STATUSES and status >= 200
+        if self.client.draining:
+            self.close_after = True
+        if status != 101:
+            if self.close_after:
+                framing += b"Connection: close\r\n"
+            elif head.version == "1.0":
+                framing += b"Connection: keep-alive\r\n"
+        self.out.append(wire.status_line(status) + block + framing + wire.CRLF)
+
+    def response_body(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if self.chunked_out:
+            self.out.extend(wire.chunk(data))
+        else:
+            self.out.append(data)
+
+    def flush(self) -> None:
+        if self.out:
+            self.client.send(self.out)
+            self.out = []
+
+    def response_done(self) -> None:
+        if self.chunked_out:
+            self.out.append(wire.LAST_CHUNK)
+        self.flush()
+        conn, self.conn = self.conn, None
+        replica = self.replica
+        assert conn is not None
+        assert replica is not None
+        if not self.body_complete:
+            conn.reusable = False  # the upstream answered before the body was sent
+        if conn.read_paused:
+            conn.resume_reading()
+        self.core.pool.release(conn)
+        self.core.in_flight.leave(replica.id)
+        self._finish()
+
+    def upstream_upgraded(self, rest: bytes) -> None:
+        conn = self.conn
+        if self.status != 101 or conn is None or conn.transport is None:
+            self.upstream_failed("reset")
+            return
+        self.conn = None
+        self.tunnelled = True
+        if rest:
+            self.out.append(rest)
+        self.flush()
+        self.client.start_tunnel(self, conn)
+        if self.tunnel_pending:
+            conn.send(self.tunnel_pending)
+            self.tunnel_pending = []
+
+    def upstream_failed(self, kind: str) -> None:
+        if self.finished:
+            return
+        conn, self.conn = self.conn, None
+        replica = self.replica
+        assert replica is not None
+        if conn is not None:
+            conn.close()
+        self.core.in_flight.leave(replica.id)
+        if self.status is None:
+            self.core.observers.attempt_done(replica, False, kind, None)
+            error: ProxyError
+            if kind == "timeout":
+                error = UpstreamTimeout("upstream timed out", replica=replica.id)
+            else:
+                error = UpstreamProtocolError(
+                    "upstream closed or reset the connection", replica=replica.id
+                )
+            self.last_error = error
+            if retryable(kind, sent=self.sent, idempotent=self.idempotent):
+                self._try_next()
+            else:
+                self._fail(error)
+            return
+        if self.until_eof and kind == "reset":
+            self.close_after = True  # the close was the end of the body
+            if self.chunked_out:
+                self.out.append(wire.LAST_CHUNK)
+            self.flush()
+            self._finish()
+            return
+        # The status line is gone: all we can do is cut the client connection.
+        self.core.observers.attempt_done(replica, False, kind, self.status)
+        self.error_code = f"upstream_{kind}_mid_body"
+        self.flush()
+        self.client.cut()
+        self._finish(notify=False)
+
+    def upstream_pause(self, paused: bool) -> None:
+        self.client.upstream_full(paused)
+
+    # -- endings ------------------------------------------------------------------------------
+
+    def _drop_upstream(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.sink = None
+            conn.close()
+            if self.replica is not None:
+                self.core.in_flight.leave(self.replica.id)
+
+    def client_gone(self) -> None:
+        """The client connection closed under this request."""
+        if self.finished:
+            return
+        self._drop_upstream()
+        if self.tunnelled and self.replica is not None:
+            self.core.in_flight.leave(self.replica.id)
+        if self.status is None:
+            self.error_code = self.error_code or "client_closed"
+        self._finish(notify=False)
+
+    def _fail(self, error: ProxyError) -> None:
+        self.error_code = error.code
+        self.status = error.status
+        if not self.body_complete or isinstance(error, ClientRequestError):
+            self.close_after = True
+        if self.client.draining:
+            self.close_after = True
+        self.client.send([wire.error_response(error, close=self.close_after)])
+        self._finish()
+
+    def _finish(self, notify: bool = True) -> None:
+        self.finished = True
+        self.body = []
+        if self.holds_slot:
+            self.holds_slot = False
+            self.core.admission.release()
+        elif self._slot_waiter is not None:  # the client left while queued
+            self.core.admission.abandon(self._slot_waiter)
+            self._slot_waiter = None
+            if self._slot_timer is not None:
+                self._slot_timer.cancel()
+        observers = self.core.observers
+        if observers.observers:
+            head = self.head
+            observers.request_done(
+                RequestRecord(
+                    method=head.method if head else "",
+                    path=head.target.partition("?")[0] if head else "",
+                    status=self.status or 499,
+                    client=self.client_ip,
+                    replica=self.replica,
+                    retries=max(self.attempts - 1, 0),
+                    upstream_seconds=self.upstream_seconds,
+                    total_seconds=time.monotonic() - self.started,
+                    bytes_in=self.bytes_in,
+                    bytes_out=self.bytes_out,
+                    error=self.error_code,
+                    explanation=self.ctx.explanation if self.ctx else "",
+                )
+            )
+        if notify:
+            self.client.exchange_finished(self)

@@ -1,0 +1,184 @@
+"""The header rules of `router.proxy.headers`, applied to raw header bytes.
+
+Decoding every header to `str`, filtering, and encoding it again costs more than the rest
+of a small request, so the common cases are done on bytes here with the same sets
+(hop-by-hop, forwarding, Via). The rare cases fall back to the `str` functions themselves:
+a Connection header naming an end-to-end header, or a trusted peer whose forwarding headers
+must be merged. tests/test_fast_rules.py checks both paths give the same result.
+
+Also here: the header block sent upstream for a request head (`forward_block`) and the
+lazily decoded view of request headers that routing policies read (`LazyHeaders`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
+
+from multidict import CIMultiDict
+
+from router.proxy.headers import (
+    FORWARDING,
+    HOP_BY_HOP,
+    VIA,
+    forward_request_headers,
+    forward_response_headers,
+)
+
+if TYPE_CHECKING:
+    from router.proxy.fast.strict import RequestHead
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+_HOP = frozenset(h.encode() for h in HOP_BY_HOP)
+_FORWARDING = frozenset(h.encode() for h in FORWARDING)
+_VIA = VIA.encode()
+# Request headers whose framing or meaning the router sets itself.
+_OWN_REQUEST = frozenset({b"host", b"content-length", b"expect", b"via"})
+_SPECIAL_REQUEST = _HOP | _FORWARDING | _OWN_REQUEST
+_SPECIAL_RESPONSE = _HOP | {b"content-length", b"via"}
+
+
+def decode(headers: RawHeaders) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+
+
+def _tokens(values: list[bytes]) -> set[bytes]:
+    return {t.strip().lower() for v in values for t in v.split(b",") if t.strip()}
+
+
+_HOP_ONLY: dict[bytes, bool] = {}
+
+
+def _names_only_hop_by_hop(values: list[bytes]) -> bool:
+    """Whether Connection names nothing beyond the hop-by-hop set (almost always true:
+    `keep-alive`, `close`, `upgrade`); cached, since the same few values repeat."""
+    if len(values) != 1:
+        return _tokens(values) <= _HOP
+    known = _HOP_ONLY.get(values[0])
+    if known is None:
+        known = _tokens(values) <= _HOP
+        if len(_HOP_ONLY) < 256:
+            _HOP_ONLY[values[0]] = known
+    return known
+
+
+def _encode(headers: list[tuple[str, str]]) -> bytes:
+    return "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1")
+
+
+def request_block(
+    headers: RawHeaders, *, peer: str, peer_trusted: bool, scheme: str, host: str | None
+) -> bytes:
+    """Header lines to send upstream, without Host and framing (the caller adds them)."""
+    if not peer_trusted:
+        out: list[bytes] = []
+        connection: list[bytes] = []
+        via: list[bytes] = []
+        for name, value in headers:
+            if name.lower() in _SPECIAL_REQUEST:
+                lower = name.lower()
+                if lower == b"connection":
+                    connection.append(value)
+                elif lower == b"via":
+                    via.append(value)
+                continue
+            out += (name, b": ", value, b"\r\n")
+        if not connection or _names_only_hop_by_hop(connection):
+            out.append(
+                b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n"
+                % (peer.encode(), scheme.encode())
+            )
+            if host:
+                out.append(b"X-Forwarded-Host: %s\r\n" % host.encode("latin-1"))
+            via.append(_VIA)
+            out += (b"Via: ", b", ".join(via), b"\r\n")
+            return b"".join(out)
+    forwarded = forward_request_headers(
+        decode(headers), peer=peer, peer_trusted=peer_trusted, scheme=scheme, host=host
+    )
+    return _encode([(k, v) for k, v in forwarded if k.lower() not in ("content-length", "expect")])
+
+
+# Raw response header name -> whether it needs a rule; upstreams repeat the same spellings.
+_SPECIAL_NAMES: dict[bytes, bool] = {}
+
+
+def _remember(name: bytes) -> bool:
+    special = name.lower() in _SPECIAL_RESPONSE
+    if len(_SPECIAL_NAMES) < 1024:
+        _SPECIAL_NAMES[name] = special
+    return special
+
+
+def response_block(headers: RawHeaders) -> tuple[bytes, bytes | None, bool]:
+    """Header lines for the client (hop-by-hop and Content-Length removed, Via appended),
+    with the upstream's Content-Length value and whether it was chunked."""
+    out: list[bytes] = []
+    connection: list[bytes] = []
+    via: list[bytes] = []
+    length: bytes | None = None
+    chunked = False
+    for name, value in headers:
+        special = _SPECIAL_NAMES.get(name)
+        if special is None:
+            special = _remember(name)
+        if special:
+            lower = name.lower()
+            if lower == b"content-length":
+                length = value
+            elif lower == b"transfer-encoding":
+                chunked = True
+            elif lower == b"connection":
+                connection.append(value)
+            elif lower == b"via":
+                via.append(value)
+            continue
+        out += (name, b": ", value, b"\r\n")
+    if connection and not _names_only_hop_by_hop(connection):
+        return _encode(forward_response_headers(decode(headers))), length, chunked
+    via.append(_VIA)
+    out += (b"Via: ", b", ".join(via), b"\r\n")
+    return b"".join(out), length, chunked
+
+
+def forward_block(head: RequestHead, peer: str, trusted: bool, scheme: str = "http") -> bytes:
+    """Everything after the request line and Host: forwarded headers, framing, blank line."""
+    block = [
+        request_block(head.headers, peer=peer, peer_trusted=trusted, scheme=scheme, host=head.host)
+    ]
+    if head.upgrade is not None:
+        block.append(f"Connection: upgrade\r\nUpgrade: {head.upgrade}\r\n".encode("latin-1"))
+    elif head.chunked:
+        block.append(b"Transfer-Encoding: chunked\r\n")
+    elif head.content_length is not None:
+        block.append(b"Content-Length: %d\r\n" % head.content_length)
+    block.append(b"\r\n")
+    return b"".join(block)
+
+
+class LazyHeaders(Mapping[str, str]):
+    """The request headers for routing policies, decoded only if a policy looks."""
+
+    __slots__ = ("_decoded", "_raw")
+
+    def __init__(self, raw: RawHeaders) -> None:
+        self._raw = raw
+        self._decoded: CIMultiDict[str] | None = None
+
+    def _headers(self) -> CIMultiDict[str]:
+        if self._decoded is None:
+            self._decoded = CIMultiDict(decode(self._raw))
+        return self._decoded
+
+    def __getitem__(self, key: str) -> str:
+        return self._headers()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers())
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def getall(self, key: str, default: list[str] | None = None) -> list[str]:
+        return self._headers().getall(key, default or [])

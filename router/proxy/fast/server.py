@@ -1,0 +1,375 @@
+"""The client side: one asyncio.Protocol per client connection, parsing with httptools.
+
+Requests are queued in arrival order and served one at a time, so pipelined requests are
+answered in order. A request head that breaks a rule (see `strict`) is answered with its
+4xx after the requests before it, and the connection is closed: after a framing error the
+router can no longer know where the next request starts. One lazy timer per connection
+enforces the keep-alive idle timeout, the header timeout (slowloris) and the gap allowed
+between body chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import cast
+
+import httptools
+
+from router.errors import ClientRequestError, ProxyError
+from router.proxy.admission import Admission
+from router.proxy.base import InFlightCounter, Observers, SnapshotSource
+from router.proxy.fast import wire
+from router.proxy.fast.exchange import Exchange
+from router.proxy.fast.outbox import Writer
+from router.proxy.fast.strict import RequestHead, bad_request, validate
+from router.proxy.fast.upstream import Pool, UpstreamConnection
+from router.proxy.headers import TrustedProxies
+
+log = logging.getLogger(__name__)
+
+# Reasons the client's socket is not being read (a bit each).
+_UPSTREAM_FULL = 1
+_BACKLOG = 2
+_MAX_QUEUE = 16  # pipelined requests parsed ahead of the one being served
+
+_IDLE, _HEADER, _BODY = 1, 2, 3
+
+
+@dataclass(slots=True)
+class EngineCore:
+    """What every connection of one engine shares."""
+
+    snapshots: SnapshotSource
+    observers: Observers
+    in_flight: InFlightCounter
+    trusted: TrustedProxies
+    pool: Pool
+    retries: int
+    max_body: int
+    count_5xx: bool
+    idle_timeout: float
+    header_timeout: float
+    body_timeout: float
+    admission: Admission
+    # How long a request may wait for an admission slot (the connect timeout, as aiohttp).
+    admission_wait: float
+    # Set when listen_tls.redirect_http: plain-HTTP requests get a 308 to this https port.
+    redirect_https_port: int | None = None
+    draining: bool = False
+    connections: set[ClientConnection] = field(default_factory=set)
+    all_closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+_METHODS: dict[bytes, str] = {}
+
+
+def _method(raw: bytes) -> str:
+    method = _METHODS.get(raw)
+    if method is None:
+        method = raw.decode("latin-1")
+        if len(_METHODS) < 64:  # llhttp knows a fixed set of methods
+            _METHODS[raw] = method
+    return method
+
+
+class ClientConnection(asyncio.Protocol, Writer):
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+        self.loop = core.pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.outbox = core.pool.outbox
+        self._pending = None
+        self._close_pending = False
+        self.peer = ""
+        self.trusted = False
+        self.scheme = "http"
+        self.parser = httptools.HttpRequestParser(self)
+        self.queue: deque[Exchange] = deque()
+        self.reading: Exchange | None = None  # the request whose body is being parsed
+        self.upgrading: Exchange | None = None  # bytes after an Upgrade request go here
+        self.tunnel: UpstreamConnection | None = None
+        self.ignore_input = False  # after Connection: close or an error nothing more is read
+        self.draining = False  # the engine is stopping: close after the response in progress
+        self.write_paused = False
+        self._paused = 0
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._in_head = False
+        self._last_key: object = None
+        self._last_head: RequestHead | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_kind = 0
+        self._deadline = 0.0
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self.trusted = self.core.trusted.contains(self.peer)
+        self.scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
+        self.core.connections.add(self)
+        self.core.all_closed.clear()
+        self._arm(_IDLE, self.core.idle_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.send([data])
+            return
+        if self.upgrading is not None:
+            self.upgrading.tunnel_data(data)
+            return
+        if self.ignore_input:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            exchange = self.queue[-1] if self.queue else None
+            if exchange is not None and exchange.head is not None and exchange.head.upgrade:
+                self.upgrading = exchange
+                rest = data[upgrade.args[0] :]
+                if rest:
+                    exchange.tunnel_data(rest)
+            else:
+                self.reject(bad_request("unexpected protocol upgrade"))
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ProxyError):
+                self.reject(cause)
+            else:
+                log.error("request parsing failed", exc_info=cause)
+                self.reject(bad_request("request could not be parsed"))
+        except httptools.HttpParserError as exc:
+            self.reject(bad_request(str(exc) or "malformed request"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        core = self.core
+        core.connections.discard(self)
+        if not core.connections:
+            core.all_closed.set()
+        self._timer_kind = 0
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.tunnel is not None:
+            tunnel, self.tunnel = self.tunnel, None
+            tunnel.close()
+        for exchange in self.queue:
+            exchange.client_gone()
+        self.queue.clear()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._upstream_reading(False)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._upstream_reading(True)
+
+    def _upstream_reading(self, on: bool) -> None:
+        conn = self.tunnel
+        if conn is None and self.queue:
+            conn = self.queue[0].conn
+        if conn is not None:
+            if on:
+                conn.resume_reading()
+            else:
+                conn.pause_reading()
+
+    # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._in_head = True
+        if not self.queue:
+            self._arm(_HEADER, self.core.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > wire.MAX_REQUEST_LINE:
+            raise ClientRequestError(414, "uri_too_long", f"limit {wire.MAX_REQUEST_LINE} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self.reading is not None:
+            return  # a trailer after a chunked body: dropped, never forwarded
+        if (
+            self._header_bytes > wire.MAX_HEADER_BLOCK
+            or len(self._headers) >= wire.MAX_HEADER_COUNT
+        ):
+            raise ClientRequestError(
+                431, "headers_too_large", f"limit {wire.MAX_HEADER_BLOCK} bytes"
+            )
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self.parser
+        method = parser.get_method()
+        version = parser.get_http_version()
+        keep_alive = parser.should_keep_alive()
+        key = (method, self._url, version, keep_alive, self._headers)
+        if key == self._last_key and self._last_head is not None:
+            # Keep-alive clients repeat the same head (wrk, health checkers, SDK loops):
+            # validation and header rules are pure functions of it, so reuse the result.
+            head = self._last_head
+        else:
+            head = validate(_method(method), self._url, version, self._headers, keep_alive)
+            self._last_key, self._last_head = key, head
+        if head.content_length is not None and head.content_length > self.core.max_body:
+            limit = self.core.max_body
+            raise ClientRequestError(413, "body_too_large", f"limit {limit} bytes")
+        exchange = Exchange(self, head)
+        if head.has_body:
+            self.reading = exchange
+            self._arm(_BODY, self.core.body_timeout)
+        elif self._timer_kind == _HEADER:
+            self._timer_kind = 0
+        self.queue.append(exchange)
+        if len(self.queue) == 1:
+            exchange.start()
+        elif len(self.queue) > _MAX_QUEUE:
+            self.backlog(True)
+
+    def on_body(self, body: bytes) -> None:
+        exchange = self.reading
+        if exchange is not None:
+            if self._timer_kind == _BODY:
+                self._deadline = self.loop.time() + self.core.body_timeout
+            exchange.body_data(body)
+
+    def on_message_complete(self) -> None:
+        exchange, self.reading = self.reading, None
+        if exchange is None and self.queue:
+            exchange = self.queue[-1]
+            if exchange.close_after:
+                self.ignore_input = True
+            return
+        if exchange is not None:
+            if exchange.close_after:
+                self.ignore_input = True
+            if self._timer_kind == _BODY:
+                self._timer_kind = 0
+            exchange.body_done()
+            if exchange.finished and exchange.close_after:
+                self._close_when_done()
+
+    # -- used by exchanges ---------------------------------------------------------------------
+
+    def is_active(self, exchange: Exchange) -> bool:
+        return bool(self.queue) and self.queue[0] is exchange
+
+    def cut(self) -> None:
+        """End the connection after what was queued (a response that cannot be finished:
+        the client sees it short of its length or last chunk)."""
+        self.ignore_input = True
+        self.close_transport()
+
+    def backlog(self, on: bool) -> None:
+        self._pause(_BACKLOG, on)
+
+    def upstream_full(self, on: bool) -> None:
+        self._pause(_UPSTREAM_FULL, on)
+
+    def _pause(self, reason: int, on: bool) -> None:
+        before = self._paused
+        self._paused = before | reason if on else before & ~reason
+        if self.transport is None or bool(before) == bool(self._paused):
+            return
+        if self._paused:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def reject(self, error: ProxyError) -> None:
+        """A request broke the rules: answer it in turn, then close."""
+        if self.ignore_input:
+            return  # e.g. bytes after a Connection: close request
+        self.ignore_input = True
+        self._timer_kind = 0
+        if self.reading is not None:
+            exchange, self.reading = self.reading, None
+            exchange.client_failed(error)
+            self._close_when_done()
+            return
+        exchange = Exchange(self, None, error)
+        self.queue.append(exchange)
+        if len(self.queue) == 1:
+            exchange.start()
+
+    def exchange_finished(self, exchange: Exchange) -> None:
+        if self.queue and self.queue[0] is exchange:
+            self.queue.popleft()
+        if exchange.close_after or self.draining:
+            self.ignore_input = True
+            if self.reading is exchange:
+                return  # keep reading the rest of the body; close when it ends
+            self._close_when_done()
+            return
+        if self._paused & _BACKLOG and len(self.queue) <= _MAX_QUEUE:
+            self.backlog(False)
+        if self.queue:
+            self.queue[0].start()
+        elif self._in_head:  # a pipelined head is still arriving: it gets the head timeout
+            self._arm(_HEADER, self.core.header_timeout)
+        else:
+            self._arm(_IDLE, self.core.idle_timeout)
+
+    def _close_when_done(self) -> None:
+        if not self.queue:
+            self.close_transport()
+
+    def start_tunnel(self, exchange: Exchange, conn: UpstreamConnection) -> None:
+        """After a 101: bytes flow raw both ways until either side closes."""
+        self.tunnel = conn
+        self.upgrading = None
+        self._timer_kind = 0
+        conn.tunnel = self
+        if self._paused:
+            self._paused = 0
+            if self.transport is not None:
+                self.transport.resume_reading()
+
+    def drain(self) -> None:
+        """Engine stopping: close now if idle, else after the response in progress."""
+        self.draining = True
+        if not self.queue and self.tunnel is None and self.reading is None:
+            self.close_transport()
+
+    # -- timeouts ---------------------------------------------------------------------------
+
+    def _arm(self, kind: int, seconds: float) -> None:
+        """Lazy: moving a deadline later costs nothing, the timer re-arms when it fires."""
+        self._timer_kind = kind
+        self._deadline = deadline = self.loop.time() + seconds
+        if self._timer is not None:
+            if self._timer.when() <= deadline:
+                return
+            self._timer.cancel()
+        self._timer = self.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        kind = self._timer_kind
+        if not kind or self.transport is None:
+            return
+        if self.loop.time() < self._deadline:
+            self._timer = self.loop.call_at(self._deadline, self._on_timer)
+            return
+        self._timer_kind = 0
+        if kind == _IDLE:
+            if not self.queue:
+                self.close_transport()
+        elif kind == _HEADER:
+            self.reject(ClientRequestError(408, "request_timeout", "request head too slow"))
+        else:
+            self.reject(ClientRequestError(408, "request_timeout", "request body too slow"))

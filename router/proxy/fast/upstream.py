@@ -1,0 +1,401 @@
+"""Connections to replicas: an asyncio.Protocol that parses responses with httptools, and a
+pool of idle keep-alive connections per replica host.
+
+A connection serves one request at a time (no upstream pipelining) and reports what it
+reads to its current `ResponseSink` (the request being served). The pool hands out the most
+recently used idle connection (warm, least likely to have been closed by the peer), keeps
+at most `max_idle` per host and closes those idle longer than `idle_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+import httptools
+
+from router.models import Replica
+from router.proxy.fast.outbox import Outbox, Writer
+from router.upstream import ConnectTo
+
+log = logging.getLogger(__name__)
+
+PoolKey = tuple[str, str, int]
+
+
+class ResponseSink(Protocol):
+    """What a connection tells the request it is serving."""
+
+    def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """The final response head (1xx other than 101 are not relayed). The reason phrase
+        is not kept: the router sends the standard one (RFC 9112: clients ignore it)."""
+
+    def response_body(self, data: bytes) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def response_done(self) -> None: ...
+
+    def upstream_upgraded(self, rest: bytes) -> None: ...
+
+    def upstream_failed(self, kind: str) -> None:
+        """kind: reset (closed or garbled) or timeout."""
+
+    def upstream_pause(self, paused: bool) -> None:
+        """The request body fills the upstream socket buffer: stop or resume reading."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """How to reach one replica, computed once per replica URL."""
+
+    key: PoolKey
+    dial_host: str
+    dial_port: int
+    tls: ssl.SSLContext | None
+    server_hostname: str | None
+    prefix: bytes  # the replica's path prefix
+    host_line: bytes  # b"Host: authority\r\n"
+
+
+class UpstreamConnection(asyncio.Protocol, Writer):
+    __slots__ = (
+        "_close_pending",
+        "_deadline",
+        "_headers",
+        "_loop",
+        "_pending",
+        "_skip",
+        "_timer",
+        "head_only",
+        "idle_since",
+        "key",
+        "last_raw",
+        "last_rules",
+        "outbox",
+        "parser",
+        "pool",
+        "read_paused",
+        "reusable",
+        "sink",
+        "timeout",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: Pool, key: PoolKey) -> None:
+        self.pool = pool
+        self.key = key
+        self._loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self.outbox = pool.outbox
+        self._pending = None
+        self._close_pending = False
+        self.parser = httptools.HttpResponseParser(self)
+        self.sink: ResponseSink | None = None
+        self.tunnel: Writer | None = None  # after a 101: raw bytes go to this client
+        self.reusable = True
+        self.read_paused = False
+        self.head_only = False  # the request was HEAD: the response has no body
+        self.idle_since = 0.0
+        self.timeout = pool.response_timeout
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        # The last response head and what the header rules made of it (see Exchange).
+        self.last_raw: list[tuple[bytes, bytes]] | None = None
+        self.last_rules: tuple[bytes, bytes | None, bool] = (b"", None, False)
+        self._skip = False
+
+    # -- used by the request --------------------------------------------------------------
+
+    def begin(self, sink: ResponseSink, head_only: bool) -> None:
+        """Attach a request; the response timeout runs from now."""
+        self.sink = sink
+        self.head_only = head_only
+        self._arm()
+
+    def detach(self) -> None:
+        self.sink = None
+        self._deadline = 0.0
+
+    def _arm(self) -> None:
+        self._deadline = self._loop.time() + self.timeout
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if not self._deadline or self.sink is None:
+            return
+        now = self._loop.time()
+        if now < self._deadline:
+            self._timer = self._loop.call_at(self._deadline, self._on_timer)
+            return
+        sink, self.sink = self.sink, None
+        self.close()
+        sink.upstream_failed("timeout")
+
+    def pause_reading(self) -> None:
+        """The client cannot take more: stop reading the response for now."""
+        if not self.read_paused and self.transport is not None:
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.read_paused and self.transport is not None:
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.reusable = False
+        self.close_transport()
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.send([data])
+            return
+        if self.sink is None:
+            # Bytes while idle: the peer is not speaking HTTP/1.1 keep-alive properly.
+            self.close()
+            return
+        if self._deadline:
+            self._deadline = self._loop.time() + self.timeout
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            sink, self.sink = self.sink, None
+            self.reusable = False
+            self._deadline = 0.0
+            if sink is not None:
+                sink.upstream_upgraded(data[upgrade.args[0] :])
+        except httptools.HttpParserError:
+            self._fail()
+        finally:
+            self._skip = False
+        if self.sink is not None:
+            self.sink.flush()  # one write for everything this read produced
+
+    def _fail(self) -> None:
+        sink, self.sink = self.sink, None
+        self.close()
+        if sink is not None:
+            sink.upstream_failed("reset")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reusable = False
+        self.transport = None
+        self.pool.forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.tunnel is not None:
+            self.tunnel.close_transport()
+            return
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.upstream_failed("reset")
+
+    def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            if self.tunnel.transport is not None:  # the client's bytes fill this socket
+                self.tunnel.transport.pause_reading()
+        elif self.sink is not None:
+            self.sink.upstream_pause(True)
+
+    def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            if self.tunnel.transport is not None:
+                self.tunnel.transport.resume_reading()
+        elif self.sink is not None:
+            self.sink.upstream_pause(False)
+
+    # -- httptools callbacks --------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            self._headers = []
+            return  # 100 Continue / 103 Early Hints: not relayed
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+        headers, self._headers = self._headers, []
+        if self.sink is not None:
+            self.sink.response_head(status, headers)
+        if self.head_only and status != 101:
+            # llhttp cannot be told a response answers HEAD: it would wait for a body.
+            # Finish here and start a fresh parser for the next response.
+            self._skip = True
+            self.parser = httptools.HttpResponseParser(self)
+            self._message_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self._skip:
+            self.reusable = False  # a body after a HEAD response: never reuse
+            return
+        if self.sink is not None:
+            self.sink.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._skip or self.parser.get_status_code() < 200:
+            return
+        self._message_complete()
+
+    def _message_complete(self) -> None:
+        sink, self.sink = self.sink, None
+        self._deadline = 0.0
+        if sink is not None:
+            sink.response_done()
+
+
+class Pool:
+    """Idle keep-alive connections per (scheme, host, port), and dialling new ones."""
+
+    def __init__(
+        self,
+        connect_to: ConnectTo,
+        tls: ssl.SSLContext,
+        *,
+        connect_timeout: float,
+        response_timeout: float,
+        idle_timeout: float,
+        max_idle: int = 128,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.outbox = Outbox(self.loop)
+        self._connect_to = connect_to
+        self._tls = tls
+        self.connect_timeout = connect_timeout
+        self.response_timeout = response_timeout
+        self.idle_timeout = idle_timeout
+        self.max_idle = max_idle
+        self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
+        self._targets: dict[str, Target] = {}
+        self._dials: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    def target(self, replica: Replica) -> Target:
+        target = self._targets.get(replica.url)
+        if target is None:
+            dial = self._connect_to.lookup(replica.host) or (replica.host, replica.port)
+            https = replica.scheme == "https"
+            target = Target(
+                key=(replica.scheme, replica.host.lower(), replica.port),
+                dial_host=dial[0],
+                dial_port=dial[1],
+                tls=self._tls if https else None,
+                server_hostname=replica.host if https else None,
+                prefix=replica.path_prefix.encode("latin-1"),
+                host_line=f"Host: {replica.authority}\r\n".encode("latin-1"),
+            )
+            if len(self._targets) > 65536:
+                self._targets.clear()  # replicas churned: rebuild lazily
+            self._targets[replica.url] = target
+        return target
+
+    def acquire(self, target: Target) -> UpstreamConnection | None:
+        idle = self._idle.get(target.key)
+        while idle:
+            conn = idle.pop()
+            if conn.reusable and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    def release(self, conn: UpstreamConnection) -> None:
+        conn.detach()
+        if not conn.reusable or self._closed:
+            conn.close()
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = self.loop.time()
+        idle.append(conn)
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self.idle_timeout / 2, self._sweep)
+
+    def forget(self, conn: UpstreamConnection) -> None:
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        cutoff = self.loop.time() - self.idle_timeout
+        for key, idle in list(self._idle.items()):
+            stale = [c for c in idle if c.idle_since <= cutoff]
+            for conn in stale:
+                idle.remove(conn)
+                conn.close()
+            if not idle:
+                del self._idle[key]
+        if self._idle:
+            self._sweeper = self.loop.call_later(self.idle_timeout / 2, self._sweep)
+
+    def connect(
+        self,
+        target: Target,
+        done: Callable[[UpstreamConnection | None, BaseException | None], None],
+    ) -> None:
+        """Dial a new connection; `done(conn, None)` or `done(None, error)` is called later."""
+        task = self.loop.create_task(self._dial(target, done))
+        self._dials.add(task)
+        task.add_done_callback(self._dials.discard)
+
+    async def _dial(
+        self,
+        target: Target,
+        done: Callable[[UpstreamConnection | None, BaseException | None], None],
+    ) -> None:
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await self.loop.create_connection(
+                    lambda: UpstreamConnection(self, target.key),
+                    target.dial_host,
+                    target.dial_port,
+                    ssl=target.tls,
+                    server_hostname=target.server_hostname,
+                )
+        except (OSError, TimeoutError) as exc:
+            done(None, exc)
+            return
+        except Exception as exc:  # e.g. an unencodable host name: still a failed dial
+            log.warning("dialling %s failed: %r", target.key, exc)
+            done(None, exc)
+            return
+        done(conn, None)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()
+        for task in self._dials:
+            task.cancel()
+
+
+def classify_dial_error(exc: BaseException) -> str:
+    """connect, tls or connect_timeout, as `router.proxy.retry.PRE_SEND` knows them."""
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return "tls"
+    if isinstance(exc, TimeoutError):
+        return "connect_timeout"
+    return "connect"

@@ -1,0 +1,66 @@
+"""Bytes on the wire: status lines, header blocks, chunk framing and error responses.
+
+Header blocks are built once per message as one `bytes` object (a join over a small list),
+bodies are passed through untouched and written with `writelines`, so a relayed message
+costs at most one copy of its head.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+
+from router.errors import ProxyError
+from router.proxy.admission import retry_after
+
+# Limits on what a client may send before its request is even looked at.
+MAX_REQUEST_LINE = 8 * 1024  # longer targets get 414
+MAX_HEADER_BLOCK = 32 * 1024  # a bigger header block gets 431
+MAX_HEADER_COUNT = 100  # more header fields get 431
+
+CRLF = b"\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_STATUS_LINES: dict[int, bytes] = {}
+
+
+def status_line(status: int, reason: bytes = b"") -> bytes:
+    """`HTTP/1.1 200 OK\\r\\n`; the upstream's reason phrase is kept when it sent one."""
+    if reason:
+        return b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        try:
+            phrase = HTTPStatus(status).phrase.encode()
+        except ValueError:
+            phrase = b"Unknown"
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+    return line
+
+
+def header_block(headers: list[tuple[str, str]]) -> bytes:
+    """`Name: value\\r\\n` lines (latin-1, as HTTP/1.1 header bytes are)."""
+    return "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1")
+
+
+def chunk(data: bytes) -> list[bytes]:
+    """One chunk of a chunked body, as buffers for `writelines` (the data is not copied)."""
+    return [b"%x\r\n" % len(data), data, CRLF]
+
+
+def error_response(error: ProxyError, *, close: bool) -> bytes:
+    """The same JSON body and status the aiohttp engine sends for this error."""
+    body = json.dumps(error.body()).encode()
+    head = [
+        status_line(error.status),
+        b"Content-Type: application/json; charset=utf-8\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+    ]
+    if (after := retry_after(error)) is not None:
+        head.append(b"Retry-After: %s\r\n" % after.encode())
+    if close:
+        head.append(b"Connection: close\r\n")
+    head.append(CRLF)
+    head.append(body)
+    return b"".join(head)
