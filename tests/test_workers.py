@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import select
+import signal
 import time
 from pathlib import Path
 
@@ -31,18 +33,29 @@ async def test_overrides_published_by_worker_0_reach_another_worker() -> None:
 
 
 def test_run_workers_runs_each_index_once_and_stops_the_others(tmp_path: Path) -> None:
+    ready_read, ready_write = os.pipe()
+
     def run_one(link: WorkerLink) -> None:
         (tmp_path / f"worker-{link.index}").write_text(str(link.count))
         if link.index == 0:
-            # Worker 0 returns only once the others have started (deadline, not a sleep).
+            # Worker 0 returns once both others reported in (waiting on the pipe, bounded).
+            reported = b""
             deadline = time.monotonic() + 10
-            while not all((tmp_path / f"worker-{i}").exists() for i in (1, 2)):
-                assert time.monotonic() < deadline, "workers did not start"
-                time.sleep(0.01)
+            while len(reported) < 2:
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, "workers did not start"
+                readable, _, _ = select.select([ready_read], [], [], remaining)
+                if readable:
+                    reported += os.read(ready_read, 2)
         else:
-            time.sleep(30)  # stopped by SIGTERM from worker 0
+            os.write(ready_write, b"x")
+            signal.pause()  # until worker 0 stops us with SIGTERM
 
     started = time.monotonic()
-    run_workers(3, run_one)
+    try:
+        run_workers(3, run_one)
+    finally:
+        os.close(ready_read)
+        os.close(ready_write)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["worker-0", "worker-1", "worker-2"]
     assert time.monotonic() - started < 10

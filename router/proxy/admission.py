@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from router.errors import NoRoutableReplica, ProxyError
@@ -55,6 +55,25 @@ class Admission:
                 self.active += 1
 
     # -- callback-style use (the fast engine) ---------------------------------------------
+
+    def claim(
+        self, wait: float, granted: Callable[[], None], refused: Callable[[Overloaded], None]
+    ) -> Claim:
+        """Take a slot now (`claim.held`), or queue for one: `granted` runs when a slot is
+        handed over, `refused` when the wait runs out. A full queue refuses at once
+        (`claim.error`). Whatever happens, the caller ends with `claim.release()`."""
+        claim = Claim(self)
+        if self.try_acquire():
+            claim.held = True
+            return claim
+        waiter = self.enqueue()
+        if waiter is None:
+            claim.error = Overloaded(
+                "too many requests in flight", limit=self.max_active, queued=self.pending
+            )
+            return claim
+        claim.queue(waiter, wait, granted, refused)
+        return claim
 
     def try_acquire(self) -> bool:
         """Take a free slot at once if there is one and nobody is queued before us."""
@@ -135,3 +154,62 @@ class Admission:
         if self.active <= self.max_active and self._hand_over():
             return
         self.active -= 1
+
+
+class Claim:
+    """One request's hold on the gate: a slot, a place in the queue, or a refusal."""
+
+    __slots__ = ("_admission", "_timer", "_waiter", "error", "held")
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.held = False
+        self.error: Overloaded | None = None
+
+    def queue(
+        self,
+        waiter: asyncio.Future[None],
+        wait: float,
+        granted: Callable[[], None],
+        refused: Callable[[Overloaded], None],
+    ) -> None:
+        self._waiter = waiter
+
+        def handed_over(done: asyncio.Future[None]) -> None:
+            if done.cancelled() or self._waiter is not done:
+                return  # released or timed out meanwhile: abandon() passed the slot on
+            self._waiter = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self.held = True
+            granted()
+
+        def timed_out() -> None:
+            self._timer = None
+            if self._waiter is None:
+                return
+            self._admission.abandon(self._waiter)
+            self._waiter = None
+            self._admission.refused += 1
+            refused(
+                Overloaded(
+                    "no free slot in time", limit=self._admission.max_active, waited_seconds=wait
+                )
+            )
+
+        waiter.add_done_callback(handed_over)
+        self._timer = asyncio.get_running_loop().call_later(wait, timed_out)
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._admission.release()
+        elif self._waiter is not None:  # the request ended while queued
+            self._admission.abandon(self._waiter)
+            self._waiter = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

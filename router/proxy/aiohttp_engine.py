@@ -12,12 +12,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from yarl import URL
 
@@ -26,12 +24,22 @@ from router.config import RouterConfig
 from router.errors import (
     ClientRequestError,
     ProxyError,
-    UpstreamConnectError,
-    UpstreamProtocolError,
-    UpstreamTimeout,
 )
 from router.models import Replica
-from router.proxy.admission import Admission, retry_after
+from router.proxy.admission import Admission
+from router.proxy.aiohttp_support import (
+    CLOSE_AFTER,
+    HTTP_VERSIONS,
+    WS_OWN_HEADERS,
+    Outcome,
+    QuietServerLog,
+    RequestBody,
+    client_timeout,
+    close_later,
+    error_response,
+    pipe_ws,
+    send_and_close,
+)
 from router.proxy.base import (
     InFlightCounter,
     Observers,
@@ -52,75 +60,7 @@ from router.upstream import client_ssl_context, make_connector
 
 log = logging.getLogger(__name__)
 
-# Headers aiohttp's ws_connect writes itself; forwarding the client's would duplicate them.
-_WS_OWN = frozenset(
-    {
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-    }
-)
-_CHUNK = 64 * 1024
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_VERSIONS = frozenset({aiohttp.HttpVersion10, aiohttp.HttpVersion11})
-_CLOSE_AFTER = frozenset(
-    {
-        "body_too_large",
-        "client_body_timeout",
-        "client_body_incomplete",
-        "http_version_not_supported",
-    }
-)
-
-
-class _Body:
-    """The client's request body as an async iterator that counts, caps, and remembers
-    whether it has started (a started body cannot be sent again).
-
-    A failure on the client's side (too large, too slow, cut off) is kept in `failure`:
-    the client library reports it as a broken upstream connection, and it must be answered
-    as the client's fault, never counted against the replica."""
-
-    def __init__(self, request: web.Request, limit: int, pause_timeout: float) -> None:
-        self._request = request
-        self._limit = limit
-        self._pause_timeout = pause_timeout
-        self.started = False
-        self.size = 0
-        self.failure: ClientRequestError | None = None
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        self.started = True
-        content = self._request.content
-        while True:
-            try:
-                async with asyncio.timeout(self._pause_timeout):
-                    chunk = await content.read(_CHUNK)
-            except TimeoutError:
-                self.failure = ClientRequestError(
-                    408, "client_body_timeout", f"no body data for {self._pause_timeout}s"
-                )
-                raise self.failure from None
-            except Exception as exc:  # the client went away or sent a broken body
-                self.failure = ClientRequestError(400, "client_body_incomplete", str(exc))
-                raise self.failure from exc
-            if not chunk:
-                return
-            self.size += len(chunk)
-            if self.size > self._limit:
-                self.failure = ClientRequestError(
-                    413, "body_too_large", f"limit {self._limit} bytes"
-                )
-                raise self.failure
-            yield chunk
-
-
-def error_response(error: ProxyError) -> web.Response:
-    response = web.json_response(error.body(), status=error.status)
-    if (after := retry_after(error)) is not None:
-        response.headers["Retry-After"] = after
-    return response
 
 
 class AiohttpEngine:
@@ -139,7 +79,7 @@ class AiohttpEngine:
         self._observers = observers
         self._in_flight = in_flight
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
-        self._timeout = _timeout(config)
+        self._timeout = client_timeout(config)
         self._admission = Admission(config.proxy.max_connections, config.proxy.max_pending)
         self._closing: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
@@ -185,12 +125,12 @@ class AiohttpEngine:
         self._config = config
         self._proxy = config.proxy
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
-        self._timeout = _timeout(config)
+        self._timeout = client_timeout(config)
         self._admission.configure(config.proxy.max_connections, config.proxy.max_pending)
         if reach_changed and self._session is not None:
             old, self._session = self._session, self._new_session()
             loop = asyncio.get_running_loop()
-            self._closing.add(loop.create_task(_close_later(old, config.proxy.drain_timeout)))
+            self._closing.add(loop.create_task(close_later(old, config.proxy.drain_timeout)))
 
     async def start(self) -> None:
         self._session = self._new_session()
@@ -208,7 +148,7 @@ class AiohttpEngine:
             # aiohttp closes a connection whose request head is not complete this long after
             # it opened or after the previous response: the slowloris cut-off.
             keepalive_timeout=cfg.client_header_timeout,
-            logger=_ServerLog(logging.getLogger("aiohttp.server")),
+            logger=QuietServerLog(logging.getLogger("aiohttp.server")),
         )
         await self._runner.setup()
         if self._config.listen_tls is not None and self._tls is not None:
@@ -245,7 +185,7 @@ class AiohttpEngine:
         peer = request.remote or ""
         trusted = self._trusted.contains(peer)
         client = self._trusted.client_address(peer, request.headers.getall("X-Forwarded-For", []))
-        outcome = _Outcome()
+        outcome = Outcome()
         if self._redirect_http and not request.secure:
             return self._redirect_to_https(request)
         try:
@@ -255,8 +195,8 @@ class AiohttpEngine:
         except ProxyError as exc:
             outcome.error = exc.code
             response = error_response(exc)
-            if exc.code in _CLOSE_AFTER:
-                await _send_and_close(request, response)
+            if exc.code in CLOSE_AFTER:
+                await send_and_close(request, response)
             elif isinstance(exc, ClientRequestError):
                 response.force_close()  # a refused request ends the connection
         status = outcome.status or response.status
@@ -287,7 +227,7 @@ class AiohttpEngine:
     def _validate(self, request: web.Request) -> str:
         if request.method == "CONNECT":
             raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
-        if request.version not in _VERSIONS:  # HTTP/0.9 would be forwarded as 1.1
+        if request.version not in HTTP_VERSIONS:  # HTTP/0.9 would be forwarded as 1.1
             raise ClientRequestError(505, "http_version_not_supported", "use HTTP/1.0 or 1.1")
         hosts = request.headers.getall("Host", [])
         if len(hosts) > 1 or (not hosts and request.version == aiohttp.HttpVersion11):
@@ -317,7 +257,7 @@ class AiohttpEngine:
         peer: str,
         trusted: bool,
         client: str,
-        outcome: _Outcome,
+        outcome: Outcome,
     ) -> web.StreamResponse:
         snapshot = self._snapshots()
         if not snapshot.routable:
@@ -342,9 +282,9 @@ class AiohttpEngine:
         )
         headers = [(k, v) for k, v in headers if k.lower() != "expect"]
         if is_ws:
-            headers = [(k, v) for k, v in headers if k.lower() not in _WS_OWN]
+            headers = [(k, v) for k, v in headers if k.lower() not in WS_OWN_HEADERS]
         has_body = request.body_exists
-        body = _Body(request, self._proxy.max_request_body, self._proxy.client_body_timeout)
+        body = RequestBody(request, self._proxy.max_request_body, self._proxy.client_body_timeout)
         idempotent = request.method in IDEMPOTENT and not has_body
         last_error: ProxyError | None = None
         try:
@@ -399,7 +339,7 @@ class AiohttpEngine:
         request: web.Request,
         upstream: aiohttp.ClientResponse,
         replica: Replica,
-        outcome: _Outcome,
+        outcome: Outcome,
         extra_headers: list[tuple[str, str]],
     ) -> web.StreamResponse:
         status = upstream.status
@@ -450,7 +390,7 @@ class AiohttpEngine:
         url: URL,
         headers: list[tuple[str, str]],
         replica: Replica,
-        outcome: _Outcome,
+        outcome: Outcome,
     ) -> web.StreamResponse:
         protocols = [
             p.strip()
@@ -470,90 +410,11 @@ class AiohttpEngine:
         outcome.status = 101
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(_pipe_ws(client, upstream))
-                group.create_task(_pipe_ws(upstream, client))
+                group.create_task(pipe_ws(client, upstream))
+                group.create_task(pipe_ws(upstream, client))
         except* (aiohttp.ClientError, ConnectionError):
             log.debug("websocket to %s ended with an error", replica.id)
         finally:
             await upstream.close()
             await client.close()
         return client
-
-
-class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """aiohttp logs every malformed request at ERROR with a traceback, so any client could
-    flood the log: a client's bad request becomes one DEBUG line; real failures stay ERROR."""
-
-    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
-        if isinstance(exc_info, HttpProcessingError):
-            self.debug("%s: bad request (%s)", str(msg) % args, exc_info.message or exc_info.code)
-        else:
-            self.logger.exception(msg, *args, exc_info=exc_info, **kw)
-
-
-async def _send_and_close(request: web.Request, response: web.StreamResponse) -> None:
-    """Answer, then close at once: the rest of the client's body is not worth reading (aiohttp
-    would otherwise linger up to 10 s draining it)."""
-    with contextlib.suppress(ConnectionResetError):
-        await response.prepare(request)
-        await response.write_eof()
-    request.protocol.force_close()
-
-
-def _timeout(config: RouterConfig) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(
-        total=None,
-        sock_connect=config.proxy.connect_timeout,
-        sock_read=config.proxy.response_timeout,
-    )
-
-
-async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
-    try:
-        await asyncio.sleep(delay)
-    finally:
-        await session.close()
-
-
-class _Outcome:
-    __slots__ = (
-        "attempts",
-        "bytes_in",
-        "bytes_out",
-        "error",
-        "explanation",
-        "replica",
-        "status",
-        "upstream_seconds",
-    )
-
-    def __init__(self) -> None:
-        self.attempts = 0
-        self.replica: Replica | None = None
-        self.status: int | None = None
-        self.upstream_seconds: float | None = None
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.error: str | None = None
-        self.explanation = ""
-
-
-WebSocketLike = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
-
-
-async def _pipe_ws(source: WebSocketLike, sink: WebSocketLike) -> None:
-    async for message in source:
-        if message.type is aiohttp.WSMsgType.TEXT:
-            await sink.send_str(message.data)
-        elif message.type is aiohttp.WSMsgType.BINARY:
-            await sink.send_bytes(message.data)
-        elif message.type is aiohttp.WSMsgType.PING:
-            await sink.ping(message.data)
-        elif message.type is aiohttp.WSMsgType.PONG:
-            await sink.pong(message.data)
-        elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
-            break
-    await sink.close(code=source.close_code or aiohttp.WSCloseCode.OK)
-
-
-__all__ = ["AiohttpEngine", "UpstreamConnectError", "UpstreamProtocolError", "UpstreamTimeout"]

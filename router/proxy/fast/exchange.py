@@ -9,7 +9,6 @@ has started nothing is retried and a failure can only cut the client connection.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Iterator
 from functools import partial
@@ -24,7 +23,7 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.models import Replica
-from router.proxy.admission import Overloaded
+from router.proxy.admission import Claim
 from router.proxy.base import RequestRecord, no_routable_error
 from router.proxy.fast import rules, wire
 from router.proxy.fast.strict import RequestHead
@@ -55,21 +54,11 @@ class Exchange:
     upstream_seconds: float | None = None
     last_error: ProxyError | None = None
     error_code: str | None = None
-    dialing = False
-    sent = False
-    finished = False
-    chunked_out = False
-    until_eof = False
-    tunnelled = False
-    attempts = 0
+    dialing = sent = finished = chunked_out = until_eof = tunnelled = False
+    attempts = buffered = bytes_in = bytes_out = 0
     attempt_started = 0.0
-    buffered = 0
-    bytes_in = 0
-    bytes_out = 0
     _fwd_block = b""
-    holds_slot = False
-    _slot_waiter: asyncio.Future[None] | None = None
-    _slot_timer: asyncio.TimerHandle | None = None
+    slot: Claim | None = None
 
     def __init__(
         self, client: ClientConnection, head: RequestHead | None, error: ProxyError | None = None
@@ -108,65 +97,19 @@ class Exchange:
             xff = [v.decode("latin-1") for k, v in head.headers if k.lower() == b"x-forwarded-for"]
             self.client_ip = core.trusted.client_address(peer, xff)
         if core.redirect_https_port is not None and self.client.scheme == "http":
-            self._redirect_to_https(head, core.redirect_https_port)
-            return
-        admission = core.admission
-        if admission.try_acquire():
-            self.holds_slot = True
-        else:
-            waiter = admission.enqueue()
-            if waiter is None:
-                self._fail(
-                    Overloaded(
-                        "too many requests in flight",
-                        limit=admission.max_active,
-                        queued=admission.pending,
-                    )
-                )
-                return
-            self._slot_waiter = waiter
-            waiter.add_done_callback(self._slot_granted)
-            self._slot_timer = self.client.loop.call_later(
-                core.admission_wait, self._slot_timed_out
+            self.status = 308
+            self.client.send(
+                [wire.redirect_to_https(head.host, head.target, core.redirect_https_port)]
             )
+            self._finish()
             return
+        self.slot = slot = core.admission.claim(core.admission_wait, self._admitted, self._fail)
+        if slot.error is not None:
+            self._fail(slot.error)
+            return
+        if not slot.held:
+            return  # queued: _admitted or _fail runs when a slot frees or the wait ends
         self._admitted()
-
-    def _redirect_to_https(self, head: RequestHead, https_port: int) -> None:
-        host = (head.host or "localhost").rsplit(":", 1)[0]
-        port = "" if https_port == 443 else f":{https_port}"
-        path = head.target if head.target.startswith("/") else "/"
-        location = f"https://{host}{port}{path}".encode("latin-1")
-        self.status = 308
-        self.client.send(
-            [wire.status_line(308), b"Location: " + location + b"\r\nContent-Length: 0\r\n\r\n"]
-        )
-        self._finish()
-
-    def _slot_granted(self, waiter: asyncio.Future[None]) -> None:
-        if waiter.cancelled() or self.finished:
-            return
-        self._slot_waiter = None
-        if self._slot_timer is not None:
-            self._slot_timer.cancel()
-            self._slot_timer = None
-        self.holds_slot = True
-        self._admitted()
-
-    def _slot_timed_out(self) -> None:
-        waiter, self._slot_waiter = self._slot_waiter, None
-        self._slot_timer = None
-        if waiter is None or self.finished:
-            return
-        self.core.admission.abandon(waiter)
-        self.core.admission.refused += 1
-        self._fail(
-            Overloaded(
-                "no free slot in time",
-                limit=self.core.admission.max_active,
-                waited_seconds=self.core.admission_wait,
-            )
-        )
 
     def _admitted(self) -> None:
         head, core = self.head, self.core
@@ -470,9 +413,7 @@ class Exchange:
     def _fail(self, error: ProxyError) -> None:
         self.error_code = error.code
         self.status = error.status
-        if not self.body_complete or isinstance(error, ClientRequestError):
-            self.close_after = True
-        if self.client.draining:
+        if not self.body_complete or isinstance(error, ClientRequestError) or self.client.draining:
             self.close_after = True
         self.client.send([wire.error_response(error, close=self.close_after)])
         self._finish()
@@ -480,14 +421,8 @@ class Exchange:
     def _finish(self, notify: bool = True) -> None:
         self.finished = True
         self.body = []
-        if self.holds_slot:
-            self.holds_slot = False
-            self.core.admission.release()
-        elif self._slot_waiter is not None:  # the client left while queued
-            self.core.admission.abandon(self._slot_waiter)
-            self._slot_waiter = None
-            if self._slot_timer is not None:
-                self._slot_timer.cancel()
+        if self.slot is not None:
+            self.slot.release()
         observers = self.core.observers
         if observers.observers:
             head = self.head

@@ -64,3 +64,12 @@ def error_response(error: ProxyError, *, close: bool) -> bytes:
     head.append(CRLF)
     head.append(body)
     return b"".join(head)
+
+
+def redirect_to_https(host: str | None, target: str, https_port: int) -> bytes:
+    """`listen_tls.redirect_http`: a 308 to the same host and path on the TLS listener."""
+    name = (host or "localhost").rsplit(":", 1)[0]
+    port = "" if https_port == 443 else f":{https_port}"
+    path = target if target.startswith("/") else "/"
+    location = f"https://{name}{port}{path}".encode("latin-1")
+    return status_line(308) + b"Location: " + location + b"\r\nContent-Length: 0\r\n\r\n"
