@@ -301,20 +301,26 @@ async def test_graceful_shutdown_finishes_in_flight_request(
                     pass
 
 
+async def raw_status(url: str, request: bytes) -> int:
+    """Send raw bytes (what a client library would refuse to send) and read the status."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    writer.close()
+    return int(status_line.split()[1])
+
+
 async def test_malformed_request_gets_400_and_router_keeps_serving(
     engine: str, client: aiohttp.ClientSession
 ) -> None:
     async with running_replica("a") as a:
         async with running_router(cfg(engine, [("a", f"http://127.0.0.1:{a.port}")])) as router:
-            host, port = router.url.removeprefix("http://").split(":")
-            reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(
+            raw = (
                 b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello"
             )
-            await writer.drain()
-            status_line = await asyncio.wait_for(reader.readline(), 5)
-            writer.close()
-            assert status_line.split()[1] == b"400"
+            assert await raw_status(router.url, raw) == 400
             assert a.hits == 0
             async with client.get(f"{router.url}/") as resp:
                 assert resp.status == 200
@@ -325,15 +331,8 @@ async def test_absolute_uri_for_another_host_is_refused(
 ) -> None:
     async with running_replica("a") as a:
         async with running_router(cfg(engine, [("a", f"http://127.0.0.1:{a.port}")])) as router:
-            host, port = router.url.removeprefix("http://").split(":")
-            reader, writer = await asyncio.open_connection(host, int(port))
-            writer.write(
-                b"GET http://169.254.169.254/latest HTTP/1.1\r\nHost: router.example\r\n\r\n"
-            )
-            await writer.drain()
-            status_line = await asyncio.wait_for(reader.readline(), 5)
-            writer.close()
-            assert status_line.split()[1] == b"400"
+            raw = b"GET http://169.254.169.254/latest HTTP/1.1\r\nHost: router.example\r\n\r\n"
+            assert await raw_status(router.url, raw) == 400
             assert a.hits == 0
 
 
