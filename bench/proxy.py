@@ -148,7 +148,15 @@ backend be
 """
 
 
-def router_config(port: int, upstream: int, engine: str, workers: int, replicas: int) -> str:
+def router_config(
+    port: int,
+    upstream: int,
+    engine: str,
+    workers: int,
+    replicas: int,
+    policy: str = "round_robin",
+    request_metrics: bool = True,
+) -> str:
     static = [
         {"id": f"r{i}", "url": f"http://127.0.0.1:{upstream}"} for i in range(max(replicas, 1))
     ]
@@ -158,6 +166,8 @@ def router_config(port: int, upstream: int, engine: str, workers: int, replicas:
         "discovery": {"static": static},
         "health": {"enabled": False},
         "proxy": {"engine": engine, "workers": workers},
+        "routing": {"policy": policy},
+        "metrics": {"requests": request_metrics},
     }
     return json.dumps(config)  # JSON is YAML
 
@@ -248,10 +258,22 @@ def run_wrk(port: int, scenario: Scenario, seconds: float, work: Path) -> tuple[
 # -- the run ---------------------------------------------------------------------------------
 
 
+_POLICIES = {"rr": "round_robin", "lr": "least_request", "geo": "geo"}
+
+
 def target_workers(name: str, default: int) -> int:
     """`fast-w2` is the fast engine with two worker processes."""
-    _, _, suffix = name.partition("-w")
-    return int(suffix) if suffix.isdigit() else default
+    for part in name.split("-")[1:]:
+        if part.startswith("w") and part[1:].isdigit():
+            return int(part[1:])
+    return default
+
+
+def target_variant(name: str) -> tuple[str, bool]:
+    """(policy, request metrics) from a target name: `fast-lr`, `fast-geo`, `aiohttp-nometrics`."""
+    parts = name.split("-")[1:]
+    policy = next((_POLICIES[p] for p in parts if p in _POLICIES), "round_robin")
+    return policy, "nometrics" not in parts
 
 
 def target_argv(
@@ -269,8 +291,17 @@ def target_argv(
         return [sys.executable, "-m", "bench.minimal_proxy", str(port), str(upstream)]
     engine = "aiohttp" if name.startswith("aiohttp") else "fast"
     conf = work / f"router-{name}.yaml"
+    policy, request_metrics = target_variant(name)
     conf.write_text(
-        router_config(port, upstream, engine, target_workers(name, workers), scenario.replicas)
+        router_config(
+            port,
+            upstream,
+            engine,
+            target_workers(name, workers),
+            scenario.replicas,
+            policy,
+            request_metrics,
+        )
     )
     return [sys.executable, "-m", "bench.proxy", "--serve-router", str(conf)]
 

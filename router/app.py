@@ -160,7 +160,11 @@ class RouterApp:
             clock=clock,
             trusted_simulator_keys=trusted_simulator_keys,
         )
-        self.observers = Observers([self.metrics, self.health.passive])
+        self.observers = Observers(
+            [self.metrics, self.health.passive]
+            if config.metrics.requests
+            else [self.health.passive]
+        )
         if access_log_enabled:
             self.observers.observers.append(AccessLog())
         self.tls = (

@@ -175,6 +175,12 @@ class ListenTLSConfig(Frozen):
         return value
 
 
+class MetricsConfig(Frozen):
+    # Per-request series (requests, latency, errors by replica). Off saves a few hundred
+    # nanoseconds per request; replica states, health and discovery series stay.
+    requests: bool = True
+
+
 class RouterConfig(Frozen):
     # Plain-HTTP listener; null to serve only TLS (listen_tls).
     listen: HostPort | None = "127.0.0.1:8080"
@@ -187,6 +193,7 @@ class RouterConfig(Frozen):
     health: HealthConfig = HealthConfig()
     attestation: AttestationConfig = AttestationConfig()
     dns: DnsConfig = DnsConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _some_listener(self) -> RouterConfig:

@@ -471,3 +471,20 @@ async def test_active_health_checks_are_counted() -> None:
                 )
 
             await eventually(counted)
+
+
+async def test_request_series_can_be_turned_off() -> None:
+    from tests.support import running_replica, running_router, static_config
+
+    async with running_replica("a") as a:
+        config = static_config(
+            [("a", f"http://127.0.0.1:{a.port}")],
+            health={"enabled": False},
+            metrics={"requests": False},
+        )
+        async with running_router(config) as router, aiohttp.ClientSession() as client:
+            async with client.get(f"{router.url}/") as resp:
+                assert resp.status == 200
+            body = router.app.metrics.render()[0].decode()
+            assert "router_requests_total{" not in body
+            assert "router_replica_state{" in body  # control-plane series stay
