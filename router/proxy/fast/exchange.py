@@ -59,6 +59,7 @@ class Exchange:
     attempt_started = 0.0
     _fwd_block = b""
     slot: Claim | None = None
+    holds_slot = False
 
     def __init__(
         self, client: ClientConnection, head: RequestHead | None, error: ProxyError | None = None
@@ -91,24 +92,23 @@ class Exchange:
             return
         if head.expect_continue and not self.body_complete:
             self.client.send([wire.CONTINUE])
-        peer = self.client.peer
-        trusted = self.client.trusted
-        if trusted:
+        if self.client.trusted:
             xff = [v.decode("latin-1") for k, v in head.headers if k.lower() == b"x-forwarded-for"]
-            self.client_ip = core.trusted.client_address(peer, xff)
-        if core.redirect_https_port is not None and self.client.scheme == "http":
+            self.client_ip = core.trusted.client_address(self.client.peer, xff)
+        if (https_port := core.redirect_https_port) is not None and self.client.scheme == "http":
             self.status = 308
-            self.client.send(
-                [wire.redirect_to_https(head.host, head.target, core.redirect_https_port)]
-            )
+            self.client.send([wire.redirect_to_https(head.host, head.target, https_port)])
             self._finish()
             return
-        self.slot = slot = core.admission.claim(core.admission_wait, self._admitted, self._fail)
-        if slot.error is not None:
-            self._fail(slot.error)
-            return
-        if not slot.held:
-            return  # queued: _admitted or _fail runs when a slot frees or the wait ends
+        if core.admission.try_acquire():  # the common case, without a Claim object
+            self.holds_slot = True
+        else:
+            self.slot = slot = core.admission.claim(core.admission_wait, self._admitted, self._fail)
+            if slot.error is not None:
+                self._fail(slot.error)
+                return
+            if not slot.held:
+                return  # queued: _admitted or _fail runs when a slot frees or the wait ends
         self._admitted()
 
     def _admitted(self) -> None:
@@ -421,7 +421,10 @@ class Exchange:
     def _finish(self, notify: bool = True) -> None:
         self.finished = True
         self.body = []
-        if self.slot is not None:
+        if self.holds_slot:
+            self.holds_slot = False
+            self.core.admission.release()
+        elif self.slot is not None:
             self.slot.release()
         observers = self.core.observers
         if observers.observers:
