@@ -28,7 +28,7 @@ from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers, RequestRecord
 from router.proxy.fast import FastEngine
 from router.reconciler import Reconciler
-from router.snapshot import Overrides, Policy
+from router.snapshot import Overrides, Policy, Snapshot
 from router.status import status_document
 from router.tls import ServerTLS
 from router.upstream import ConnectTo, client_ssl_context
@@ -209,7 +209,7 @@ class RouterApp:
         self._draining = False
         self._started = False
 
-    def _snapshot(self):  # type: ignore[no-untyped-def]
+    def _snapshot(self) -> Snapshot:
         return self.reconciler.current
 
     def _on_verdict(self, verdict: AttestationVerdict) -> None:

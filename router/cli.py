@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import click
 import yaml
@@ -257,19 +257,26 @@ def dns_render(config_path: str, fmt: str, admin_url: str | None) -> None:
     logs.configure("warning")
     config = load_or_exit(config_path)
     from router.dns import render_from_admin, render_snapshot
+    from router.dns.formats import FormatName
     from router.oneshot import control_plane_pass
     from router.upstream import ConnectTo
 
     pinned = ConnectTo(config.discovery.connect_to).lookup if config.discovery.connect_to else None
     app_id = config.discovery.phala.app_id if config.discovery.phala else None
 
+    fmt_name = cast(FormatName, fmt)  # click.Choice already restricted it
+
     async def render() -> tuple[str, Sequence[str]]:
         if admin_url is not None:
             token_env = config.admin.token_env
             token = os.environ.get(token_env) if token_env else None
-            return await render_from_admin(config.dns, admin_url, fmt, token=token, pinned=pinned)  # type: ignore[arg-type]
+            return await render_from_admin(
+                config.dns, admin_url, fmt_name, token=token, pinned=pinned
+            )
         result = await control_plane_pass(config)
-        return await render_snapshot(config.dns, result.snapshot, fmt, app_id=app_id, pinned=pinned)  # type: ignore[arg-type]
+        return await render_snapshot(
+            config.dns, result.snapshot, fmt_name, app_id=app_id, pinned=pinned
+        )
 
     text, notes = run_async(render)
     if fmt != "zone":  # the zone text already carries them as comments
