@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import platform
-import resource
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.procs import rss_mib
 from router.simulator import Simulator, SimulatorConfig
 from tests.reliability_support import (
     AttemptLog,
@@ -67,16 +67,6 @@ def row(name: str, load: Load, stop: float | None = None, **notes: Any) -> Row:
         p99_ms=round(load.latency_p(0.99) * 1000, 1),
         notes=notes,
     )
-
-
-def rss_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def routable(router: RouterHandle) -> set[str]:

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import random
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from bench.procs import rss_mib
 from router.balancing.round_robin import RoundRobin
 from router.health import HealthChecker, make_health_session
 from router.health.settings import HealthConfig
@@ -54,17 +54,6 @@ class Row:
     cpu_ms_per_check: float
     rss_mib: float
     rss_growth_mib: float
-
-
-def rss_mib() -> float:
-    """Current resident set size (Linux /proc), else the peak from getrusage."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # -- the replica server, in its own process -----------------------------------------------

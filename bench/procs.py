@@ -6,6 +6,7 @@ CPU use is read from /proc (Linux); elsewhere the CPU columns are simply left em
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -150,3 +151,14 @@ def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], grace: f
 
 def all_alive(procs: Iterable[subprocess.Popen[str]]) -> bool:
     return all(p.poll() is None for p in procs)
+
+
+def rss_mib() -> float:
+    """Current resident set size (Linux /proc), else the peak from getrusage."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

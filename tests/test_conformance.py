@@ -195,19 +195,25 @@ def server_context(ca: trustme.CA, name: str) -> ssl.SSLContext:
     return context
 
 
+def https_replica_config(
+    engine: str, ca: trustme.CA, tmp_path: Path, port: int
+) -> dict[str, object]:
+    """Replica `a` at https://replica-a.test, dialled at 127.0.0.1:port, trusted via the test CA."""
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return cfg(
+        engine,
+        [("a", "https://replica-a.test")],
+        discovery={"connect_to": {"replica-a.test": f"127.0.0.1:{port}"}},
+        upstream_tls={"ca_file": str(ca_file)},
+    )
+
+
 async def test_https_replica_gets_its_host_name_as_host_and_sni(
     engine: str, client: aiohttp.ClientSession, ca: trustme.CA, tmp_path: Path
 ) -> None:
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
     async with running_replica("a", server_context(ca, "replica-a.test")) as a:
-        config = cfg(
-            engine,
-            [("a", "https://replica-a.test")],
-            discovery={"connect_to": {"replica-a.test": f"127.0.0.1:{a.port}"}},
-            upstream_tls={"ca_file": str(ca_file)},
-        )
-        async with running_router(config) as router:
+        async with running_router(https_replica_config(engine, ca, tmp_path, a.port)) as router:
             async with client.get(f"{router.url}/", headers={"Host": "public.example"}) as resp:
                 assert resp.status == 200
                 seen = (await resp.json())["headers"]
@@ -218,16 +224,8 @@ async def test_https_replica_gets_its_host_name_as_host_and_sni(
 async def test_https_replica_with_wrong_certificate_is_refused(
     engine: str, client: aiohttp.ClientSession, ca: trustme.CA, tmp_path: Path
 ) -> None:
-    ca_file = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
     async with running_replica("a", server_context(ca, "someone-else.test")) as a:
-        config = cfg(
-            engine,
-            [("a", "https://replica-a.test")],
-            discovery={"connect_to": {"replica-a.test": f"127.0.0.1:{a.port}"}},
-            upstream_tls={"ca_file": str(ca_file)},
-        )
-        async with running_router(config) as router:
+        async with running_router(https_replica_config(engine, ca, tmp_path, a.port)) as router:
             async with client.get(f"{router.url}/") as resp:
                 assert resp.status == 502
                 body = await resp.json()
