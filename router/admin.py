@@ -2,7 +2,9 @@
 
 It refuses to start off loopback without a token (the config already refuses that), and
 when a token is configured every endpoint except the liveness/readiness probes requires
-`Authorization: Bearer <token>`, compared in constant time.
+`Authorization: Bearer <token>`, compared in constant time (a malformed header is a 401).
+Without a token, `router.admin_guard` keeps browsers out: a foreign `Host` (DNS rebinding)
+or a cross-site `Origin` on a state-changing request is refused with 403.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from router import status_page
+from router.admin_guard import refusal
 from router.settings_types import split_host_port
 
 log = logging.getLogger(__name__)
@@ -101,15 +104,31 @@ class AdminServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self._token is not None and request.path not in OPEN_PATHS:
-            header = request.headers.get("Authorization", "")
-            given = header.removeprefix("Bearer ").encode() if header.startswith("Bearer ") else b""
-            if not hmac.compare_digest(given, self._token):
-                return web.json_response(
-                    {"error": "unauthorized", "hint": "send Authorization: Bearer <admin token>"},
-                    status=401,
-                )
+        if self._token is None:
+            refused = refusal(
+                request.method,
+                request.headers.get("Host"),
+                request.headers.get("Origin"),
+                self.port,
+            )
+            if refused is not None:
+                return web.json_response(refused.body(), status=refused.status)
+        elif request.path not in OPEN_PATHS and not self._authorized(request):
+            return web.json_response(
+                {"error": "unauthorized", "hint": "send Authorization: Bearer <admin token>"},
+                status=401,
+            )
         return await handler(request)
+
+    def _authorized(self, request: web.Request) -> bool:
+        assert self._token is not None
+        header = request.headers.get("Authorization", "")
+        given = header.removeprefix("Bearer ") if header.startswith("Bearer ") else ""
+        # aiohttp decodes header bytes as UTF-8 with surrogate escapes: anything outside
+        # ASCII cannot be the token, and must not reach compare_digest (a 500 otherwise).
+        if not given.isascii():
+            given = ""
+        return hmac.compare_digest(given.encode(), self._token)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"alive": True})
