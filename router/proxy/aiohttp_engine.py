@@ -24,6 +24,7 @@ from router.config import RouterConfig
 from router.errors import (
     ClientRequestError,
     ProxyError,
+    UpstreamProtocolError,
 )
 from router.models import Replica
 from router.proxy.admission import Admission
@@ -31,22 +32,29 @@ from router.proxy.aiohttp_support import (
     CLOSE_AFTER,
     HTTP_VERSIONS,
     WS_OWN_HEADERS,
+    Activity,
     Outcome,
     QuietServerLog,
+    RelayedResponse,
     RequestBody,
+    TunnelIdle,
     client_timeout,
     close_later,
     error_response,
     pipe_ws,
+    response_problem,
     send_and_close,
+    transfer_codings,
 )
 from router.proxy.base import (
     InFlightCounter,
     Observers,
     RequestRecord,
     SnapshotSource,
+    edge_headers,
     no_routable_error,
 )
+from router.proxy.fast.wire import MAX_HEADER_BLOCK, MAX_HEADER_COUNT
 from router.proxy.headers import (
     IDEMPOTENT,
     TrustedProxies,
@@ -79,6 +87,7 @@ class AiohttpEngine:
         self._observers = observers
         self._in_flight = in_flight
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
+        self._edge = edge_headers(config)
         self._timeout = client_timeout(config)
         self._admission = Admission(config.proxy.max_connections, config.proxy.max_pending)
         self._closing: set[asyncio.Task[None]] = set()
@@ -107,6 +116,9 @@ class AiohttpEngine:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             timeout=self._timeout,
+            # One field may use the whole head budget; response_problem() checks the total.
+            max_field_size=MAX_HEADER_BLOCK,
+            max_headers=MAX_HEADER_COUNT + 1,
         )
 
     def apply_config(self, config: RouterConfig) -> None:
@@ -125,6 +137,7 @@ class AiohttpEngine:
         self._config = config
         self._proxy = config.proxy
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
+        self._edge = edge_headers(config)
         self._timeout = client_timeout(config)
         self._admission.configure(config.proxy.max_connections, config.proxy.max_pending)
         if reach_changed and self._session is not None:
@@ -145,9 +158,10 @@ class AiohttpEngine:
             access_log=None,
             shutdown_timeout=cfg.drain_timeout,
             handle_signals=False,
-            # aiohttp closes a connection whose request head is not complete this long after
-            # it opened or after the previous response: the slowloris cut-off.
-            keepalive_timeout=cfg.client_header_timeout,
+            # aiohttp closes a connection with no complete request head this long after it
+            # opened or after the previous response: the idle keep-alive timeout, and also
+            # its only cut-off for a slow head (it has no separate head timeout).
+            keepalive_timeout=cfg.client_idle_timeout,
             logger=QuietServerLog(logging.getLogger("aiohttp.server")),
         )
         await self._runner.setup()
@@ -186,8 +200,14 @@ class AiohttpEngine:
         trusted = self._trusted.contains(peer)
         client = self._trusted.client_address(peer, request.headers.getall("X-Forwarded-For", []))
         outcome = Outcome()
+        # aiohttp's C parser carries a request's trailer fields over into the next request's
+        # headers on the connection: after a chunked request, nothing more is read from it.
+        outcome.close_after = "Transfer-Encoding" in request.headers
         if self._redirect_http and not request.secure:
-            return self._redirect_to_https(request)
+            response = self._redirect_to_https(request)
+            if outcome.close_after:
+                response.force_close()
+            return response
         try:
             path = self._validate(request)
             async with self._admission.slot(self._proxy.connect_timeout):
@@ -197,7 +217,7 @@ class AiohttpEngine:
             response = error_response(exc)
             if exc.code in CLOSE_AFTER:
                 await send_and_close(request, response)
-            elif isinstance(exc, ClientRequestError):
+            elif isinstance(exc, ClientRequestError) or outcome.close_after:
                 response.force_close()  # a refused request ends the connection
         status = outcome.status or response.status
         self._observers.request_done(
@@ -279,6 +299,7 @@ class AiohttpEngine:
             peer_trusted=trusted,
             scheme="https" if request.secure else "http",
             host=request.host,
+            edge=self._edge,
         )
         headers = [(k, v) for k, v in headers if k.lower() != "expect"]
         if is_ws:
@@ -321,6 +342,11 @@ class AiohttpEngine:
                     raise error from exc
                 finally:
                     self._in_flight.leave(replica.id)
+                if (problem := response_problem(upstream)) is not None:
+                    upstream.close()  # never back to the pool: its framing is not trusted
+                    self._observers.attempt_done(replica, False, "protocol", None)
+                    log.debug("replica %s sent a bad response head: %s", replica.id, problem)
+                    raise UpstreamProtocolError(problem, replica=replica.id)
                 outcome.upstream_seconds = time.monotonic() - attempt_started
                 ctx_headers = ctx.response_headers
                 outcome.explanation = ctx.explanation
@@ -347,7 +373,15 @@ class AiohttpEngine:
         self._observers.attempt_done(replica, ok, None if ok else "5xx", status)
         self._in_flight.enter(replica.id)
         try:
-            response = web.StreamResponse(status=status, reason=upstream.reason)
+            response = RelayedResponse(
+                status=status,
+                reason=upstream.reason,
+                codings=transfer_codings(upstream)
+                if request.version == aiohttp.HttpVersion11
+                else None,
+            )
+            if outcome.close_after:
+                response.force_close()
             for key, value in forward_response_headers(upstream.headers.items()):
                 response.headers.add(key, value)
             for key, value in extra_headers:
@@ -408,10 +442,18 @@ class AiohttpEngine:
         )
         await client.prepare(request)
         outcome.status = 101
+        activity = Activity()
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(pipe_ws(client, upstream))
-                group.create_task(pipe_ws(upstream, client))
+                watchdog = group.create_task(activity.watch(self._proxy.idle_timeout))
+                pipes = [
+                    group.create_task(pipe_ws(client, upstream, activity)),
+                    group.create_task(pipe_ws(upstream, client, activity)),
+                ]
+                await asyncio.wait(pipes)  # a failing pipe or the watchdog cancels this
+                watchdog.cancel()
+        except* TunnelIdle:
+            log.debug("websocket to %s closed: idle for %ss", replica.id, self._proxy.idle_timeout)
         except* (aiohttp.ClientError, ConnectionError):
             log.debug("websocket to %s ended with an error", replica.id)
         finally:

@@ -1,13 +1,15 @@
 """Pieces of the aiohttp engine that are not the request flow itself: the streamed request
-body (with client faults told apart from replica faults), error responses, WebSocket
-piping, the quiet server log, and small helpers."""
+body (with client faults told apart from replica faults), error responses, the checks on a
+replica's response head, WebSocket piping with its idle timeout, the quiet server log, and
+small helpers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -18,6 +20,7 @@ from router.config import RouterConfig
 from router.errors import ClientRequestError, ProxyError
 from router.models import Replica
 from router.proxy.admission import retry_after
+from router.proxy.fast.wire import MAX_HEADER_BLOCK, MAX_HEADER_COUNT
 
 log = logging.getLogger("router.proxy.aiohttp_engine")
 
@@ -84,6 +87,48 @@ class RequestBody:
             yield chunk
 
 
+def response_problem(upstream: aiohttp.ClientResponse) -> str | None:
+    """Why a replica's response head must not be relayed (the client gets a 502 and the
+    connection to the replica is closed), or None. Only 200-599 are final statuses (aiohttp
+    reads 100-199 as informational itself; 101 is only for the WebSocket path), and the
+    head must fit the limits a client's head has: 32 KiB, 100 fields."""
+    if not 200 <= upstream.status <= 599:
+        return f"status {upstream.status} is not a final status (200-599)"
+    fields = upstream.raw_headers
+    if len(fields) > MAX_HEADER_COUNT:
+        return f"{len(fields)} header fields (limit {MAX_HEADER_COUNT})"
+    size = sum(len(name) + len(value) + 4 for name, value in fields)
+    if size > MAX_HEADER_BLOCK:
+        return f"header block of {size} bytes (limit {MAX_HEADER_BLOCK})"
+    return None
+
+
+def transfer_codings(upstream: aiohttp.ClientResponse) -> str | None:
+    """The replica's transfer codings other than chunked (`gzip`), relayed to the client
+    with chunked added: the body bytes are still coded, and the client must know it."""
+    codings = [
+        token.strip()
+        for value in upstream.headers.getall("Transfer-Encoding", [])
+        for token in value.split(",")
+        if token.strip() and token.strip().lower() != "chunked"
+    ]
+    return ", ".join(codings) or None
+
+
+class RelayedResponse(web.StreamResponse):
+    """A replica's response. aiohttp writes `Transfer-Encoding: chunked` itself, which
+    would drop a coding such as gzip: it is put back in front of chunked."""
+
+    def __init__(self, *, status: int, reason: str | None, codings: str | None) -> None:
+        super().__init__(status=status, reason=reason)
+        self._codings = codings
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        if self._codings and self.headers.get("Transfer-Encoding") == "chunked":
+            self.headers["Transfer-Encoding"] = f"{self._codings}, chunked"
+
+
 def error_response(error: ProxyError) -> web.Response:
     response = web.json_response(error.body(), status=error.status)
     if (after := retry_after(error)) is not None:
@@ -131,6 +176,7 @@ class Outcome:
         "attempts",
         "bytes_in",
         "bytes_out",
+        "close_after",
         "error",
         "explanation",
         "replica",
@@ -147,13 +193,37 @@ class Outcome:
         self.bytes_out = 0
         self.error: str | None = None
         self.explanation = ""
+        self.close_after = False  # end the client connection after this response
 
 
 WebSocketLike = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
-async def pipe_ws(source: WebSocketLike, sink: WebSocketLike) -> None:
+class TunnelIdle(Exception):
+    """No message crossed an upgraded tunnel for the idle timeout."""
+
+
+class Activity:
+    """When a message last crossed a tunnel, in either direction."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.last = clock()
+
+    def touch(self) -> None:
+        self.last = self.clock()
+
+    async def watch(self, idle: float) -> None:
+        """Raise TunnelIdle once nothing moved for `idle` seconds (the TaskGroup running
+        the pipes then cancels them, and the admission slot is released)."""
+        while (remaining := self.last + idle - self.clock()) > 0:
+            await asyncio.sleep(remaining)
+        raise TunnelIdle(f"no message for {idle}s")
+
+
+async def pipe_ws(source: WebSocketLike, sink: WebSocketLike, activity: Activity) -> None:
     async for message in source:
+        activity.touch()
         if message.type is aiohttp.WSMsgType.TEXT:
             await sink.send_str(message.data)
         elif message.type is aiohttp.WSMsgType.BINARY:
