@@ -40,6 +40,7 @@ from router.proxy.aiohttp_support import (
     TunnelIdle,
     client_timeout,
     close_later,
+    discard_connection,
     error_response,
     pipe_ws,
     response_problem,
@@ -343,7 +344,7 @@ class AiohttpEngine:
                 finally:
                     self._in_flight.leave(replica.id)
                 if (problem := response_problem(upstream)) is not None:
-                    upstream.close()  # never back to the pool: its framing is not trusted
+                    discard_connection(upstream)  # its framing is not trusted any more
                     self._observers.attempt_done(replica, False, "protocol", None)
                     log.debug("replica %s sent a bad response head: %s", replica.id, problem)
                     raise UpstreamProtocolError(problem, replica=replica.id)

@@ -103,6 +103,17 @@ def response_problem(upstream: aiohttp.ClientResponse) -> str | None:
     return None
 
 
+def discard_connection(upstream: aiohttp.ClientResponse) -> None:
+    """Close the connection a response came on, so it is never reused. aiohttp hands a
+    connection back to its pool as soon as a body is complete, often before `request()`
+    returns, so closing the response alone may leave it pooled: its protocol is closed too
+    (the pool drops closed connections when it next looks)."""
+    upstream.close()
+    protocol = getattr(upstream, "_protocol", None)
+    if isinstance(protocol, asyncio.BaseProtocol) and hasattr(protocol, "close"):
+        protocol.close()
+
+
 def transfer_codings(upstream: aiohttp.ClientResponse) -> str | None:
     """The replica's transfer codings other than chunked (`gzip`), relayed to the client
     with chunked added: the body bytes are still coded, and the client must know it."""
