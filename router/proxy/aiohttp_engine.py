@@ -30,23 +30,21 @@ from router.models import Replica
 from router.proxy.admission import Admission
 from router.proxy.aiohttp_support import (
     CLOSE_AFTER,
-    HTTP_VERSIONS,
-    WS_OWN_HEADERS,
-    Activity,
     Outcome,
     QuietServerLog,
     RelayedResponse,
     RequestBody,
-    TunnelIdle,
     client_timeout,
     close_later,
     discard_connection,
     error_response,
-    pipe_ws,
+    redirect_to_https,
     response_problem,
     send_and_close,
     transfer_codings,
+    validate_request,
 )
+from router.proxy.aiohttp_ws import WS_OWN_HEADERS, relay
 from router.proxy.base import (
     InFlightCounter,
     Observers,
@@ -205,12 +203,12 @@ class AiohttpEngine:
         # headers on the connection: after a chunked request, nothing more is read from it.
         outcome.close_after = "Transfer-Encoding" in request.headers
         if self._redirect_http and not request.secure:
-            response = self._redirect_to_https(request)
+            response = redirect_to_https(request, self._https_port)
             if outcome.close_after:
                 response.force_close()
             return response
         try:
-            path = self._validate(request)
+            path = validate_request(request, self._proxy.max_request_body)
             async with self._admission.slot(self._proxy.connect_timeout):
                 response = await self._forward(request, path, peer, trusted, client, outcome)
         except ProxyError as exc:
@@ -238,38 +236,6 @@ class AiohttpEngine:
             )
         )
         return response
-
-    def _redirect_to_https(self, request: web.Request) -> web.StreamResponse:
-        host = request.headers.get("Host", "").rsplit(":", 1)[0] or "localhost"
-        port = "" if self._https_port == 443 else f":{self._https_port}"
-        path = request.raw_path if request.raw_path.startswith("/") else "/"
-        return web.Response(status=308, headers={"Location": f"https://{host}{port}{path}"})
-
-    def _validate(self, request: web.Request) -> str:
-        if request.method == "CONNECT":
-            raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
-        if request.version not in HTTP_VERSIONS:  # HTTP/0.9 would be forwarded as 1.1
-            raise ClientRequestError(505, "http_version_not_supported", "use HTTP/1.0 or 1.1")
-        hosts = request.headers.getall("Host", [])
-        if len(hosts) > 1 or (not hosts and request.version == aiohttp.HttpVersion11):
-            raise ClientRequestError(400, "bad_host", "HTTP/1.1 needs exactly one Host header")
-        raw = request.raw_path
-        if not raw.startswith("/"):
-            # Absolute form: allowed only for the host the request is addressed to, so the
-            # router can never be used as an open forward proxy.
-            target = URL(raw, encoded=True)
-            named = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
-            if not target.is_absolute() or (target.host or "").lower() != named:
-                raise ClientRequestError(
-                    400, "absolute_uri_not_allowed", "absolute-form target for another host"
-                )
-            raw = target.raw_path_qs
-        length = request.content_length
-        if length is not None and length > self._proxy.max_request_body:
-            raise ClientRequestError(
-                413, "body_too_large", f"limit {self._proxy.max_request_body} bytes"
-            )
-        return raw
 
     async def _forward(
         self,
@@ -443,21 +409,5 @@ class AiohttpEngine:
         )
         await client.prepare(request)
         outcome.status = 101
-        activity = Activity()
-        try:
-            async with asyncio.TaskGroup() as group:
-                watchdog = group.create_task(activity.watch(self._proxy.idle_timeout))
-                pipes = [
-                    group.create_task(pipe_ws(client, upstream, activity)),
-                    group.create_task(pipe_ws(upstream, client, activity)),
-                ]
-                await asyncio.wait(pipes)  # a failing pipe or the watchdog cancels this
-                watchdog.cancel()
-        except* TunnelIdle:
-            log.debug("websocket to %s closed: idle for %ss", replica.id, self._proxy.idle_timeout)
-        except* (aiohttp.ClientError, ConnectionError):
-            log.debug("websocket to %s ended with an error", replica.id)
-        finally:
-            await upstream.close()
-            await client.close()
+        await relay(client, upstream, self._proxy.idle_timeout)
         return client

@@ -1,20 +1,19 @@
 """Pieces of the aiohttp engine that are not the request flow itself: the streamed request
 body (with client faults told apart from replica faults), error responses, the checks on a
-replica's response head, WebSocket piping with its idle timeout, the quiet server log, and
-small helpers."""
+replica's response head, the quiet server log, and small helpers. WebSockets: aiohttp_ws."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
 
 from router.config import RouterConfig
 from router.errors import ClientRequestError, ProxyError
@@ -24,15 +23,6 @@ from router.proxy.fast.wire import MAX_HEADER_BLOCK, MAX_HEADER_COUNT
 
 log = logging.getLogger("router.proxy.aiohttp_engine")
 
-# Headers aiohttp's ws_connect writes itself; forwarding the client's would duplicate them.
-WS_OWN_HEADERS = frozenset(
-    {
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-    }
-)
 _CHUNK = 64 * 1024
 HTTP_VERSIONS = frozenset({aiohttp.HttpVersion10, aiohttp.HttpVersion11})
 CLOSE_AFTER = frozenset(
@@ -140,6 +130,40 @@ class RelayedResponse(web.StreamResponse):
             self.headers["Transfer-Encoding"] = f"{self._codings}, chunked"
 
 
+def redirect_to_https(request: web.Request, https_port: int | None) -> web.StreamResponse:
+    """The 308 a plain-HTTP request gets when listen_tls.redirect_http is on."""
+    host = request.headers.get("Host", "").rsplit(":", 1)[0] or "localhost"
+    port = "" if https_port == 443 else f":{https_port}"
+    path = request.raw_path if request.raw_path.startswith("/") else "/"
+    return web.Response(status=308, headers={"Location": f"https://{host}{port}{path}"})
+
+
+def validate_request(request: web.Request, max_body: int) -> str:
+    """The origin-form target to forward, or the ClientRequestError refusing the request."""
+    if request.method == "CONNECT":
+        raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
+    if request.version not in HTTP_VERSIONS:  # HTTP/0.9 would be forwarded as 1.1
+        raise ClientRequestError(505, "http_version_not_supported", "use HTTP/1.0 or 1.1")
+    hosts = request.headers.getall("Host", [])
+    if len(hosts) > 1 or (not hosts and request.version == aiohttp.HttpVersion11):
+        raise ClientRequestError(400, "bad_host", "HTTP/1.1 needs exactly one Host header")
+    raw = request.raw_path
+    if not raw.startswith("/"):
+        # Absolute form: allowed only for the host the request is addressed to, so the
+        # router can never be used as an open forward proxy.
+        target = URL(raw, encoded=True)
+        named = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
+        if not target.is_absolute() or (target.host or "").lower() != named:
+            raise ClientRequestError(
+                400, "absolute_uri_not_allowed", "absolute-form target for another host"
+            )
+        raw = target.raw_path_qs
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise ClientRequestError(413, "body_too_large", f"limit {max_body} bytes")
+    return raw
+
+
 def error_response(error: ProxyError) -> web.Response:
     response = web.json_response(error.body(), status=error.status)
     if (after := retry_after(error)) is not None:
@@ -205,44 +229,3 @@ class Outcome:
         self.error: str | None = None
         self.explanation = ""
         self.close_after = False  # end the client connection after this response
-
-
-WebSocketLike = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
-
-
-class TunnelIdle(Exception):
-    """No message crossed an upgraded tunnel for the idle timeout."""
-
-
-class Activity:
-    """When a message last crossed a tunnel, in either direction."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.last = clock()
-
-    def touch(self) -> None:
-        self.last = self.clock()
-
-    async def watch(self, idle: float) -> None:
-        """Raise TunnelIdle once nothing moved for `idle` seconds (the TaskGroup running
-        the pipes then cancels them, and the admission slot is released)."""
-        while (remaining := self.last + idle - self.clock()) > 0:
-            await asyncio.sleep(remaining)
-        raise TunnelIdle(f"no message for {idle}s")
-
-
-async def pipe_ws(source: WebSocketLike, sink: WebSocketLike, activity: Activity) -> None:
-    async for message in source:
-        activity.touch()
-        if message.type is aiohttp.WSMsgType.TEXT:
-            await sink.send_str(message.data)
-        elif message.type is aiohttp.WSMsgType.BINARY:
-            await sink.send_bytes(message.data)
-        elif message.type is aiohttp.WSMsgType.PING:
-            await sink.ping(message.data)
-        elif message.type is aiohttp.WSMsgType.PONG:
-            await sink.pong(message.data)
-        elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
-            break
-    await sink.close(code=source.close_code or aiohttp.WSCloseCode.OK)
