@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -28,6 +27,7 @@ from router.errors import (
 )
 from router.models import Replica
 from router.proxy.admission import Admission
+from router.proxy.aiohttp_server import HeadTimedServer
 from router.proxy.aiohttp_support import (
     CLOSE_AFTER,
     Outcome,
@@ -67,8 +67,6 @@ from router.upstream import client_ssl_context, make_connector
 
 log = logging.getLogger(__name__)
 
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 class AiohttpEngine:
     def __init__(
@@ -91,7 +89,7 @@ class AiohttpEngine:
         self._admission = Admission(config.proxy.max_connections, config.proxy.max_pending)
         self._closing: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self._sites: list[web.TCPSite] = []
         self._https_port: int | None = None
         self._redirect_http = config.listen_tls is not None and config.listen_tls.redirect_http
@@ -147,21 +145,19 @@ class AiohttpEngine:
     async def start(self) -> None:
         self._session = self._new_session()
         cfg = self._proxy
-        # Every request reaches `handle`, bypassing aiohttp's URL dispatcher: it would answer
-        # 404 itself for CONNECT's authority form and for paths holding an encoded newline.
-        app = web.Application(
-            client_max_size=cfg.max_request_body or 1024**4, middlewares=[self._everything]
-        )
-        self._runner = web.AppRunner(
-            app,
+        # The low-level server: every request reaches `handle`, with no URL dispatcher (it
+        # would answer 404 itself for CONNECT's authority form and encoded newlines).
+        server = HeadTimedServer(
+            self.handle,
+            head_timeout=cfg.client_header_timeout,
             access_log=None,
-            shutdown_timeout=cfg.drain_timeout,
-            handle_signals=False,
-            # aiohttp closes a connection with no complete request head this long after it
-            # opened or after the previous response: the idle keep-alive timeout, and also
-            # its only cut-off for a slow head (it has no separate head timeout).
+            # aiohttp's keep-alive timer closes a connection with no request this long after
+            # it opened or after its previous response.
             keepalive_timeout=cfg.client_idle_timeout,
             logger=QuietServerLog(logging.getLogger("aiohttp.server")),
+        )
+        self._runner = web.ServerRunner(
+            server, shutdown_timeout=cfg.drain_timeout, handle_signals=False
         )
         await self._runner.setup()
         if self._config.listen_tls is not None and self._tls is not None:
@@ -189,11 +185,7 @@ class AiohttpEngine:
 
     # -- request path ---------------------------------------------------------------------
 
-    @web.middleware
-    async def _everything(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
-        return await self.handle(request)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         peer = request.remote or ""
         trusted = self._trusted.contains(peer)
@@ -239,7 +231,7 @@ class AiohttpEngine:
 
     async def _forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         path: str,
         peer: str,
         trusted: bool,
@@ -329,7 +321,7 @@ class AiohttpEngine:
 
     async def _stream_back(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         upstream: aiohttp.ClientResponse,
         replica: Replica,
         outcome: Outcome,
@@ -387,7 +379,7 @@ class AiohttpEngine:
 
     async def _websocket(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         url: URL,
         headers: list[tuple[str, str]],
         replica: Replica,

@@ -43,7 +43,7 @@ class RequestBody:
     the client library reports it as a broken upstream connection, and it must be answered
     as the client's fault, never counted against the replica."""
 
-    def __init__(self, request: web.Request, limit: int, pause_timeout: float) -> None:
+    def __init__(self, request: web.BaseRequest, limit: int, pause_timeout: float) -> None:
         self._request = request
         self._limit = limit
         self._pause_timeout = pause_timeout
@@ -130,7 +130,7 @@ class RelayedResponse(web.StreamResponse):
             self.headers["Transfer-Encoding"] = f"{self._codings}, chunked"
 
 
-def redirect_to_https(request: web.Request, https_port: int | None) -> web.StreamResponse:
+def redirect_to_https(request: web.BaseRequest, https_port: int | None) -> web.StreamResponse:
     """The 308 a plain-HTTP request gets when listen_tls.redirect_http is on."""
     host = request.headers.get("Host", "").rsplit(":", 1)[0] or "localhost"
     port = "" if https_port == 443 else f":{https_port}"
@@ -138,7 +138,7 @@ def redirect_to_https(request: web.Request, https_port: int | None) -> web.Strea
     return web.Response(status=308, headers={"Location": f"https://{host}{port}{path}"})
 
 
-def validate_request(request: web.Request, max_body: int) -> str:
+def validate_request(request: web.BaseRequest, max_body: int) -> str:
     """The origin-form target to forward, or the ClientRequestError refusing the request."""
     if request.method == "CONNECT":
         raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
@@ -182,7 +182,7 @@ class QuietServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
             self.logger.exception(msg, *args, exc_info=exc_info, **kw)
 
 
-async def send_and_close(request: web.Request, response: web.StreamResponse) -> None:
+async def send_and_close(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """Answer, then close at once: the rest of the client's body is not worth reading (aiohttp
     would otherwise linger up to 10 s draining it)."""
     with contextlib.suppress(ConnectionResetError):
