@@ -5,7 +5,7 @@ with no complete request head some time after it opened or after its previous re
 timer cannot be both the idle timeout (`proxy.client_idle_timeout`, long: clients reuse
 connections) and the slowloris cut-off (`proxy.client_header_timeout`, short), so this
 handler adds the second: once the first bytes of a head arrive on an idle connection, the
-head must complete within the head timeout or the connection is closed.
+head must complete within the head timeout, or it is answered 408 and the connection closed.
 
 It reads two attributes of aiohttp's RequestHandler (`_waiter`: the handler is waiting for
 the next request; `_request_count`: requests parsed so far), present since aiohttp 3.8.
@@ -18,6 +18,12 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+
+
+REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+    b'Content-Length: 29\r\nConnection: close\r\n\r\n{"error": "request_timeout"}\n'
+)
 
 
 class HeadTimedHandler(RequestHandler):
@@ -52,6 +58,8 @@ class HeadTimedHandler(RequestHandler):
     def _head_expired(self) -> None:
         self._head_timer = None
         if self._request_count == self._head_count and self._waiting_for_head():
+            if self.transport is not None:  # as the fast engine answers a slow head
+                self.transport.write(REQUEST_TIMEOUT)
             self.force_close()
 
     def connection_lost(self, exc: BaseException | None) -> None:

@@ -67,6 +67,20 @@ def _encode(headers: list[tuple[str, str]]) -> bytes:
     return "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1")
 
 
+_DROPPED: dict[frozenset[bytes], frozenset[bytes]] = {}
+
+
+def _dropped(edge: frozenset[bytes]) -> frozenset[bytes]:
+    """The names an untrusted peer's request loses or the router sets itself; one set per
+    configured edge list, so the loop does one lookup per header."""
+    dropped = _DROPPED.get(edge)
+    if dropped is None:
+        dropped = _SPECIAL_REQUEST | edge
+        if len(_DROPPED) < 16:
+            _DROPPED[edge] = dropped
+    return dropped
+
+
 def request_block(
     headers: RawHeaders,
     *,
@@ -82,8 +96,9 @@ def request_block(
         out: list[bytes] = []
         connection: list[bytes] = []
         via: list[bytes] = []
+        dropped = _dropped(edge)
         for name, value in headers:
-            if name.lower() in _SPECIAL_REQUEST or name.lower() in edge:
+            if name.lower() in dropped:
                 lower = name.lower()
                 if lower == b"connection":
                     connection.append(value)
