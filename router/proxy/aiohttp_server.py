@@ -19,7 +19,6 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-
 REQUEST_TIMEOUT = (
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
     b'Content-Length: 29\r\nConnection: close\r\n\r\n{"error": "request_timeout"}\n'
