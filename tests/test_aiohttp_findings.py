@@ -162,6 +162,31 @@ async def test_finding9_request_trailer_never_reaches_the_next_request(
             assert b"x-leak" not in names, request
 
 
+async def test_finding2_aiohttp_response_trailer_never_reaches_the_next_response() -> None:
+    """aiohttp reads each response with a fresh parser; pinned here so it stays so (the
+    fast engine's regression test is in tests/test_fast_findings.py)."""
+
+    def trailer_first(target: bytes) -> bytes:
+        if target == b"/alice":
+            return (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-User-Token\r\n"
+                b"\r\n2\r\nok\r\n0\r\nX-User-Token: token-of-alice\r\n\r\n"
+            )
+        return ok(target)
+
+    async with stack("aiohttp", trailer_first) as (upstream, router):
+        heads = []
+        for target in (b"/alice", b"/bob"):
+            reader, writer = await open_router(router)
+            writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % target)
+            heads.append(await asyncio.wait_for(reader.read(), 5))
+            writer.close()
+        assert upstream.connections == 1  # Bob's request reused Alice's upstream connection
+        assert heads[1].startswith(b"HTTP/1.1 200 ")
+        assert heads[1].endswith(b"/bob")
+        assert b"token-of-alice" not in heads[1]
+
+
 # -- finding 6 (aiohttp side): a replica's invalid status is a 502, never relayed -------
 
 
