@@ -16,13 +16,13 @@ import aiohttp
 from router.admin import AdminServer
 from router.attestation.wiring import build_attestor
 from router.balancing.factory import make_picker_factory
-from router.config import RouterConfig, load_config
+from router.config import RouterConfig, load_config, redacted
 from router.discovery.phala import PhalaDiscovery
 from router.discovery.static import static_replicas
 from router.dns import DnsService
 from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
 from router.health import HealthChecker, make_health_session
-from router.metrics import Metrics
+from router.metrics import Metrics, build_version
 from router.models import AttestationVerdict, Replica
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers, RequestRecord
@@ -205,6 +205,11 @@ class RouterApp:
             if DnsService.wanted(config.dns)
             else None
         )
+        self.metrics.watch_connections(self.engine.connection_counts)
+        if self.tls is not None:
+            self.metrics.watch_certificates(self.tls.expiry)
+        self.started_at = time.time()
+        self.last_reload: dict[str, Any] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self._started = False
@@ -252,9 +257,32 @@ class RouterApp:
                 "draining": self._draining,
                 "drained": sorted(overrides.drained),
                 "active_limit": overrides.active_limit,
+                **self._router_facts(),
             },
         )
         return self.metrics.annotate_status(document)
+
+    def effective_config(self) -> dict[str, Any]:
+        return redacted(self.config)
+
+    def _router_facts(self) -> dict[str, Any]:
+        """Who is answering: version, uptime, listeners, last reload, certificate expiry."""
+        scheme = "https" if self.tls is not None else "http"
+        addresses = self.engine.addresses
+        return {
+            "version": build_version(),
+            "started_at": round(self.started_at, 3),
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+            "listeners": [
+                f"{scheme if i == 0 else 'http'}://{h}:{p}" for i, (h, p) in enumerate(addresses)
+            ],
+            "workers": self._worker.count,
+            "verifier": self.config.attestation.verifier
+            if self.config.attestation.enabled
+            else None,
+            "last_reload": self.last_reload,
+            "certificate_expires_at": self.tls.not_after if self.tls is not None else None,
+        }
 
     def drain(self, replica_id: str, drained: bool) -> None:
         current = self.reconciler.overrides
@@ -281,6 +309,12 @@ class RouterApp:
     def reload(self) -> ReloadResult:
         """Re-read the config file (SIGHUP, POST /admin/reload). A valid new config applies
         without dropping connections; an invalid one is refused and the running one stays."""
+        result = self._reload()
+        self.metrics.reload_done(result.error)
+        self.last_reload = {"at": round(time.time(), 3), "error": result.error}
+        return result
+
+    def _reload(self) -> ReloadResult:
         if self.config_path is None:
             return ReloadResult(
                 error="no config file to reload (the router was started from a dict)"

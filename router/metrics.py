@@ -24,14 +24,23 @@ from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Gauge,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from router.metrics_families import (
     NO_REPLICA,
     ReplicaStats,
+    RouterTotals,
     replica_families,
+    router_families,
     snapshot_families,
 )
 from router.models import AttestationVerdict, Replica
@@ -91,7 +100,15 @@ class Metrics:
         self._discovery_pushed: dict[str, int] = {}
         self._discovery_pushed_success: float | None = None  # wall clock
         self._discovery_source: DiscoveryStats | None = None
+        self.totals = RouterTotals()
+        self._connections: Callable[[], tuple[int, int]] | None = None
+        self._certificate_expiry: Callable[[], Mapping[str, float]] = dict
         self.registry = CollectorRegistry(auto_describe=False)
+        # The usual process_* (CPU, memory, open fds, start time) and python_* series, so
+        # the standard dashboards and alerts work on the router too.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(GC_COLLECTOR)
         Gauge(
             "router_build_info", "The router build; always 1.", ["version"], registry=self.registry
         ).labels(version or build_version()).set(1)
@@ -139,6 +156,11 @@ class Metrics:
             histogram.sum += seconds_up
         if record.retries:
             self._retries += record.retries
+        totals = self.totals
+        totals.bytes_in += record.bytes_in
+        totals.bytes_out += record.bytes_out
+        if record.error is not None:
+            totals.failures[record.error] = totals.failures.get(record.error, 0) + 1
 
     # -- control plane ----------------------------------------------------------------------
 
@@ -186,6 +208,23 @@ class Metrics:
             last_success = self._wall()
         if last_success is not None:
             self._discovery_pushed_success = last_success
+
+    def reload_done(self, error: str | None) -> None:
+        """A config reload applied (`error` None) or was refused."""
+        totals = self.totals
+        result = "ok" if error is None else "error"
+        totals.reloads[result] = totals.reloads.get(result, 0) + 1
+        totals.last_reload_error = error
+        if error is None:
+            totals.last_reload_success = self._wall()
+
+    def watch_connections(self, counts: Callable[[], tuple[int, int]]) -> None:
+        """Read the engine's (open, accepted) client connections at scrape time."""
+        self._connections = counts
+
+    def watch_certificates(self, expiry: Callable[[], Mapping[str, float]]) -> None:
+        """Read listener certificate expiry (listener -> Unix time) at scrape time."""
+        self._certificate_expiry = expiry
 
     def watch_discovery(self, source: DiscoveryStats) -> None:
         """Read a discovery's own counters at scrape time instead of being told each pass
@@ -308,3 +347,5 @@ class _Collector:
                 value=m.discovery_last_success,
             )
         yield from snapshot_families(m._snapshot, m._in_flight)
+        connections = m._connections() if m._connections is not None else None
+        yield from router_families(m.totals, connections, m._certificate_expiry())

@@ -393,7 +393,11 @@ async def test_async_render_matches_sync_render() -> None:
     metrics.on_snapshot(snapshot([a]))
     metrics.request_done(record(a))
     body, content_type = await metrics.render_async()
-    assert parse(body.decode()) == scrape(metrics)
+
+    def router_only(samples: Samples) -> Samples:  # process_* and python_* move on their own
+        return {k: v for k, v in samples.items() if k[0].startswith("router_")}
+
+    assert router_only(parse(body.decode())) == router_only(scrape(metrics))
     assert content_type == metrics.render()[1]
 
 

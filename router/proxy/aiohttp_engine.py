@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -87,12 +88,18 @@ class AiohttpEngine:
         self._sites: list[web.TCPSite] = []
         self._https_port: int | None = None
         self._redirect_http = config.listen_tls is not None and config.listen_tls.redirect_http
+        self._accepted = 0
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         if self._runner is None:
             return []
         return [(a[0], a[1]) for a in self._runner.addresses]
+
+    def connection_counts(self) -> tuple[int, int]:
+        """(open, accepted) client connections, for metrics."""
+        server = self._runner.server if self._runner is not None else None
+        return (len(server.connections) if server is not None else 0), self._accepted
 
     def _new_session(self) -> aiohttp.ClientSession:
         tls = self._config.upstream_tls
@@ -151,6 +158,7 @@ class AiohttpEngine:
             logger=QuietServerLog(logging.getLogger("aiohttp.server")),
         )
         await self._runner.setup()
+        self._count_accepted(self._runner.server)
         if self._config.listen_tls is not None and self._tls is not None:
             host, port = split_host_port(self._config.listen_tls.listen)
             site = web.TCPSite(
@@ -164,6 +172,18 @@ class AiohttpEngine:
             site = web.TCPSite(self._runner, host, port, backlog=1024)
             await site.start()
             self._sites.append(site)
+
+    def _count_accepted(self, server: web.Server | None) -> None:
+        # aiohttp counts open connections but not accepted ones: wrap its per-connection hook.
+        if server is None:
+            return
+        made = server.connection_made
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            self._accepted += 1
+            made(handler, transport)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
 
     async def stop(self, grace: float) -> None:
         if self._runner is not None:

@@ -96,6 +96,9 @@ class Engine(Protocol):
 
     async def start(self) -> None: ...
 
+    def connection_counts(self) -> tuple[int, int]:
+        """(open, accepted) client connections, for metrics."""
+
     def apply_config(self, config: RouterConfig) -> None:
         """Take a reloaded config (everything but the listen addresses)."""
 
