@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from router.access_log import AccessLog
 from router.admin import AdminServer
 from router.attestation.wiring import build_attestor
 from router.balancing.factory import make_picker_factory
@@ -25,17 +26,17 @@ from router.health import HealthChecker, make_health_session
 from router.metrics import Metrics, build_version
 from router.models import AttestationVerdict, Replica
 from router.proxy.aiohttp_engine import AiohttpEngine
-from router.proxy.base import Engine, InFlightCounter, Observers, RequestRecord
+from router.proxy.base import Engine, InFlightCounter, Observers
 from router.proxy.fast import FastEngine
 from router.reconciler import Reconciler
 from router.snapshot import Overrides, Policy, Snapshot
 from router.status import status_document
+from router.status_history import StatusHistory
 from router.tls import ServerTLS
 from router.upstream import ConnectTo, client_ssl_context
 from router.workers import WorkerLink, worker_count
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("router.access")
 
 
 def policy_from_config(config: RouterConfig, environ: Mapping[str, str] | None = None) -> Policy:
@@ -53,41 +54,6 @@ def policy_from_config(config: RouterConfig, environ: Mapping[str, str] | None =
         attestation_required=config.attestation.enabled,
         attestation_max_age=config.attestation.effective_max_age,
     )
-
-
-class AccessLog:
-    """One line per request, off by default (`--access-log`)."""
-
-    def attempt_done(
-        self, replica: Replica, ok: bool, kind: str | None, status: int | None
-    ) -> None:
-        return None
-
-    def request_done(self, record: RequestRecord) -> None:
-        replica = record.replica
-        access_log.info(
-            "%s %s %s",
-            record.method,
-            record.path,
-            record.status,
-            extra={
-                "access": {
-                    "method": record.method,
-                    "path": record.path,
-                    "status": record.status,
-                    "replica": replica.id if replica else None,
-                    "region": replica.region if replica else None,
-                    "upstream_seconds": record.upstream_seconds,
-                    "total_seconds": round(record.total_seconds, 6),
-                    "retries": record.retries,
-                    "bytes_in": record.bytes_in,
-                    "bytes_out": record.bytes_out,
-                    "client": record.client,
-                    "error": record.error,
-                    "route": record.explanation,
-                }
-            },
-        )
 
 
 @dataclass
@@ -135,6 +101,9 @@ class RouterApp:
         )
         self.metrics.on_snapshot(self.reconciler.current)
         self.reconciler.subscribe(self.metrics.on_snapshot)
+        self.history = StatusHistory(self.metrics.replica_totals, clock=clock)
+        self.history.on_snapshot(self.reconciler.current)
+        self.reconciler.subscribe(self.history.on_snapshot)
         self.health = HealthChecker(
             config.health,
             lambda rid, view, urgent: self.reconciler.set_health(rid, view, urgent=urgent),
@@ -260,7 +229,7 @@ class RouterApp:
                 **self._router_facts(),
             },
         )
-        return self.metrics.annotate_status(document)
+        return self.history.annotate(self.metrics.annotate_status(document))
 
     def effective_config(self) -> dict[str, Any]:
         return redacted(self.config)
@@ -385,6 +354,7 @@ class RouterApp:
                 log.warning("first discovery pass failed (%s); retrying in the background", exc)
             self._spawn(self.discovery.run())
         self._spawn(self.health.run())
+        self._spawn(self.history.run())
         if self.attestor is not None:
             self._spawn(self.attestor.run())
         await self.engine.start()

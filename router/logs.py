@@ -45,13 +45,37 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure(level: str = "info", fmt: str = "text", access_log: bool = False) -> None:
+# `--access-log-format` (a click callback sets it before a command calls `configure`).
+access_format: str | None = None
+
+
+def set_access_format(value: str | None) -> None:
+    global access_format
+    access_format = value
+
+
+def configure(
+    level: str = "info", fmt: str = "text", access_log: bool = False, access: str | None = None
+) -> None:
+    """Log to stderr as `fmt`; the access log (when on) as `access` (text, json, combined),
+    by default like the other lines."""
+    from router.access_log import AccessJsonFormatter, CombinedFormatter
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("router.access").setLevel(logging.INFO if access_log else logging.WARNING)
+    access_logger = logging.getLogger("router.access")
+    access_logger.setLevel(logging.INFO if access_log else logging.WARNING)
+    access = access or access_format
+    access_logger.handlers.clear()
+    access_logger.propagate = True
+    if access in ("json", "combined"):
+        own = logging.StreamHandler(sys.stderr)
+        own.setFormatter(AccessJsonFormatter() if access == "json" else CombinedFormatter())
+        access_logger.handlers.append(own)
+        access_logger.propagate = False
     # Libraries log every connection at INFO; their failures reach us as exceptions anyway.
     for noisy in ("httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

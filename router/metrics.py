@@ -268,11 +268,15 @@ class Metrics:
         body = await asyncio.to_thread(generate_latest, frozen)
         return body, CONTENT_TYPE_LATEST
 
+    def replica_totals(self) -> dict[str, tuple[int, int]]:
+        """Per replica: (requests, 5xx responses) so far."""
+        return {rid: s.totals() for rid, s in self._stats.items()}
+
     def rates(self, window: float = RATE_WINDOW) -> dict[str, tuple[float, float]]:
         """Per replica: (requests per second, fraction of 5xx) over about `window` seconds,
         from counter samples kept at most once a second (since start while younger)."""
         now = self._clock()
-        totals = {rid: s.totals() for rid, s in self._stats.items()}
+        totals = self.replica_totals()
         samples = self._samples
         if not samples or now - samples[-1][0] >= _SAMPLE_EVERY:
             samples.append((now, totals))

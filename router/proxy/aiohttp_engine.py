@@ -50,9 +50,11 @@ from router.proxy.base import (
 )
 from router.proxy.headers import (
     IDEMPOTENT,
+    REQUEST_ID,
     TrustedProxies,
     forward_request_headers,
     forward_response_headers,
+    request_id,
 )
 from router.proxy.retry import classify_client_error, retryable
 from router.settings_types import split_host_port
@@ -62,6 +64,9 @@ from router.upstream import client_ssl_context, make_connector
 log = logging.getLogger(__name__)
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
 
 class AiohttpEngine:
@@ -205,6 +210,7 @@ class AiohttpEngine:
         peer = request.remote or ""
         trusted = self._trusted.contains(peer)
         client = self._trusted.client_address(peer, request.headers.getall("X-Forwarded-For", []))
+        rid = request[REQUEST_ID_KEY] = request_id(request.headers.get(REQUEST_ID), trusted)
         outcome = Outcome()
         if self._redirect_http and not request.secure:
             return self._redirect_to_https(request)
@@ -215,6 +221,7 @@ class AiohttpEngine:
         except ProxyError as exc:
             outcome.error = exc.code
             response = error_response(exc)
+            response.headers[REQUEST_ID] = rid
             if exc.code in CLOSE_AFTER:
                 await send_and_close(request, response)
             elif isinstance(exc, ClientRequestError):
@@ -224,6 +231,11 @@ class AiohttpEngine:
             RequestRecord(
                 method=request.method,
                 path=request.path,
+                query=request.query_string,
+                host=request.host,
+                protocol=f"HTTP/{request.version.major}.{request.version.minor}",
+                request_id=rid,
+                headers=request.headers,
                 status=status,
                 client=client,
                 replica=outcome.replica,
@@ -301,6 +313,7 @@ class AiohttpEngine:
             host=request.host,
         )
         headers = [(k, v) for k, v in headers if k.lower() != "expect"]
+        headers.append((REQUEST_ID, request[REQUEST_ID_KEY]))
         if is_ws:
             headers = [(k, v) for k, v in headers if k.lower() not in WS_OWN_HEADERS]
         has_body = request.body_exists
@@ -372,6 +385,7 @@ class AiohttpEngine:
                 response.headers.add(key, value)
             for key, value in extra_headers:
                 response.headers.add(key, value)
+            response.headers[REQUEST_ID] = request[REQUEST_ID_KEY]
             length = upstream.content_length
             if length is not None and "Transfer-Encoding" not in upstream.headers:
                 response.content_length = length
