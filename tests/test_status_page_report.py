@@ -14,8 +14,11 @@ import aiohttp
 import pytest
 import yaml
 
+from tests import test_status_page
 from tests.support import running_replica, running_router, static_config
-from tests.test_status_page import ARTIFACTS, browser  # noqa: F401 (fixture)
+from tests.test_status_page import ARTIFACTS
+
+browser = test_status_page.browser  # the headless Chromium fixture
 
 LONG_ID = "f3a9c1d27e8b4a6f9c0d1e2f3a4b5c6d7e8f9a0b"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs/img"
