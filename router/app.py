@@ -34,6 +34,7 @@ from router.status import status_document
 from router.status_history import StatusHistory
 from router.tls import ServerTLS
 from router.upstream import ConnectTo, client_ssl_context
+from router.worker_reports import ReportInbox, send_reports
 from router.workers import WorkerLink, worker_count
 
 log = logging.getLogger(__name__)
@@ -366,6 +367,7 @@ class RouterApp:
                 workers,
             )
         self._worker.listen(self.reconciler.set_overrides)
+        self._start_reports()
         if self._admin_enabled:
             await self.admin.start()
         if self.dns is not None and self._admin_enabled:  # one DNS publisher per host
@@ -378,6 +380,15 @@ class RouterApp:
             ", ".join(f"{h}:{p}" for h, p in self.engine.addresses),
             self.config.admin.listen,
         )
+
+    def _start_reports(self) -> None:
+        """Workers > 0 report their counters to worker 0, which merges them."""
+        link = self._worker
+        if link.report_out is not None:
+            self._spawn(send_reports(link.report_out, self.metrics.report_line))
+        elif link.report_ins:
+            self.metrics.peers = ReportInbox()
+            self.metrics.peers.listen(link.report_ins)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))
@@ -396,6 +407,8 @@ class RouterApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._worker.close()
+        if self.metrics.peers is not None:
+            self.metrics.peers.close(self._worker.report_ins.values())
         await self.engine.stop(grace)
         if self.attestor is not None:
             await self.attestor.aclose()

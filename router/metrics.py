@@ -46,6 +46,7 @@ from router.metrics_families import (
 from router.models import AttestationVerdict, Replica
 from router.proxy.base import RequestRecord
 from router.snapshot import Snapshot
+from router.worker_reports import ReportInbox, encode_report, merge_families
 
 KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
@@ -101,6 +102,7 @@ class Metrics:
         self._discovery_pushed_success: float | None = None  # wall clock
         self._discovery_source: DiscoveryStats | None = None
         self.totals = RouterTotals()
+        self.peers: ReportInbox | None = None  # worker 0 with proxy.workers > 1
         self._connections: Callable[[], tuple[int, int]] | None = None
         self._certificate_expiry: Callable[[], Mapping[str, float]] = dict
         self.registry = CollectorRegistry(auto_describe=False)
@@ -256,21 +258,54 @@ class Metrics:
 
     # -- reading ----------------------------------------------------------------------------
 
+    def families(self) -> list[Metric]:
+        """Every family, with the other workers' counts added when there are any."""
+        own = list(self.registry.collect())
+        if self.peers is None:
+            return own
+        merged = merge_families(own, self.peers.reports.values())
+        merged.append(
+            GaugeMetricFamily(
+                "router_workers_reporting",
+                "Worker processes counted in these metrics (worker 0 and recent reports).",
+                value=1 + len(self.peers.reports),
+            )
+        )
+        per_worker = CounterMetricFamily(
+            "router_worker_requests", "Client requests by worker process.", labels=["worker"]
+        )
+        served = sum(stats.totals()[0] for stats in self._stats.values())
+        per_worker.add_metric(["0"], served)
+        for index, report in sorted(self.peers.reports.items()):
+            per_worker.add_metric([str(index)], sum(n for n, _ in report.totals.values()))
+        merged.append(per_worker)
+        return merged
+
     def render(self) -> tuple[bytes, str]:
         """The /metrics body and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(_Frozen(self.families())), CONTENT_TYPE_LATEST
 
     async def render_async(self) -> tuple[bytes, str]:
         """Like `render`, but only the (cheap) collection runs on the event loop; the text
         formatting, ~70% of a scrape (about 17 ms for 50 replicas), runs in a thread so the
         data plane is not stalled for a whole scrape."""
-        frozen = _Frozen(list(self.registry.collect()))
+        frozen = _Frozen(self.families())
         body = await asyncio.to_thread(generate_latest, frozen)
         return body, CONTENT_TYPE_LATEST
 
+    def report_line(self) -> bytes:
+        """What this worker tells worker 0 (`router.worker_reports`)."""
+        totals = {rid: s.totals() for rid, s in self._stats.items()}
+        return encode_report(self.registry.collect(), totals, self._in_flight)
+
     def replica_totals(self) -> dict[str, tuple[int, int]]:
-        """Per replica: (requests, 5xx responses) so far."""
-        return {rid: s.totals() for rid, s in self._stats.items()}
+        """Per replica: (requests, 5xx responses) so far, over all workers."""
+        totals = {rid: s.totals() for rid, s in self._stats.items()}
+        for peer in self.peers.totals() if self.peers is not None else ():
+            for rid, (n, e) in peer.items():
+                before = totals.get(rid, (0, 0))
+                totals[rid] = (before[0] + n, before[1] + e)
+        return totals
 
     def rates(self, window: float = RATE_WINDOW) -> dict[str, tuple[float, float]]:
         """Per replica: (requests per second, fraction of 5xx) over about `window` seconds,
@@ -301,7 +336,10 @@ class Metrics:
     def annotate_status(self, document: dict[str, Any]) -> dict[str, Any]:
         """Add request/error rates per replica and the discovery age to a /status document."""
         rates = self.rates()
+        peers_in_flight = self.peers.in_flight() if self.peers is not None else []
         for row in document.get("replicas", []):
+            if peers_in_flight:
+                row["in_flight"] += sum(p.get(row["id"], 0) for p in peers_in_flight)
             rate = rates.get(row["id"])
             row["requests_per_second"] = round(rate[0], 3) if rate else None
             row["error_ratio"] = round(rate[1], 4) if rate else None
