@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("matplotlib", reason="the plots need the bench extra (matplotlib)")
 
-from matplotlib.colors import to_rgba  # noqa: E402
+from matplotlib.colors import to_rgba
 
-from bench.plots import (  # noqa: E402
+from bench.plots import (
     comparisons,
     conditions,
     load_sweeps,
