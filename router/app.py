@@ -30,7 +30,7 @@ from router.proxy.base import Engine, InFlightCounter, Observers
 from router.proxy.fast import FastEngine
 from router.reconciler import Reconciler
 from router.snapshot import Overrides, Policy, Snapshot
-from router.status import status_document
+from router.status import router_facts, status_document
 from router.status_history import StatusHistory
 from router.tls import ServerTLS
 from router.upstream import ConnectTo, client_ssl_context
@@ -236,23 +236,18 @@ class RouterApp:
         return redacted(self.config)
 
     def _router_facts(self) -> dict[str, Any]:
-        """Who is answering: version, uptime, listeners, last reload, certificate expiry."""
-        scheme = "https" if self.tls is not None else "http"
-        addresses = self.engine.addresses
-        return {
-            "version": build_version(),
-            "started_at": round(self.started_at, 3),
-            "uptime_seconds": round(time.time() - self.started_at, 3),
-            "listeners": [
-                f"{scheme if i == 0 else 'http'}://{h}:{p}" for i, (h, p) in enumerate(addresses)
-            ],
-            "workers": self._worker.count,
-            "verifier": self.config.attestation.verifier
-            if self.config.attestation.enabled
-            else None,
-            "last_reload": self.last_reload,
-            "certificate_expires_at": self.tls.not_after if self.tls is not None else None,
-        }
+        attestation = self.config.attestation
+        return router_facts(
+            version=build_version(),
+            started_at=self.started_at,
+            now=time.time(),
+            addresses=self.engine.addresses,
+            tls=self.tls is not None,
+            workers=self._worker.count,
+            verifier=attestation.verifier if attestation.enabled else None,
+            last_reload=self.last_reload,
+            certificate_expires_at=self.tls.not_after if self.tls is not None else None,
+        )
 
     def drain(self, replica_id: str, drained: bool) -> None:
         current = self.reconciler.overrides
