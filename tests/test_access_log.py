@@ -47,7 +47,7 @@ async def test_a_client_request_id_is_replaced_unless_the_peer_is_trusted(
                 other = resp.headers["X-Request-Id"]
         assert len(given) == 1
         assert given[0] != "mine"
-        assert re.fullmatch(r"[0-9a-f]{32}", given[0])
+        assert re.fullmatch(r"[0-9a-f]{17,32}", given[0])
         assert seen.getall("X-Request-Id") == given  # the replica sees the same, only id
         assert other != given[0]
 
@@ -70,7 +70,7 @@ async def test_an_error_the_router_answers_itself_carries_the_request_id(
             router.app.drain("a", True)
             async with client.get(f"{router.url}/x") as resp:
                 assert resp.status == 503
-                assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["X-Request-Id"])
+                assert re.fullmatch(r"[0-9a-f]{17,32}", resp.headers["X-Request-Id"])
 
 
 @pytest.mark.usefixtures("restore_logging")

@@ -58,6 +58,7 @@ class Exchange:
     attempts = buffered = bytes_in = bytes_out = 0
     attempt_started = 0.0
     request_id = ""
+    _rid_line = b""
     _fwd_block = b""
     slot: Claim | None = None
     holds_slot = False
@@ -88,7 +89,8 @@ class Exchange:
 
     def start(self) -> None:
         head, core = self.head, self.core
-        self.request_id = rules.request_id(head, self.client.trusted) if head else ""
+        self.request_id = rid = rules.request_id(head, self.client.trusted) if head else ""
+        self._rid_line = b"X-Request-Id: %s\r\n" % rid.encode("latin-1")
         if self.error is not None or head is None:
             self._fail(self.error or ClientRequestError(400, "bad_request"))
             return
@@ -189,7 +191,7 @@ class Exchange:
             head.raw_target,
             b" HTTP/1.1\r\n",
             target.host_line,
-            b"X-Request-Id: %s\r\n" % self.request_id.encode("latin-1"),
+            self._rid_line,
             self._fwd_block,
         ]
         if head.has_body:
@@ -282,7 +284,7 @@ class Exchange:
             block, length, chunked = rules.response_block(headers)
             if conn is not None:
                 conn.last_raw, conn.last_rules = headers, (block, length, chunked)
-        block += b"X-Request-Id: %s\r\n" % self.request_id.encode("latin-1")
+        block += self._rid_line
         if self.ctx is not None and self.ctx.response_headers:
             block += wire.header_block(self.ctx.response_headers)
         framing = b""
