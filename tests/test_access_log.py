@@ -131,3 +131,21 @@ def test_credential_looking_query_values_are_masked() -> None:
     assert redacted_query("page=2&sort=name") == "page=2&sort=name"
     assert redacted_query("api_key=abc&x=1") == "api_key=***&x=1"
     assert redacted_query("X-Amz-Signature=abc&code=z") == "X-Amz-Signature=***&code=***"
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_cli_takes_the_access_log_format(tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from router.cli import main
+
+    runner = CliRunner()
+    refused = runner.invoke(main, ["serve", "-c", "x.yaml", "--access-log-format", "apache"])
+    assert refused.exit_code == 2
+    assert "'text', 'json', 'combined'" in refused.output
+    try:
+        missing = str(tmp_path / "missing.yaml")
+        runner.invoke(main, ["serve", "-c", missing, "--access-log", "--access-log-format", "json"])
+        assert logs.access_format == "json"
+    finally:
+        logs.set_access_format(None)
