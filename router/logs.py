@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -71,9 +72,14 @@ def configure(
     access = access or access_format
     access_logger.handlers.clear()
     access_logger.propagate = True
-    if access in ("json", "combined"):
+    formatters: dict[str, Callable[[], logging.Formatter]] = {
+        "json": AccessJsonFormatter,
+        "combined": CombinedFormatter,
+        "text": TextFormatter,
+    }
+    if access is not None and access != fmt:
         own = logging.StreamHandler(sys.stderr)
-        own.setFormatter(AccessJsonFormatter() if access == "json" else CombinedFormatter())
+        own.setFormatter(formatters[access]())
         access_logger.handlers.append(own)
         access_logger.propagate = False
     # Libraries log every connection at INFO; their failures reach us as exceptions anyway.
