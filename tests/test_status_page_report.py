@@ -6,12 +6,14 @@ answering (version, uptime, listeners, reload, certificate). Real headless Chrom
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 import yaml
 
 from tests import test_status_page
@@ -122,13 +124,25 @@ async def test_problem_first_short_ids_time_in_state_sparklines_and_router_facts
 
 @pytest.mark.browser
 async def test_alarm_when_nothing_is_routable_and_simulator_verifier_warning(
-    browser: Any,
+    browser: Any, tmp_path: Path
 ) -> None:
+    # A listener certificate that expires in 5 days: the page flags it.
+    ca = trustme.CA()
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=5, hours=1)
+    cert = ca.issue_cert("router.test", not_after=expires)
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_pem.write_to_path(str(key_file))
+    cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
     async with running_replica("a") as a:
         cfg = static_config(
             [("a", f"http://127.0.0.1:{a.port}")],
             health={"enabled": False},
             attestation={"mode": "fresh", "verifier": "insecure-simulator", "timeout": "1s"},
+            listen_tls={
+                "listen": "127.0.0.1:0",
+                "cert_file": str(cert_file),
+                "key_file": str(key_file),
+            },
         )
         # A key nobody signs with: the replica (not a simulator) never gets attested.
         async with running_router(cfg, trusted_simulator_keys=frozenset({b"\x01" * 32})) as router:
@@ -139,6 +153,10 @@ async def test_alarm_when_nothing_is_routable_and_simulator_verifier_warning(
             warning = await page.inner_text("#verifier-warning")
             assert "insecure-simulator" in warning
             assert await page.is_visible("#verifier-warning")
+            facts = await page.inner_text("#facts")
+            assert "certificate expires in 5 days" in facts
+            assert await page.locator("#facts .badge.panic", has_text="certificate").count() == 1
+            assert "listening: https://127.0.0.1:" in facts
             await screenshots(page, "status-page-alarm", phone=False)
 
 
