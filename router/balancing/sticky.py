@@ -1,9 +1,11 @@
 """Sticky sessions on top of any policy (`routing.sticky`).
 
 - `header` / `ip`: the key (a request header, or the effective client address) is hashed
-  and placed by weighted rendezvous hashing inside the group the policy would pick from
-  (every member, or the client's region under `geo`). Removing one of N replicas moves only
-  the keys it held (~1/N); a key keeps its replica while that replica is routable.
+  with a stable hash and placed by the group's prebuilt table (`routing.sticky.hash`:
+  Maglev by default, ring hash or rendezvous; see tables.py) inside the group the policy
+  would pick from (every member, or the client's region under `geo`). A key keeps its
+  replica while that replica is routable; removing one of N replicas moves about 1/N of
+  the keys; failover follows the table, so every router agrees on a key's fallback.
 - `cookie`: the first response sets a cookie naming the replica that served it, signed
   with HMAC-SHA256 so clients can't steer to arbitrary replicas. A valid cookie naming a
   routable replica sends the request there; otherwise the policy picks afresh and the
@@ -20,7 +22,8 @@ import hmac
 from collections.abc import Iterator, Sequence
 
 from router.balancing.base import Member, RequestContext
-from router.balancing.group import KeyedPicker, hash64
+from router.balancing.group import KeyedPicker
+from router.balancing.keyhash import hash64
 from router.balancing.settings import StickyConfig
 from router.models import Replica
 
@@ -45,7 +48,7 @@ def cookie_value(header: str | None, name: str) -> str | None:
 
 
 class KeyedSticky:
-    """`header` and `ip` modes: the policy's own group, placed by rendezvous on the key."""
+    """`header` and `ip` modes: the policy's own group, placed by its table on the key."""
 
     __slots__ = ("_header", "_inner", "_mode")
 
