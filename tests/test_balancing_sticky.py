@@ -9,8 +9,8 @@ import pytest
 from router.balancing.base import Member, Picker
 from router.balancing.group import Group, hash64
 from router.balancing.settings import StickyConfig
-from router.balancing.tables import KeyTables
 from router.balancing.sticky import cookie_value, sign_replica
+from router.balancing.tables import KeyTables
 from router.errors import ConfigError
 from tests.balancing_support import ctx, factory, first, members, replica
 

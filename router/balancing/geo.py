@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from router.balancing.base import InFlight, Member, RequestContext
 from router.balancing.group import Group, Within
 from router.balancing.keyhash import unit_interval
-from router.balancing.tables import KeyTables
 from router.balancing.settings import GeoConfig, normalise_region
+from router.balancing.tables import KeyTables
 from router.geo import ClientLocation, Locator, Point, haversine_km, region_coordinates
 from router.models import Replica
 

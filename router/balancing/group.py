@@ -62,8 +62,7 @@ class Group:
         if self._table is None:
             # Built without tables (no keyed sticky mode configured, e.g. a test placing
             # keys directly): rendezvous needs no build, so make it on first use.
-            self._table = RendezvousTable(
-                [r.id for r in self.replicas], self._weights)
+            self._table = RendezvousTable([r.id for r in self.replicas], self._weights)
         return self._table
 
     def first(self) -> int:

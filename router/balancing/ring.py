@@ -47,7 +47,9 @@ class RingTable:
             raise ValueError(f"a hash ring holds at most {MAX_REPLICAS} replicas")
         points: list[int] = []
         append = points.append
-        for index, (replica_id, count) in enumerate(zip(ids, point_counts(weights, size))):
+        for index, (replica_id, count) in enumerate(
+            zip(ids, point_counts(weights, size), strict=True)
+        ):
             state = hash64(replica_id)
             for _ in range(count):
                 state = (state + GOLDEN_GAMMA) & MASK64
