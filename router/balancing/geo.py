@@ -198,12 +198,11 @@ class GeoPicker:
         """A sticky key keeps its region (its spill-over draw is derived from the key)
         and its replica within the region (the region's sticky table)."""
         if not self._regions:
-            return
+            return iter(())
         chosen = self._choose(ctx, unit_interval(key, _LEVEL_SALT))
         if chosen is None:
             ctx.explanation = f"geo: client location unknown -> {self._hash_name} over all regions"
-            yield from self._all.keyed_order(key)
-            return
+            return self._all.keyed_order(key)
         plan, level = chosen
         ctx.explanation = plan.explanations[level]
-        yield from self._walk(plan, level, plan.regions[level].group.keyed_order(key))
+        return self._walk(plan, level, plan.regions[level].group.keyed_order(key))

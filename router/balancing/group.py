@@ -75,9 +75,7 @@ class Group:
 
     def keyed_order(self, key: int) -> Iterator[Replica]:
         """The key's member, then its failover order (the table's next distinct entries)."""
-        replicas = self.replicas
-        for index in self._key_table().order(key):
-            yield replicas[index]
+        return map(self.replicas.__getitem__, self._key_table().order(key))
 
     def ring(self, first: int) -> Iterator[Replica]:
         replicas = self.replicas
@@ -91,7 +89,9 @@ class KeyedPicker(Protocol):
 
     def candidates(self, ctx: RequestContext) -> Iterator[Replica]: ...
 
-    def keyed_candidates(self, ctx: RequestContext, key: int) -> Iterator[Replica]: ...
+    def keyed_candidates(self, ctx: RequestContext, key: int) -> Iterator[Replica]:
+        """The key's replica and its failover order; sets `ctx.explanation` on the call."""
+        ...
 
 
 class FlatPicker:
@@ -119,10 +119,8 @@ class FlatPicker:
         yield from self._group.ring(self._group.first())
 
     def keyed_candidates(self, ctx: RequestContext, key: int) -> Iterator[Replica]:
-        if not self._group.replicas:
-            return
         ctx.explanation = self._keyed_explanation
-        yield from self._group.keyed_order(key)
+        return self._group.keyed_order(key) if self._group.replicas else iter(())
 
 
 __all__ = ["FlatPicker", "Group", "KeyedPicker", "Within", "hash64", "unit_interval"]

@@ -58,16 +58,14 @@ class KeyedSticky:
         self._header = cfg.header_name
 
     def candidates(self, ctx: RequestContext) -> Iterator[Replica]:
+        # Not a generator: the inner picker returns its (lazy) failover order directly, so a
+        # request pays for one generator, not a stack of them.
         raw = ctx.client_ip if self._mode == "ip" else ctx.headers.get(self._header)
         if not raw:
-            yield from self._inner.candidates(ctx)
-            return
-        started = False
-        for replica in self._inner.keyed_candidates(ctx, hash64(raw)):
-            if not started:
-                started = True
-                ctx.explanation = f"sticky {self._mode}: {ctx.explanation}"
-            yield replica
+            return self._inner.candidates(ctx)
+        attempts = self._inner.keyed_candidates(ctx, hash64(raw))
+        ctx.explanation = f"sticky {self._mode}: {ctx.explanation}"
+        return attempts
 
 
 class CookieSticky:
