@@ -190,6 +190,7 @@ def test_order_starts_with_the_pick_and_covers_every_member(
     order = list(table.order(key))
     assert order[0] == table.pick(key)
     assert sorted(order) == list(range(len(weights)))
+    assert sum(table.shares()) == pytest.approx(1.0)
 
 
 def test_geo_builds_one_table_per_region_and_rebuilds_only_the_changed_one() -> None:

@@ -89,6 +89,13 @@ class MaglevTable:
     def pick(self, key: int) -> int:
         return self._entries[key % self._size]
 
+    def shares(self) -> list[float]:
+        """Each replica's exact share of the key space (its slots / M)."""
+        counts = [0] * self._count
+        for index in self._entries:
+            counts[index] += 1
+        return [c / self._size for c in counts]
+
     def order(self, key: int) -> Iterator[int]:
         """The key's replica, then each next distinct replica in table order; replicas
         holding no slot (weights too small for 1/M) come last, by index."""

@@ -34,6 +34,11 @@ class RendezvousTable:
     def nbytes(self) -> int:
         return 0
 
+    def shares(self) -> list[float]:
+        """Each replica's share of keys: exactly its weight's (each key draws afresh)."""
+        total = sum(self._weights)
+        return [w / total for w in self._weights]
+
     def pick(self, key: int) -> int:
         found = self._memo.get(key)
         if found is not None:

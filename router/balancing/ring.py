@@ -69,6 +69,17 @@ class RingTable:
     def pick(self, key: int) -> int:
         return self._points[self._start(key)] & _INDEX_MASK
 
+    def shares(self) -> list[float]:
+        """Each replica's exact share of the key space (the arcs ending at its points)."""
+        points = self._points
+        owned = [0] * self._count
+        previous = (points[-1] & _POSITION_MASK) - (1 << 64)
+        for point in points:
+            position = point & _POSITION_MASK
+            owned[point & _INDEX_MASK] += position - previous
+            previous = position
+        return [o / (1 << 64) for o in owned]
+
     def order(self, key: int) -> Iterator[int]:
         """The key's replica, then each next distinct replica clockwise (its successors)."""
         points, count = self._points, self._count

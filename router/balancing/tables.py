@@ -29,6 +29,10 @@ class KeyTable(Protocol):
 
     def pick(self, key: int) -> int: ...
 
+    def shares(self) -> list[float]:
+        """Each member's share of the key space (what its weight got after quantisation)."""
+        ...
+
     def order(self, key: int) -> Iterator[int]:
         """The key's member, then its deterministic failover order (distinct members)."""
         ...
