@@ -75,7 +75,8 @@ class Group:
 
     def keyed_order(self, key: int) -> Iterator[Replica]:
         """The key's member, then its failover order (the table's next distinct entries)."""
-        return map(self.replicas.__getitem__, self._key_table().order(key))
+        table = self._table or self._key_table()
+        return map(self.replicas.__getitem__, table.order(key))
 
     def ring(self, first: int) -> Iterator[Replica]:
         replicas = self.replicas

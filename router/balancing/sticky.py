@@ -28,6 +28,8 @@ from router.balancing.settings import StickyConfig
 from router.models import Replica
 
 _SIGN_CONTEXT = b"phala-router sticky v1:"
+# Explanations depend on the client's region plan, not the key: a few thousand at most.
+_LABEL_LIMIT = 4096
 
 
 def sign_replica(key: bytes, replica_id: str) -> str:
@@ -50,12 +52,15 @@ def cookie_value(header: str | None, name: str) -> str | None:
 class KeyedSticky:
     """`header` and `ip` modes: the policy's own group, placed by its table on the key."""
 
-    __slots__ = ("_header", "_inner", "_mode")
+    __slots__ = ("_header", "_inner", "_labels", "_mode")
 
     def __init__(self, inner: KeyedPicker, cfg: StickyConfig) -> None:
         self._inner = inner
         self._mode = cfg.mode
         self._header = cfg.header_name
+        # "sticky <mode>: <the policy's explanation>", made once per distinct explanation
+        # (a few per region plan) rather than formatted on every request.
+        self._labels: dict[str, str] = {}
 
     def candidates(self, ctx: RequestContext) -> Iterator[Replica]:
         # Not a generator: the inner picker returns its (lazy) failover order directly, so a
@@ -64,7 +69,12 @@ class KeyedSticky:
         if not raw:
             return self._inner.candidates(ctx)
         attempts = self._inner.keyed_candidates(ctx, hash64(raw))
-        ctx.explanation = f"sticky {self._mode}: {ctx.explanation}"
+        label = self._labels.get(ctx.explanation)
+        if label is None:
+            label = f"sticky {self._mode}: {ctx.explanation}"
+            if len(self._labels) < _LABEL_LIMIT:
+                self._labels[ctx.explanation] = label
+        ctx.explanation = label
         return attempts
 
 
