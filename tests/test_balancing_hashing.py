@@ -249,3 +249,16 @@ def test_bad_hash_settings_name_the_rule() -> None:
         with pytest.raises(ConfigError, match=expected):
             parse_config({**base, "routing": {"sticky": {"mode": "ip", **sticky}}}, {})
     assert parse_config(base, {}).routing.sticky.hash == "maglev"
+
+
+@pytest.mark.parametrize("kind", ["maglev", "ring", "rendezvous"])
+def test_placement_does_not_depend_on_the_order_members_arrive_in(kind: str) -> None:
+    pool = [Member(replica(f"r{i}"), 100.0 + i) for i in range(12)]
+    cfg = {"sticky": {"mode": "header", "hash": kind}}
+    forward = factory(cfg)(pool, {})
+    backward = factory(cfg)(list(reversed(pool)), {})
+    for i in range(50):
+        headers = {"X-Session-Id": f"user-{i}"}
+        assert [r.id for r in forward.candidates(ctx(headers=headers))] == [
+            r.id for r in backward.candidates(ctx(headers=headers))
+        ]

@@ -26,7 +26,7 @@ def placement(group_members: list[Member], keys: list[str]) -> dict[str, str]:
     import random
 
     group = Group("all", group_members, "round_robin", {}, random.Random(0))
-    return {k: group.replicas[group.keyed(hash64(k))].id for k in keys}
+    return {k: next(group.keyed_order(hash64(k))).id for k in keys}
 
 
 def test_removing_one_of_n_moves_only_its_keys_about_one_nth() -> None:

@@ -34,12 +34,16 @@ def make_selector(
     return RoundRobin(members)
 
 
+def _replica_id(member: Member) -> str:
+    return member.replica.id
+
+
 class Group:
-    """Members picked together. `first()` applies the group's rule; `keyed(key)` places a
-    sticky key with the group's prebuilt table (`keyed_order` adds its failover order);
+    """Members picked together. `first()` applies the group's rule; `keyed_order(key)`
+    places a sticky key with the group's prebuilt table and gives its failover order;
     `ring(i)` is the failover order from i for picks that are not keyed."""
 
-    __slots__ = ("_selector", "_table", "_weights", "name", "replicas", "weight")
+    __slots__ = ("_by_id", "_selector", "_table", "_weights", "name", "replicas", "weight")
 
     def __init__(
         self,
@@ -52,31 +56,31 @@ class Group:
     ) -> None:
         self.name = name
         self.replicas: tuple[Replica, ...] = tuple(m.replica for m in members)
-        self._weights = tuple(m.weight for m in members)
-        self.weight = sum(self._weights)
+        self.weight = sum(m.weight for m in members)
         self._selector = make_selector(within, members, in_flight, rng) if members else None
+        # Sticky tables index the members in id order, so a table (Maglev's fill order in
+        # particular) never depends on the order members arrive in: every router agrees.
+        by_id = sorted(members, key=_replica_id)
+        self._by_id: tuple[Replica, ...] = tuple(m.replica for m in by_id)
+        self._weights = tuple(m.weight for m in by_id)
         # Built here, with the snapshot: a request only looks the key up.
-        self._table: KeyTable | None = tables.get(members) if tables and members else None
+        self._table: KeyTable | None = tables.get(by_id) if tables and members else None
 
     def _key_table(self) -> KeyTable:
         if self._table is None:
             # Built without tables (no keyed sticky mode configured, e.g. a test placing
             # keys directly): rendezvous needs no build, so make it on first use.
-            self._table = RendezvousTable([r.id for r in self.replicas], self._weights)
+            self._table = RendezvousTable([r.id for r in self._by_id], self._weights)
         return self._table
 
     def first(self) -> int:
         assert self._selector is not None
         return self._selector.next_index()
 
-    def keyed(self, key: int) -> int:
-        """The index of the member a sticky key (a 64-bit stable hash) goes to."""
-        return self._key_table().pick(key)
-
     def keyed_order(self, key: int) -> Iterator[Replica]:
         """The key's member, then its failover order (the table's next distinct entries)."""
         table = self._table or self._key_table()
-        return map(self.replicas.__getitem__, table.order(key))
+        return map(self._by_id.__getitem__, table.order(key))
 
     def ring(self, first: int) -> Iterator[Replica]:
         replicas = self.replicas
