@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 
 from router.balancing.base import Member, Picker
-from router.balancing.group import Group, hash64
+from router.balancing.group import Group
+from router.balancing.keyhash import hash64
 from router.balancing.settings import StickyConfig
 from router.balancing.sticky import cookie_value, sign_replica
 from router.balancing.tables import KeyTables

@@ -12,7 +12,6 @@ from collections.abc import Iterator, Sequence
 from typing import Literal, Protocol
 
 from router.balancing.base import InFlight, Member, RequestContext
-from router.balancing.keyhash import hash64, unit_interval
 from router.balancing.least_request import LeastRequestSelector
 from router.balancing.rendezvous import RendezvousTable
 from router.balancing.round_robin import RoundRobin
@@ -127,5 +126,3 @@ class FlatPicker:
         ctx.explanation = self._keyed_explanation
         return self._group.keyed_order(key) if self._group.replicas else iter(())
 
-
-__all__ = ["FlatPicker", "Group", "KeyedPicker", "Within", "hash64", "unit_interval"]
