@@ -125,4 +125,3 @@ class FlatPicker:
     def keyed_candidates(self, ctx: RequestContext, key: int) -> Iterator[Replica]:
         ctx.explanation = self._keyed_explanation
         return self._group.keyed_order(key) if self._group.replicas else iter(())
-
