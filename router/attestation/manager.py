@@ -1,14 +1,17 @@
 """The attestation gate: attest replicas on schedule and report verdicts to the reconciler.
 
 `Attestor.run()` re-attests every replica each `interval`, and at once when discovery
-reports a new instance or a changed compose hash. Each verdict goes to `sink` (the
-reconciler's `set_verdict`), which removes a failing replica from routing before the next
-request; a passing verdict admits it for `max_age` (checked by the snapshot builder).
+reports a new instance, a changed compose hash, URL or node (a verdict is tied to the
+endpoint it was made for). Each verdict goes to `sink` (the reconciler's `set_verdict`),
+which removes a failing replica from routing before the next request; a passing verdict
+admits it for `max_age` (checked by the snapshot builder).
 
-Verification is CPU work (about a millisecond or two in dcap-qvl), so it runs in a worker
-thread; fetches are bounded by `concurrency`. A verified quote is remembered by
-(replica, quote digest), so an unchanged stored quote (cloud, guest-agent) is not
-re-verified every round; fresh quotes never repeat.
+Every round verifies again (about a millisecond or two in dcap-qvl, in a worker thread):
+only collateral is cached, so expired collateral or a TCB downgrade is noticed at the next
+round. The quote is parsed before anything else: bytes that are not a TDX quote fail at
+once. Only network failures reaching the Cloud API or the PCCS count as a source outage
+(a passing verdict then stands until max_age), and never in fresh mode, where a failed
+fetch is retried with backoff within the interval before a passing replica is removed.
 """
 
 from __future__ import annotations
@@ -17,32 +20,30 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 
 import aiohttp
 import httpx
 
-from router.attestation import fetch
+from router.attestation import fetch, simsig
 from router.attestation.collateral import CollateralStore
-from router.attestation.quote import NONCE_LEN, fresh_report_data, quote_digest
+from router.attestation.quote import NONCE_LEN, fresh_report_data, parse_td_quote
 from router.attestation.settings import AttestationConfig
-from router.attestation.verify import Evidence, Expectation, is_simulated_quote, verify_evidence
+from router.attestation.verify import Evidence, Expectation, verify_evidence
 from router.errors import AttestationError
 from router.models import AttestationVerdict, Replica
 
 log = logging.getLogger(__name__)
 
 VerdictSink = Callable[[AttestationVerdict], None]
-# How long an ok verdict for an unchanged quote is reused without re-verifying it.
-VERIFIED_QUOTE_TTL = 3600.0
+# Reasons that say the source is down, not that the evidence is wrong (cloud, guest-agent).
+OUTAGE_REASONS = frozenset({"cloud_api_unreachable", "pccs_unreachable"})
 
 
-@dataclass(frozen=True, slots=True)
-class _Remembered:
-    verdict: AttestationVerdict
-    expectation: Expectation
-    verified_at: float
+def _endpoint(replica: Replica) -> tuple[str | None, str, str | None]:
+    """What a verdict is tied to: a change of any of these re-attests the replica."""
+    return (replica.compose_hash, replica.url, replica.metadata.get("node"))
 
 
 class Attestor:
@@ -59,6 +60,7 @@ class Attestor:
         wall_clock: Callable[[], float] = time.time,
         nonce: Callable[[int], bytes] = secrets.token_bytes,
         trusted_simulator_keys: frozenset[bytes] = frozenset(),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         if cfg.mode == "cloud" and (cloud is None or not app_id):
             raise ValueError("attestation.mode cloud needs the Cloud API client and an app_id")
@@ -82,11 +84,11 @@ class Attestor:
         self._wall_clock = wall_clock
         self._nonce = nonce
         self._trusted_keys = trusted_simulator_keys
+        self._sleep = sleep
         self._replicas: dict[str, Replica] = {}
-        self._seen_compose: dict[str, str | None] = {}
+        self._seen: dict[str, tuple[str | None, str, str | None]] = {}
         self._last_attempt: dict[str, float] = {}
         self._due: set[str] = set()
-        self._remembered: dict[tuple[str, str], _Remembered] = {}
         self._verdicts: dict[str, AttestationVerdict] = {}
         self._wake = asyncio.Event()
         self._limit = asyncio.Semaphore(cfg.concurrency)
@@ -99,32 +101,46 @@ class Attestor:
         return self._verdicts
 
     def update_replicas(self, replicas: Sequence[Replica]) -> None:
-        """Discovery's current set: new instances and changed compose hashes attest now."""
+        """Discovery's current set: new instances, and a changed compose hash, URL or node,
+        attest now. A verdict made for another endpoint stops admitting at once."""
         current = {r.id: r for r in replicas if r.is_candidate}
+        moved = []
         for replica_id, replica in current.items():
+            seen = self._seen.get(replica_id)
             if replica_id not in self._replicas:
                 self._due.add(replica_id)
-            elif self._seen_compose.get(replica_id) != replica.compose_hash:
+            elif seen != _endpoint(replica):
                 log.info(
-                    "replica %s: compose hash changed to %s; re-attesting",
+                    "replica %s: compose hash, URL or node changed (%s -> %s); re-attesting",
                     replica_id,
-                    replica.compose_hash,
+                    seen,
+                    _endpoint(replica),
                 )
                 self._due.add(replica_id)
-            self._seen_compose[replica_id] = replica.compose_hash
+                moved.append(replica_id)
+            self._seen[replica_id] = _endpoint(replica)
         for gone in set(self._replicas) - set(current):
             self._forget(gone)
         self._replicas = current
+        for replica_id in moved:
+            previous = self._verdicts.get(replica_id)
+            if previous is not None and previous.ok:
+                self._publish(
+                    self._failed(
+                        current[replica_id],
+                        AttestationError(
+                            "endpoint_changed", "compose hash, URL or node changed; re-attesting"
+                        ),
+                    )
+                )
         if self._due:
             self._wake.set()
 
     def _forget(self, replica_id: str) -> None:
-        self._seen_compose.pop(replica_id, None)
+        self._seen.pop(replica_id, None)
         self._last_attempt.pop(replica_id, None)
         self._verdicts.pop(replica_id, None)
         self._due.discard(replica_id)
-        for key in [k for k in self._remembered if k[0] == replica_id]:
-            del self._remembered[key]
 
     # -- schedule -------------------------------------------------------------------------
 
@@ -201,11 +217,35 @@ class Attestor:
             async with asyncio.timeout(self._cfg.timeout):
                 return await fetch.fetch_cloud(self._cloud, self._app_id)
         except TimeoutError:
-            return AttestationError("fetch_failed", "Cloud API: timed out")
+            return AttestationError("cloud_api_unreachable", "Cloud API: timed out")
         except AttestationError as exc:
             return exc
 
     async def _attest(
+        self,
+        replica: Replica,
+        cloud_found: dict[str, Evidence | AttestationError] | AttestationError | None,
+    ) -> AttestationVerdict:
+        verdict = await self._attempt(replica, cloud_found)
+        previous = self._verdicts.get(replica.id)
+        if self._cfg.mode != "fresh" or previous is None or not previous.ok:
+            return verdict
+        # Fresh mode: a replica that was passing is not removed for one lost fetch (anyone
+        # can make its quote server busy): retry with backoff, within the interval.
+        started = self._clock()
+        delay = self._cfg.fresh.retry_backoff
+        for _ in range(self._cfg.fresh.retries):
+            if verdict.ok or verdict.reason != "fetch_failed":
+                break
+            if self._clock() - started + delay + self._cfg.timeout > self._cfg.interval:
+                break
+            log.info("replica %s: fresh attestation failed (%s); retrying", replica.id, verdict.detail)
+            await self._sleep(delay)
+            delay *= 2
+            verdict = await self._attempt(replica, cloud_found)
+        return verdict
+
+    async def _attempt(
         self,
         replica: Replica,
         cloud_found: dict[str, Evidence | AttestationError] | AttestationError | None,
@@ -216,19 +256,15 @@ class Attestor:
             expectation = self._expectation(replica, nonce)
             try:
                 evidence = await self._fetch(replica, cloud_found, nonce)
-                remembered = self._remembered.get((replica.id, quote_digest(evidence.quote)))
-                if (
-                    remembered is not None
-                    and remembered.expectation == expectation
-                    and self._clock() - remembered.verified_at < VERIFIED_QUOTE_TTL
-                ):
-                    return replace(remembered.verdict, at=self._clock())
+                # Parse before anything else: bytes that are not a TDX quote fail here, and
+                # never look like a collateral outage.
+                quote = parse_td_quote(evidence.quote)
                 collateral = None
-                if not is_simulated_quote(evidence.quote):
+                if not simsig.is_simulated(quote.signature_data):
                     collateral = await self._collateral.get(evidence.quote)
             except AttestationError as exc:
                 return self._failed(replica, exc)
-            verdict = await asyncio.to_thread(
+            return await asyncio.to_thread(
                 verify_evidence,
                 evidence,
                 expectation,
@@ -240,11 +276,6 @@ class Attestor:
                 mode=self._cfg.mode,
                 trusted_simulator_keys=self._trusted_keys,
             )
-            if verdict.ok and verdict.quote_digest:
-                self._remembered[(replica.id, verdict.quote_digest)] = _Remembered(
-                    verdict, expectation, verdict.at
-                )
-            return verdict
 
     async def _fetch(
         self,
@@ -278,26 +309,29 @@ class Attestor:
             allowed = frozenset(
                 r.compose_hash.lower() for r in self._replicas.values() if r.compose_hash
             )
+        cfg = self._cfg
         return Expectation(
-            app_id=self._app_id or replica.app_id,
+            app_id=self._app_id or cfg.app_id or replica.app_id,
             instance_id=fetch.instance_id_of(replica),
             allowed_compose_hashes=allowed,
-            allowed_tcb_statuses=frozenset(self._cfg.allowed_tcb_statuses),
-            allowed_os_image_hashes=frozenset(self._cfg.allowed_os_image_hashes),
+            allowed_tcb_statuses=frozenset(cfg.allowed_tcb_statuses),
+            allowed_os_image_hashes=frozenset(cfg.allowed_os_image_hashes),
             report_data=fresh_report_data(nonce) if nonce is not None else None,
+            os_measurements=cfg.os_measurements,
+            denied_advisories=frozenset(cfg.denied_advisories),
+            allowed_key_providers=frozenset(cfg.allowed_key_providers),
+            kms_ids=frozenset(cfg.kms_ids),
         )
 
     def _source_outage(
         self, verdict: AttestationVerdict, previous: AttestationVerdict | None
     ) -> bool:
-        """A stored quote (cloud, guest-agent) that could not be fetched, or collateral that
-        could not be had, says nothing new about a replica that passed: its verdict stands
-        until max_age. In fresh mode the replica itself must answer, so silence fails."""
-        if previous is None or not previous.ok or verdict.ok:
+        """The Cloud API or the PCCS unreachable says nothing new about a replica that passed
+        (cloud, guest-agent): its verdict stands until max_age. Anything the replica or its
+        agent answered, however wrong, counts; in fresh mode nothing keeps a pass."""
+        if previous is None or not previous.ok or verdict.ok or self._cfg.mode == "fresh":
             return False
-        if verdict.reason == "no_collateral":
-            return True
-        return verdict.reason == "fetch_failed" and self._cfg.mode != "fresh"
+        return verdict.reason in OUTAGE_REASONS
 
     def _failed(self, replica: Replica, exc: AttestationError) -> AttestationVerdict:
         return AttestationVerdict(
@@ -307,6 +341,7 @@ class Attestor:
             at=self._clock(),
             detail=exc.detail,
             mode=self._cfg.mode,
+            wall_at=self._wall_clock(),
         )
 
     def _publish(self, verdict: AttestationVerdict) -> None:
