@@ -117,7 +117,8 @@ class Attestor:
                     _endpoint(replica),
                 )
                 self._due.add(replica_id)
-                moved.append(replica_id)
+                if seen is not None and seen[1:] != _endpoint(replica)[1:]:
+                    moved.append(replica_id)  # the verdict was made for another endpoint
             self._seen[replica_id] = _endpoint(replica)
         for gone in set(self._replicas) - set(current):
             self._forget(gone)
@@ -129,7 +130,7 @@ class Attestor:
                     self._failed(
                         current[replica_id],
                         AttestationError(
-                            "endpoint_changed", "compose hash, URL or node changed; re-attesting"
+                            "endpoint_changed", "the URL or node changed; re-attesting"
                         ),
                     )
                 )

@@ -25,7 +25,12 @@ from aiohttp import web
 from router.simulator.cloud_api import API_MODES, PREFIX, cloud_api_app
 from router.simulator.control import control_app
 from router.simulator.gateway import Gateway
-from router.simulator.quotes import SimulatedQuotes, load_or_create_key, new_key
+from router.simulator.quotes import (
+    SimulatedQuotes,
+    load_or_create_key,
+    new_key,
+    simulated_os_measurement,
+)
 from router.simulator.replica import SHUTDOWN_TIMEOUT, ReplicaServers
 from router.simulator.settings import (
     FRESH_PATH,
@@ -213,6 +218,9 @@ class Simulator:
             "mode": mode,
             "verifier": "insecure-simulator",
             "simulator_public_keys": [self.quote_public_key.hex()],
+            "app_id": self.config.app_id,
+            # The simulated dstack image's MRTD/RTMR0-2: an evil-OS replica fails `os`.
+            "os_measurements": [simulated_os_measurement()],
             **fields,
         }
         if self.ctx.fresh_path != FRESH_PATH:
