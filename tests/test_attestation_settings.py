@@ -90,7 +90,11 @@ def test_collateral_file_must_hold_collateral(tmp_path: Path) -> None:
         ({"allowed_key_providers": ["tpm"]}, "allowed key providers: kms, local"),
         ({"kms_ids": ["not hex"]}, "is not a KMS id"),
         (
-            {"os_measurements": [{"name": "a", "mrtd": "ab", "rtmr0": "", "rtmr1": "", "rtmr2": ""}]},
+            {
+                "os_measurements": [
+                    {"name": "a", "mrtd": "ab", "rtmr0": "", "rtmr1": "", "rtmr2": ""}
+                ]
+            },
             "attestation.os_measurements[0].mrtd",
         ),
         ({"os_measurements_file": "/nonexistent/os.yaml"}, "cannot be read"),
@@ -133,9 +137,7 @@ def test_static_replicas_must_be_bound_to_app_and_instance_with_attestation_on()
     assert "discovery.static[].instance_id for r1" in message
     assert "allow_unbound" in message
     # Bound by app_id and instance_id, or opted out explicitly: accepted.
-    bound = parse_config(
-        {**STATIC, "attestation": {"mode": "fresh", "app_id": APP_ID}}, environ={}
-    )
+    bound = parse_config({**STATIC, "attestation": {"mode": "fresh", "app_id": APP_ID}}, environ={})
     assert bound.attestation.app_id == APP_ID
     opted_out = parse_config(
         {**unbound, "attestation": {"mode": "fresh", "allow_unbound": True}}, environ={}

@@ -101,7 +101,8 @@ def check_bindings(
 ) -> None:
     if expect.app_id is not None and norm(claims.app_id) != norm(expect.app_id):
         raise AttestationError(
-            "wrong_app", f"the quote is for app {claims.app_id or '(none)'}, expected {expect.app_id}"
+            "wrong_app",
+            f"the quote is for app {claims.app_id or '(none)'}, expected {expect.app_id}",
         )
     checks.passed("app")
     if expect.instance_id is not None and norm(claims.instance_id) != norm(expect.instance_id):

@@ -222,6 +222,7 @@ async def fetch_fresh(
     fresh: FreshConfig,
     nonce: bytes,
     timeout: float,
+    token: str | None = None,
 ) -> Evidence:
     data = await _json(
         session,
@@ -229,5 +230,6 @@ async def fetch_fresh(
         fresh_url(replica, fresh, nonce),
         "quote server",
         timeout=aiohttp.ClientTimeout(total=timeout),
+        headers={"Authorization": f"Bearer {token}"} if token else None,
     )
     return _evidence(data, "quote server")

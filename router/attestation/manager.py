@@ -46,6 +46,23 @@ def _endpoint(replica: Replica) -> tuple[str | None, str, str | None]:
     return (replica.compose_hash, replica.url, replica.metadata.get("node"))
 
 
+def _warn_unchecked(cfg: AttestationConfig, app_id: str | None) -> None:
+    """Say at start which checks will not run, and what that leaves open."""
+    if not cfg.enabled:
+        return
+    if not cfg.os_measurements:
+        log.warning(
+            "attestation.os_measurements is empty: the OS and firmware (MRTD, RTMR0-2) are NOT "
+            "checked (os: unchecked). A host booting a modified OS can write this app's "
+            "identity events itself. Pin them: `phala-router attest --measurements`"
+        )
+    if not (app_id or cfg.app_id):
+        log.warning(
+            "attestation: no app_id (attestation.allow_unbound): any app's quote with an "
+            "allowed compose hash passes (app: unchecked)"
+        )
+
+
 class Attestor:
     def __init__(
         self,
@@ -61,6 +78,7 @@ class Attestor:
         nonce: Callable[[int], bytes] = secrets.token_bytes,
         trusted_simulator_keys: frozenset[bytes] = frozenset(),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        fresh_token: str | None = None,
     ) -> None:
         if cfg.mode == "cloud" and (cloud is None or not app_id):
             raise ValueError("attestation.mode cloud needs the Cloud API client and an app_id")
@@ -72,6 +90,7 @@ class Attestor:
                 "key are accepted. This proves nothing about real TDX hardware; never use it "
                 "in production."
             )
+        _warn_unchecked(cfg, app_id)
         self._cfg = cfg
         self._app_id = app_id
         self._sink = sink
@@ -85,6 +104,7 @@ class Attestor:
         self._nonce = nonce
         self._trusted_keys = trusted_simulator_keys
         self._sleep = sleep
+        self._fresh_token = fresh_token
         self._replicas: dict[str, Replica] = {}
         self._seen: dict[str, tuple[str | None, str, str | None]] = {}
         self._last_attempt: dict[str, float] = {}
@@ -240,7 +260,9 @@ class Attestor:
                 break
             if self._clock() - started + delay + self._cfg.timeout > self._cfg.interval:
                 break
-            log.info("replica %s: fresh attestation failed (%s); retrying", replica.id, verdict.detail)
+            log.info(
+                "replica %s: fresh attestation failed (%s); retrying", replica.id, verdict.detail
+            )
             await self._sleep(delay)
             delay *= 2
             verdict = await self._attempt(replica, cloud_found)
@@ -295,7 +317,12 @@ class Attestor:
                     return await fetch.fetch_guest_agent(self._session, replica, self._cfg.timeout)
                 assert nonce is not None
                 return await fetch.fetch_fresh(
-                    self._session, replica, self._cfg.fresh, nonce, self._cfg.timeout
+                    self._session,
+                    replica,
+                    self._cfg.fresh,
+                    nonce,
+                    self._cfg.timeout,
+                    self._fresh_token,
                 )
         except TimeoutError:
             raise AttestationError(

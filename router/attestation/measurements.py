@@ -43,7 +43,9 @@ class OsMeasurement(Frozen):
     def _sha384(cls, value: str) -> str:
         cleaned = value.strip().lower().removeprefix("0x")
         if not _HEX96.match(cleaned):
-            raise ValueError(f"{value[:24]!r}... is not a measurement (96 hex characters, 48 bytes)")
+            raise ValueError(
+                f"{value[:24]!r}... is not a measurement (96 hex characters, 48 bytes)"
+            )
         return cleaned
 
     def matches(self, measured: Sequence[str]) -> bool:

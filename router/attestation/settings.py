@@ -102,6 +102,9 @@ class FreshConfig(Frozen):
     # within the interval) before a replica that was passing is removed.
     retries: int = Field(2, ge=0, le=10)
     retry_backoff: PositiveDuration = 1.0
+    # Env var holding a bearer token the quote server knows (`--token-env`): the router's
+    # requests then skip its public per-client budget.
+    token_env: str | None = None
 
     @field_validator("path")
     @classmethod
@@ -181,7 +184,9 @@ class AttestationConfig(Frozen):
         cleaned = tuple(v.strip().lower().removeprefix("0x") for v in value)
         for original, v in zip(value, cleaned, strict=True):
             if not v or not all(c in "0123456789abcdef" for c in v):
-                raise ValueError(f"{original!r} is not a KMS id (hex, as in the key-provider event)")
+                raise ValueError(
+                    f"{original!r} is not a KMS id (hex, as in the key-provider event)"
+                )
         return cleaned
 
     @field_validator("mode", mode="before")

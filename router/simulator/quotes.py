@@ -200,7 +200,7 @@ def make_quote(
     os_image_hash: str = SIMULATED_OS_IMAGE_HASH,
     boot_image: str | None = None,
     key_provider_name: str = "kms",
-    platform: Platform = Platform(),  # noqa: B008 - frozen
+    platform: Platform = Platform(),
 ) -> tuple[bytes, list[dict[str, Any]]]:
     """A simulator-signed TDX v4 quote and its event log (ids and hashes as hex strings).
 
