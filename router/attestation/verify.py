@@ -54,6 +54,7 @@ __all__ = [
     "SignatureResult",
     "check_platform",
     "check_signature",
+    "check_tcb",
     "is_simulated_quote",
     "measured_values",
     "verify_evidence",
@@ -159,7 +160,7 @@ def check_platform(quote: TdQuote) -> None:
         )
 
 
-def _check_tcb(expect: Expectation, signature: SignatureResult) -> None:
+def check_tcb(expect: Expectation, signature: SignatureResult) -> None:
     if signature.tcb_status not in expect.allowed_tcb_statuses:
         raise AttestationError(
             f"tcb_status:{signature.tcb_status}",
@@ -213,7 +214,7 @@ def verify_evidence(
         )
         found["tcb_status"] = signature.tcb_status
         found["advisory_ids"] = signature.advisory_ids
-        _check_tcb(expect, signature)
+        check_tcb(expect, signature)
         events = parse_event_log(evidence.event_log)
         claims = runtime_claims(events)
         found.update(
