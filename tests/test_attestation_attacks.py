@@ -240,3 +240,20 @@ async def test_a_url_change_stops_the_old_verdict_and_reattests(world: World) ->
 
 def _fields(replica: Replica) -> dict[str, Any]:
     return {name: getattr(replica, name) for name in Replica.__dataclass_fields__}
+
+
+async def test_guest_agent_quote_must_bind_an_app_key(world: World) -> None:
+    """GetAttestationForAppKey binds `dip1::secp256k1c-pk:<key>`: a quote made for anything
+    else (e.g. a GetQuote answer replayed to the router) is refused."""
+    sim = world.phala.add(1)
+    quote, events = make_quote(
+        APP_ID, sim.instance_id, COMPOSE_HASH, b"1234", key=world.phala.quotes.key
+    )
+    world.phala.quotes.set_tamper(
+        sim.instance_id, Tamper.FIXTURE, fixed=FixedQuote(quote.hex(), events)
+    )
+    attestor = world.attestor(mode="guest-agent")
+    attestor.update_replicas([world.replica(sim)])
+    (verdict,) = await attestor.attest_now()
+    assert (verdict.ok, verdict.reason) == (False, "wrong_report_data")
+    assert "app key" in verdict.detail

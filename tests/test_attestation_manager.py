@@ -273,7 +273,7 @@ async def test_an_unchanged_stored_quote_is_verified_again_every_round(
     # A stored quote that does not change between rounds (the guest agent's key-bound one).
     sim = world.phala.add(1)
     quote, events = make_quote(
-        APP_ID, sim.instance_id, COMPOSE_HASH, b"", key=world.phala.quotes.key
+        APP_ID, sim.instance_id, COMPOSE_HASH, b"dip1::secp256k1c-pk:k", key=world.phala.quotes.key
     )
     world.phala.quotes.set_tamper(
         sim.instance_id, Tamper.FIXTURE, fixed=FixedQuote(quote.hex(), events)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from aiohttp import web
@@ -20,8 +21,8 @@ from router.attestation.measurements import OsMeasurement
 from router.attestation.settings import AttestationConfig
 from router.attestation.verify import SignatureResult, check_tcb
 from router.errors import AttestationError
-from router.models import AttestationVerdict
-from router.simulator.quotes import FixedQuote, Tamper, simulated_os_measurement
+from router.models import AttestationVerdict, Replica
+from router.simulator.quotes import simulated_os_measurement
 from tests.attestation_support import (
     DSTACK,
     DSTACK_APP_ID,
@@ -33,11 +34,8 @@ from tests.attestation_support import (
     pinned_now,
     serve,
 )
-from tests.test_attestation_manager import SimReplica, World, world
 from tests.test_attestation_verify import dstack_evidence, expect, run
 from tests.test_cli import run_cli
-
-__all__ = ["world"]  # the fixture, imported for this module's tests
 
 
 # What the dstack fixture's quote measures (MRTD, RTMR0-2), as `attest --measurements` and
@@ -119,7 +117,6 @@ def test_denied_advisories_are_refused_even_at_an_allowed_status() -> None:
 def _fixture_config(**extra: Any) -> AttestationConfig:
     return AttestationConfig.model_validate(
         {
-            "mode": "guest-agent",
             "timeout": "2s",
             "allowed_compose_hashes": [DSTACK_COMPOSE_HASH],
             "allowed_key_providers": ["kms", "local-sgx"],  # the fixture's is local-sgx
@@ -130,29 +127,41 @@ def _fixture_config(**extra: Any) -> AttestationConfig:
     )
 
 
-async def test_collateral_expired_since_the_last_round_removes_the_replica(world: World) -> None:
+async def test_collateral_expired_since_the_last_round_removes_the_replica() -> None:
+    """Cloud mode, the real quote: every round verifies again, so collateral that expired
+    since the last round removes the replica (it is not a source outage)."""
     data = fixture_json(DSTACK)
-    sim = SimReplica(DSTACK_APP_ID, DSTACK_INSTANCE_ID, DSTACK_COMPOSE_HASH)
-    world.phala.replicas[sim.instance_id] = sim
-    world.phala.quotes.set_tamper(
-        sim.instance_id,
-        Tamper.FIXTURE,
-        fixed=FixedQuote(data["quote"], json.loads(data["event_log"])),
-    )
+    listing = {
+        "instances": [
+            {"instance_id": DSTACK_INSTANCE_ID, "status": "running", "quote": data["quote"],
+             "tcb_info": {"event_log": json.loads(data["event_log"])}}
+        ]
+    }  # fmt: skip
+
+    async def attestations(request: web.Request) -> web.Response:
+        return web.json_response(listing)
+
+    app = web.Application()
+    app.router.add_get("/apps/{app_id}/attestations", attestations)
     now = [float(pinned_now(DSTACK_COLLATERAL))]
     verdicts: list[AttestationVerdict] = []
-    attestor = Attestor(
-        _fixture_config(),
-        DSTACK_APP_ID,
-        verdicts.append,
-        session=world.session,
-        wall_clock=lambda: now[0],
-    )
-    attestor.update_replicas([world.replica(sim)])
-    (first,) = await attestor.attest_now()
+    replica = Replica(
+        id=DSTACK_INSTANCE_ID, url="https://x.example", scheme="https", host="x.example",
+        port=443, app_id=DSTACK_APP_ID, compose_hash=DSTACK_COMPOSE_HASH,
+    )  # fmt: skip
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as cloud:
+        attestor = Attestor(
+            _fixture_config(mode="cloud"),
+            DSTACK_APP_ID,
+            verdicts.append,
+            cloud=cloud,
+            wall_clock=lambda: now[0],
+        )
+        attestor.update_replicas([replica])
+        (first,) = await attestor.attest_now()
+        now[0] += 40 * 24 * 3600  # past the collateral's nextUpdate
+        (second,) = await attestor.attest_now()
     assert first.ok, first
-    now[0] += 40 * 24 * 3600  # past the collateral's nextUpdate
-    (second,) = await attestor.attest_now()
     assert (second.ok, second.reason) == (False, "collateral_expired")
     assert (verdicts[-1].ok, verdicts[-1].reason) == (False, "collateral_expired")
 

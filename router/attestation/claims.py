@@ -4,7 +4,7 @@ its own reason code and marks its entry in `Checks` when it passes.
 
 Reason codes: os_measurement_mismatch, wrong_app, wrong_instance, compose_mismatch,
 compose_not_allowed, key_provider_not_allowed, kms_not_allowed, os_image_not_allowed
-(label only), stale_nonce.
+(label only), stale_nonce, wrong_report_data.
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ class Expectation:
     denied_advisories: frozenset[str] = frozenset()
     allowed_key_providers: frozenset[str] = frozenset({"kms"})
     kms_ids: frozenset[str] = frozenset()
+    # Guest-agent mode: report_data must bind an app key (`dip1::secp256k1c-pk:<key>`).
+    report_data_prefix: bytes | None = None
 
 
 class Checks:
@@ -181,9 +183,24 @@ def check_os_image_label(expect: Expectation, label: str | None) -> None:
     )
 
 
-def check_report_data(expect: Expectation, report_data: bytes, checks: Checks) -> None:
+def check_report_data(
+    expect: Expectation, report_data: bytes, checks: Checks, claimed: bytes | None = None
+) -> None:
+    """Fresh: the exact bytes of our nonce. Guest agent: an app key, and the one the agent
+    says (what it binds is a key the app holds, not a moment: replayable, hence not fresh)."""
     if expect.report_data is not None and report_data != expect.report_data:
         raise AttestationError(
             "stale_nonce", "report_data does not bind the nonce of this attempt (a replayed quote?)"
+        )
+    prefix = expect.report_data_prefix
+    if prefix is not None and not report_data.startswith(prefix):
+        raise AttestationError(
+            "wrong_report_data",
+            f"report_data does not start with {prefix.decode()!r}: the guest agent's quote "
+            "binds no app key",
+        )
+    if claimed is not None and claimed.ljust(64, b"\0") != report_data:
+        raise AttestationError(
+            "wrong_report_data", "the answer's report_data is not the one in its quote"
         )
     checks.passed("fresh")

@@ -76,12 +76,20 @@ def _evidence(data: Any, source: str, app_compose: str | None = None) -> Evidenc
         raw = decode_quote(quote)
     except AttestationError as exc:
         raise AttestationError(exc.reason, f"{source}: {exc.detail}") from None
+    claimed = data.get("report_data")
+    try:
+        report_data = (
+            bytes.fromhex(claimed.removeprefix("0x")) if isinstance(claimed, str) else None
+        )
+    except ValueError:
+        raise AttestationError("wrong_report_data", f"{source}: report_data is not hex") from None
     return Evidence(
         quote=raw,
         event_log=log_value,
         vm_config=vm_config if isinstance(vm_config, str) else None,
         app_compose=app_compose,
         source=source,
+        report_data=report_data,
     )
 
 

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 VerdictSink = Callable[[AttestationVerdict], None]
 # Reasons that say the source is down, not that the evidence is wrong (cloud, guest-agent).
+# What dstack's GetAttestationForAppKey binds into report_data (then the app's public key).
+APP_KEY_PREFIX = b"dip1::secp256k1c-pk:"
 OUTAGE_REASONS = frozenset({"cloud_api_unreachable", "pccs_unreachable"})
 
 
@@ -345,6 +347,7 @@ class Attestor:
             allowed_tcb_statuses=frozenset(cfg.allowed_tcb_statuses),
             allowed_os_image_hashes=frozenset(cfg.allowed_os_image_hashes),
             report_data=fresh_report_data(nonce) if nonce is not None else None,
+            report_data_prefix=APP_KEY_PREFIX if cfg.mode == "guest-agent" else None,
             os_measurements=cfg.os_measurements,
             denied_advisories=frozenset(cfg.denied_advisories),
             allowed_key_providers=frozenset(cfg.allowed_key_providers),

@@ -21,6 +21,8 @@ run in a fixed order and the first failure names the verdict's reason:
                                          keys not from an allowed provider / pinned KMS
     os_image_not_allowed                 the os-image-hash LABEL is not in the allowed set
     stale_nonce                          (fresh) the quote was not made for our nonce
+    wrong_report_data                    (guest-agent) report_data binds no app key, or not
+                                         the one the agent says
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ class Evidence:
     # The exact app_compose string when the source gives it (Cloud API tcb_info).
     app_compose: str | None = None
     source: str = ""
+    # The report_data the source says the quote carries (guest agent, quote server).
+    report_data: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +238,7 @@ def verify_evidence(
         check_bindings(expect, claims, evidence.app_compose, checks)
         check_key_provider(expect, claims.key_provider, checks)
         check_os_image_label(expect, found["os_image_hash"])
-        check_report_data(expect, quote.report_data, checks)
+        check_report_data(expect, quote.report_data, checks, evidence.report_data)
     except AttestationError as exc:
         return verdict(exc.reason, exc.detail)
     if signature.simulated:
