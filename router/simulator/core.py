@@ -13,6 +13,7 @@ attestation sources with quotes signed by `sim.quotes` (INSECURE: trust
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import tempfile
@@ -364,6 +365,9 @@ class Simulator:
                 f"  public key  {self.quote_public_key.hex()}",
                 "  router config:  attestation: {verifier: insecure-simulator, "
                 "simulator_public_keys: [<public key>]}",
+                "  simulated OS:  os_measurements: ["
+                + json.dumps(simulated_os_measurement(), separators=(", ", ": "))
+                + "]",
             ]
         lines.append("replicas:")
         for r in self.replicas:
