@@ -27,6 +27,7 @@ import aiohttp
 import httpx
 
 from router.attestation import fetch, simsig
+from router.attestation.claims import Checks
 from router.attestation.collateral import CollateralStore
 from router.attestation.quote import NONCE_LEN, fresh_report_data, parse_td_quote
 from router.attestation.settings import AttestationConfig
@@ -288,7 +289,7 @@ class Attestor:
                 if not simsig.is_simulated(quote.signature_data):
                     collateral = await self._collateral.get(evidence.quote)
             except AttestationError as exc:
-                return self._failed(replica, exc)
+                return self._failed(replica, exc, expectation)
             return await asyncio.to_thread(
                 verify_evidence,
                 evidence,
@@ -364,7 +365,9 @@ class Attestor:
             return False
         return verdict.reason in OUTAGE_REASONS
 
-    def _failed(self, replica: Replica, exc: AttestationError) -> AttestationVerdict:
+    def _failed(
+        self, replica: Replica, exc: AttestationError, expectation: Expectation | None = None
+    ) -> AttestationVerdict:
         return AttestationVerdict(
             replica_id=replica.id,
             ok=False,
@@ -373,6 +376,8 @@ class Attestor:
             detail=exc.detail,
             mode=self._cfg.mode,
             wall_at=self._wall_clock(),
+            # What would have been checked, none reached: the quote never got that far.
+            checks=Checks(expectation).result(exc.reason) if expectation else (),
         )
 
     def _publish(self, verdict: AttestationVerdict) -> None:
