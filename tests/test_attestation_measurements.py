@@ -10,12 +10,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import dcap_qvl
 import httpx
 import pytest
 import yaml
 from aiohttp import web
 
 from router.attestation.claims import Expectation
+from router.attestation.collateral import CollateralStore, quote_fmspc
 from router.attestation.manager import Attestor
 from router.attestation.measurements import OsMeasurement
 from router.attestation.settings import AttestationConfig
@@ -29,6 +31,8 @@ from tests.attestation_support import (
     DSTACK_COLLATERAL,
     DSTACK_COMPOSE_HASH,
     DSTACK_INSTANCE_ID,
+    collateral,
+    fixture_bytes,
     fixture_json,
     fixture_path,
     pinned_now,
@@ -127,16 +131,26 @@ def _fixture_config(**extra: Any) -> AttestationConfig:
     )
 
 
-async def test_collateral_expired_since_the_last_round_removes_the_replica() -> None:
-    """Cloud mode, the real quote: every round verifies again, so collateral that expired
-    since the last round removes the replica (it is not a source outage)."""
+def _listing(quote_hex: str) -> dict[str, Any]:
     data = fixture_json(DSTACK)
-    listing = {
+    return {
         "instances": [
-            {"instance_id": DSTACK_INSTANCE_ID, "status": "running", "quote": data["quote"],
+            {"instance_id": DSTACK_INSTANCE_ID, "status": "running", "quote": quote_hex,
              "tcb_info": {"event_log": json.loads(data["event_log"])}}
         ]
     }  # fmt: skip
+
+
+REPLICA = Replica(
+    id=DSTACK_INSTANCE_ID, url="https://x.example", scheme="https", host="x.example",
+    port=443, app_id=DSTACK_APP_ID, compose_hash=DSTACK_COMPOSE_HASH,
+)  # fmt: skip
+
+
+async def test_collateral_expired_since_the_last_round_removes_the_replica() -> None:
+    """Cloud mode, the real quote: every round verifies again, so collateral that expired
+    since the last round removes the replica (it is not a source outage)."""
+    listing = _listing(fixture_json(DSTACK)["quote"])
 
     async def attestations(request: web.Request) -> web.Response:
         return web.json_response(listing)
@@ -145,10 +159,6 @@ async def test_collateral_expired_since_the_last_round_removes_the_replica() -> 
     app.router.add_get("/apps/{app_id}/attestations", attestations)
     now = [float(pinned_now(DSTACK_COLLATERAL))]
     verdicts: list[AttestationVerdict] = []
-    replica = Replica(
-        id=DSTACK_INSTANCE_ID, url="https://x.example", scheme="https", host="x.example",
-        port=443, app_id=DSTACK_APP_ID, compose_hash=DSTACK_COMPOSE_HASH,
-    )  # fmt: skip
     async with serve(app) as url, httpx.AsyncClient(base_url=url) as cloud:
         attestor = Attestor(
             _fixture_config(mode="cloud"),
@@ -157,13 +167,49 @@ async def test_collateral_expired_since_the_last_round_removes_the_replica() -> 
             cloud=cloud,
             wall_clock=lambda: now[0],
         )
-        attestor.update_replicas([replica])
+        attestor.update_replicas([REPLICA])
         (first,) = await attestor.attest_now()
         now[0] += 40 * 24 * 3600  # past the collateral's nextUpdate
         (second,) = await attestor.attest_now()
     assert first.ok, first
     assert (second.ok, second.reason) == (False, "collateral_expired")
     assert (verdicts[-1].ok, verdicts[-1].reason) == (False, "collateral_expired")
+
+
+async def test_a_quote_of_another_platform_is_not_excused_by_a_pccs_outage() -> None:
+    """A passing replica that now sends a quote for a platform (FMSPC) whose collateral the
+    PCCS cannot give is removed: that is new evidence nobody checked, not an outage."""
+    listing = _listing(fixture_json(DSTACK)["quote"])
+    known = collateral(DSTACK_COLLATERAL)
+
+    async def attestations(request: web.Request) -> web.Response:
+        return web.json_response(listing)
+
+    async def pccs(url: str, raw: bytes) -> dcap_qvl.QuoteCollateralV3:
+        if quote_fmspc(raw) == "90C06F000000":
+            return known
+        raise OSError("PCCS unreachable")
+
+    app = web.Application()
+    app.router.add_get("/apps/{app_id}/attestations", attestations)
+    verdicts: list[AttestationVerdict] = []
+    config = _fixture_config(mode="cloud", collateral={"pccs_url": "http://pccs.invalid"})
+    wall = float(pinned_now(DSTACK_COLLATERAL))
+    async with serve(app) as url, httpx.AsyncClient(base_url=url) as cloud:
+        attestor = Attestor(
+            config,
+            DSTACK_APP_ID,
+            verdicts.append,
+            cloud=cloud,
+            wall_clock=lambda: wall,
+            collateral=CollateralStore(config.collateral, wall_clock=lambda: wall, fetcher=pccs),
+        )
+        attestor.update_replicas([REPLICA])
+        assert (await attestor.attest_now())[0].ok
+        listing.update(_listing(fixture_bytes("qvl-tdx_quote").hex()))  # FMSPC B0C06F000000
+        (second,) = await attestor.attest_now()
+    assert second.reason == "pccs_unreachable"
+    assert (verdicts[-1].ok, verdicts[-1].reason) == (False, "pccs_unreachable")
 
 
 async def test_attest_measurements_prints_the_entry_that_makes_the_fixture_pass(

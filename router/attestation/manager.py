@@ -28,7 +28,7 @@ import httpx
 
 from router.attestation import fetch, simsig
 from router.attestation.claims import Checks
-from router.attestation.collateral import CollateralStore
+from router.attestation.collateral import CollateralStore, quote_fmspc
 from router.attestation.quote import NONCE_LEN, fresh_report_data, parse_td_quote
 from router.attestation.settings import AttestationConfig
 from router.attestation.verify import Evidence, Expectation, verify_evidence
@@ -110,6 +110,10 @@ class Attestor:
         self._fresh_token = fresh_token
         self._replicas: dict[str, Replica] = {}
         self._seen: dict[str, tuple[str | None, str, str | None]] = {}
+        # Platform (FMSPC) of each replica's last passing quote, and of its latest attempt:
+        # a PCCS outage only excuses a replica whose platform has not changed.
+        self._passed_fmspc: dict[str, str] = {}
+        self._tried_fmspc: dict[str, str] = {}
         self._last_attempt: dict[str, float] = {}
         self._due: set[str] = set()
         self._verdicts: dict[str, AttestationVerdict] = {}
@@ -162,6 +166,8 @@ class Attestor:
 
     def _forget(self, replica_id: str) -> None:
         self._seen.pop(replica_id, None)
+        self._passed_fmspc.pop(replica_id, None)
+        self._tried_fmspc.pop(replica_id, None)
         self._last_attempt.pop(replica_id, None)
         self._verdicts.pop(replica_id, None)
         self._due.discard(replica_id)
@@ -287,10 +293,11 @@ class Attestor:
                 quote = parse_td_quote(evidence.quote)
                 collateral = None
                 if not simsig.is_simulated(quote.signature_data):
+                    self._tried_fmspc[replica.id] = quote_fmspc(evidence.quote)
                     collateral = await self._collateral.get(evidence.quote)
             except AttestationError as exc:
                 return self._failed(replica, exc, expectation)
-            return await asyncio.to_thread(
+            verdict = await asyncio.to_thread(
                 verify_evidence,
                 evidence,
                 expectation,
@@ -302,6 +309,9 @@ class Attestor:
                 mode=self._cfg.mode,
                 trusted_simulator_keys=self._trusted_keys,
             )
+            if verdict.ok and replica.id in self._tried_fmspc:
+                self._passed_fmspc[replica.id] = self._tried_fmspc[replica.id]
+            return verdict
 
     async def _fetch(
         self,
@@ -363,6 +373,12 @@ class Attestor:
         agent answered, however wrong, counts; in fresh mode nothing keeps a pass."""
         if previous is None or not previous.ok or verdict.ok or self._cfg.mode == "fresh":
             return False
+        if verdict.reason == "pccs_unreachable":
+            # Collateral of the platform it passed on is cached; none for this quote means
+            # the quote names another platform: new evidence we cannot check, not an outage.
+            rid = verdict.replica_id
+            passed = self._passed_fmspc.get(rid)
+            return passed is not None and self._tried_fmspc.get(rid) == passed
         return verdict.reason in OUTAGE_REASONS
 
     def _failed(
