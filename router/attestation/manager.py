@@ -30,6 +30,13 @@ from router.attestation import fetch, simsig
 from router.attestation.claims import Checks
 from router.attestation.collateral import CollateralStore, quote_fmspc
 from router.attestation.quote import NONCE_LEN, fresh_report_data, parse_td_quote
+from router.attestation.rules import (
+    APP_KEY_PREFIX,
+    OUTAGE_REASONS,
+    Endpoint,
+    endpoint_of,
+    warn_unchecked,
+)
 from router.attestation.settings import AttestationConfig
 from router.attestation.verify import Evidence, Expectation, verify_evidence
 from router.errors import AttestationError
@@ -38,32 +45,6 @@ from router.models import AttestationVerdict, Replica
 log = logging.getLogger(__name__)
 
 VerdictSink = Callable[[AttestationVerdict], None]
-# Reasons that say the source is down, not that the evidence is wrong (cloud, guest-agent).
-# What dstack's GetAttestationForAppKey binds into report_data (then the app's public key).
-APP_KEY_PREFIX = b"dip1::secp256k1c-pk:"
-OUTAGE_REASONS = frozenset({"cloud_api_unreachable", "pccs_unreachable"})
-
-
-def _endpoint(replica: Replica) -> tuple[str | None, str, str | None]:
-    """What a verdict is tied to: a change of any of these re-attests the replica."""
-    return (replica.compose_hash, replica.url, replica.metadata.get("node"))
-
-
-def _warn_unchecked(cfg: AttestationConfig, app_id: str | None) -> None:
-    """Say at start which checks will not run, and what that leaves open."""
-    if not cfg.enabled:
-        return
-    if not cfg.os_measurements:
-        log.warning(
-            "attestation.os_measurements is empty: the OS and firmware (MRTD, RTMR0-2) are NOT "
-            "checked (os: unchecked). A host booting a modified OS can write this app's "
-            "identity events itself. Pin them: `phala-router attest --measurements`"
-        )
-    if not (app_id or cfg.app_id):
-        log.warning(
-            "attestation: no app_id (attestation.allow_unbound): any app's quote with an "
-            "allowed compose hash passes (app: unchecked)"
-        )
 
 
 class Attestor:
@@ -93,7 +74,7 @@ class Attestor:
                 "key are accepted. This proves nothing about real TDX hardware; never use it "
                 "in production."
             )
-        _warn_unchecked(cfg, app_id)
+        warn_unchecked(cfg, app_id)
         self._cfg = cfg
         self._app_id = app_id
         self._sink = sink
@@ -109,7 +90,7 @@ class Attestor:
         self._sleep = sleep
         self._fresh_token = fresh_token
         self._replicas: dict[str, Replica] = {}
-        self._seen: dict[str, tuple[str | None, str, str | None]] = {}
+        self._seen: dict[str, Endpoint] = {}
         # Platform (FMSPC) of each replica's last passing quote, and of its latest attempt:
         # a PCCS outage only excuses a replica whose platform has not changed.
         self._passed_fmspc: dict[str, str] = {}
@@ -136,17 +117,17 @@ class Attestor:
             seen = self._seen.get(replica_id)
             if replica_id not in self._replicas:
                 self._due.add(replica_id)
-            elif seen != _endpoint(replica):
+            elif seen != endpoint_of(replica):
                 log.info(
                     "replica %s: compose hash, URL or node changed (%s -> %s); re-attesting",
                     replica_id,
                     seen,
-                    _endpoint(replica),
+                    endpoint_of(replica),
                 )
                 self._due.add(replica_id)
-                if seen is not None and seen[1:] != _endpoint(replica)[1:]:
+                if seen is not None and seen[1:] != endpoint_of(replica)[1:]:
                     moved.append(replica_id)  # the verdict was made for another endpoint
-            self._seen[replica_id] = _endpoint(replica)
+            self._seen[replica_id] = endpoint_of(replica)
         for gone in set(self._replicas) - set(current):
             self._forget(gone)
         self._replicas = current

@@ -42,7 +42,7 @@ TcbStatus = Literal[
 DEFAULT_PCCS_URL = "https://pccs.phala.network"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
-KEY_PROVIDERS = ("kms", "local", "local-sgx", "none")
+KEY_PROVIDERS = ("kms", "local", "local-sgx")
 
 
 def _sha256_hexes(values: tuple[str, ...], what: str) -> tuple[str, ...]:
