@@ -5,6 +5,7 @@ retries a lost fetch before removing a passing replica; a verdict is tied to the
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from router.simulator.quotes import (
     make_quote,
     simulated_os_measurement,
 )
+from tests.support import eventually
 from tests.test_attestation_manager import APP_ID, COMPOSE_HASH, World, by_id, world
 
 __all__ = ["world"]  # the fixture, imported for this module's tests
@@ -257,3 +259,22 @@ async def test_guest_agent_quote_must_bind_an_app_key(world: World) -> None:
     (verdict,) = await attestor.attest_now()
     assert (verdict.ok, verdict.reason) == (False, "wrong_report_data")
     assert "app key" in verdict.detail
+
+
+async def test_a_verdict_for_the_old_url_is_not_published_after_the_url_changed(
+    world: World,
+) -> None:
+    sim = world.phala.add(1)
+    attestor = world.attestor()
+    replica = world.replica(sim)
+    attestor.update_replicas([replica])
+    assert (await attestor.attest_now())[0].ok
+    sim.hold = asyncio.Event()
+    before = attestor._last_attempt[replica.id]
+    round_ = asyncio.create_task(attestor.attest_now())
+    await eventually(lambda: attestor._last_attempt[replica.id] != before)  # in flight
+    moved = Replica(**{**_fields(replica), "url": replica.url + ":8080", "port": 8080})
+    attestor.update_replicas([moved])  # while the old URL's attempt is in flight
+    sim.hold.set()
+    await round_
+    assert attestor.verdicts[replica.id].reason == "endpoint_changed"

@@ -214,7 +214,9 @@ class Attestor:
             # Publish each verdict as soon as it is known: a failing replica must not keep
             # traffic while a slow one in the same round runs into its timeout.
             verdict = await self._attest(replica, cloud_found)
-            self._publish(verdict)
+            now = self._replicas.get(replica.id)
+            if now is None or endpoint_of(now) == endpoint_of(replica):
+                self._publish(verdict)  # else made for an old endpoint: a new round is due
             return verdict
 
         return list(await asyncio.gather(*(attest_and_publish(r) for r in targets)))
