@@ -153,10 +153,13 @@ class AttestationConfig(Frozen):
     @model_validator(mode="before")
     @classmethod
     def _measurements_file(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not data.get("os_measurements_file"):
+        if not isinstance(data, dict):
             return data
-        entries = read_measurements_file(Path(data["os_measurements_file"]))
-        return {**data, "os_measurements": [*(data.get("os_measurements") or []), *entries]}
+        path, inline = data.get("os_measurements_file"), data.get("os_measurements") or []
+        if not isinstance(path, str | Path) or not path or not isinstance(inline, list | tuple):
+            return data  # absent, or a wrong type that field validation names
+        entries = read_measurements_file(Path(path))
+        return {**data, "os_measurements": [*inline, *entries]}
 
     @field_validator("app_id")
     @classmethod
