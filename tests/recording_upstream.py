@@ -102,13 +102,14 @@ async def recording_upstream(respond: Responder) -> AsyncIterator[RecordingUpstr
 
 @asynccontextmanager
 async def router_to(
-    upstream: RecordingUpstream, engine: str = "fast", **proxy: Any
+    upstream: RecordingUpstream, engine: str = "fast", failures: int = 5, **proxy: Any
 ) -> AsyncIterator[RouterHandle]:
+    """A router in front of `upstream` alone; `failures` failed attempts eject it."""
     config = {
         "listen": "127.0.0.1:0",
         "admin": {"listen": "127.0.0.1:0"},
         "discovery": {"static": [{"id": "rec", "url": f"http://127.0.0.1:{upstream.port}"}]},
-        "health": {"enabled": False, "passive": {"consecutive_failures": 1}},
+        "health": {"enabled": False, "passive": {"consecutive_failures": failures}},
         "proxy": {"engine": engine, "retries": 0, **proxy},
     }
     async with running_router(config) as router:

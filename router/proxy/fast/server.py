@@ -35,7 +35,7 @@ _UPSTREAM_FULL = 1
 _BACKLOG = 2
 _MAX_QUEUE = 16  # pipelined requests parsed ahead of the one being served
 
-_IDLE, _HEADER, _BODY = 1, 2, 3
+_IDLE, _HEADER, _BODY, _TUNNEL = 1, 2, 3, 4
 
 
 @dataclass(slots=True)
@@ -82,6 +82,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         self.transport: asyncio.Transport | None = None
         self.outbox = core.pool.outbox
         self._pending = None
+        self._pending_size = 0
         self._close_pending = False
         self.peer = ""
         self.trusted = False
@@ -99,6 +100,10 @@ class ClientConnection(asyncio.Protocol, Writer):
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._in_head = False
+        self._heads_begun = 0  # messages begun on this connection
+        self._head_received = 0  # bytes received into the head being parsed (upper bound)
+        self._body_parts: list[bytes] = []  # body bytes parsed in this read, not yet passed on
+        self._read_body = 0  # body bytes passed on during this read
         self._last_key: object = None
         self._last_head: RequestHead | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -120,6 +125,8 @@ class ClientConnection(asyncio.Protocol, Writer):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
+            if self._timer_kind == _TUNNEL:
+                self._deadline = self.loop.time() + self.core.idle_timeout
             self.tunnel.send([data])
             return
         if self.upgrading is not None:
@@ -127,8 +134,12 @@ class ClientConnection(asyncio.Protocol, Writer):
             return
         if self.ignore_input:
             return
+        begun = self._heads_begun
+        self._read_body = 0
         try:
             self.parser.feed_data(data)
+            self._flush_body()
+            self._count_head_bytes(data, begun)
         except httptools.HttpParserUpgrade as upgrade:
             exchange = self.queue[-1] if self.queue else None
             if exchange is not None and exchange.head is not None and exchange.head.upgrade:
@@ -137,7 +148,7 @@ class ClientConnection(asyncio.Protocol, Writer):
                 if rest:
                     exchange.tunnel_data(rest)
             else:
-                self.reject(bad_request("unexpected protocol upgrade"))
+                self.reject(bad_request("unexpected protocol upgrade", "bad_upgrade"))
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, ProxyError):
@@ -147,6 +158,36 @@ class ClientConnection(asyncio.Protocol, Writer):
                 self.reject(bad_request("request could not be parsed"))
         except httptools.HttpParserError as exc:
             self.reject(bad_request(str(exc) or "malformed request"))
+
+    def _count_head_bytes(self, data: bytes, begun: int) -> None:
+        """Enforce the head limit on bytes received, not on completed lines (one endless
+        header line would otherwise be buffered, and re-copied, until its CRLF)."""
+        if not self._in_head:
+            self._head_received = 0
+            return
+        if self._heads_begun != begun:  # the head began in this read
+            self._head_received = wire.partial_head_bytes(data, self._read_body)
+        else:
+            self._head_received += len(data)
+        if self._head_received > wire.MAX_HEAD_BYTES:
+            self.reject(
+                ClientRequestError(431, "headers_too_large", f"limit {wire.MAX_HEAD_BYTES} bytes")
+            )
+
+    def _flush_body(self) -> None:
+        """Pass the body bytes parsed so far to the request as one piece: a body of 1-byte
+        chunks costs one list append per chunk, not one upstream write."""
+        parts = self._body_parts
+        if not parts:
+            return
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        self._read_body += len(data)
+        exchange = self.reading
+        if exchange is not None:
+            if self._timer_kind == _BODY:
+                self._deadline = self.loop.time() + self.core.body_timeout
+            exchange.body_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         core = self.core
@@ -186,6 +227,7 @@ class ClientConnection(asyncio.Protocol, Writer):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._heads_begun += 1
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -217,13 +259,16 @@ class ClientConnection(asyncio.Protocol, Writer):
         method = parser.get_method()
         version = parser.get_http_version()
         keep_alive = parser.should_keep_alive()
-        key = (method, self._url, version, keep_alive, self._headers)
+        upgrade = parser.should_upgrade()
+        key = (method, self._url, version, keep_alive, upgrade, self._headers)
         if key == self._last_key and self._last_head is not None:
             # Keep-alive clients repeat the same head (wrk, health checkers, SDK loops):
             # validation and header rules are pure functions of it, so reuse the result.
             head = self._last_head
         else:
-            head = validate(_method(method), self._url, version, self._headers, keep_alive)
+            head = validate(
+                _method(method), self._url, version, self._headers, keep_alive, upgrade
+            )
             self._last_key, self._last_head = key, head
         if head.content_length is not None and head.content_length > self.core.max_body:
             limit = self.core.max_body
@@ -241,13 +286,10 @@ class ClientConnection(asyncio.Protocol, Writer):
             self.backlog(True)
 
     def on_body(self, body: bytes) -> None:
-        exchange = self.reading
-        if exchange is not None:
-            if self._timer_kind == _BODY:
-                self._deadline = self.loop.time() + self.core.body_timeout
-            exchange.body_data(body)
+        self._body_parts.append(body)  # passed on once per read (_flush_body)
 
     def on_message_complete(self) -> None:
+        self._flush_body()
         exchange, self.reading = self.reading, None
         if exchange is None and self.queue:
             exchange = self.queue[-1]
@@ -296,6 +338,7 @@ class ClientConnection(asyncio.Protocol, Writer):
             return  # e.g. bytes after a Connection: close request
         self.ignore_input = True
         self._timer_kind = 0
+        self._body_parts.clear()
         if self.reading is not None:
             exchange, self.reading = self.reading, None
             exchange.client_failed(error)
@@ -328,11 +371,20 @@ class ClientConnection(asyncio.Protocol, Writer):
         if not self.queue:
             self.close_transport()
 
+    def tunnel_active(self) -> None:
+        """Bytes crossed the tunnel: it is not idle."""
+        if self._timer_kind == _TUNNEL:
+            self._deadline = self.loop.time() + self.core.idle_timeout
+
+    def upgrade_backlog(self, on: bool) -> None:
+        """Bytes sent after an Upgrade head wait for the upstream's answer, bounded."""
+        self._pause(_UPSTREAM_FULL, on)
+
     def start_tunnel(self, exchange: Exchange, conn: UpstreamConnection) -> None:
         """After a 101: bytes flow raw both ways until either side closes."""
         self.tunnel = conn
         self.upgrading = None
-        self._timer_kind = 0
+        self._arm(_TUNNEL, self.core.idle_timeout)  # both directions' bytes push it back
         conn.tunnel = self
         if self._paused:
             self._paused = 0
@@ -369,6 +421,8 @@ class ClientConnection(asyncio.Protocol, Writer):
         if kind == _IDLE:
             if not self.queue:
                 self.close_transport()
+        elif kind == _TUNNEL:
+            self.close_transport()  # connection_lost closes the upstream side and the slot
         elif kind == _HEADER:
             self.reject(ClientRequestError(408, "request_timeout", "request head too slow"))
         else:

@@ -5,6 +5,12 @@ A connection serves one request at a time (no upstream pipelining) and reports w
 reads to its current `ResponseSink` (the request being served). The pool hands out the most
 recently used idle connection (warm, least likely to have been closed by the peer), keeps
 at most `max_idle` per host and closes those idle longer than `idle_timeout`.
+
+What a replica sends is checked as strictly as what a client sends: a status outside
+100-599, a head over the client limits (bytes received, or fields), or any byte beyond the
+one response per request written is a protocol error: 502 if nothing was relayed yet, and
+the connection is closed, never pooled. Trailers are dropped; they never reach the next
+response. The response timeout runs from when the whole request was written.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ from typing import Protocol, cast
 import httptools
 
 from router.models import Replica
+from router.proxy.fast import framing, wire
 from router.proxy.fast.outbox import Outbox, Writer
+from router.proxy.fast.rules import ResponseRules
 from router.upstream import ConnectTo
 
 log = logging.getLogger(__name__)
@@ -42,11 +50,27 @@ class ResponseSink(Protocol):
 
     def upstream_upgraded(self, rest: bytes) -> None: ...
 
-    def upstream_failed(self, kind: str) -> None:
-        """kind: reset (closed or garbled) or timeout."""
+    def upstream_failed(self, kind: str, reason: str = "") -> None:
+        """kind: reset (closed or garbled) or timeout; reason: what was wrong, if known."""
 
     def upstream_pause(self, paused: bool) -> None:
         """The request body fills the upstream socket buffer: stop or resume reading."""
+
+
+class TunnelClient(Protocol):
+    """The client side of an upgraded connection."""
+
+    transport: asyncio.Transport | None
+
+    def send(self, buffers: list[bytes]) -> None: ...
+
+    def close_transport(self) -> None: ...
+
+    def tunnel_active(self) -> None: ...
+
+
+class UpstreamProtocolViolation(Exception):
+    """Raised from a parser callback: the response breaks a rule (the message says which)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +90,14 @@ class UpstreamConnection(asyncio.Protocol, Writer):
     __slots__ = (
         "_close_pending",
         "_deadline",
+        "_head_bytes",
+        "_head_received",
         "_headers",
+        "_in_head",
+        "_violation",
         "_loop",
         "_pending",
+        "_pending_size",
         "_skip",
         "_timer",
         "head_only",
@@ -94,10 +123,11 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         self.transport: asyncio.Transport | None = None
         self.outbox = pool.outbox
         self._pending = None
+        self._pending_size = 0
         self._close_pending = False
         self.parser = httptools.HttpResponseParser(self)
         self.sink: ResponseSink | None = None
-        self.tunnel: Writer | None = None  # after a 101: raw bytes go to this client
+        self.tunnel: TunnelClient | None = None  # after a 101: raw bytes go to this client
         self.reusable = True
         self.read_paused = False
         self.head_only = False  # the request was HEAD: the response has no body
@@ -106,18 +136,26 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False  # between a status line and the end of its head
+        self._head_bytes = 0  # header bytes of completed lines in this head
+        self._head_received = 0  # bytes received into this head (upper bound)
+        self._violation = ""
         # The last response head and what the header rules made of it (see Exchange).
         self.last_raw: list[tuple[bytes, bytes]] | None = None
-        self.last_rules: tuple[bytes, bytes | None, bool] = (b"", None, False)
+        self.last_rules: ResponseRules = (b"", None, None)
         self._skip = False
 
     # -- used by the request --------------------------------------------------------------
 
     def begin(self, sink: ResponseSink, head_only: bool) -> None:
-        """Attach a request; the response timeout runs from now."""
+        """Attach a request (its response timeout starts with `request_sent`)."""
         self.sink = sink
         self.head_only = head_only
-        self._arm()
+
+    def request_sent(self) -> None:
+        """The whole request is written: from now on the replica is waited for."""
+        if self.sink is not None and not self._deadline:
+            self._arm()
 
     def detach(self) -> None:
         self.sink = None
@@ -163,6 +201,7 @@ class UpstreamConnection(asyncio.Protocol, Writer):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
+            self.tunnel.tunnel_active()
             self.tunnel.send([data])
             return
         if self.sink is None:
@@ -171,26 +210,42 @@ class UpstreamConnection(asyncio.Protocol, Writer):
             return
         if self._deadline:
             self._deadline = self._loop.time() + self.timeout
+        in_head = self._in_head
         try:
             self.parser.feed_data(data)
+            self._count_head_bytes(data, in_head)
         except httptools.HttpParserUpgrade as upgrade:
             sink, self.sink = self.sink, None
             self.reusable = False
             self._deadline = 0.0
             if sink is not None:
                 sink.upstream_upgraded(data[upgrade.args[0] :])
-        except httptools.HttpParserError:
-            self._fail()
+        except (httptools.HttpParserError, UpstreamProtocolViolation):
+            self._fail(self._violation or "upstream sent a malformed response")
         finally:
             self._skip = False
         if self.sink is not None:
             self.sink.flush()  # one write for everything this read produced
 
-    def _fail(self) -> None:
+    def _count_head_bytes(self, data: bytes, was_in_head: bool) -> None:
+        """The client head limit, on bytes received: a replica's endless header line is
+        refused once past it instead of being buffered."""
+        if not self._in_head:
+            self._head_received = 0
+            return
+        if was_in_head:
+            self._head_received += len(data)
+        else:
+            self._head_received = wire.partial_head_bytes(data, 0)
+        if self._head_received > wire.MAX_HEAD_BYTES:
+            self._violation = "upstream response head too large"
+            raise UpstreamProtocolViolation(self._violation)
+
+    def _fail(self, reason: str) -> None:
         sink, self.sink = self.sink, None
         self.close()
         if sink is not None:
-            sink.upstream_failed("reset")
+            sink.upstream_failed("reset", reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
@@ -204,7 +259,7 @@ class UpstreamConnection(asyncio.Protocol, Writer):
             return
         sink, self.sink = self.sink, None
         if sink is not None:
-            sink.upstream_failed("reset")
+            sink.upstream_failed("reset", self._violation)
 
     def pause_writing(self) -> None:
         if self.tunnel is not None:
@@ -222,14 +277,35 @@ class UpstreamConnection(asyncio.Protocol, Writer):
 
     # -- httptools callbacks --------------------------------------------------------------
 
+    def _violated(self, reason: str) -> None:
+        self._violation = reason
+        raise UpstreamProtocolViolation(reason)
+
+    def on_message_begin(self) -> None:
+        if self.sink is None:  # a second response to one request: never pool this
+            self._violated("upstream sent more than one response")
+        self._in_head = True
+        self._headers = []
+        self._head_bytes = 0
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer: dropped, never carried into the next response's head
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > wire.MAX_HEADER_BLOCK:
+            self._violated("upstream response head too large")
+        if len(self._headers) >= wire.MAX_HEADER_COUNT:
+            self._violated("upstream response has too many header fields")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         status = self.parser.get_status_code()
+        if not framing.valid_status(status):
+            self._violated(f"upstream sent status {status} (100-599 allowed)")
         if status < 200 and status != 101:
             self._headers = []
-            return  # 100 Continue / 103 Early Hints: not relayed
+            return  # 100 Continue / 103 Early Hints: not relayed, and llhttp reads no body
         if not self.parser.should_keep_alive():
             self.reusable = False
         headers, self._headers = self._headers, []

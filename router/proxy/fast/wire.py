@@ -17,6 +17,9 @@ from router.proxy.admission import retry_after
 MAX_REQUEST_LINE = 8 * 1024  # longer targets get 414
 MAX_HEADER_BLOCK = 32 * 1024  # a bigger header block gets 431
 MAX_HEADER_COUNT = 100  # more header fields get 431
+# A head still incomplete past this many received bytes is refused at once, so a header
+# line with no end costs neither memory nor parser time (llhttp's callers accumulate it).
+MAX_HEAD_BYTES = MAX_REQUEST_LINE + MAX_HEADER_BLOCK
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -37,6 +40,15 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
             phrase = b"Unknown"
         line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, phrase)
     return line
+
+
+def partial_head_bytes(data: bytes, body_bytes: int) -> int:
+    """An upper bound of how many bytes of `data` (one read) belong to a head that began in
+    it and is still incomplete: the bytes after the last blank line, and after the body bytes
+    this read delivered (both precede the head's start)."""
+    end = data.rfind(b"\r\n\r\n")
+    after_blank = len(data) - end - 4 if end >= 0 else len(data)
+    return min(after_blank, len(data) - body_bytes)
 
 
 def header_block(headers: list[tuple[str, str]]) -> bytes:
