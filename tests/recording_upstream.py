@@ -178,8 +178,8 @@ class RawClient:
         self.writer.close()
 
 
-def header(response: h11.Response, name: bytes) -> list[bytes]:
-    return [v for k, v in response.headers if k == name.lower()]
+def header(message: h11.Request | h11.Response, name: bytes) -> list[bytes]:
+    return [v for k, v in message.headers if k == name.lower()]
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:

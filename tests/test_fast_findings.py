@@ -86,7 +86,7 @@ async def test_finding1_extra_response_bytes_never_reach_the_next_request() -> N
         assert (await alice.response())[1] == b"/first"
         bob = await RawClient.connect(router)
         await bob.send(b"GET /bob HTTP/1.1\r\nHost: x\r\n\r\n")
-        response, body = await bob.response()
+        _, body = await bob.response()
         assert body == b"/bob"
         assert len(up.connections) == 2
         alice.close()
@@ -135,7 +135,9 @@ async def test_finding3_endless_header_line_gets_431_once_past_the_limit() -> No
 async def test_finding3_response_head_over_the_limit_is_502_and_closed() -> None:
     async def respond(rec: Recorded, head: bytes) -> bytes | None:
         if target_of(head) == b"/huge":
-            return b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 40 * 1024 + b"\r\nContent-Length: 0\r\n\r\n"
+            return (
+                b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 40 * 1024 + b"\r\nContent-Length: 0\r\n\r\n"
+            )
         if target_of(head) == b"/many":
             fields = b"".join(b"X-F%d: v\r\n" % i for i in range(150))
             return b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 0\r\n\r\n"
@@ -169,7 +171,9 @@ async def test_finding4_one_byte_chunks_are_coalesced_not_sent_one_by_one() -> N
             + b"1\r\nX\r\n" * size
             + b"0\r\n\r\n"
         )
-        await wait_for(lambda: bool(up.connections) and up.connections[0].data.endswith(b"0\r\n\r\n"))
+        await wait_for(
+            lambda: bool(up.connections) and up.connections[0].data.endswith(b"0\r\n\r\n")
+        )
         rec = up.connections[0]
         ((request, body),) = rec.requests()
         assert body == b"X" * size
@@ -307,7 +311,9 @@ async def test_close_delimited_gzip_transfer_coding_ends_the_chunked_body() -> N
 
 async def test_idle_upgraded_tunnel_is_closed_and_releases_its_slot() -> None:
     async def switch(rec: Recorded, head: bytes) -> bytes | None:
-        return b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        return (
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
 
     async with (
         recording_upstream(switch) as up,

@@ -26,8 +26,9 @@ from router.models import Replica
 from router.proxy.admission import Claim
 from router.proxy.base import RequestRecord, no_routable_error
 from router.proxy.fast import framing, rules, wire
+from router.proxy.fast.pool import Target, classify_dial_error
 from router.proxy.fast.strict import RequestHead
-from router.proxy.fast.upstream import Target, UpstreamConnection, classify_dial_error
+from router.proxy.fast.upstream import UpstreamConnection
 from router.proxy.headers import IDEMPOTENT
 from router.proxy.retry import retryable
 

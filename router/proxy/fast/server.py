@@ -24,8 +24,9 @@ from router.proxy.base import InFlightCounter, Observers, SnapshotSource
 from router.proxy.fast import wire
 from router.proxy.fast.exchange import Exchange
 from router.proxy.fast.outbox import Writer
+from router.proxy.fast.pool import Pool
 from router.proxy.fast.strict import RequestHead, bad_request, validate
-from router.proxy.fast.upstream import Pool, UpstreamConnection
+from router.proxy.fast.upstream import UpstreamConnection
 from router.proxy.headers import TrustedProxies
 
 log = logging.getLogger(__name__)
@@ -266,9 +267,7 @@ class ClientConnection(asyncio.Protocol, Writer):
             # validation and header rules are pure functions of it, so reuse the result.
             head = self._last_head
         else:
-            head = validate(
-                _method(method), self._url, version, self._headers, keep_alive, upgrade
-            )
+            head = validate(_method(method), self._url, version, self._headers, keep_alive, upgrade)
             self._last_key, self._last_head = key, head
         if head.content_length is not None and head.content_length > self.core.max_body:
             limit = self.core.max_body
