@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -63,7 +62,7 @@ async def run(args: argparse.Namespace) -> list[tuple[int, float]]:
         config = router_config(port, upstream, args.engine, 1, 1, request_metrics=False)
         conf.write_text(config)
         argv = [sys.executable, "-m", "bench.proxy", "--serve-router", str(conf)]
-        router = subprocess.Popen(argv)
+        router = await asyncio.create_subprocess_exec(*argv)
         try:
             await asyncio.to_thread(wait_port, port)
             rows = []
@@ -77,7 +76,7 @@ async def run(args: argparse.Namespace) -> list[tuple[int, float]]:
             return rows
         finally:
             router.terminate()
-            router.wait(10)
+            await router.wait()
             server.close()
 
 
