@@ -132,6 +132,21 @@ async def test_finding3_endless_header_line_gets_431_once_past_the_limit() -> No
         assert up.connections == []
 
 
+async def test_finding3_endless_trailer_line_gets_431_once_past_the_limit() -> None:
+    async def silent(rec: Recorded, head: bytes) -> bytes | None:
+        return None
+
+    async with recording_upstream(silent) as up, router_to(up) as router:
+        client = await RawClient.connect(router)
+        await client.send(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        await client.send(b"1\r\na\r\n0\r\nX-Trailer: ")
+        for _ in range(12):  # 48 KiB of one trailer line, in reads of its own
+            await client.send(b"t" * 4096)
+        response, _ = await client.response(timeout=2.0)
+        assert response.status_code == 431
+        assert await client.closed()
+
+
 async def test_finding3_response_head_over_the_limit_is_502_and_closed() -> None:
     async def respond(rec: Recorded, head: bytes) -> bytes | None:
         if target_of(head) == b"/huge":

@@ -162,17 +162,29 @@ class ClientConnection(asyncio.Protocol, Writer):
 
     def _count_head_bytes(self, data: bytes, begun: int) -> None:
         """Enforce the head limit on bytes received, not on completed lines (one endless
-        header line would otherwise be buffered, and re-copied, until its CRLF)."""
-        if not self._in_head:
+        header line would otherwise be buffered, and re-copied, until its CRLF). Inside a
+        body, reads that move it no further (an endless trailer line or chunk extension)
+        count against the same limit."""
+        fresh = self._heads_begun != begun or self._read_body
+        if self._in_head:
+            if fresh:  # the head began in this read
+                self._head_received = wire.partial_head_bytes(data, self._read_body)
+            else:
+                self._head_received += len(data)
+        elif self.reading is not None:
+            if fresh:  # the body moved: what follows its last byte is stalled
+                self._head_received = wire.partial_head_bytes(data, self._read_body, b"\r\n")
+            else:
+                self._head_received += len(data)
+        else:
             self._head_received = 0
             return
-        if self._heads_begun != begun:  # the head began in this read
-            self._head_received = wire.partial_head_bytes(data, self._read_body)
-        else:
-            self._head_received += len(data)
         if self._head_received > wire.MAX_HEAD_BYTES:
+            what = "request head" if self._in_head else "trailers or chunk extensions"
             self.reject(
-                ClientRequestError(431, "headers_too_large", f"limit {wire.MAX_HEAD_BYTES} bytes")
+                ClientRequestError(
+                    431, "headers_too_large", f"{what} over {wire.MAX_HEAD_BYTES} bytes"
+                )
             )
 
     def _flush_body(self) -> None:

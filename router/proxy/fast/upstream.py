@@ -73,6 +73,7 @@ class UpstreamProtocolViolation(Exception):
 
 class UpstreamConnection(asyncio.Protocol, Writer):
     __slots__ = (
+        "_body_parts",
         "_close_pending",
         "_deadline",
         "_head_bytes",
@@ -82,6 +83,7 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         "_loop",
         "_pending",
         "_pending_size",
+        "_read_body",
         "_skip",
         "_timer",
         "_violation",
@@ -125,6 +127,8 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         self._head_bytes = 0  # header bytes of completed lines in this head
         self._head_received = 0  # bytes received into this head (upper bound)
         self._violation = ""
+        self._body_parts: list[bytes] = []  # body bytes parsed in this read, not yet relayed
+        self._read_body = 0  # body bytes relayed during this read
         # The last response head and what the header rules made of it (see Exchange).
         self.last_raw: list[tuple[bytes, bytes]] | None = None
         self.last_rules: ResponseRules = (b"", None, None)
@@ -196,8 +200,10 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         if self._deadline:
             self._deadline = self._loop.time() + self.timeout
         in_head = self._in_head
+        self._read_body = 0
         try:
             self.parser.feed_data(data)
+            self._flush_body()
             self._count_head_bytes(data, in_head)
         except httptools.HttpParserUpgrade as upgrade:
             sink, self.sink = self.sink, None
@@ -213,20 +219,39 @@ class UpstreamConnection(asyncio.Protocol, Writer):
             self.sink.flush()  # one write for everything this read produced
 
     def _count_head_bytes(self, data: bytes, was_in_head: bool) -> None:
-        """The client head limit, on bytes received: a replica's endless header line is
-        refused once past it instead of being buffered."""
-        if not self._in_head:
+        """The client head limit, on bytes received: a replica's endless header line (or,
+        inside a body, reads that move it no further: endless trailers) is refused once
+        past it instead of being buffered."""
+        if self._in_head:
+            if was_in_head:
+                self._head_received += len(data)
+            else:
+                self._head_received = wire.partial_head_bytes(data, 0)
+        elif self.sink is not None:
+            if self._read_body:  # the body moved: what follows its last byte is stalled
+                self._head_received = wire.partial_head_bytes(data, self._read_body, b"\r\n")
+            else:
+                self._head_received += len(data)
+        else:
             self._head_received = 0
             return
-        if was_in_head:
-            self._head_received += len(data)
-        else:
-            self._head_received = wire.partial_head_bytes(data, 0)
         if self._head_received > wire.MAX_HEAD_BYTES:
-            self._violation = "upstream response head too large"
-            raise UpstreamProtocolViolation(self._violation)
+            self._violated("upstream response head or trailers too large")
+
+    def _flush_body(self) -> None:
+        """Relay the body bytes parsed so far as one piece (1-byte chunks cost a list
+        append each, not a chunk of their own toward the client)."""
+        parts = self._body_parts
+        if not parts:
+            return
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        self._read_body += len(data)
+        if self.sink is not None:
+            self.sink.response_body(data)
 
     def _fail(self, reason: str) -> None:
+        self._body_parts.clear()
         sink, self.sink = self.sink, None
         self.close()
         if sink is not None:
@@ -307,12 +332,12 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         if self._skip:
             self.reusable = False  # a body after a HEAD response: never reuse
             return
-        if self.sink is not None:
-            self.sink.response_body(body)
+        self._body_parts.append(body)  # relayed once per read (_flush_body)
 
     def on_message_complete(self) -> None:
         if self._skip or self.parser.get_status_code() < 200:
             return
+        self._flush_body()
         self._message_complete()
 
     def _message_complete(self) -> None:

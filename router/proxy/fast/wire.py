@@ -42,13 +42,14 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
     return line
 
 
-def partial_head_bytes(data: bytes, body_bytes: int) -> int:
-    """An upper bound of how many bytes of `data` (one read) belong to a head that began in
-    it and is still incomplete: the bytes after the last blank line, and after the body bytes
-    this read delivered (both precede the head's start)."""
-    end = data.rfind(b"\r\n\r\n")
-    after_blank = len(data) - end - 4 if end >= 0 else len(data)
-    return min(after_blank, len(data) - body_bytes)
+def partial_head_bytes(data: bytes, body_bytes: int, boundary: bytes = b"\r\n\r\n") -> int:
+    """An upper bound of how many bytes of `data` (one read) belong to a head (or, with
+    boundary CRLF, a trailer or chunk-size line) that began in it and is still incomplete:
+    the bytes after the last boundary, and after the body bytes this read delivered (both
+    precede its start)."""
+    end = data.rfind(boundary)
+    after = len(data) - end - len(boundary) if end >= 0 else len(data)
+    return min(after, len(data) - body_bytes)
 
 
 def header_block(headers: list[tuple[str, str]]) -> bytes:
