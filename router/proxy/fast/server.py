@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -88,6 +89,10 @@ class ClientConnection(asyncio.Protocol, Writer):
         self.peer = ""
         self.trusted = False
         self.scheme = "http"
+        self._body_parts: list[bytes] = []  # body bytes parsed in this read, not yet passed on
+        # llhttp's body callback is the list's own append: a body of 1-byte chunks costs one
+        # C call per chunk, and the request gets the read's bytes at once (_flush_body).
+        self.on_body: Callable[[bytes], None] = self._body_parts.append
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
         self.reading: Exchange | None = None  # the request whose body is being parsed
@@ -103,7 +108,6 @@ class ClientConnection(asyncio.Protocol, Writer):
         self._in_head = False
         self._heads_begun = 0  # messages begun on this connection
         self._head_received = 0  # bytes received into the head being parsed (upper bound)
-        self._body_parts: list[bytes] = []  # body bytes parsed in this read, not yet passed on
         self._read_body = 0  # body bytes passed on during this read
         self._last_key: object = None
         self._last_head: RequestHead | None = None
@@ -295,9 +299,6 @@ class ClientConnection(asyncio.Protocol, Writer):
             exchange.start()
         elif len(self.queue) > _MAX_QUEUE:
             self.backlog(True)
-
-    def on_body(self, body: bytes) -> None:
-        self._body_parts.append(body)  # passed on once per read (_flush_body)
 
     def on_message_complete(self) -> None:
         self._flush_body()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
@@ -92,6 +93,7 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         "key",
         "last_raw",
         "last_rules",
+        "on_body",
         "outbox",
         "parser",
         "pool",
@@ -112,6 +114,10 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         self._pending = None
         self._pending_size = 0
         self._close_pending = False
+        self._body_parts: list[bytes] = []  # body bytes parsed in this read, not yet relayed
+        # llhttp's body callback is the list's own append (one C call per chunk, whatever
+        # the chunking); the sink gets the read's body bytes at once (_flush_body).
+        self.on_body: Callable[[bytes], None] = self._body_parts.append
         self.parser = httptools.HttpResponseParser(self)
         self.sink: ResponseSink | None = None
         self.tunnel: TunnelClient | None = None  # after a 101: raw bytes go to this client
@@ -127,7 +133,6 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         self._head_bytes = 0  # header bytes of completed lines in this head
         self._head_received = 0  # bytes received into this head (upper bound)
         self._violation = ""
-        self._body_parts: list[bytes] = []  # body bytes parsed in this read, not yet relayed
         self._read_body = 0  # body bytes relayed during this read
         # The last response head and what the header rules made of it (see Exchange).
         self.last_raw: list[tuple[bytes, bytes]] | None = None
@@ -246,6 +251,9 @@ class UpstreamConnection(asyncio.Protocol, Writer):
             return
         data = parts[0] if len(parts) == 1 else b"".join(parts)
         parts.clear()
+        if self._skip:
+            self.reusable = False  # a body after a HEAD response: never reuse
+            return
         self._read_body += len(data)
         if self.sink is not None:
             self.sink.response_body(data)
@@ -328,14 +336,9 @@ class UpstreamConnection(asyncio.Protocol, Writer):
             self.parser = httptools.HttpResponseParser(self)
             self._message_complete()
 
-    def on_body(self, body: bytes) -> None:
-        if self._skip:
-            self.reusable = False  # a body after a HEAD response: never reuse
-            return
-        self._body_parts.append(body)  # relayed once per read (_flush_body)
-
     def on_message_complete(self) -> None:
         if self._skip or self.parser.get_status_code() < 200:
+            self._flush_body()  # (nothing to relay: a HEAD response's stray body is dropped)
             return
         self._flush_body()
         self._message_complete()
