@@ -143,8 +143,10 @@ class ClientConnection(asyncio.Protocol, Writer):
         self._read_body = 0
         try:
             self.parser.feed_data(data)
-            self._flush_body()
-            self._count_head_bytes(data, begun)
+            if self._body_parts:
+                self._flush_body()
+            if self._in_head or self.reading is not None or self._head_received:
+                self._count_head_bytes(data, begun)
         except httptools.HttpParserUpgrade as upgrade:
             exchange = self.queue[-1] if self.queue else None
             if exchange is not None and exchange.head is not None and exchange.head.upgrade:

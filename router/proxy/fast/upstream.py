@@ -208,8 +208,10 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         self._read_body = 0
         try:
             self.parser.feed_data(data)
-            self._flush_body()
-            self._count_head_bytes(data, in_head)
+            if self._body_parts:
+                self._flush_body()
+            if self._in_head or self.sink is not None or self._head_received:
+                self._count_head_bytes(data, in_head)
         except httptools.HttpParserUpgrade as upgrade:
             sink, self.sink = self.sink, None
             self.reusable = False
