@@ -1,6 +1,7 @@
-"""Regression tests for issue 15's findings against the fast engine, one named after each,
-with raw sockets against a real router and a replica that records the exact bytes it got
-(tests/recording_upstream.py). Each reproduces the attack end to end."""
+"""Regression tests for issue 15's findings, one named after each, with raw sockets against
+a real router and a replica that records the exact bytes it got (tests/recording_upstream.py).
+Each reproduces the attack end to end against the fast engine; the tests that take an
+`engine` hold for the aiohttp engine too (the others are the fast engine's own fixes)."""
 
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ async def test_finding1_upgrade_request_with_a_body_is_refused() -> None:
         assert up.connections == []
 
 
-async def test_finding1_extra_response_bytes_never_reach_the_next_request() -> None:
+async def test_finding1_extra_response_bytes_never_reach_the_next_request(engine: str) -> None:
     """A replica answers one request with one response and the head of another: that
     connection must not be reused, or the next user gets the rest of the forged response."""
 
@@ -80,7 +81,7 @@ async def test_finding1_extra_response_bytes_never_reach_the_next_request() -> N
             return b"forged" + ok(target_of(head))
         return ok(target_of(head))
 
-    async with recording_upstream(respond) as up, router_to(up) as router:
+    async with recording_upstream(respond) as up, router_to(up, engine) as router:
         alice = await RawClient.connect(router)
         await alice.send(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await alice.response())[1] == b"/first"
@@ -96,7 +97,7 @@ async def test_finding1_extra_response_bytes_never_reach_the_next_request() -> N
 # -- 2. response trailers ------------------------------------------------------------------
 
 
-async def test_finding2_response_trailers_never_reach_the_next_response() -> None:
+async def test_finding2_response_trailers_never_reach_the_next_response(engine: str) -> None:
     async def respond(rec: Recorded, head: bytes) -> bytes | None:
         if target_of(head) == b"/alice":
             return (
@@ -105,7 +106,7 @@ async def test_finding2_response_trailers_never_reach_the_next_response() -> Non
             )
         return ok(target_of(head))
 
-    async with recording_upstream(respond) as up, router_to(up) as router:
+    async with recording_upstream(respond) as up, router_to(up, engine) as router:
         client = await RawClient.connect(router)
         await client.send(b"GET /alice HTTP/1.1\r\nHost: x\r\n\r\n")
         response, body = await client.response()
@@ -147,7 +148,7 @@ async def test_finding3_endless_trailer_line_gets_431_once_past_the_limit() -> N
         assert await client.closed()
 
 
-async def test_finding3_response_head_over_the_limit_is_502_and_closed() -> None:
+async def test_finding3_response_head_over_the_limit_is_502_and_closed(engine: str) -> None:
     async def respond(rec: Recorded, head: bytes) -> bytes | None:
         if target_of(head) == b"/huge":
             return (
@@ -158,7 +159,7 @@ async def test_finding3_response_head_over_the_limit_is_502_and_closed() -> None
             return b"HTTP/1.1 200 OK\r\n" + fields + b"Content-Length: 0\r\n\r\n"
         return ok(target_of(head))
 
-    async with recording_upstream(respond) as up, router_to(up) as router:
+    async with recording_upstream(respond) as up, router_to(up, engine) as router:
         for path in (b"/huge", b"/many"):
             client = await RawClient.connect(router)
             await client.send(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
@@ -171,7 +172,7 @@ async def test_finding3_response_head_over_the_limit_is_502_and_closed() -> None
 # -- 4. 1-byte chunks ----------------------------------------------------------------------
 
 
-async def test_finding4_one_byte_chunks_are_coalesced_not_sent_one_by_one() -> None:
+async def test_finding4_one_byte_chunks_are_coalesced_not_sent_one_by_one(engine: str) -> None:
     """64 KiB of `1\\r\\nX\\r\\n` cost ~13 us of router CPU per byte: one upstream write per
     chunk. The body now goes upstream in as many chunks as the client's reads, not bytes."""
     size = 16 * 1024
@@ -179,7 +180,7 @@ async def test_finding4_one_byte_chunks_are_coalesced_not_sent_one_by_one() -> N
     async def respond(rec: Recorded, head: bytes) -> bytes | None:
         return None  # answered once the whole body is in (below)
 
-    async with recording_upstream(respond) as up, router_to(up) as router:
+    async with recording_upstream(respond) as up, router_to(up, engine) as router:
         client = await RawClient.connect(router)
         await client.send(
             b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -200,14 +201,14 @@ async def test_finding4_one_byte_chunks_are_coalesced_not_sent_one_by_one() -> N
 # -- 5. unbounded buffering after an Upgrade head -----------------------------------------
 
 
-async def test_finding5_bytes_after_an_upgrade_head_are_bounded() -> None:
+async def test_finding5_bytes_after_an_upgrade_head_are_bounded(engine: str) -> None:
     """Before the replica answers an Upgrade, the client's further bytes are held in a
     bounded buffer and the client is no longer read (TCP back-pressure)."""
 
     async def silent(rec: Recorded, head: bytes) -> bytes | None:
         return None
 
-    async with recording_upstream(silent) as up, router_to(up) as router:
+    async with recording_upstream(silent) as up, router_to(up, engine) as router:
         client = await RawClient.connect(router)
         await client.send(
             b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
@@ -253,11 +254,13 @@ async def test_finding6_status_outside_100_599_is_502_and_nothing_forged_reaches
         client.close()
 
 
-async def test_finding6_informational_responses_are_dropped_and_the_final_one_relayed() -> None:
+async def test_finding6_informational_responses_are_dropped_and_the_final_one_relayed(
+    engine: str,
+) -> None:
     async def respond(rec: Recorded, head: bytes) -> bytes | None:
         return b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n" + ok(target_of(head))
 
-    async with recording_upstream(respond) as up, router_to(up) as router:
+    async with recording_upstream(respond) as up, router_to(up, engine) as router:
         client = await RawClient.connect(router)
         await client.send(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
         response, body = await client.response()
@@ -268,7 +271,7 @@ async def test_finding6_informational_responses_are_dropped_and_the_final_one_re
 # -- 7. slow uploads -----------------------------------------------------------------------
 
 
-async def test_finding7_slow_steady_upload_is_not_a_replica_timeout() -> None:
+async def test_finding7_slow_steady_upload_is_not_a_replica_timeout(engine: str) -> None:
     answered: list[asyncio.Task[None]] = []
 
     async def answer_after_body(rec: Recorded) -> None:
@@ -282,7 +285,7 @@ async def test_finding7_slow_steady_upload_is_not_a_replica_timeout() -> None:
 
     async with (
         recording_upstream(respond) as up,
-        router_to(up, failures=1, response_timeout="300ms") as router,
+        router_to(up, engine, failures=1, response_timeout="300ms") as router,
     ):
         client = await RawClient.connect(router)
         await client.send(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
