@@ -17,10 +17,6 @@ from __future__ import annotations
 NO_BODY_STATUSES = frozenset({101, 204, 304})
 
 
-def valid_status(status: int) -> bool:
-    return 100 <= status <= 599
-
-
 def last_coding_chunked(codings: bytes) -> bool:
     return codings.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
 
@@ -48,6 +44,9 @@ class ResponseFraming:
         self.close = close
 
 
+_DECIDED: dict[tuple[str, str, int, bytes | None, bytes | None], ResponseFraming] = {}
+
+
 def response_framing(
     method: str,
     version: str,
@@ -55,7 +54,24 @@ def response_framing(
     length: bytes | None,
     codings: bytes | None,
 ) -> ResponseFraming:
-    """Framing for a final response (status 200-599, or 101 handled by the caller)."""
+    """Framing for a final response (status 200-599, or 101 handled by the caller); a pure
+    function of its arguments, so decisions are kept (the same few repeat)."""
+    key = (method, version, status, length, codings)
+    decided = _DECIDED.get(key)
+    if decided is None:
+        decided = _decide(method, version, status, length, codings)
+        if len(_DECIDED) < 4096:
+            _DECIDED[key] = decided
+    return decided
+
+
+def _decide(
+    method: str,
+    version: str,
+    status: int,
+    length: bytes | None,
+    codings: bytes | None,
+) -> ResponseFraming:
     if method == "HEAD" or status in NO_BODY_STATUSES or status < 200:
         # No body follows; a HEAD response's Content-Length still describes the resource.
         framing = b""

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
-from router.proxy.fast import framing, wire
+from router.proxy.fast import wire
 from router.proxy.fast.outbox import Writer
 from router.proxy.fast.rules import ResponseRules
 
@@ -77,7 +77,6 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         "_body_parts",
         "_close_pending",
         "_deadline",
-        "_head_bytes",
         "_head_received",
         "_headers",
         "_in_head",
@@ -130,7 +129,6 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         self._timer: asyncio.TimerHandle | None = None
         self._headers: list[tuple[bytes, bytes]] = []
         self._in_head = False  # between a status line and the end of its head
-        self._head_bytes = 0  # header bytes of completed lines in this head
         self._head_received = 0  # bytes received into this head (upper bound)
         self._violation = ""
         self._read_body = 0  # body bytes relayed during this read
@@ -305,30 +303,29 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         if self.sink is None:  # a second response to one request: never pool this
             self._violated("upstream sent more than one response")
         self._in_head = True
-        self._headers = []
-        self._head_bytes = 0
+        self._headers = []  # trailers of the previous response (if any) are dropped here
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return  # a trailer: dropped, never carried into the next response's head
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > wire.MAX_HEADER_BLOCK:
-            self._violated("upstream response head too large")
-        if len(self._headers) >= wire.MAX_HEADER_COUNT:
-            self._violated("upstream response has too many header fields")
+        # After the head these are trailers: they land in a list nobody reads, emptied when
+        # the next response begins, so they never reach any response. Their bytes count
+        # against the head limit (_count_head_bytes).
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         status = self.parser.get_status_code()
-        if not framing.valid_status(status):
+        if not 100 <= status <= 599:
             self._violated(f"upstream sent status {status} (100-599 allowed)")
+        headers, self._headers = self._headers, []
+        if len(headers) > wire.MAX_HEADER_COUNT:
+            self._violated("upstream response has too many header fields")
+        # (A head equal to the last one passed this check already.)
+        if headers != self.last_raw and wire.block_size(headers) > wire.MAX_HEADER_BLOCK:
+            self._violated("upstream response head too large")
         if status < 200 and status != 101:
-            self._headers = []
             return  # 100 Continue / 103 Early Hints: not relayed, and llhttp reads no body
         if not self.parser.should_keep_alive():
             self.reusable = False
-        headers, self._headers = self._headers, []
         if self.sink is not None:
             self.sink.response_head(status, headers)
         if self.head_only and status != 101:

@@ -52,6 +52,11 @@ def partial_head_bytes(data: bytes, body_bytes: int, boundary: bytes = b"\r\n\r\
     return min(after, len(data) - body_bytes)
 
 
+def block_size(headers: list[tuple[bytes, bytes]]) -> int:
+    """Bytes of a header block as received (`Name: value\r\n` per field)."""
+    return sum([len(name) + len(value) + 4 for name, value in headers])
+
+
 def header_block(headers: list[tuple[str, str]]) -> bytes:
     """`Name: value\\r\\n` lines (latin-1, as HTTP/1.1 header bytes are)."""
     return "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1")
