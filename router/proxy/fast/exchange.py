@@ -5,6 +5,9 @@ more than the rest of a small request). The retry rule is `router.proxy.retry`: 
 dial moves to the next candidate for any method while no body byte has been committed;
 after the request went out only bodiless idempotent requests move on; once the response
 has started nothing is retried and a failure can only cut the client connection.
+
+Framing: the request's is llhttp's parse (`rules.forward_block`), the response's is
+`framing.response_framing`. The response timeout starts once the whole request is written.
 """
 
 from __future__ import annotations

@@ -4,8 +4,14 @@ Requests are queued in arrival order and served one at a time, so pipelined requ
 answered in order. A request head that breaks a rule (see `strict`) is answered with its
 4xx after the requests before it, and the connection is closed: after a framing error the
 router can no longer know where the next request starts. One lazy timer per connection
-enforces the keep-alive idle timeout, the header timeout (slowloris) and the gap allowed
-between body chunks.
+enforces the keep-alive idle timeout, the header timeout (slowloris), the gap allowed
+between body chunks and the idle timeout of an upgraded tunnel.
+
+The head limits hold on bytes received, not on completed lines: a head (or, inside a body,
+trailers and chunk extensions that move it no further) past `wire.MAX_HEAD_BYTES` gets 431
+at once. Body bytes are handed to the request once per read, whatever the chunking. Bytes
+sent after an Upgrade head wait, bounded, for the upstream's answer (the client is no
+longer read meanwhile).
 """
 
 from __future__ import annotations
