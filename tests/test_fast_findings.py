@@ -254,6 +254,25 @@ async def test_finding6_status_outside_100_599_is_502_and_nothing_forged_reaches
         client.close()
 
 
+async def test_finding6_informational_response_with_a_body_is_502() -> None:
+    forged = ok(b"/forged")
+
+    async def respond(rec: Recorded, head: bytes) -> bytes | None:
+        if target_of(head) == b"/first":
+            return b"HTTP/1.1 103 X\r\nContent-Length: %d\r\n\r\n%s" % (len(forged), forged)
+        return ok(target_of(head))
+
+    async with recording_upstream(respond) as up, router_to(up) as router:
+        client = await RawClient.connect(router)
+        await client.send(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        response, _ = await client.response()
+        assert response.status_code == 502
+        await client.send(b"GET /second HTTP/1.1\r\nHost: x\r\n\r\n")
+        response, body = await client.response()
+        assert (response.status_code, body) == (200, b"/second")
+        client.close()
+
+
 async def test_finding6_informational_responses_are_dropped_and_the_final_one_relayed(
     engine: str,
 ) -> None:

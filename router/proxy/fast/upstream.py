@@ -68,6 +68,9 @@ class TunnelClient(Protocol):
     def tunnel_active(self) -> None: ...
 
 
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+
 class UpstreamProtocolViolation(Exception):
     """Raised from a parser callback: the response breaks a rule (the message says which)."""
 
@@ -323,7 +326,12 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         if headers != self.last_raw and wire.block_size(headers) > wire.MAX_HEADER_BLOCK:
             self._violated("upstream response head too large")
         if status < 200 and status != 101:
-            return  # 100 Continue / 103 Early Hints: not relayed, and llhttp reads no body
+            # 100 Continue / 103 Early Hints: not relayed, and llhttp reads no body; one that
+            # claims a body (RFC 9110 forbids it) would leave its bytes to be read as the
+            # next response.
+            if any(name.lower() in _FRAMING for name, _ in headers):
+                self._violated(f"upstream sent a {status} response with a body")
+            return
         if not self.parser.should_keep_alive():
             self.reusable = False
         if self.sink is not None:
