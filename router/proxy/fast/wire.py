@@ -47,9 +47,13 @@ def partial_head_bytes(data: bytes, body_bytes: int, boundary: bytes = b"\r\n\r\
     boundary CRLF, a trailer or chunk-size line) that began in it and is still incomplete:
     the bytes after the last boundary, and after the body bytes this read delivered (both
     precede its start)."""
-    end = data.rfind(boundary)
-    after = len(data) - end - len(boundary) if end >= 0 else len(data)
-    return min(after, len(data) - body_bytes)
+    rest = len(data) - body_bytes
+    if not rest:
+        return 0  # all body (the common read inside a body): nothing to scan
+    # Only the last MAX_HEAD_BYTES can matter: a longer partial head is over the limit anyway.
+    end = data.rfind(boundary, max(0, len(data) - MAX_HEAD_BYTES - len(boundary)))
+    after = len(data) - end - len(boundary) if end >= 0 else MAX_HEAD_BYTES + 1
+    return min(after, rest)
 
 
 def block_size(headers: list[tuple[bytes, bytes]]) -> int:
