@@ -1,0 +1,264 @@
+"""Operator experience (issue 17): every documented command works as written, errors are
+one line with exit 2, and the shipped configs are in step with the code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from router.app import RouterApp
+from router.config import load_config, parse_config
+from router.config_reference import json_schema, reference_yaml
+from router.errors import ConfigError
+from router.settings_types import parse_duration
+from router.simulator import Simulator, load_simulator_config
+from tests.support import free_port, running_replica, static_config
+
+ROOT = Path(__file__).resolve().parent.parent
+GOOD: dict[str, Any] = {"discovery": {"static": [{"id": "a", "url": "http://127.0.0.1:8001"}]}}
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "router.cli",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env if env is not None else dict(os.environ),
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def write(tmp_path: Path, data: Any, name: str = "router.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return str(path)
+
+
+# -- 1: credential errors exit 2, printed once -----------------------------------------------
+
+
+async def test_missing_cloud_api_key_exits_2_with_one_line(tmp_path: Path) -> None:
+    config = {"discovery": {"phala": {"app_id": "ab" * 20, "api_url": "http://127.0.0.1:1"}}}
+    env = {k: v for k, v in os.environ.items() if k != "PHALA_CLOUD_API_KEY"}
+    for command in ("replicas", "serve"):
+        code, _, err = await run_cli(command, "-c", write(tmp_path, config), env=env)
+        assert code == 2, err
+        assert err.count("PHALA_CLOUD_API_KEY") == 1, err
+        assert "retrying" not in err
+        assert "Traceback" not in err
+
+
+# -- 4: the simulator's config is recognised ---------------------------------------------------
+
+
+async def test_check_config_recognises_the_simulator_config() -> None:
+    code, _, err = await run_cli("check-config", "-c", str(ROOT / "config/sim.yaml"))
+    assert code == 2
+    assert "is a simulator config" in err
+    assert "config/sim-router.yaml" in err
+    assert "unknown key" not in err
+
+
+async def test_sim_router_config_routes_through_the_simulator_as_shipped() -> None:
+    sim_config = load_simulator_config(ROOT / "config/sim.yaml")
+    router_data = yaml.safe_load((ROOT / "config/sim-router.yaml").read_text())
+    phala = router_data["discovery"]["phala"]
+    # In step with sim.yaml: same app, key, ports and domain.
+    assert phala["app_id"] == sim_config.app_id.removeprefix("app_")
+    assert phala["api_url"] == f"http://127.0.0.1:{sim_config.api_port}/api/v1"
+    assert phala["port"] == sim_config.app_port
+    assert phala["scheme"] == ("https" if sim_config.tls else "http")
+    gateway = f"127.0.0.1:{sim_config.gateway_port}"
+    assert router_data["discovery"]["connect_to"] == {f"*.{sim_config.base_domain}": gateway}
+    # And it works: the same simulator on ephemeral ports, the router config with only the
+    # port numbers swapped.
+    async with Simulator(
+        sim_config.model_copy(update={"api_port": 0, "gateway_port": 0, "control_port": 0})
+    ) as sim:
+        phala["api_url"] = sim.api_url
+        router_data["discovery"]["connect_to"] = sim.connect_to
+        router_data.update(listen="127.0.0.1:0", admin={"listen": "127.0.0.1:0"})
+        environ = {"PHALA_CLOUD_API_KEY": sim_config.api_key}
+        app = RouterApp(parse_config(router_data, environ), environ=environ)
+        await app.start()
+        try:
+            await app.health.check_now()
+            host, port = app.engine.addresses[0]
+            async with aiohttp.ClientSession() as client:
+                async with client.get(f"http://{host}:{port}/") as resp:
+                    assert resp.status == 200
+        finally:
+            await app.stop(1)
+
+
+# -- 3: reference and schema in step with the models -------------------------------------------
+
+
+def test_reference_and_schema_are_generated_from_the_models() -> None:
+    assert (ROOT / "config/reference.yaml").read_text() == reference_yaml(), (
+        "regenerate: phala-router config-schema --reference > config/reference.yaml"
+    )
+    assert json.loads((ROOT / "config/schema.json").read_text()) == json_schema(), (
+        "regenerate: phala-router config-schema > config/schema.json"
+    )
+
+
+def test_reference_defaults_are_the_models_defaults() -> None:
+    data = yaml.safe_load(reference_yaml())
+    assert "discovery" not in data  # required: shown commented
+    data["discovery"] = GOOD["discovery"]
+    assert parse_config(data, {}) == parse_config(GOOD, {})
+    for key in ("listen_tls", "proxy", "routing", "health", "attestation", "dns", "metrics"):
+        assert key in reference_yaml()
+    assert "client_header_timeout: 10s" in reference_yaml()
+
+
+def test_shipped_example_configs_are_valid() -> None:
+    for name in ("static.yaml", "phala.yaml", "sim-router.yaml"):
+        load_config(ROOT / "config" / name, {})
+
+
+# -- 8: check-config checks secrets by name ----------------------------------------------------
+
+
+async def test_check_config_names_an_unset_secret_variable(tmp_path: Path) -> None:
+    config = {**GOOD, "admin": {"listen": "127.0.0.1:9090", "token_env": "MY_ADMIN_TOKEN"}}
+    env = {k: v for k, v in os.environ.items() if k != "MY_ADMIN_TOKEN"}
+    code, _, err = await run_cli("check-config", "-c", write(tmp_path, config), env=env)
+    assert code == 2
+    assert "admin.token_env: environment variable MY_ADMIN_TOKEN is not set" in err
+    code, _, err = await run_cli(
+        "check-config", "-c", write(tmp_path, config), env={**env, "MY_ADMIN_TOKEN": "t0ken"}
+    )
+    assert code == 0, err
+    assert "t0ken" not in err
+
+
+# -- issue 15: an env value that fails to parse is never printed --------------------------------
+
+
+@pytest.mark.parametrize("value", ["sk_live_SECRETVALUE123", "[sk_live_SECRETVALUE123", "-987654"])
+async def test_check_config_never_prints_a_bad_env_value(tmp_path: Path, value: str) -> None:
+    env = {**os.environ, "PHALA_ROUTER_PROXY__RETRIES": value}
+    code, out, err = await run_cli("check-config", "-c", write(tmp_path, GOOD), env=env)
+    assert code == 2
+    assert "PHALA_ROUTER_PROXY__RETRIES" in err
+    assert value not in out + err
+
+
+# -- 10: duplicate keys, compound durations ----------------------------------------------------
+
+
+def test_duplicate_yaml_keys_are_refused_with_the_key_and_line(tmp_path: Path) -> None:
+    text = "listen: 127.0.0.1:8080\ndiscovery:\n  static: []\nlisten: 0.0.0.0:80\n"
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, text), {})
+    assert "line 4: duplicate key 'listen' (first set on line 1)" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("1m30s", 90.0), ("500us", 0.0005), ("1d", 86400.0), ("1h30m", 5400.0), ("250ms", 0.25)],
+)
+def test_compound_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@given(st.lists(st.tuples(st.integers(0, 999), st.sampled_from(["d", "h", "m", "s", "ms"])), min_size=1, max_size=4))
+def test_a_duration_is_the_sum_of_its_parts(parts: list[tuple[int, str]]) -> None:
+    size = {"d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    text = "".join(f"{n}{unit}" for n, unit in parts)
+    assert parse_duration(text) == pytest.approx(sum(n * size[u] for n, u in parts))
+
+
+# -- 11: the PHALA_ROUTER_ prefix ---------------------------------------------------------------
+
+
+def test_overrides_use_phala_router_prefix_and_ignore_service_links() -> None:
+    environ = {
+        "PHALA_ROUTER_PROXY__CONNECT_TIMEOUT": "2s",
+        "ROUTER_PORT": "tcp://10.0.0.1:80",  # a Service called `router`: not ours
+        "ROUTER_PROXY__RETRIES": "9",  # the old prefix is not read
+        "PHALA_ROUTER_PORT": "tcp://10.0.0.1:80",  # a Service called `phala-router`
+        "PHALA_ROUTER_PORT_80_TCP_ADDR": "10.0.0.1",
+        "PHALA_ROUTER_SERVICE_HOST": "10.0.0.1",
+        "PHALA_ROUTER_SERVICE_PORT_HTTP": "80",
+    }
+    config = parse_config(GOOD, environ)
+    assert config.proxy.connect_timeout == 2.0
+    assert config.proxy.retries == 2
+
+
+def test_every_env_error_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config(GOOD, {"PHALA_ROUTER_PROXY__BOGUS": "1"})
+    assert "PHALA_ROUTER_PROXY__BOGUS" in str(caught.value)
+
+
+# -- 5: dns render says what it needs ----------------------------------------------------------
+
+
+async def test_dns_render_says_what_is_missing(tmp_path: Path) -> None:
+    code, _, err = await run_cli("dns", "render")
+    assert code == 2
+    assert "-c CONFIG" in err and "--from-admin" in err
+    code, _, err = await run_cli("dns", "render", "-c", write(tmp_path, GOOD))
+    assert code == 2
+    assert "--name" in err and "dns.name" in err
+
+
+async def test_dns_render_with_nothing_healthy_is_a_visible_failure(tmp_path: Path) -> None:
+    config = static_config([("a", f"http://127.0.0.1:{free_port()}")], dns={"when_empty": "fail_closed"})
+    code, _, err = await run_cli(
+        "dns", "render", "-c", write(tmp_path, config), "--name", "api.example.com", "--format", "json"
+    )
+    assert code == 1
+    assert "no address record for api.example.com." in err
+
+
+async def test_dns_render_from_admin_needs_no_config() -> None:
+    async with running_replica("a") as a:
+        config = parse_config(static_config([("a", f"http://127.0.0.1:{a.port}")]), {})
+        app = RouterApp(config, environ={})
+        await app.start()
+        try:
+            await app.health.check_now()
+            admin = f"http://127.0.0.1:{app.admin.port}"
+            code, out, err = await run_cli(
+                "dns", "render", "--from-admin", admin, "--name", "api.example.com", "--format", "json"
+            )
+        finally:
+            await app.stop(1)
+    assert code == 0, err
+    assert {r["value"] for r in json.loads(out) if r["type"] == "A"} == {"127.0.0.1"}
+
+
+# -- 7: a busy port ----------------------------------------------------------------------------
+
+
+async def test_a_busy_port_is_one_line_naming_address_and_key(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = static_config([("a", "http://127.0.0.1:1")], listen=f"127.0.0.1:{port}")
+        code, _, err = await run_cli("serve", "-c", write(tmp_path, config))
+    assert code == 2
+    assert f"cannot listen on 127.0.0.1:{port} (listen): address already in use" in err
+    assert "Traceback" not in err
