@@ -14,7 +14,14 @@ import click
 import yaml
 
 from router import logs
-from router.cli_support import EXIT_CONFIG, fail, load_or_exit, run_async, wait_for_signal
+from router.cli_support import (
+    EXIT_CONFIG,
+    catch_signals,
+    fail,
+    load_or_exit,
+    run_async,
+    wait_for_signal,
+)
 from router.config import redacted
 from router.errors import ConfigError, RouterError
 
@@ -56,9 +63,10 @@ def serve(config_path: str, log_level: str, log_format: str, access_log: bool) -
             app = RouterApp(
                 config, config_path=config_path, access_log_enabled=access_log, worker=worker
             )
+            stop = catch_signals(on_hangup=app.reload)
             await app.start()
             try:
-                await wait_for_signal(on_hangup=app.reload)
+                await stop.wait()
             finally:
                 await app.stop()
 

@@ -262,3 +262,54 @@ async def test_a_busy_port_is_one_line_naming_address_and_key(tmp_path: Path) ->
     assert code == 2
     assert f"cannot listen on 127.0.0.1:{port} (listen): address already in use" in err
     assert "Traceback" not in err
+
+
+# -- 9: reload compares with the running process -----------------------------------------------
+
+
+async def test_reload_reports_only_what_changed(tmp_path: Path) -> None:
+    async with running_replica("a") as a:
+        config = static_config([("a", f"http://127.0.0.1:{a.port}")], health={"enabled": False})
+        path = write(tmp_path, config)
+        app = RouterApp(load_config(path, {}), config_path=path, environ={})
+        await app.start()
+        try:
+            nothing = app.reload()
+            assert (nothing.applied, nothing.restart_required) == ([], [])
+            write(tmp_path, {**config, "listen": f"127.0.0.1:{free_port()}"})
+            assert app.reload().restart_required == ["listen"]
+            write(tmp_path, {**config, "proxy": {"retries": 1}})  # listen back as started
+            back = app.reload()
+            assert (back.applied, back.restart_required) == (["proxy"], [])
+        finally:
+            await app.stop(1)
+
+
+# -- 13: SIGTERM drain is logged; text logs are UTC RFC 3339 -----------------------------------
+
+
+async def test_sigterm_logs_drain_start_and_end_in_utc(tmp_path: Path) -> None:
+    import re
+    import signal
+
+    admin = free_port()
+    config = static_config(
+        [("a", "http://127.0.0.1:1")],
+        listen=f"127.0.0.1:{free_port()}",
+        admin={"listen": f"127.0.0.1:{admin}"},
+        health={"enabled": False},
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "router.cli", "serve", "-c", write(tmp_path, config),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    started = await asyncio.wait_for(process.stderr.readline(), 30)
+    while b"serving on" not in started:
+        started = await asyncio.wait_for(process.stderr.readline(), 30)
+    process.send_signal(signal.SIGTERM)
+    rest = (await asyncio.wait_for(process.stderr.read(), 30)).decode()
+    assert await process.wait() == 0
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", started.decode())
+    assert "shutting down: /readyz is 503; draining 0 request(s) in flight" in rest
+    assert "shutdown: drained in" in rest
