@@ -156,7 +156,7 @@ def json_schema() -> dict[str, Any]:
     schema = RouterConfig.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "phala-router config"
-    models = {RouterConfig.__name__: RouterConfig}
+    models: dict[str, type[BaseModel]] = {RouterConfig.__name__: RouterConfig}
     pending: list[type[BaseModel]] = [RouterConfig]
     while pending:
         model = pending.pop()

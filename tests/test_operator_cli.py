@@ -180,7 +180,13 @@ def test_compound_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@given(st.lists(st.tuples(st.integers(0, 999), st.sampled_from(["d", "h", "m", "s", "ms"])), min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 999), st.sampled_from(["d", "h", "m", "s", "ms"])),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_a_duration_is_the_sum_of_its_parts(parts: list[tuple[int, str]]) -> None:
     size = {"d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
     text = "".join(f"{n}{unit}" for n, unit in parts)
@@ -217,16 +223,27 @@ def test_every_env_error_names_the_variable() -> None:
 async def test_dns_render_says_what_is_missing(tmp_path: Path) -> None:
     code, _, err = await run_cli("dns", "render")
     assert code == 2
-    assert "-c CONFIG" in err and "--from-admin" in err
+    assert "-c CONFIG" in err
+    assert "--from-admin" in err
     code, _, err = await run_cli("dns", "render", "-c", write(tmp_path, GOOD))
     assert code == 2
-    assert "--name" in err and "dns.name" in err
+    assert "--name" in err
+    assert "dns.name" in err
 
 
 async def test_dns_render_with_nothing_healthy_is_a_visible_failure(tmp_path: Path) -> None:
-    config = static_config([("a", f"http://127.0.0.1:{free_port()}")], dns={"when_empty": "fail_closed"})
+    config = static_config(
+        [("a", f"http://127.0.0.1:{free_port()}")], dns={"when_empty": "fail_closed"}
+    )
     code, _, err = await run_cli(
-        "dns", "render", "-c", write(tmp_path, config), "--name", "api.example.com", "--format", "json"
+        "dns",
+        "render",
+        "-c",
+        write(tmp_path, config),
+        "--name",
+        "api.example.com",
+        "--format",
+        "json",
     )
     assert code == 1
     assert "no address record for api.example.com." in err
@@ -241,7 +258,14 @@ async def test_dns_render_from_admin_needs_no_config() -> None:
             await app.health.check_now()
             admin = f"http://127.0.0.1:{app.admin.port}"
             code, out, err = await run_cli(
-                "dns", "render", "--from-admin", admin, "--name", "api.example.com", "--format", "json"
+                "dns",
+                "render",
+                "--from-admin",
+                admin,
+                "--name",
+                "api.example.com",
+                "--format",
+                "json",
             )
         finally:
             await app.stop(1)
@@ -300,7 +324,12 @@ async def test_sigterm_logs_drain_start_and_end_in_utc(tmp_path: Path) -> None:
         health={"enabled": False},
     )
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "router.cli", "serve", "-c", write(tmp_path, config),
+        sys.executable,
+        "-m",
+        "router.cli",
+        "serve",
+        "-c",
+        write(tmp_path, config),
         stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None
