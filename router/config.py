@@ -184,6 +184,9 @@ class RouterConfig(Frozen):
     # Plain-HTTP listener; null to serve only TLS (listen_tls).
     listen: HostPort | None = "127.0.0.1:8080"
     listen_tls: ListenTLSConfig | None = None
+    # A directory whose .well-known/acme-challenge/ files are served on the plain listener
+    # (ACME HTTP-01, e.g. certbot --webroot -w DIR), even with listen_tls.redirect_http.
+    acme_webroot: Path | None = None
     admin: AdminConfig = AdminConfig()
     discovery: DiscoveryConfig
     upstream_tls: UpstreamTLSConfig = UpstreamTLSConfig()
@@ -199,6 +202,15 @@ class RouterConfig(Frozen):
         if self.listen is None and self.listen_tls is None:
             raise ValueError("set listen, listen_tls, or both: the router needs a listener")
         return self
+
+    @field_validator("acme_webroot")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(
+                f"{str(value)!r} must be an absolute path, e.g. /var/lib/phala-router/acme"
+            )
+        return value
 
 
 def _format_location(loc: tuple[int | str, ...]) -> str:

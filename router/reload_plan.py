@@ -19,6 +19,7 @@ from router.config import RouterConfig
 RESTART_ONLY = (
     "listen",
     "listen_tls",
+    "acme_webroot",
     "admin",
     "proxy.engine",
     "proxy.workers",

@@ -19,6 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from router import acme
 from router.balancing.base import RequestContext
 from router.config import RouterConfig
 from router.errors import (
@@ -87,6 +88,7 @@ class AiohttpEngine:
         self._sites: list[web.TCPSite] = []
         self._https_port: int | None = None
         self._redirect_http = config.listen_tls is not None and config.listen_tls.redirect_http
+        self._acme_webroot = config.acme_webroot
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -186,6 +188,15 @@ class AiohttpEngine:
         trusted = self._trusted.contains(peer)
         client = self._trusted.client_address(peer, request.headers.getall("X-Forwarded-For", []))
         outcome = Outcome()
+        if self._acme_webroot is not None and not request.secure:
+            challenge = acme.answer(self._acme_webroot, request.method, request.raw_path)
+            if challenge is not None:  # ACME HTTP-01: answered here, never routed
+                return web.Response(
+                    status=challenge.status,
+                    body=challenge.body,
+                    content_type="text/plain",
+                    headers={"Cache-Control": "no-store"},
+                )
         if self._redirect_http and not request.secure:
             return self._redirect_to_https(request)
         try:

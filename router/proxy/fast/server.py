@@ -14,6 +14,7 @@ import asyncio
 import logging
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 import httptools
@@ -58,6 +59,8 @@ class EngineCore:
     admission_wait: float
     # Set when listen_tls.redirect_http: plain-HTTP requests get a 308 to this https port.
     redirect_https_port: int | None = None
+    # Set when acme_webroot: ACME challenge files answered on the plain listener.
+    acme_webroot: Path | None = None
     draining: bool = False
     connections: set[ClientConnection] = field(default_factory=set)
     all_closed: asyncio.Event = field(default_factory=asyncio.Event)
