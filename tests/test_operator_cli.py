@@ -23,7 +23,7 @@ from router.config_reference import json_schema, reference_yaml
 from router.errors import ConfigError
 from router.settings_types import parse_duration
 from router.simulator import Simulator, load_simulator_config
-from tests.support import free_port, running_replica, static_config
+from tests.support import eventually, free_port, running_replica, static_config
 
 ROOT = Path(__file__).resolve().parent.parent
 GOOD: dict[str, Any] = {"discovery": {"static": [{"id": "a", "url": "http://127.0.0.1:8001"}]}}
@@ -62,6 +62,19 @@ async def test_missing_cloud_api_key_exits_2_with_one_line(tmp_path: Path) -> No
         assert err.count("PHALA_CLOUD_API_KEY") == 1, err
         assert "retrying" not in err
         assert "Traceback" not in err
+
+
+async def test_rejected_cloud_api_key_exits_2_once(tmp_path: Path) -> None:
+    from router.simulator import SimulatorConfig
+
+    async with Simulator(SimulatorConfig()) as sim:
+        config = {"discovery": sim.discovery_section()}
+        env = {**os.environ, "PHALA_CLOUD_API_KEY": "wrong-key"}
+        code, _, err = await run_cli("replicas", "-c", write(tmp_path, config), env=env)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "PHALA_CLOUD_API_KEY" in err
+    assert "wrong-key" not in err
 
 
 # -- 4: the simulator's config is recognised ---------------------------------------------------
@@ -342,3 +355,53 @@ async def test_sigterm_logs_drain_start_and_end_in_utc(tmp_path: Path) -> None:
     assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z ", started.decode())
     assert "shutting down: /readyz is 503; draining 0 request(s) in flight" in rest
     assert "shutdown: drained in" in rest
+
+
+# -- 6 and 13: `demo --access-log` logs requests; each health transition is one line ---------
+
+
+async def test_demo_access_log_and_one_line_per_transition() -> None:
+    import re
+    import signal
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "router.cli",
+        "demo",
+        "--port",
+        "0",
+        "--admin-port",
+        "0",
+        "--access-log",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    try:
+        router_url = ""
+        while not router_url:
+            line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode()
+            assert line, "the demo ended before printing its router URL"
+            if match := re.match(r"\s+router\s+(http://\S+)", line):
+                router_url = match.group(1)
+        async with aiohttp.ClientSession() as client:
+
+            async def answered() -> bool:
+                async with client.get(f"{router_url}/demo-probe") as resp:
+                    return resp.status == 200
+
+            await eventually(answered, timeout=20)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        err = (await asyncio.wait_for(process.stderr.read(), 30)).decode()
+        await process.wait()
+    access = [line for line in err.splitlines() if "router.access" in line]
+    assert any("GET /demo-probe 200" in line for line in access), err
+    ups = [line for line in err.splitlines() if re.search(r"replica \S+: pending -> healthy", line)]
+    ids = [re.search(r"replica (\S+):", line).group(1) for line in ups]  # type: ignore[union-attr]
+    assert ids, err
+    assert len(ids) == len(set(ids)), "a transition was logged twice"
+    assert not [line for line in err.splitlines() if "healthy: first check passed" in line]
