@@ -22,8 +22,10 @@ import trustme
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-SKIPPED = ("git clone", "python3 -m venv", "useradd", "$EDITOR", "cp deploy/systemd", "certbot ")
-SKIPPED += ("curl ", "systemctl ", "/opt/phala-router/bin/phala-router replicas")
+SKIPPED = (
+    *("git clone", "python3 -m venv", "useradd", "$EDITOR", "cp deploy/systemd", "certbot "),
+    *("curl ", "systemctl ", "/opt/phala-router/bin/phala-router replicas"),
+)
 
 
 def walkthrough() -> str:
