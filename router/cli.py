@@ -23,7 +23,7 @@ from router.cli_support import (
     wait_for_signal,
 )
 from router.config import redacted
-from router.errors import ConfigError, RouterError
+from router.errors import ConfigError
 
 log_options = [
     click.option(
@@ -168,7 +168,12 @@ def simulate(config_path: str, log_level: str, log_format: str, access_log: bool
         except asyncio.CancelledError:
             pass
         except OSError as exc:
-            raise RouterError(f"the simulator could not start: {exc}") from None
+            from router.listen_errors import listen_error
+
+            c = sim_config
+            ports = [("api_port", c.api_port), ("gateway_port", c.gateway_port)]
+            ports.append(("control_port", c.control_port))
+            raise listen_error(exc, [(k, f"{c.host}:{p}") for k, p in ports]) from None
 
     run_async(run)
 
@@ -228,9 +233,13 @@ def quote_server(
 ) -> None:
     """Inside the CVM, next to the app: answer `fresh` attestation requests via dstack."""
     logs.configure(log_level, log_format, access_log)
+    from router.listen_errors import listen_error
     from router.quote_server import run
 
-    run(listen, endpoint=dstack_socket, path=path)
+    try:
+        run(listen, endpoint=dstack_socket, path=path)
+    except OSError as exc:
+        fail(str(listen_error(exc, [("--listen", listen)])), EXIT_CONFIG)
 
 
 def _add_subcommands() -> None:

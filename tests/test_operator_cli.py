@@ -405,3 +405,15 @@ async def test_demo_access_log_and_one_line_per_transition() -> None:
     assert ids, err
     assert len(ids) == len(set(ids)), "a transition was logged twice"
     assert not [line for line in err.splitlines() if "healthy: first check passed" in line]
+
+
+async def test_simulate_on_a_busy_port_names_the_simulator_key(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        sim = {"api_port": port, "gateway_port": 0, "control_port": 0, "replicas": [{}]}
+        code, _, err = await run_cli("simulate", "-c", write(tmp_path, sim, "sim.yaml"))
+    assert code == 2, err
+    assert f"cannot listen on 127.0.0.1:{port} (api_port): address already in use" in err
+    assert "Traceback" not in err
