@@ -372,7 +372,9 @@ class RouterApp:
         log.info(
             "serving on %s, admin on %s",
             ", ".join(f"{h}:{p}" for h, p in self.engine.addresses),
-            self.config.admin.listen,
+            f"{self.config.admin.listen.rsplit(':', 1)[0]}:{self.admin.port}"
+            if self._admin_enabled
+            else "worker 0",
         )
 
     def _proxy_listeners(self) -> list[tuple[str, str]]:

@@ -114,8 +114,5 @@ def dns_render(
             click.echo(f"; {note}", err=True)
     click.echo(text, nl=not text.endswith("\n"))
     if NO_ADDRESS_NOTE in notes:
-        reasons = [n for n in notes if n != NO_ADDRESS_NOTE]
-        fail(
-            f"no address record for {dns_config.name}: " + ("; ".join(reasons) or "no replica"),
-            EXIT_EMPTY,
-        )
+        why = "the notes above say why" if len(notes) > 1 else "no replica was found"
+        fail(f"no address record for {dns_config.name}: nothing to publish ({why})", EXIT_EMPTY)

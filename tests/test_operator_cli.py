@@ -417,3 +417,25 @@ async def test_simulate_on_a_busy_port_names_the_simulator_key(tmp_path: Path) -
     assert code == 2, err
     assert f"cannot listen on 127.0.0.1:{port} (api_port): address already in use" in err
     assert "Traceback" not in err
+
+
+# -- footprint: the demo installs the router alone ---------------------------------------------
+
+
+def test_runtime_dependencies_are_bounded_and_test_tools_are_dev_only() -> None:
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = project["dependencies"]
+    for requirement in runtime:
+        assert re.search(r"<\s*\d", requirement), f"{requirement}: give it an upper bound"
+    names = {re.split(r"[<>=!~; ]", r, maxsplit=1)[0].lower() for r in runtime}
+    for test_only in ("playwright", "hypothesis", "pytest", "locust", "matplotlib"):
+        assert test_only not in names
+    dev = " ".join(project["optional-dependencies"]["dev"])
+    assert "playwright" in dev
+    assert "hypothesis" in dev
+    makefile = (ROOT / "Makefile").read_text()
+    assert "pip install --quiet -e .\n" in makefile  # `make demo`: no extras
+    assert "$(BIN)/phala-router demo $(ARGS)" in makefile
