@@ -139,6 +139,15 @@ def demo(
     )
 
 
+def simulator_banner(sim: Any) -> str:
+    """The simulator's banner, then the router config sections that point at it."""
+    overlay = yaml.safe_dump(sim.router_overlay(), sort_keys=False).rstrip()
+    return (
+        f"{sim.banner()}\nrouter config for it (with {sim.config.api_key!r} in "
+        f"PHALA_CLOUD_API_KEY; config/sim-router.yaml for config/sim.yaml):\n{overlay}"
+    )
+
+
 @main.command()
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @with_logging
@@ -154,7 +163,7 @@ def simulate(config_path: str, log_level: str, log_format: str, access_log: bool
 
     async def run() -> None:
         simulator = asyncio.ensure_future(
-            run_simulator(sim_config, ready=lambda sim: click.echo(sim.banner()))
+            run_simulator(sim_config, ready=lambda sim: click.echo(simulator_banner(sim)))
         )
         signalled = asyncio.ensure_future(wait_for_signal())
         # Whichever ends first: a signal, or the simulator failing (e.g. a port in use).
@@ -238,6 +247,8 @@ def quote_server(
 
     try:
         run(listen, endpoint=dstack_socket, path=path)
+    except ValueError as exc:  # --listen is not HOST:PORT
+        fail(f"--listen: {exc}", EXIT_CONFIG)
     except OSError as exc:
         fail(str(listen_error(exc, [("--listen", listen)])), EXIT_CONFIG)
 

@@ -7,6 +7,7 @@ credentials, a port in use), 1 for other failures, 3 for `attest` verdicts that 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -28,6 +29,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def load_or_exit(path: str) -> RouterConfig:
+    from router.config_source import legacy_overrides
+
+    for name in legacy_overrides(os.environ):
+        click.echo(
+            f"phala-router: warning: {name} is not read (overrides are PHALA_ROUTER_*); "
+            f"rename it to PHALA_{name}",
+            err=True,
+        )
     try:
         return load_config(path)
     except ConfigError as exc:

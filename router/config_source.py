@@ -105,6 +105,11 @@ class EnvOverrides:
         return None
 
 
+def legacy_overrides(environ: Mapping[str, str]) -> list[str]:
+    """`ROUTER_SECTION__KEY` variables: overrides under the old prefix, no longer read."""
+    return sorted(k for k in environ if k.startswith("ROUTER_") and "__" in k)
+
+
 def override_variables(data: Any, environ: Mapping[str, str]) -> list[str]:
     """The `PHALA_ROUTER_*` variables that will be read as overrides, sorted."""
     secrets = secret_names(data, environ)
