@@ -301,7 +301,7 @@ class RouterApp:
             return ReloadResult(error=str(exc))
         old, self.config = self.config, new
         plan = plan_reload(self._started_config, old, new)
-        if "proxy" in plan.apply or "upstream" in plan.apply:
+        if {"proxy", "upstream", "health"} & set(plan.apply):  # health: passive.count_5xx
             self.engine.apply_config(new)
         if self.tls is not None:
             self.tls.reload()  # SIGHUP also re-reads the certificate files, changed or not

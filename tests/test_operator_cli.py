@@ -439,3 +439,24 @@ def test_runtime_dependencies_are_bounded_and_test_tools_are_dev_only() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert "pip install --quiet -e .\n" in makefile  # `make demo`: no extras
     assert "$(BIN)/phala-router demo $(ARGS)" in makefile
+
+
+@pytest.mark.parametrize(
+    ("change", "applied", "restart"),
+    [
+        ({}, [], []),
+        ({"proxy": {"retries": 1}}, ["proxy"], []),
+        ({"proxy": {"engine": "aiohttp"}}, [], ["proxy.engine"]),
+        ({"health": {"interval": "1m30s"}}, ["health"], []),
+        ({"routing": {"policy": "least_request"}}, ["routing"], []),
+        ({"upstream_tls": {"verify": False}}, ["upstream"], []),
+        ({"attestation": {"interval": "1h"}}, [], ["attestation"]),
+        ({"acme_webroot": "/srv/acme"}, [], ["acme_webroot"]),
+    ],
+)
+def test_reload_plan(change: dict[str, Any], applied: list[str], restart: list[str]) -> None:
+    from router.reload_plan import plan_reload
+
+    started = parse_config(GOOD, {})
+    plan = plan_reload(started, started, parse_config({**GOOD, **change}, {}))
+    assert (plan.apply, plan.restart_required) == (applied, restart)
