@@ -245,7 +245,8 @@ def format_validation_error(error: ValidationError, env: EnvOverrides | None = N
         if variable is not None:
             shown = f" (set by environment variable {variable}; value not shown)"
         lines.append(f"{where}: {message}{shown}")
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    return env.scrub(text) if env else text
 
 
 def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> RouterConfig:

@@ -95,6 +95,15 @@ class EnvOverrides:
     """Which dotted config paths were set by which environment variable."""
 
     by_path: dict[tuple[str, ...], str] = field(default_factory=dict)
+    # The raw values, only to scrub them from error messages (a validator may quote them).
+    values: dict[str, str] = field(default_factory=dict)
+
+    def scrub(self, text: str) -> str:
+        """`text` with every override value of 4+ characters replaced by its variable."""
+        for name, value in sorted(self.values.items(), key=lambda kv: -len(kv[1])):
+            if len(value.strip()) >= 4:
+                text = text.replace(value.strip(), f"<value of {name}>")
+        return text
 
     def variable_for(self, location: tuple[str | int, ...]) -> str | None:
         """The variable that set this location or one of its parents, if any."""
@@ -151,4 +160,5 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> EnvOverrides:
                 f"environment variable {key}: its value is not valid YAML (value not shown)"
             ) from None
         overrides.by_path[tuple(path)] = key
+        overrides.values[key] = environ[key]
     return overrides

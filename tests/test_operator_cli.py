@@ -175,6 +175,17 @@ async def test_check_config_never_prints_a_bad_env_value(tmp_path: Path, value: 
     assert value not in out + err
 
 
+@pytest.mark.parametrize(
+    "variable", ["PHALA_ROUTER_LISTEN", "PHALA_ROUTER_ADMIN__LISTEN", "PHALA_ROUTER_HEALTH__PATH"]
+)
+def test_a_validator_quoting_the_value_does_not_leak_an_env_value(variable: str) -> None:
+    secret = "0.0.0.0:sk_live_SECRETVALUE123"
+    with pytest.raises(ConfigError) as caught:
+        parse_config(GOOD, {variable: secret})
+    assert variable in str(caught.value)
+    assert "SECRETVALUE" not in str(caught.value)
+
+
 # -- 10: duplicate keys, compound durations ----------------------------------------------------
 
 
