@@ -442,11 +442,12 @@ def test_runtime_dependencies_are_bounded_and_test_tools_are_dev_only() -> None:
     for requirement in runtime:
         assert re.search(r"<\s*\d", requirement), f"{requirement}: give it an upper bound"
     names = {re.split(r"[<>=!~; ]", r, maxsplit=1)[0].lower() for r in runtime}
-    for test_only in ("playwright", "hypothesis", "pytest", "locust", "matplotlib"):
+    for test_only in ("playwright", "hypothesis", "trustme", "pytest", "locust", "matplotlib"):
         assert test_only not in names
     dev = " ".join(project["optional-dependencies"]["dev"])
     assert "playwright" in dev
     assert "hypothesis" in dev
+    assert "trustme" in dev
     makefile = (ROOT / "Makefile").read_text()
     assert "pip install --quiet -e .\n" in makefile  # `make demo`: no extras
     assert "$(BIN)/phala-router demo $(ARGS)" in makefile
