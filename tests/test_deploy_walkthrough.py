@@ -13,11 +13,13 @@ import configparser
 import grp
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trustme
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,3 +111,22 @@ def test_systemd_unit_gives_the_service_what_the_walkthrough_uses() -> None:
         "/etc/phala-router/router.yaml"
     )
     assert "cd phala-router" in script.splitlines()[2]
+
+
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    """Every directive is known to this systemd; the binary path points at this venv."""
+    unit = (ROOT / "deploy/systemd/phala-router.service").read_text()
+    local = tmp_path / "phala-router.service"
+    local.write_text(unit.replace("/opt/phala-router/bin/phala-router", str(BIN / "phala-router")))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(local)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    problems = [line for line in result.stderr.splitlines() if "phala-router.service" in line]
+    assert problems == [], result.stderr
