@@ -21,6 +21,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 import httptools
@@ -70,6 +71,8 @@ class EngineCore:
     client_idle_timeout: float = 60.0
     # Headers (lower-case) removed from requests of untrusted peers (headers.edge_names).
     edge_headers: frozenset[bytes] = frozenset()
+    # Set when acme_webroot: ACME challenge files answered on the plain listener.
+    acme_webroot: Path | None = None
     draining: bool = False
     connections: set[ClientConnection] = field(default_factory=set)
     all_closed: asyncio.Event = field(default_factory=asyncio.Event)
