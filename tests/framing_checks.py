@@ -105,10 +105,13 @@ async def _run_client(host: str, port: int, run: ClientRun) -> None:
                     if responses.eof or responses.error or responses.switched:
                         break
             await read_until(answers=len(run.requests))
+            last = run.requests[-1]
             if responses.switched:
                 await _ping_through_tunnel(run, reader, writer)
-            else:
-                await read_until()  # the last request closes: read to the end
+            elif not (last.asks_upgrade and not last.closes):
+                # The last request closes: read to the end. (An upgrade refused with a
+                # normal answer leaves the connection open, as HTTP/1.1 says.)
+                await read_until()
     except TimeoutError:
         run.timed_out = True
     except ConnectionError:

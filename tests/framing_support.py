@@ -149,6 +149,8 @@ class ResponseReader:
     def _parse_one(self) -> bool:
         """Parse the next response if all of it has arrived; False when more is needed."""
         index = len(self.responses)
+        if not self.buffer and (self.eof or index >= len(self.requests)):
+            return False  # nothing more came
         if index >= len(self.requests) or not (self.buffer or self.eof):
             if self.buffer and index >= len(self.requests):
                 self.error = f"bytes after the last response: {self.buffer[:200]!r}"
