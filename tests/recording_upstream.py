@@ -28,6 +28,9 @@ TAG_PATTERN = re.compile(rb"tag-[0-9a-z]+-[0-9]+")
 # managed to inject a response of its own choosing.
 FORGED = b"HTTP/1.1 200 OK\r\nX-Tag: tag-forged-0\r\nContent-Length: 0\r\n\r\n"
 
+# The head of a response whose body is whatever the replica sends next.
+FORGED_HEAD = b"HTTP/1.1 200 OK\r\nX-Tag: tag-forged-1\r\nContent-Length: 40\r\n\r\n"
+
 SCRIPTS = (
     "ok",  # 200 with Content-Length
     "chunked",  # 200, chunked with chunk extensions
@@ -44,6 +47,7 @@ SCRIPTS = (
     "not_modified_with_body",  # 304 followed by body bytes that hold a response
     "cl_te",  # both Content-Length and Transfer-Encoding
     "unsolicited",  # a second, unrequested response right after the real one
+    "unsolicited_head",  # the same, only its head: whatever comes next looks like its body
     "switch",  # 101 when the request asked to upgrade (else "ok"), then echo raw bytes
 )
 # Answers after which the replica's byte stream cannot be trusted: the connection must be
@@ -57,6 +61,7 @@ POISONING = frozenset(
         "not_modified_with_body",
         "cl_te",
         "unsolicited",
+        "unsolicited_head",
     }
 )
 CLOSING = frozenset({"close", "close_gzip"})
@@ -115,12 +120,15 @@ class RecordingUpstream:
         self.violations: list[str] = []
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        for writer in self._writers:
+            writer.close()  # ends each handler's read, rather than cancelling it
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -128,6 +136,7 @@ class RecordingUpstream:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = RecordedConnection(len(self.connections))
         self.connections.append(conn)
+        self._writers.add(writer)
         try:
             while not conn.closed:
                 data = await reader.read(65536)
@@ -142,6 +151,7 @@ class RecordingUpstream:
             pass
         finally:
             conn.closed = True
+            self._writers.discard(writer)
             writer.close()
 
     def _tunnel(self, conn: RecordedConnection, data: bytes, writer: asyncio.StreamWriter) -> bool:
@@ -328,4 +338,6 @@ def response_bytes(script: str, request: UpstreamRequest) -> bytes:
         )
     if script == "unsolicited":
         return ok + (b"" if head_only else body) + FORGED
+    if script == "unsolicited_head":
+        return ok + (b"" if head_only else body) + FORGED_HEAD
     return ok + (b"" if head_only else body)  # ok, early, switch without an upgrade
