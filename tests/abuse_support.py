@@ -197,7 +197,7 @@ async def settle(router: RouterProcess, timeout: float = 30.0) -> None:
         last = now
 
 
-async def quiet_probe(router: RouterProcess, seconds: float = 0.5) -> list[float]:
+async def quiet_probe(router: RouterProcess, seconds: float = 1.0) -> list[float]:
     """Probe latencies with nothing else going on: the baseline fairness is judged by."""
     await settle(router)
     stop = asyncio.Event()
