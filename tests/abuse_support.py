@@ -255,19 +255,24 @@ async def endless_header(port: int, size: int) -> tuple[int, int | None]:
         writer.close()
 
 
-async def upload(port: int, size: int, *, tiny_chunks: bool) -> tuple[int, int | None]:
-    """POST /upload with `size` body bytes: chunked in 1-byte chunks, or one Content-Length."""
+async def upload(port: int, size: int, chunking: str = "length") -> tuple[int, int | None]:
+    """POST /upload with `size` body bytes: with a Content-Length (`length`), chunked in
+    1-byte chunks (`tiny`), or chunked as one chunk (`one`)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        if tiny_chunks:
-            writer.write(b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
-            per_block = CHUNK // len(TINY_CHUNK)
-            blocks = _repeat(TINY_CHUNK * per_block, size // per_block * CHUNK)
-            sent = await _push(writer, blocks, 60.0)
-            writer.write(b"0\r\n\r\n")
-        else:
+        if chunking == "length":
             writer.write(b"POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size)
             sent = await _push(writer, _repeat(b"x" * CHUNK, size), 60.0)
+            return sent, await _answer(reader, 30.0)
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        if chunking == "tiny":
+            per_block = CHUNK // len(TINY_CHUNK)
+            blocks = _repeat(TINY_CHUNK * per_block, size // per_block * CHUNK)
+        else:
+            writer.write(b"%x\r\n" % size)
+            blocks = iter([*_repeat(b"x" * CHUNK, size), b"\r\n"])
+        sent = await _push(writer, blocks, 60.0)
+        writer.write(b"0\r\n\r\n")
         return sent, await _answer(reader, 30.0)
     finally:
         writer.close()

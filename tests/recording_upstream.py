@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import h11
 
+# h11 has this state but does not list it among its exports.
+MIGHT_SWITCH = vars(h11)["MIGHT_SWITCH_PROTOCOL"]
 TAG_PATTERN = re.compile(rb"tag-[0-9a-z]+-[0-9]+")
 # A complete response carrying a tag no client ever sent: if a client receives it, a replica
 # managed to inject a response of its own choosing.
@@ -213,7 +215,7 @@ class RecordingUpstream:
             current.complete = True
             if not current.answered:
                 self._answer(conn, current, writer)
-            upgrading = conn.parser.their_state is h11.MIGHT_SWITCH_PROTOCOL
+            upgrading = conn.parser.their_state is MIGHT_SWITCH
             if not conn.closed and upgrading and current.script == "switch":
                 writer.write(conn.parser.send(_switch_event(current)) or b"")
                 return
@@ -241,7 +243,7 @@ class RecordingUpstream:
     ) -> None:
         request.answered = True
         script = request.script
-        upgrading = conn.parser.their_state is h11.MIGHT_SWITCH_PROTOCOL
+        upgrading = conn.parser.their_state is MIGHT_SWITCH
         if script == "switch" and upgrading:
             return  # the 101 is sent through h11 (see _switch_event) to enter tunnel mode
         writer.write(response_bytes(script, request))
@@ -266,9 +268,9 @@ def _switch_event(request: UpstreamRequest) -> h11.InformationalResponse:
     return h11.InformationalResponse(
         status_code=101,
         headers=[
-            ("X-Tag", request.tag),
-            ("Connection", "upgrade"),
-            ("Upgrade", request.header(b"upgrade") or b"x"),
+            (b"X-Tag", request.tag),
+            (b"Connection", b"upgrade"),
+            (b"Upgrade", request.header(b"upgrade") or b"x"),
         ],
     )
 

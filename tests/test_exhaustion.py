@@ -70,9 +70,7 @@ def test_finding_3_an_endless_header_line_is_cut_at_the_head_limit(
 
     async def run() -> tuple[Outcome, Outcome, list[float]]:
         quiet = await quiet_probe(router)
-        baseline = await measure(
-            router, "upload", lambda: upload(router.port, size, tiny_chunks=False)
-        )
+        baseline = await measure(router, "upload", lambda: upload(router.port, size))
         abuse = await measure(router, "endless header", lambda: endless_header(router.port, size))
         return baseline, abuse, quiet
 
@@ -99,9 +97,7 @@ def test_finding_4_one_byte_chunks_cost_less_than_a_request_each(
     async def run() -> tuple[Outcome, Outcome, list[float]]:
         quiet = await quiet_probe(router)
         requests = await measure(router, "small GETs", lambda: small_gets(router.port, gets))
-        tiny = await measure(
-            router, "1-byte chunks", lambda: upload(router.port, chunks, tiny_chunks=True)
-        )
+        tiny = await measure(router, "1-byte chunks", lambda: upload(router.port, chunks, "tiny"))
         return requests, tiny, quiet
 
     requests, tiny, quiet = asyncio.run(run())
