@@ -93,6 +93,18 @@ def _size(outcome: Outcome) -> str:
     return f"{sent / MIB:.1f} MiB" if sent >= MIB else f"{sent / 1024:.0f} KiB"
 
 
+def summary(outcome: Outcome) -> dict[str, object]:
+    """An outcome for the JSON file: the probe's latencies summarised, not listed."""
+    document = asdict(outcome)
+    latencies = document.pop("probe_ms")
+    document["probe"] = {
+        "count": len(latencies),
+        "p90_ms": round(outcome.probe_p90_ms(), 1),
+        "max_ms": round(max(latencies, default=0.0), 1),
+    }
+    return document
+
+
 def ratios(outcomes: list[Outcome], args: argparse.Namespace) -> dict[str, float]:
     by_name = {o.name: o for o in outcomes}
     chunks = args.chunks_kib * 1024
@@ -132,7 +144,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": platform.platform(),
         "args": vars(args),
-        "results": {e: [asdict(o) for o in outs] for e, outs in results.items()},
+        "results": {e: [summary(o) for o in outs] for e, outs in results.items()},
         "derived": derived,
     }
     stem.with_suffix(".json").write_text(json.dumps(document, indent=2))

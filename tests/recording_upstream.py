@@ -277,69 +277,73 @@ def _switch_event(request: UpstreamRequest) -> h11.InformationalResponse:
 
 def response_bytes(script: str, request: UpstreamRequest) -> bytes:
     """The exact bytes of `script`'s answer to `request`."""
-    tag = request.tag
+    tag, head_only = request.tag, request.method == b"HEAD"
+    malformed = _malformed(script, tag, head_only)
+    return malformed if malformed is not None else _well_formed(script, tag, head_only)
+
+
+def _sized(status: bytes, tag: bytes, payload: bytes) -> bytes:
+    """A response with `payload` framed by Content-Length (whatever the status allows)."""
+    return b"HTTP/1.1 %s\r\nX-Tag: %s\r\nContent-Length: %d\r\n\r\n%s" % (
+        status,
+        tag,
+        len(payload),
+        payload,
+    )
+
+
+def _proper(status: bytes, tag: bytes, head_only: bool) -> bytes:
+    """A Content-Length answer; to HEAD, the same head without the body."""
     body = b"tag=" + tag
-    head_only = request.method == b"HEAD"
-    ok = b"HTTP/1.1 200 OK\r\nX-Tag: %s\r\nContent-Length: %d\r\n\r\n" % (tag, len(body))
+    whole = _sized(status, tag, body)
+    return whole[: -len(body)] if head_only else whole
+
+
+def _well_formed(script: str, tag: bytes, head_only: bool) -> bytes:
+    body = b"" if head_only else b"tag=" + tag
     chunked_head = b"HTTP/1.1 200 OK\r\nX-Tag: %s\r\nTransfer-Encoding: chunked\r\n\r\n" % tag
-    chunks = b'4;ext=1\r\ntag=\r\n%x;q="a"\r\n%s\r\n' % (len(tag), tag)
+    chunks = b"" if head_only else _CHUNKS % (len(tag), tag)
     if script == "chunked":
-        return chunked_head + (b"" if head_only else chunks + b"0\r\n\r\n")
+        return chunked_head + (chunks and chunks + b"0\r\n\r\n")
     if script == "trailers":
-        return chunked_head + (
-            b"" if head_only else chunks + b"0\r\nX-Trailer-Tag: %s\r\n\r\n" % tag
-        )
+        return chunked_head + (chunks and chunks + b"0\r\nX-Trailer-Tag: %s\r\n\r\n" % tag)
     if script == "close":
-        return b"HTTP/1.1 200 OK\r\nX-Tag: %s\r\n\r\n%s" % (tag, b"" if head_only else body)
+        return b"HTTP/1.1 200 OK\r\nX-Tag: %s\r\n\r\n%s" % (tag, body)
     if script == "close_gzip":
-        return b"HTTP/1.1 200 OK\r\nX-Tag: %s\r\nTransfer-Encoding: gzip\r\n\r\n%s" % (
-            tag,
-            b"" if head_only else body,
-        )
+        return b"HTTP/1.1 200 OK\r\nX-Tag: %s\r\nTransfer-Encoding: gzip\r\n\r\n%s" % (tag, body)
+    ok = _proper(b"200 OK", tag, head_only)
     if script == "interim":
         hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\nX-Hint-Tag: %s\r\n\r\n" % tag
-        return b"HTTP/1.1 100 Continue\r\n\r\n" + hints + ok + (b"" if head_only else body)
+        return b"HTTP/1.1 100 Continue\r\n\r\n" + hints + ok
+    if script == "status_600":
+        return _proper(b"600 Odd", tag, head_only)
+    return ok  # ok, early, switch without an upgrade
+
+
+def _malformed(script: str, tag: bytes, head_only: bool) -> bytes | None:
+    """The answers that leave the replica's byte stream ambiguous (`POISONING`)."""
+    body = b"tag=" + tag
+    ok = _proper(b"200 OK", tag, head_only)
     if script == "status_099":
         return b"HTTP/1.1 099 Odd\r\nContent-Length: %d\r\n\r\n%s" % (len(FORGED), FORGED)
     if script == "status_99":
-        return b"HTTP/1.1 99 X\r\nX-Tag: %s\r\nContent-Length: %d\r\n\r\n%s" % (
-            tag,
-            len(body),
-            body,
-        )
-    if script == "status_600":
-        return b"HTTP/1.1 600 Odd\r\nX-Tag: %s\r\nContent-Length: %d\r\n\r\n%s" % (
-            tag,
-            len(body),
-            body,
-        )
+        return _sized(b"99 X", tag, body)
     if script == "status_garbage":
-        return b"HTTP/1.1 2x0 OK\r\nX-Tag: %s\r\nContent-Length: %d\r\n\r\n%s" % (
-            tag,
-            len(body),
-            body,
-        )
+        return _sized(b"2x0 OK", tag, body)
     if script == "empty_with_body":
-        status = b"200 OK" if head_only else b"204 No Content"
-        return b"HTTP/1.1 %s\r\nX-Tag: %s\r\nContent-Length: %d\r\n\r\n%s" % (
-            status,
-            tag,
-            len(FORGED),
-            FORGED,
-        )
+        return _sized(b"200 OK" if head_only else b"204 No Content", tag, FORGED)
     if script == "not_modified_with_body":
-        return b"HTTP/1.1 304 Not Modified\r\nX-Tag: %s\r\nContent-Length: %d\r\n\r\n%s" % (
-            tag,
-            len(FORGED),
-            FORGED,
-        )
+        return _sized(b"304 Not Modified", tag, FORGED)
     if script == "cl_te":
         return (
             b"HTTP/1.1 200 OK\r\nX-Tag: %s\r\nContent-Length: 3\r\nTransfer-Encoding: chunked"
-            b"\r\n\r\n%s0\r\n\r\n%s" % (tag, chunks, FORGED)
+            b"\r\n\r\n%s0\r\n\r\n%s" % (tag, _CHUNKS % (len(tag), tag), FORGED)
         )
     if script == "unsolicited":
-        return ok + (b"" if head_only else body) + FORGED
+        return ok + FORGED
     if script == "unsolicited_head":
-        return ok + (b"" if head_only else body) + FORGED_HEAD
-    return ok + (b"" if head_only else body)  # ok, early, switch without an upgrade
+        return ok + FORGED_HEAD
+    return None
+
+
+_CHUNKS = b'4;ext=1\r\ntag=\r\n%x;q="a"\r\n%s\r\n'
