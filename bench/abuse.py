@@ -116,7 +116,7 @@ def ratios(outcomes: list[Outcome], args: argparse.Namespace) -> dict[str, float
     }
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--engines", default="fast,aiohttp")
     parser.add_argument("--header-mib", type=int, default=48)
@@ -124,7 +124,8 @@ def main() -> None:
     parser.add_argument("--gets", type=int, default=2000)
     parser.add_argument("--flood-seconds", type=float, default=3.0)
     parser.add_argument("--idle", type=int, default=1000)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results")
+    args = parser.parse_args(argv)
     results: dict[str, list[Outcome]] = {}
     with replica_processes() as ports:
         for engine in args.engines.split(","):
@@ -138,12 +139,12 @@ def main() -> None:
     derived = {engine: ratios(outcomes, args) for engine, outcomes in results.items()}
     print(text)
     print(json.dumps(derived, indent=2))
-    RESULTS.mkdir(exist_ok=True)
-    stem = RESULTS / f"abuse-{time.strftime('%Y%m%d-%H%M%S')}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"abuse-{time.strftime('%Y%m%d-%H%M%S')}"
     document = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "machine": platform.platform(),
-        "args": vars(args),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "results": {e: [summary(o) for o in outs] for e, outs in results.items()},
         "derived": derived,
     }

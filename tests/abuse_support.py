@@ -240,8 +240,18 @@ async def _answer(reader: asyncio.StreamReader, seconds: float = 5.0) -> int | N
 
 
 def _repeat(block: bytes, total: int) -> Iterator[bytes]:
-    for _ in range(max(total // len(block), 1)):
-        yield block
+    """Exactly `total` bytes, as copies of `block` (the last one cut short)."""
+    while total > 0:
+        yield block[:total]
+        total -= len(block)
+
+
+def _tiny_chunks(count: int) -> Iterator[bytes]:
+    """`count` 1-byte chunks, a block of them at a time."""
+    per_block = CHUNK // len(TINY_CHUNK)
+    while count > 0:
+        yield TINY_CHUNK * min(per_block, count)
+        count -= per_block
 
 
 async def endless_header(port: int, size: int) -> tuple[int, int | None]:
@@ -266,8 +276,7 @@ async def upload(port: int, size: int, chunking: str = "length") -> tuple[int, i
             return sent, await _answer(reader, 30.0)
         writer.write(b"POST /upload HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
         if chunking == "tiny":
-            per_block = CHUNK // len(TINY_CHUNK)
-            blocks = _repeat(TINY_CHUNK * per_block, size // per_block * CHUNK)
+            blocks = _tiny_chunks(size)
         else:
             writer.write(b"%x\r\n" % size)
             blocks = iter([*_repeat(b"x" * CHUNK, size), b"\r\n"])
