@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -287,6 +287,54 @@ def test_everything_at_once(live: Live, deep: bool, request: pytest.FixtureReque
     explore(live, deep, requests, examples=40)
 
 
+@asynccontextmanager
+async def recorded_router(engine: str) -> AsyncIterator[tuple[str, int]]:
+    """A router in front of a recording replica, for the single-shot tests below."""
+    upstream = RecordingUpstream()
+    await upstream.start()
+    config = {
+        "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0"},
+        "discovery": {"static": [{"id": "rec", "url": f"http://127.0.0.1:{upstream.port}"}]},
+        "health": {"enabled": False},
+        "proxy": {"engine": engine},
+    }
+    try:
+        async with running_router(config) as router:
+            host, port = router.app.engine.addresses[0]
+            yield host, port
+    finally:
+        await upstream.stop()
+
+
+async def send_and_read(engine: str, raw: bytes, until: bytes) -> tuple[bytes, bool]:
+    """What the router answers up to `until`, and whether it then closes (within 2 s)."""
+    async with recorded_router(engine) as (host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(raw)
+        answer = await asyncio.wait_for(reader.readuntil(until), 5.0)
+        try:
+            closed = await asyncio.wait_for(reader.read(1), 2.0) == b""
+        except TimeoutError:
+            closed = False
+        writer.close()
+        return answer, closed
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_close_delimited_answer_to_http10_ends_the_connection_with_requests_queued(
+    engine: str,
+) -> None:
+    """An HTTP/1.0 client learns where a close-delimited body ends only from the close, so
+    the router must close even when the client pipelined more requests behind it (the fast
+    engine used to wait for its queue to empty, forever)."""
+    first = b"GET /t/tag-ten-0 HTTP/1.0\r\nHost: a\r\nX-Tag: tag-ten-0\r\nX-Script: close\r\nConnection: keep-alive\r\n\r\n"
+    second = b"GET /t/tag-ten-1 HTTP/1.0\r\nHost: a\r\nX-Tag: tag-ten-1\r\nConnection: keep-alive\r\n\r\n"
+    answer, closed = asyncio.run(send_and_read(engine, first + second, b"tag=tag-ten-0"))
+    assert b"content-length" not in answer.lower()
+    assert closed, "the router kept the connection open: the client cannot know the body ended"
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_keep_alive_and_close_together_mean_close(
     engine: str, request: pytest.FixtureRequest
@@ -296,31 +344,6 @@ def test_keep_alive_and_close_together_mean_close(
     request.applymarker(pytest.mark.xfail(reason=NEW_KEEP_ALIVE_CLOSE_GAP, strict=False))
     raw = b"GET /t/tag-ka-0 HTTP/1.0\r\nHost: app.test\r\nX-Tag: tag-ka-0\r\nConnection: keep-alive, close\r\n\r\n"
 
-    async def exchange() -> tuple[bytes, bool]:
-        upstream = RecordingUpstream()
-        await upstream.start()
-        config = {
-            "listen": "127.0.0.1:0",
-            "admin": {"listen": "127.0.0.1:0"},
-            "discovery": {"static": [{"id": "rec", "url": f"http://127.0.0.1:{upstream.port}"}]},
-            "health": {"enabled": False},
-            "proxy": {"engine": engine},
-        }
-        try:
-            async with running_router(config) as router:
-                host, port = router.app.engine.addresses[0]
-                reader, writer = await asyncio.open_connection(host, port)
-                writer.write(raw)
-                answer = await reader.readuntil(b"tag=tag-ka-0")
-                try:
-                    closed = await asyncio.wait_for(reader.read(1), 2.0) == b""
-                except TimeoutError:
-                    closed = False
-                writer.close()
-                return answer, closed
-        finally:
-            await upstream.stop()
-
-    answer, closed = asyncio.run(exchange())
+    answer, closed = asyncio.run(send_and_read(engine, raw, b"tag=tag-ka-0"))
     assert b"keep-alive" not in answer.lower().split(b"\r\n\r\n")[0]
     assert closed, "the router kept the connection open after a request that said close"
