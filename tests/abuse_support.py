@@ -141,9 +141,10 @@ class Outcome:
     name: str
     sent: int  # bytes the abuser managed to send
     answer: int | None  # the status the router answered the abuser with, if any
-    cpu_s: float
+    cpu_s: float  # over all runs
     rss_growth_mib: float
     probe_ms: list[float]
+    runs: int = 1  # how many times the pattern ran (see `measure`)
 
     def probe_p90_ms(self) -> float:
         return p90(self.probe_ms)
@@ -166,22 +167,32 @@ async def probe_until(port: int, stop: asyncio.Event, latencies: list[float]) ->
 
 
 async def measure(
-    router: RouterProcess, name: str, abuse: Callable[[], Awaitable[tuple[int, int | None]]]
+    router: RouterProcess,
+    name: str,
+    abuse: Callable[[], Awaitable[tuple[int, int | None]]],
+    min_seconds: float = 0.0,
 ) -> Outcome:
-    """Run `abuse` with the probe alongside; the router's CPU and RSS before and after."""
+    """Run `abuse` with the probe alongside, again and again until `min_seconds` passed (so a
+    quick pattern still gives the probe enough samples); the router's CPU and RSS before
+    and after. `sent` and `answer` are the last run's."""
     await settle(router)
     stop = asyncio.Event()
     latencies: list[float] = []
     rss_before, cpu_before = router.rss(), router.cpu()
     probe = asyncio.create_task(probe_until(router.port, stop, latencies))
+    started, runs = time.monotonic(), 0
     try:
-        sent, answer = await abuse()
+        while True:
+            sent, answer = await abuse()
+            runs += 1
+            if time.monotonic() - started >= min_seconds:
+                break
         cpu = router.cpu() - cpu_before
         rss = router.rss() - rss_before
     finally:
         stop.set()
         await probe
-    return Outcome(name, sent, answer, cpu, rss, latencies)
+    return Outcome(name, sent, answer, cpu, rss, latencies, runs)
 
 
 async def settle(router: RouterProcess, timeout: float = 30.0) -> None:

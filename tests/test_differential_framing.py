@@ -279,7 +279,7 @@ def test_everything_at_once(live: Live, deep: bool, request: pytest.FixtureReque
         request,
         live,
         {
-            "fast": f"issue 15 findings 1, 2, 6 and the gzip close: {FAST_FIX}",
+            "fast": f"issue 15 findings 1, 2, 6, the gzip close ({FAST_FIX}) and the two new gaps above",
             "aiohttp": f"issue 15 findings 6, 9: {EDGE_FIX}",
         },
     )
