@@ -45,10 +45,23 @@ def router(request: pytest.FixtureRequest) -> Iterator[RouterProcess]:
             process.stop()
 
 
-def known_gap(request: pytest.FixtureRequest, router: RouterProcess, finding: int) -> None:
-    if router.engine == "fast":
-        reason = f"issue 15 finding {finding}: {FAST_FIX}"
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=False))
+# Found by this suite, not in issue 15's list (reported to the lead).
+AIOHTTP_CHUNK_STALL = (
+    "new: while the aiohttp engine relays 1-byte chunks, other clients' small GETs take "
+    "150-300 ms although the router uses ~0.3 core (its body loop does not yield)"
+)
+AIOHTTP_HEADER_MEMORY = (
+    "new: refused endless header lines leave the aiohttp engine's RSS higher each time "
+    "(73 -> 210 MiB after 40 in a row, not given back)"
+)
+
+
+def known_gap(
+    request: pytest.FixtureRequest, router: RouterProcess, finding: int, aiohttp: str = ""
+) -> None:
+    reason = {"fast": f"issue 15 finding {finding}: {FAST_FIX}", "aiohttp": aiohttp}
+    if reason.get(router.engine):
+        request.applymarker(pytest.mark.xfail(reason=reason[router.engine], strict=False))
 
 
 def assert_fair(outcome: Outcome, quiet_ms: list[float]) -> None:
@@ -65,7 +78,7 @@ def assert_fair(outcome: Outcome, quiet_ms: list[float]) -> None:
 def test_finding_3_an_endless_header_line_is_cut_at_the_head_limit(
     router: RouterProcess, request: pytest.FixtureRequest
 ) -> None:
-    known_gap(request, router, 3)
+    known_gap(request, router, 3, aiohttp=AIOHTTP_HEADER_MEMORY)
     size = 48 * MIB  # the size the finding was measured with
 
     async def run() -> tuple[Outcome, Outcome, list[float]]:
@@ -85,7 +98,6 @@ def test_finding_3_an_endless_header_line_is_cut_at_the_head_limit(
         f"{abuse.cpu_s / abuse.runs:.2f} s of CPU for an endless header vs {baseline.cpu_s:.2f} s to "
         f"forward a normal {size // MIB} MiB body"
     )
-    # Generous: aiohttp's process was seen to grow ~16 MiB here (it reads on while closing).
     assert abuse.rss_growth_mib <= size / MIB / 2, f"RSS grew {abuse.rss_growth_mib:.1f} MiB"
     assert_fair(abuse, quiet)
 
@@ -93,7 +105,7 @@ def test_finding_3_an_endless_header_line_is_cut_at_the_head_limit(
 def test_finding_4_one_byte_chunks_cost_less_than_a_request_each(
     router: RouterProcess, request: pytest.FixtureRequest
 ) -> None:
-    known_gap(request, router, 4)
+    known_gap(request, router, 4, aiohttp=AIOHTTP_CHUNK_STALL)
     chunks, gets = 64 * 1024, 2000
 
     async def run() -> tuple[Outcome, Outcome, list[float]]:
