@@ -175,7 +175,6 @@ def known_gap(request: pytest.FixtureRequest, live: Live, gaps: dict[str, str]) 
 
 
 FAST_FIX = "fixed on branch s15-fast"
-EDGE_FIX = "fixed on branch s15-edge"
 NEW_EXTRA_BYTES_GAP = (
     "new: fast parses bytes after a complete response (same read) as further responses with "
     "no request and pools the connection; a partial extra head is then relayed to the next "
@@ -232,10 +231,7 @@ def test_response_trailers_stay_with_their_response(
     explore(live, deep, client_requests(["trailers", "ok", "chunked"], upgrades=False))
 
 
-def test_request_trailers_stay_with_their_request(
-    live: Live, deep: bool, request: pytest.FixtureRequest
-) -> None:
-    known_gap(request, live, {"aiohttp": f"issue 15 finding 9: {EDGE_FIX}"})
+def test_request_trailers_stay_with_their_request(live: Live, deep: bool) -> None:
     requests = client_requests(["ok"], upgrades=False, trailers=True, framings=("chunked",))
     explore(live, deep, requests)
 
@@ -243,11 +239,7 @@ def test_request_trailers_stay_with_their_request(
 def test_bad_status_lines_never_reach_a_client(
     live: Live, deep: bool, request: pytest.FixtureRequest
 ) -> None:
-    known_gap(
-        request,
-        live,
-        {"fast": f"issue 15 finding 6: {FAST_FIX}", "aiohttp": f"issue 15 finding 6: {EDGE_FIX}"},
-    )
+    known_gap(request, live, {"fast": f"issue 15 finding 6: {FAST_FIX}"})
     scripts = ["status_099", "status_99", "status_600", "status_garbage", "ok"]
     explore(live, deep, client_requests(scripts, upgrades=False))
 
@@ -280,7 +272,6 @@ def test_everything_at_once(live: Live, deep: bool, request: pytest.FixtureReque
         live,
         {
             "fast": f"issue 15 findings 1, 2, 6, the gzip close ({FAST_FIX}) and the two new gaps above",
-            "aiohttp": f"issue 15 findings 6, 9: {EDGE_FIX}",
         },
     )
     requests = client_requests(list(SCRIPTS), lookalikes=True, trailers=True, upgrade_bodies=True)

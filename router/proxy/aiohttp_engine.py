@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -24,34 +24,44 @@ from router.config import RouterConfig
 from router.errors import (
     ClientRequestError,
     ProxyError,
+    UpstreamProtocolError,
 )
 from router.models import Replica
 from router.proxy.admission import Admission
+from router.proxy.aiohttp_server import HeadTimedServer
 from router.proxy.aiohttp_support import (
     CLOSE_AFTER,
-    HTTP_VERSIONS,
-    WS_OWN_HEADERS,
     Outcome,
     QuietServerLog,
+    RelayedResponse,
     RequestBody,
     client_timeout,
     close_later,
+    discard_connection,
     error_response,
-    pipe_ws,
+    redirect_to_https,
+    response_problem,
     send_and_close,
+    transfer_codings,
+    validate_request,
 )
+from router.proxy.aiohttp_ws import WS_OWN_HEADERS, relay
 from router.proxy.base import (
     InFlightCounter,
     Observers,
     RequestRecord,
     SnapshotSource,
+    edge_headers,
     no_routable_error,
 )
+from router.proxy.fast.wire import MAX_HEADER_BLOCK, MAX_HEADER_COUNT
 from router.proxy.headers import (
     IDEMPOTENT,
+    REQUEST_ID,
     TrustedProxies,
     forward_request_headers,
     forward_response_headers,
+    request_id,
 )
 from router.proxy.retry import classify_client_error, retryable
 from router.settings_types import split_host_port
@@ -60,7 +70,8 @@ from router.upstream import client_ssl_context, make_connector
 
 log = logging.getLogger(__name__)
 
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
 
 class AiohttpEngine:
@@ -79,20 +90,27 @@ class AiohttpEngine:
         self._observers = observers
         self._in_flight = in_flight
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
+        self._edge = edge_headers(config)
         self._timeout = client_timeout(config)
         self._admission = Admission(config.proxy.max_connections, config.proxy.max_pending)
         self._closing: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self._sites: list[web.TCPSite] = []
         self._https_port: int | None = None
         self._redirect_http = config.listen_tls is not None and config.listen_tls.redirect_http
+        self._accepted = 0
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         if self._runner is None:
             return []
         return [(a[0], a[1]) for a in self._runner.addresses]
+
+    def connection_counts(self) -> tuple[int, int]:
+        """(open, accepted) client connections, for metrics."""
+        server = self._runner.server if self._runner is not None else None
+        return (len(server.connections) if server is not None else 0), self._accepted
 
     def _new_session(self) -> aiohttp.ClientSession:
         tls = self._config.upstream_tls
@@ -107,6 +125,9 @@ class AiohttpEngine:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             timeout=self._timeout,
+            # One field may use the whole head budget; response_problem() checks the total.
+            max_field_size=MAX_HEADER_BLOCK,
+            max_headers=MAX_HEADER_COUNT + 1,
         )
 
     def apply_config(self, config: RouterConfig) -> None:
@@ -125,6 +146,7 @@ class AiohttpEngine:
         self._config = config
         self._proxy = config.proxy
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
+        self._edge = edge_headers(config)
         self._timeout = client_timeout(config)
         self._admission.configure(config.proxy.max_connections, config.proxy.max_pending)
         if reach_changed and self._session is not None:
@@ -135,22 +157,22 @@ class AiohttpEngine:
     async def start(self) -> None:
         self._session = self._new_session()
         cfg = self._proxy
-        # Every request reaches `handle`, bypassing aiohttp's URL dispatcher: it would answer
-        # 404 itself for CONNECT's authority form and for paths holding an encoded newline.
-        app = web.Application(
-            client_max_size=cfg.max_request_body or 1024**4, middlewares=[self._everything]
-        )
-        self._runner = web.AppRunner(
-            app,
+        # The low-level server: every request reaches `handle`, with no URL dispatcher (it
+        # would answer 404 itself for CONNECT's authority form and encoded newlines).
+        server = HeadTimedServer(
+            self.handle,
+            head_timeout=cfg.client_header_timeout,
             access_log=None,
-            shutdown_timeout=cfg.drain_timeout,
-            handle_signals=False,
-            # aiohttp closes a connection whose request head is not complete this long after
-            # it opened or after the previous response: the slowloris cut-off.
-            keepalive_timeout=cfg.client_header_timeout,
+            # aiohttp's keep-alive timer closes a connection with no request this long after
+            # it opened or after its previous response.
+            keepalive_timeout=cfg.client_idle_timeout,
             logger=QuietServerLog(logging.getLogger("aiohttp.server")),
         )
+        self._runner = web.ServerRunner(
+            server, shutdown_timeout=cfg.drain_timeout, handle_signals=False
+        )
         await self._runner.setup()
+        self._count_accepted(self._runner.server)
         if self._config.listen_tls is not None and self._tls is not None:
             host, port = split_host_port(self._config.listen_tls.listen)
             site = web.TCPSite(
@@ -165,6 +187,18 @@ class AiohttpEngine:
             await site.start()
             self._sites.append(site)
 
+    def _count_accepted(self, server: web.Server | None) -> None:
+        # aiohttp counts open connections but not accepted ones: wrap its per-connection hook.
+        if server is None:
+            return
+        made = server.connection_made
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            self._accepted += 1
+            made(handler, transport)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+
     async def stop(self, grace: float) -> None:
         if self._runner is not None:
             self._runner._shutdown_timeout = grace  # the grace period is decided at stop time
@@ -176,34 +210,43 @@ class AiohttpEngine:
 
     # -- request path ---------------------------------------------------------------------
 
-    @web.middleware
-    async def _everything(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
-        return await self.handle(request)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         peer = request.remote or ""
         trusted = self._trusted.contains(peer)
         client = self._trusted.client_address(peer, request.headers.getall("X-Forwarded-For", []))
+        rid = request[REQUEST_ID_KEY] = request_id(request.headers.get(REQUEST_ID), trusted)
         outcome = Outcome()
+        # aiohttp's C parser carries a request's trailer fields over into the next request's
+        # headers on the connection: after a chunked request, nothing more is read from it.
+        outcome.close_after = "Transfer-Encoding" in request.headers
         if self._redirect_http and not request.secure:
-            return self._redirect_to_https(request)
+            response = redirect_to_https(request, self._https_port)
+            if outcome.close_after:
+                response.force_close()
+            return response
         try:
-            path = self._validate(request)
+            path = validate_request(request, self._proxy.max_request_body)
             async with self._admission.slot(self._proxy.connect_timeout):
                 response = await self._forward(request, path, peer, trusted, client, outcome)
         except ProxyError as exc:
             outcome.error = exc.code
             response = error_response(exc)
+            response.headers[REQUEST_ID] = rid
             if exc.code in CLOSE_AFTER:
                 await send_and_close(request, response)
-            elif isinstance(exc, ClientRequestError):
+            elif isinstance(exc, ClientRequestError) or outcome.close_after:
                 response.force_close()  # a refused request ends the connection
         status = outcome.status or response.status
         self._observers.request_done(
             RequestRecord(
                 method=request.method,
                 path=request.path,
+                query=request.query_string,
+                host=request.host,
+                protocol=f"HTTP/{request.version.major}.{request.version.minor}",
+                request_id=rid,
+                headers=request.headers,
                 status=status,
                 client=client,
                 replica=outcome.replica,
@@ -218,41 +261,9 @@ class AiohttpEngine:
         )
         return response
 
-    def _redirect_to_https(self, request: web.Request) -> web.StreamResponse:
-        host = request.headers.get("Host", "").rsplit(":", 1)[0] or "localhost"
-        port = "" if self._https_port == 443 else f":{self._https_port}"
-        path = request.raw_path if request.raw_path.startswith("/") else "/"
-        return web.Response(status=308, headers={"Location": f"https://{host}{port}{path}"})
-
-    def _validate(self, request: web.Request) -> str:
-        if request.method == "CONNECT":
-            raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
-        if request.version not in HTTP_VERSIONS:  # HTTP/0.9 would be forwarded as 1.1
-            raise ClientRequestError(505, "http_version_not_supported", "use HTTP/1.0 or 1.1")
-        hosts = request.headers.getall("Host", [])
-        if len(hosts) > 1 or (not hosts and request.version == aiohttp.HttpVersion11):
-            raise ClientRequestError(400, "bad_host", "HTTP/1.1 needs exactly one Host header")
-        raw = request.raw_path
-        if not raw.startswith("/"):
-            # Absolute form: allowed only for the host the request is addressed to, so the
-            # router can never be used as an open forward proxy.
-            target = URL(raw, encoded=True)
-            named = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
-            if not target.is_absolute() or (target.host or "").lower() != named:
-                raise ClientRequestError(
-                    400, "absolute_uri_not_allowed", "absolute-form target for another host"
-                )
-            raw = target.raw_path_qs
-        length = request.content_length
-        if length is not None and length > self._proxy.max_request_body:
-            raise ClientRequestError(
-                413, "body_too_large", f"limit {self._proxy.max_request_body} bytes"
-            )
-        return raw
-
     async def _forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         path: str,
         peer: str,
         trusted: bool,
@@ -279,8 +290,10 @@ class AiohttpEngine:
             peer_trusted=trusted,
             scheme="https" if request.secure else "http",
             host=request.host,
+            edge=self._edge,
         )
         headers = [(k, v) for k, v in headers if k.lower() != "expect"]
+        headers.append((REQUEST_ID, request[REQUEST_ID_KEY]))
         if is_ws:
             headers = [(k, v) for k, v in headers if k.lower() not in WS_OWN_HEADERS]
         has_body = request.body_exists
@@ -321,6 +334,11 @@ class AiohttpEngine:
                     raise error from exc
                 finally:
                     self._in_flight.leave(replica.id)
+                if (problem := response_problem(upstream)) is not None:
+                    discard_connection(upstream)  # its framing is not trusted any more
+                    self._observers.attempt_done(replica, False, "protocol", None)
+                    log.debug("replica %s sent a bad response head: %s", replica.id, problem)
+                    raise UpstreamProtocolError(problem, replica=replica.id)
                 outcome.upstream_seconds = time.monotonic() - attempt_started
                 ctx_headers = ctx.response_headers
                 outcome.explanation = ctx.explanation
@@ -336,7 +354,7 @@ class AiohttpEngine:
 
     async def _stream_back(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         upstream: aiohttp.ClientResponse,
         replica: Replica,
         outcome: Outcome,
@@ -347,11 +365,20 @@ class AiohttpEngine:
         self._observers.attempt_done(replica, ok, None if ok else "5xx", status)
         self._in_flight.enter(replica.id)
         try:
-            response = web.StreamResponse(status=status, reason=upstream.reason)
+            response = RelayedResponse(
+                status=status,
+                reason=upstream.reason,
+                codings=transfer_codings(upstream)
+                if request.version == aiohttp.HttpVersion11
+                else None,
+            )
+            if outcome.close_after:
+                response.force_close()
             for key, value in forward_response_headers(upstream.headers.items()):
                 response.headers.add(key, value)
             for key, value in extra_headers:
                 response.headers.add(key, value)
+            response.headers[REQUEST_ID] = request[REQUEST_ID_KEY]
             length = upstream.content_length
             if length is not None and "Transfer-Encoding" not in upstream.headers:
                 response.content_length = length
@@ -390,7 +417,7 @@ class AiohttpEngine:
 
     async def _websocket(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         url: URL,
         headers: list[tuple[str, str]],
         replica: Replica,
@@ -412,15 +439,7 @@ class AiohttpEngine:
         )
         await client.prepare(request)
         outcome.status = 101
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(pipe_ws(client, upstream))
-                group.create_task(pipe_ws(upstream, client))
-        except* (aiohttp.ClientError, ConnectionError):
-            log.debug("websocket to %s ended with an error", replica.id)
-        finally:
-            await upstream.close()
-            await client.close()
+        await relay(client, upstream, self._proxy.idle_timeout)
         return client
 
 

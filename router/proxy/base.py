@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from router.config import RouterConfig
 from router.errors import NoRoutableReplica
 from router.models import Replica
+from router.proxy.headers import edge_names
 from router.snapshot import Snapshot
 
 SnapshotSource = Callable[[], Snapshot]
+
+
+def edge_headers(config: RouterConfig) -> frozenset[str]:
+    """The headers removed from requests of untrusted peers: `proxy.edge_headers` plus the
+    geo routing headers (lower-case)."""
+    geo = config.routing.geo
+    return edge_names(
+        config.proxy.edge_headers,
+        geo.country_headers,
+        (geo.latitude_header, geo.longitude_header),
+    )
 
 
 def no_routable_error(snapshot: Snapshot) -> NoRoutableReplica:
@@ -57,6 +69,12 @@ class RequestRecord:
     bytes_out: int
     error: str | None = None
     explanation: str = ""
+    # For the access log: read only when it is on (headers stay lazily decoded otherwise).
+    host: str = ""
+    query: str = ""
+    protocol: str = ""
+    request_id: str = ""
+    headers: Mapping[str, str] | None = None
 
 
 class TrafficObserver(Protocol):
@@ -95,6 +113,9 @@ class Engine(Protocol):
     def addresses(self) -> list[tuple[str, int]]: ...
 
     async def start(self) -> None: ...
+
+    def connection_counts(self) -> tuple[int, int]:
+        """(open, accepted) client connections, for metrics."""
 
     def apply_config(self, config: RouterConfig) -> None:
         """Take a reloaded config (everything but the listen addresses)."""

@@ -10,7 +10,7 @@ import ssl
 
 from router.config import RouterConfig
 from router.proxy.admission import Admission
-from router.proxy.base import InFlightCounter, Observers, SnapshotSource
+from router.proxy.base import InFlightCounter, Observers, SnapshotSource, edge_headers
 from router.proxy.fast.server import ClientConnection, EngineCore
 from router.proxy.fast.upstream import Pool
 from router.proxy.headers import TrustedProxies
@@ -19,6 +19,10 @@ from router.tls import ServerTLS
 from router.upstream import ConnectTo, client_ssl_context
 
 log = logging.getLogger(__name__)
+
+
+def _edge_headers(config: RouterConfig) -> frozenset[bytes]:
+    return frozenset(name.encode("latin-1") for name in edge_headers(config))
 
 
 class FastEngine:
@@ -40,6 +44,7 @@ class FastEngine:
         self._tls = tls
         self._servers: list[asyncio.Server] = []
         self._core: EngineCore | None = None
+        self._accepted = 0
         self.scheme = "http"
 
     @property
@@ -47,6 +52,14 @@ class FastEngine:
         return [
             (s.getsockname()[0], s.getsockname()[1]) for srv in self._servers for s in srv.sockets
         ]
+
+    def connection_counts(self) -> tuple[int, int]:
+        """(open, accepted) client connections, for metrics."""
+        return (len(self._core.connections) if self._core else 0), self._accepted
+
+    def _accept(self, core: EngineCore) -> ClientConnection:
+        self._accepted += 1
+        return ClientConnection(core)
 
     async def start(self) -> None:
         config, proxy = self._config, self._config.proxy
@@ -65,6 +78,8 @@ class FastEngine:
             body_timeout=proxy.client_body_timeout,
             admission=Admission(proxy.max_connections, proxy.max_pending),
             admission_wait=proxy.connect_timeout,
+            client_idle_timeout=proxy.client_idle_timeout,
+            edge_headers=_edge_headers(config),
         )
         core.all_closed.set()
         self._core = core
@@ -79,7 +94,7 @@ class FastEngine:
             host, port = split_host_port(listen)
             self._servers.append(
                 await loop.create_server(
-                    lambda: ClientConnection(core),
+                    lambda: self._accept(core),
                     host,
                     port,
                     backlog=1024,
@@ -108,6 +123,8 @@ class FastEngine:
         core.max_body = proxy.max_request_body
         core.count_5xx = config.health.passive.count_5xx
         core.idle_timeout = proxy.idle_timeout
+        core.client_idle_timeout = proxy.client_idle_timeout
+        core.edge_headers = _edge_headers(config)
         core.body_timeout = proxy.client_body_timeout
         core.admission.configure(proxy.max_connections, proxy.max_pending)
         core.admission_wait = proxy.connect_timeout
