@@ -443,5 +443,5 @@ class AiohttpEngine:
         return client
 
 
-def _may_have_body(request: web.Request, status: int) -> bool:
+def _may_have_body(request: web.BaseRequest, status: int) -> bool:
     return request.method != "HEAD" and status >= 200 and status not in (204, 304)
