@@ -31,7 +31,6 @@ from tests.abuse_support import (
 from tests.conftest import ENGINES
 
 MIB = 1024 * 1024
-FAST_FIX = "fixed on branch s15-fast"
 
 
 @pytest.fixture(scope="module", params=ENGINES)
@@ -56,12 +55,10 @@ AIOHTTP_HEADER_MEMORY = (
 )
 
 
-def known_gap(
-    request: pytest.FixtureRequest, router: RouterProcess, finding: int, aiohttp: str = ""
-) -> None:
-    reason = {"fast": f"issue 15 finding {finding}: {FAST_FIX}", "aiohttp": aiohttp}
-    if reason.get(router.engine):
-        request.applymarker(pytest.mark.xfail(reason=reason[router.engine], strict=False))
+def known_gap(request: pytest.FixtureRequest, router: RouterProcess, aiohttp: str) -> None:
+    """Mark this test xfail for the aiohttp engine, which has a known, listed gap here."""
+    if router.engine == "aiohttp":
+        request.applymarker(pytest.mark.xfail(reason=aiohttp, strict=False))
 
 
 def assert_fair(outcome: Outcome, quiet_ms: list[float]) -> None:
@@ -78,7 +75,7 @@ def assert_fair(outcome: Outcome, quiet_ms: list[float]) -> None:
 def test_finding_3_an_endless_header_line_is_cut_at_the_head_limit(
     router: RouterProcess, request: pytest.FixtureRequest
 ) -> None:
-    known_gap(request, router, 3, aiohttp=AIOHTTP_HEADER_MEMORY)
+    known_gap(request, router, AIOHTTP_HEADER_MEMORY)
     size = 48 * MIB  # the size the finding was measured with
 
     async def run() -> tuple[Outcome, Outcome, list[float]]:
@@ -105,7 +102,7 @@ def test_finding_3_an_endless_header_line_is_cut_at_the_head_limit(
 def test_finding_4_one_byte_chunks_cost_less_than_a_request_each(
     router: RouterProcess, request: pytest.FixtureRequest
 ) -> None:
-    known_gap(request, router, 4, aiohttp=AIOHTTP_CHUNK_STALL)
+    known_gap(request, router, AIOHTTP_CHUNK_STALL)
     chunks, gets = 64 * 1024, 2000
 
     async def run() -> tuple[Outcome, Outcome, list[float]]:
@@ -129,11 +126,7 @@ def test_finding_4_one_byte_chunks_cost_less_than_a_request_each(
     assert_fair(tiny, quiet)
 
 
-def test_finding_5_bytes_after_an_upgrade_head_are_bounded(
-    router: RouterProcess, request: pytest.FixtureRequest
-) -> None:
-    known_gap(request, router, 5)
-
+def test_finding_5_bytes_after_an_upgrade_head_are_bounded(router: RouterProcess) -> None:
     async def run() -> tuple[Outcome, list[float]]:
         quiet = await quiet_probe(router)
         flood = await measure(

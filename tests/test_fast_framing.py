@@ -83,3 +83,13 @@ def test_an_upgrade_with_a_body_is_refused() -> None:
     with pytest.raises(ClientRequestError) as refused:
         _head(b"upgrade", [(b"Content-Length", b"3")], True)
     assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_a_close_token_wins_over_keep_alive(version: str) -> None:
+    """RFC 9112 9.3; llhttp reports HTTP/1.0 `keep-alive, close` as keep-alive."""
+    for value in (b"keep-alive, close", b"Close", b"x-foo , CLOSE"):
+        head = validate("GET", b"/", version, [(b"Host", b"x"), (b"Connection", value)], True)
+        assert not head.keep_alive
+    head = validate("GET", b"/", version, [(b"Host", b"x"), (b"Connection", b"keep-alive")], True)
+    assert head.keep_alive
