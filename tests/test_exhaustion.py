@@ -46,12 +46,14 @@ def router(request: pytest.FixtureRequest) -> Iterator[RouterProcess]:
 
 # Found by this suite, not in issue 15's list (reported to the lead).
 AIOHTTP_CHUNK_STALL = (
-    "new: while the aiohttp engine relays 1-byte chunks, other clients' small GETs take "
-    "150-300 ms although the router uses ~0.3 core (its body loop does not yield)"
+    "new, not fixed: while the aiohttp engine relays a body of 1-byte chunks, a small GET "
+    "to the other replica waits 150-300 ms although the router spends only ~0.07 s of CPU "
+    "on the whole 64 KiB upload (bench/README.md): a wait, not a busy loop; cause not found"
 )
 AIOHTTP_HEADER_MEMORY = (
-    "new: refused endless header lines leave the aiohttp engine's RSS higher each time "
-    "(73 -> 210 MiB after 40 in a row, not given back)"
+    "new, not fixed: aiohttp refuses an endless header line after 8 KiB but reads on "
+    "(~11 MB) while closing, and its RSS stays higher after each (73 -> 210 MiB after 40 in "
+    "a row, not given back); the fast engine stops at 40 KiB"
 )
 
 
