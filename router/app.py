@@ -80,6 +80,9 @@ class AccessLog:
                     "upstream_seconds": record.upstream_seconds,
                     "total_seconds": round(record.total_seconds, 6),
                     "retries": record.retries,
+                    # Attempts given up for another replica, in order: replica:outcome.
+                    "attempts": ",".join(f"{r}:{o}" for r, o in record.attempts) or None,
+                    "retry_budget_exhausted": record.retry_budget_exhausted or None,
                     "bytes_in": record.bytes_in,
                     "bytes_out": record.bytes_out,
                     "client": record.client,

@@ -24,12 +24,19 @@ from router.config import RouterConfig
 from router.errors import (
     ClientRequestError,
     ProxyError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
 )
 from router.models import Replica
 from router.proxy.admission import Admission
+from router.proxy.aiohttp_retry import (
+    OverallTimeout,
+    PerTryTimeout,
+    RetryTrack,
+    send_with_per_try,
+)
 from router.proxy.aiohttp_support import (
     CLOSE_AFTER,
-    HTTP_VERSIONS,
     WS_OWN_HEADERS,
     Outcome,
     QuietServerLog,
@@ -39,6 +46,7 @@ from router.proxy.aiohttp_support import (
     error_response,
     pipe_ws,
     send_and_close,
+    validate_request,
 )
 from router.proxy.base import (
     InFlightCounter,
@@ -53,7 +61,8 @@ from router.proxy.headers import (
     forward_request_headers,
     forward_response_headers,
 )
-from router.proxy.retry import classify_client_error, retryable
+from router.proxy.retry import PER_TRY_TIMEOUT, RetryPolicy, classify_client_error
+from router.proxy.retry_budget import Retrier
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
 from router.upstream import client_ssl_context, make_connector
@@ -61,6 +70,16 @@ from router.upstream import client_ssl_context, make_connector
 log = logging.getLogger(__name__)
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_TIMEOUTS = frozenset({"timeout", PER_TRY_TIMEOUT})
+
+
+def _attempt_error(exc: BaseException, replica: Replica) -> tuple[str, ProxyError]:
+    """(kind, error) of a failed attempt, including the retry policy's own timeouts."""
+    if isinstance(exc, PerTryTimeout):
+        return PER_TRY_TIMEOUT, UpstreamTimeout("per-try timeout", replica=replica.id)
+    if isinstance(exc, OverallTimeout):
+        return "timeout", UpstreamTimeout("upstream timed out", replica=replica.id)
+    return classify_client_error(exc, replica)
 
 
 class AiohttpEngine:
@@ -81,6 +100,8 @@ class AiohttpEngine:
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
         self._timeout = client_timeout(config)
         self._admission = Admission(config.proxy.max_connections, config.proxy.max_pending)
+        admission = self._admission
+        self._retrier = Retrier(RetryPolicy.from_config(config.proxy), lambda: admission.active)
         self._closing: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -127,6 +148,7 @@ class AiohttpEngine:
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
         self._timeout = client_timeout(config)
         self._admission.configure(config.proxy.max_connections, config.proxy.max_pending)
+        self._retrier.configure(RetryPolicy.from_config(config.proxy))
         if reach_changed and self._session is not None:
             old, self._session = self._session, self._new_session()
             loop = asyncio.get_running_loop()
@@ -189,7 +211,7 @@ class AiohttpEngine:
         if self._redirect_http and not request.secure:
             return self._redirect_to_https(request)
         try:
-            path = self._validate(request)
+            path = validate_request(request, self._proxy.max_request_body)
             async with self._admission.slot(self._proxy.connect_timeout):
                 response = await self._forward(request, path, peer, trusted, client, outcome)
         except ProxyError as exc:
@@ -214,6 +236,8 @@ class AiohttpEngine:
                 bytes_out=outcome.bytes_out,
                 error=outcome.error,
                 explanation=outcome.explanation,
+                attempts=tuple(outcome.tried) if outcome.tried else (),
+                retry_budget_exhausted=outcome.retry_exhausted,
             )
         )
         return response
@@ -223,32 +247,6 @@ class AiohttpEngine:
         port = "" if self._https_port == 443 else f":{self._https_port}"
         path = request.raw_path if request.raw_path.startswith("/") else "/"
         return web.Response(status=308, headers={"Location": f"https://{host}{port}{path}"})
-
-    def _validate(self, request: web.Request) -> str:
-        if request.method == "CONNECT":
-            raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
-        if request.version not in HTTP_VERSIONS:  # HTTP/0.9 would be forwarded as 1.1
-            raise ClientRequestError(505, "http_version_not_supported", "use HTTP/1.0 or 1.1")
-        hosts = request.headers.getall("Host", [])
-        if len(hosts) > 1 or (not hosts and request.version == aiohttp.HttpVersion11):
-            raise ClientRequestError(400, "bad_host", "HTTP/1.1 needs exactly one Host header")
-        raw = request.raw_path
-        if not raw.startswith("/"):
-            # Absolute form: allowed only for the host the request is addressed to, so the
-            # router can never be used as an open forward proxy.
-            target = URL(raw, encoded=True)
-            named = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
-            if not target.is_absolute() or (target.host or "").lower() != named:
-                raise ClientRequestError(
-                    400, "absolute_uri_not_allowed", "absolute-form target for another host"
-                )
-            raw = target.raw_path_qs
-        length = request.content_length
-        if length is not None and length > self._proxy.max_request_body:
-            raise ClientRequestError(
-                413, "body_too_large", f"limit {self._proxy.max_request_body} bytes"
-            )
-        return raw
 
     async def _forward(
         self,
@@ -285,49 +283,94 @@ class AiohttpEngine:
             headers = [(k, v) for k, v in headers if k.lower() not in WS_OWN_HEADERS]
         has_body = request.body_exists
         body = RequestBody(request, self._proxy.max_request_body, self._proxy.client_body_timeout)
-        idempotent = request.method in IDEMPOTENT and not has_body
+        track = RetryTrack(
+            self._retrier,
+            outcome,
+            self._retrier.candidates(snapshot.picker.candidates(ctx)),
+            idempotent=request.method in IDEMPOTENT and not has_body,
+        )
         last_error: ProxyError | None = None
         try:
-            for replica in snapshot.picker.candidates(ctx):
+            for replica in track.candidates:
                 if outcome.attempts > self._proxy.retries:
                     break
+                track.attempt_starting()
                 outcome.attempts += 1
                 outcome.replica = replica
                 url = URL(
                     f"{replica.scheme}://{replica.authority}{replica.path_prefix}{path}",
                     encoded=True,
                 )
+                if is_ws:
+                    return await self._websocket(request, url, headers, replica, outcome)
                 attempt_started = time.monotonic()
-                self._in_flight.enter(replica.id)
-                try:
-                    if is_ws:
-                        return await self._websocket(request, url, headers, replica, outcome)
-                    upstream = await self._session_or_fail().request(
-                        request.method,
-                        url,
-                        headers=CIMultiDict(headers),
-                        data=body.chunks() if has_body else None,
-                        allow_redirects=False,
-                        timeout=self._timeout,
-                    )
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    if body.failure is not None:  # the client's fault, not the replica's
-                        raise body.failure from exc
-                    kind, error = classify_client_error(exc, replica)
-                    self._observers.attempt_done(replica, False, kind, None)
-                    last_error = error
-                    if retryable(kind, sent=body.started, idempotent=idempotent):
-                        continue
-                    raise error from exc
-                finally:
-                    self._in_flight.leave(replica.id)
+                sent = await self._attempt(request, url, headers, body, replica, track)
+                if isinstance(sent, ProxyError):
+                    last_error = sent
+                    continue
                 outcome.upstream_seconds = time.monotonic() - attempt_started
-                ctx_headers = ctx.response_headers
                 outcome.explanation = ctx.explanation
-                return await self._stream_back(request, upstream, replica, outcome, ctx_headers)
+                return await self._stream_back(
+                    request, sent, replica, outcome, ctx.response_headers
+                )
         finally:
             outcome.bytes_in = body.size
+            track.finish()
         raise last_error or no_routable_error(snapshot)
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        url: URL,
+        headers: list[tuple[str, str]],
+        body: RequestBody,
+        replica: Replica,
+        track: RetryTrack,
+    ) -> aiohttp.ClientResponse | ProxyError:
+        """One upstream attempt: the response to relay, or the error that moves the request
+        to the next candidate (a failure that must not be retried is raised)."""
+        policy = self._retrier.policy
+        self._in_flight.enter(replica.id)
+        try:
+            upstream = await send_with_per_try(
+                self._session_or_fail().request(
+                    request.method,
+                    url,
+                    headers=CIMultiDict(headers),
+                    data=body.chunks() if request.body_exists else None,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                ),
+                track,
+                policy.per_try_timeout,
+                self._proxy.response_timeout,
+                track.on_per_try_timeout,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError, PerTryTimeout, OverallTimeout) as exc:
+            if body.failure is not None:  # the client's fault, not the replica's
+                raise body.failure from exc
+            kind, error = _attempt_error(exc, replica)
+            self._observers.attempt_done(
+                replica, False, "timeout" if kind in _TIMEOUTS else kind, None
+            )
+            if not isinstance(exc, OverallTimeout) and policy.retryable(
+                kind, sent=body.started, idempotent=track.idempotent
+            ):
+                track.give_up(replica, kind)
+                return error
+            raise error from exc
+        finally:
+            self._in_flight.leave(replica.id)
+        status = upstream.status
+        if status in policy.statuses and track.on_status(
+            status, upstream.headers.get("Retry-After") if status == 503 else None, replica
+        ):
+            _, failure = policy.status_verdict(status, self._config.health.passive.count_5xx)
+            self._observers.attempt_done(replica, False, failure, status)
+            track.give_up(replica, str(status))
+            upstream.close()  # never relayed, and its connection is not reused
+            return UpstreamProtocolError(f"upstream answered {status}", replica=replica.id)
+        return upstream
 
     def _session_or_fail(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -343,8 +386,9 @@ class AiohttpEngine:
         extra_headers: list[tuple[str, str]],
     ) -> web.StreamResponse:
         status = upstream.status
-        ok = status < 500 or not self._config.health.passive.count_5xx
-        self._observers.attempt_done(replica, ok, None if ok else "5xx", status)
+        count_5xx = self._config.health.passive.count_5xx
+        ok, kind = self._retrier.policy.status_verdict(status, count_5xx)
+        self._observers.attempt_done(replica, ok, kind, status)
         self._in_flight.enter(replica.id)
         try:
             response = web.StreamResponse(status=status, reason=upstream.reason)

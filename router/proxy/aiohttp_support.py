@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
 
 from router.config import RouterConfig
 from router.errors import ClientRequestError, ProxyError
@@ -133,8 +134,11 @@ class Outcome:
         "bytes_out",
         "error",
         "explanation",
+        "holds_retry",
         "replica",
+        "retry_exhausted",
         "status",
+        "tried",
         "upstream_seconds",
     )
 
@@ -147,6 +151,10 @@ class Outcome:
         self.bytes_out = 0
         self.error: str | None = None
         self.explanation = ""
+        # The retry policy's bookkeeping (router/proxy/aiohttp_retry.py).
+        self.holds_retry = False
+        self.retry_exhausted = False
+        self.tried: list[tuple[str, str]] | None = None
 
 
 WebSocketLike = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
@@ -165,3 +173,29 @@ async def pipe_ws(source: WebSocketLike, sink: WebSocketLike) -> None:
         elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
             break
     await sink.close(code=source.close_code or aiohttp.WSCloseCode.OK)
+
+
+def validate_request(request: web.Request, max_body: int) -> str:
+    """The target path to forward, or the ClientRequestError that refuses the request."""
+    if request.method == "CONNECT":
+        raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
+    if request.version not in HTTP_VERSIONS:  # HTTP/0.9 would be forwarded as 1.1
+        raise ClientRequestError(505, "http_version_not_supported", "use HTTP/1.0 or 1.1")
+    hosts = request.headers.getall("Host", [])
+    if len(hosts) > 1 or (not hosts and request.version == aiohttp.HttpVersion11):
+        raise ClientRequestError(400, "bad_host", "HTTP/1.1 needs exactly one Host header")
+    raw = request.raw_path
+    if not raw.startswith("/"):
+        # Absolute form: allowed only for the host the request is addressed to, so the
+        # router can never be used as an open forward proxy.
+        target = URL(raw, encoded=True)
+        named = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
+        if not target.is_absolute() or (target.host or "").lower() != named:
+            raise ClientRequestError(
+                400, "absolute_uri_not_allowed", "absolute-form target for another host"
+            )
+        raw = target.raw_path_qs
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise ClientRequestError(413, "body_too_large", f"limit {max_body} bytes")
+    return raw

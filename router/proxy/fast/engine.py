@@ -14,6 +14,8 @@ from router.proxy.base import InFlightCounter, Observers, SnapshotSource
 from router.proxy.fast.server import ClientConnection, EngineCore
 from router.proxy.fast.upstream import Pool
 from router.proxy.headers import TrustedProxies
+from router.proxy.retry import RetryPolicy
+from router.proxy.retry_budget import Retrier
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
 from router.upstream import ConnectTo, client_ssl_context
@@ -51,6 +53,7 @@ class FastEngine:
     async def start(self) -> None:
         config, proxy = self._config, self._config.proxy
         pool = self._new_pool(config)
+        admission = Admission(proxy.max_connections, proxy.max_pending)
         core = EngineCore(
             snapshots=self._snapshots,
             observers=self._observers,
@@ -63,8 +66,9 @@ class FastEngine:
             idle_timeout=proxy.idle_timeout,
             header_timeout=proxy.client_header_timeout,
             body_timeout=proxy.client_body_timeout,
-            admission=Admission(proxy.max_connections, proxy.max_pending),
+            admission=admission,
             admission_wait=proxy.connect_timeout,
+            retrier=Retrier(RetryPolicy.from_config(proxy), lambda: admission.active),
         )
         core.all_closed.set()
         self._core = core
@@ -105,6 +109,7 @@ class FastEngine:
             return
         core.trusted = TrustedProxies(proxy.trusted_proxies)
         core.retries = proxy.retries
+        core.retrier.configure(RetryPolicy.from_config(proxy))
         core.max_body = proxy.max_request_body
         core.count_5xx = config.health.passive.count_5xx
         core.idle_timeout = proxy.idle_timeout

@@ -10,7 +10,6 @@ has started nothing is retried and a failure can only cut the client connection.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -26,10 +25,11 @@ from router.models import Replica
 from router.proxy.admission import Claim
 from router.proxy.base import RequestRecord, no_routable_error
 from router.proxy.fast import rules, wire
+from router.proxy.fast.retrying import RetryingExchange
 from router.proxy.fast.strict import RequestHead
 from router.proxy.fast.upstream import Target, UpstreamConnection, classify_dial_error
 from router.proxy.headers import IDEMPOTENT
-from router.proxy.retry import retryable
+from router.proxy.retry_budget import Candidates, RetryAfterPauses
 
 if TYPE_CHECKING:
     from router.proxy.fast.server import ClientConnection, EngineCore
@@ -39,12 +39,12 @@ _DIAL_MESSAGES = {
     "connect_timeout": "connect timed out",
     "connect": "connect failed",
 }
-_NO_CANDIDATES: Iterator[Replica] = iter(())
+_NO_CANDIDATES = Candidates(iter(()), RetryAfterPauses())
 _NO_BODY_STATUSES = frozenset({101, 204, 304})
 _BACKLOG = 256 * 1024  # request body bytes buffered before the client is paused
 
 
-class Exchange:
+class Exchange(RetryingExchange):
     # Per-request state; most fields start at these class-level defaults so that creating
     # an exchange (once per request) only sets what differs.
     conn: UpstreamConnection | None = None
@@ -73,7 +73,7 @@ class Exchange:
         self.out: list[bytes] = []
         self.tunnel_pending: list[bytes] = []
         self.client_ip = client.peer
-        self._candidates: Iterator[Replica] = _NO_CANDIDATES
+        self._candidates = _NO_CANDIDATES
         if head is None:
             self.body_complete = True
             self.idempotent = False
@@ -126,7 +126,7 @@ class Exchange:
         if head.forward_block is None:
             head.forward_block = rules.forward_block(head, peer, trusted, self.client.scheme)
         self._fwd_block = head.forward_block
-        self._candidates = snapshot.picker.candidates(self.ctx)
+        self._candidates = core.retrier.candidates(snapshot.picker.candidates(self.ctx))
         self._try_next()
 
     def _try_next(self) -> None:
@@ -134,6 +134,8 @@ class Exchange:
         for replica in self._candidates:
             if self.attempts > core.retries:
                 break
+            if self.attempts:
+                self.hold_retry_token()
             self.attempts += 1
             self.replica = replica
             self.attempt_started = time.monotonic()
@@ -167,7 +169,8 @@ class Exchange:
             self.last_error = UpstreamConnectError(
                 _DIAL_MESSAGES[kind], replica=replica.id, cause=kind
             )
-            if retryable(kind, sent=self.sent, idempotent=self.idempotent):
+            if self.core.retrier.policy.retryable(kind, sent=self.sent, idempotent=self.idempotent):
+                self.note_attempt(kind)
                 self._try_next()
             else:
                 self._fail(self.last_error)
@@ -203,6 +206,7 @@ class Exchange:
                 self.buffered = 0
                 self.client.backlog(False)
         conn.send(buffers)
+        self.arm_per_try()
         if self.client.write_paused:
             conn.pause_reading()
 
@@ -264,11 +268,14 @@ class Exchange:
         assert replica is not None
         if status == 101 and head.upgrade is None:
             raise UpstreamProtocolError("101 without an upgrade request")
+        core = self.core
+        if status in core.retrier.policy.statuses and self.retry_response(status, headers):
+            return  # given up for another replica: nothing of it reaches the client
         self.upstream_seconds = time.monotonic() - self.attempt_started
-        observers = self.core.observers
+        observers = core.observers
         if observers.observers:
-            ok = status < 500 or not self.core.count_5xx
-            observers.attempt_done(replica, ok, None if ok else "5xx", status)
+            ok, kind = core.retrier.policy.status_verdict(status, core.count_5xx)
+            observers.attempt_done(replica, ok, kind, status)
         self.status = status
         conn = self.conn
         if conn is not None and headers == conn.last_raw:
@@ -367,7 +374,8 @@ class Exchange:
                     "upstream closed or reset the connection", replica=replica.id
                 )
             self.last_error = error
-            if retryable(kind, sent=self.sent, idempotent=self.idempotent):
+            if self.core.retrier.policy.retryable(kind, sent=self.sent, idempotent=self.idempotent):
+                self.note_attempt(kind)
                 self._try_next()
             else:
                 self._fail(error)
@@ -421,6 +429,7 @@ class Exchange:
     def _finish(self, notify: bool = True) -> None:
         self.finished = True
         self.body = []
+        self.retry_finished()
         if self.holds_slot:
             self.holds_slot = False
             self.core.admission.release()
@@ -443,6 +452,8 @@ class Exchange:
                     bytes_out=self.bytes_out,
                     error=self.error_code,
                     explanation=self.ctx.explanation if self.ctx else "",
+                    attempts=tuple(self.tried) if self.tried else (),
+                    retry_budget_exhausted=self.retry_exhausted,
                 )
             )
         if notify:
