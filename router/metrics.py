@@ -149,6 +149,13 @@ class Metrics:
         if record.retry_budget_exhausted:
             self._budget_exhausted += 1
 
+    def retry_counts(self) -> dict[str, int]:
+        """Retries by reason, and `budget-exhausted`: refused retries (for reports)."""
+        counts = dict(sorted(self._retry_reasons.items()))
+        if self._budget_exhausted:
+            counts["budget-exhausted"] = self._budget_exhausted
+        return counts
+
     # -- control plane ----------------------------------------------------------------------
 
     def on_snapshot(self, snapshot: Snapshot) -> None:

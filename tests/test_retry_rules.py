@@ -167,7 +167,9 @@ def test_pause_lasts_retry_after_capped_and_then_ends() -> None:
     pauses.pause("a", "30")
     pauses.pause("b", "86400")
     pauses.pause("c", "garbled")
-    assert pauses.paused("a") and pauses.paused("b") and not pauses.paused("c")
+    assert pauses.paused("a")
+    assert pauses.paused("b")
+    assert not pauses.paused("c")
     clock.now += 30
     assert not pauses.paused("a")
     assert pauses.paused("b")

@@ -30,7 +30,6 @@ from router.errors import (
 from router.models import Replica
 from router.proxy.admission import Admission
 from router.proxy.aiohttp_retry import (
-    OverallTimeout,
     PerTryTimeout,
     RetryTrack,
     send_with_per_try,
@@ -77,8 +76,6 @@ def _attempt_error(exc: BaseException, replica: Replica) -> tuple[str, ProxyErro
     """(kind, error) of a failed attempt, including the retry policy's own timeouts."""
     if isinstance(exc, PerTryTimeout):
         return PER_TRY_TIMEOUT, UpstreamTimeout("per-try timeout", replica=replica.id)
-    if isinstance(exc, OverallTimeout):
-        return "timeout", UpstreamTimeout("upstream timed out", replica=replica.id)
     return classify_client_error(exc, replica)
 
 
@@ -346,16 +343,14 @@ class AiohttpEngine:
                 self._proxy.response_timeout,
                 track.on_per_try_timeout,
             )
-        except (TimeoutError, aiohttp.ClientError, OSError, PerTryTimeout, OverallTimeout) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, PerTryTimeout) as exc:
             if body.failure is not None:  # the client's fault, not the replica's
                 raise body.failure from exc
             kind, error = _attempt_error(exc, replica)
             self._observers.attempt_done(
                 replica, False, "timeout" if kind in _TIMEOUTS else kind, None
             )
-            if not isinstance(exc, OverallTimeout) and policy.retryable(
-                kind, sent=body.started, idempotent=track.idempotent
-            ):
+            if policy.retryable(kind, sent=body.started, idempotent=track.idempotent):
                 track.give_up(replica, kind)
                 return error
             raise error from exc

@@ -24,10 +24,6 @@ class PerTryTimeout(Exception):
     """The attempt passed `per_try_timeout` and was abandoned for another replica."""
 
 
-class OverallTimeout(Exception):
-    """`response_timeout`, counted from the first attempt, passed without a response head."""
-
-
 class RetryTrack:
     """One request's retries: what the engine's `Retrier` decides, applied to `Outcome`."""
 
@@ -100,24 +96,23 @@ async def send_with_per_try(
     abandon: Callable[[], bool],
 ) -> aiohttp.ClientResponse:
     """Await `send`; after `per_try` without a response head, raise PerTryTimeout when
-    `abandon()` agrees (a retry is possible), else keep waiting until `response_timeout`
-    from the first attempt has passed (OverallTimeout)."""
+    `abandon()` agrees (a retry is possible) and `response_timeout`, counted from the first
+    attempt, has time left; else keep waiting (under the session's own timeouts)."""
     if per_try is None:
         return await send
     loop = asyncio.get_running_loop()
+    now = loop.time()
     if not track.deadline:
-        track.deadline = loop.time() + response_timeout
+        track.deadline = now + response_timeout
+    if now + per_try >= track.deadline:
+        return await send  # no time left to try another replica
     task = asyncio.ensure_future(send)
     response: aiohttp.ClientResponse | None = None
     try:
-        done, _ = await asyncio.wait({task}, timeout=min(per_try, track.deadline - loop.time()))
-        if not done and loop.time() < track.deadline and abandon():
+        done, _ = await asyncio.wait({task}, timeout=per_try)
+        if not done and abandon():
             raise PerTryTimeout(PER_TRY_TIMEOUT)
-        if not done:
-            done, _ = await asyncio.wait({task}, timeout=max(track.deadline - loop.time(), 0))
-        if not done:
-            raise OverallTimeout("response_timeout")
-        response = task.result()
+        response = await task
         return response
     finally:
         if not task.done():

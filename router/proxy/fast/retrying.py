@@ -88,8 +88,6 @@ class RetryingExchange:
 
     def _try_next(self) -> None: ...
 
-    def _fail(self, error: ProxyError) -> None: ...
-
     # -- hooks called by Exchange ------------------------------------------------------------
 
     def retry_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -147,7 +145,9 @@ class RetryingExchange:
             self.try_deadline = now + self.core.pool.response_timeout
         if self.try_timer is not None:
             self.try_timer.cancel()
-        self.try_timer = loop.call_at(min(now + per_try, self.try_deadline), self._per_try_due)
+            self.try_timer = None
+        if now + per_try < self.try_deadline:  # else no time is left to try another
+            self.try_timer = loop.call_at(now + per_try, self._per_try_due)
 
     def retry_finished(self) -> None:
         if self.try_timer is not None:
@@ -167,11 +167,6 @@ class RetryingExchange:
         self.try_timer = None
         if self.finished or self.status is not None or self.conn is None or self.dialing:
             return  # answered, or between attempts (the next one arms its own timer)
-        loop = self.core.pool.loop
-        if loop.time() >= self.try_deadline:
-            self._give_up_attempt("timeout")
-            self._fail(self.last_error or UpstreamTimeout("upstream timed out"))
-            return
         decision = self.core.retrier.on_per_try_timeout(
             idempotent=self.idempotent,
             attempts=self.attempts,
@@ -180,15 +175,14 @@ class RetryingExchange:
         )
         if decision.exhausted:
             self.retry_exhausted = True
-        if decision.retry is None:  # no retry possible: wait on this one for the rest
-            self.try_timer = loop.call_at(self.try_deadline, self._per_try_due)
-            return
+        if decision.retry is None:
+            return  # no retry possible: wait on this one, under response_timeout as ever
         self.holds_retry = True
-        self._give_up_attempt(PER_TRY_TIMEOUT)
+        self._give_up_attempt()
         self.note_attempt(PER_TRY_TIMEOUT)
         self._try_next()
 
-    def _give_up_attempt(self, kind: str) -> None:
+    def _give_up_attempt(self) -> None:
         conn, self.conn = self.conn, None
         replica = self.replica
         assert replica is not None
@@ -197,6 +191,4 @@ class RetryingExchange:
             conn.close()
         self.core.in_flight.leave(replica.id)
         self.core.observers.attempt_done(replica, False, "timeout", None)
-        self.last_error = UpstreamTimeout(
-            "upstream timed out" if kind == "timeout" else "per-try timeout", replica=replica.id
-        )
+        self.last_error = UpstreamTimeout("per-try timeout", replica=replica.id)
