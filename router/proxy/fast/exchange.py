@@ -274,8 +274,11 @@ class Exchange(RetryingExchange):
         self.upstream_seconds = time.monotonic() - self.attempt_started
         observers = core.observers
         if observers.observers:
-            ok, kind = core.retrier.policy.status_verdict(status, core.count_5xx)
-            observers.attempt_done(replica, ok, kind, status)
+            if status < 400:  # the common case, without a call
+                observers.attempt_done(replica, True, None, status)
+            else:
+                ok, kind = core.retrier.policy.status_verdict(status, core.count_5xx)
+                observers.attempt_done(replica, ok, kind, status)
         self.status = status
         conn = self.conn
         if conn is not None and headers == conn.last_raw:
