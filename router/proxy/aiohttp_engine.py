@@ -72,6 +72,22 @@ _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _TIMEOUTS = frozenset({"timeout", PER_TRY_TIMEOUT})
 
 
+def _upstream_headers(
+    request: web.Request, peer: str, trusted: bool, is_ws: bool
+) -> list[tuple[str, str]]:
+    headers = forward_request_headers(
+        request.headers.items(),
+        peer=peer,
+        peer_trusted=trusted,
+        scheme="https" if request.secure else "http",
+        host=request.host,
+    )
+    headers = [(k, v) for k, v in headers if k.lower() != "expect"]
+    if is_ws:
+        headers = [(k, v) for k, v in headers if k.lower() not in WS_OWN_HEADERS]
+    return headers
+
+
 def _attempt_error(exc: BaseException, replica: Replica) -> tuple[str, ProxyError]:
     """(kind, error) of a failed attempt, including the retry policy's own timeouts."""
     if isinstance(exc, PerTryTimeout):
@@ -268,16 +284,7 @@ class AiohttpEngine:
             request.headers.get("Upgrade", "").lower() == "websocket"
             and "upgrade" in request.headers.get("Connection", "").lower()
         )
-        headers = forward_request_headers(
-            request.headers.items(),
-            peer=peer,
-            peer_trusted=trusted,
-            scheme="https" if request.secure else "http",
-            host=request.host,
-        )
-        headers = [(k, v) for k, v in headers if k.lower() != "expect"]
-        if is_ws:
-            headers = [(k, v) for k, v in headers if k.lower() not in WS_OWN_HEADERS]
+        headers = _upstream_headers(request, peer, trusted, is_ws)
         has_body = request.body_exists
         body = RequestBody(request, self._proxy.max_request_body, self._proxy.client_body_timeout)
         track = RetryTrack(
