@@ -176,6 +176,31 @@ async def replica_answers_503(seconds: float, clients: int) -> Row:
             )
 
 
+async def brown_out(seconds: float, clients: int) -> Row:
+    """Every replica answers 503 from a third of the run on (health checks still pass): the
+    retry budget caps the extra attempts instead of letting retries double the load."""
+    async with fleet(4, latency=0.005) as replicas:
+        async with running_router(fleet_config(replicas)) as router:
+            log = AttemptLog()
+            router.app.observers.observers.append(log)
+            await eventually(lambda: len(routable(router)) == 4)
+
+            async def busy() -> None:
+                for replica in replicas:
+                    replica.mode = "503"
+
+            load, at = await timed_run(router, seconds, clients, seconds / 3, busy)
+            during = [r for r in load.results if r.started >= at]
+            attempts = sum(1 for a in log.attempts if a.at >= at)
+            return row(
+                "brown-out: every replica answers 503",
+                load,
+                requests_during=len(during),
+                attempts_per_request=round(attempts / max(len(during), 1), 3),
+                retries=router.app.metrics.retry_counts(),
+            )
+
+
 async def rolling_restart(seconds: float, clients: int) -> Row:
     async with fleet(4, latency=0.005) as replicas:
         config = fleet_config(replicas, health={"passive": {"base_ejection": "500ms"}})
@@ -350,6 +375,7 @@ SCENARIOS: dict[str, Callable[[float, int], Awaitable[Row]]] = {
     "hang": replica_hangs,
     "hang-per-try": lambda s, c: replica_hangs(s, c, per_try="100ms"),
     "busy-503": replica_answers_503,
+    "brownout": brown_out,
     "rolling": rolling_restart,
     "outage-500": lambda s, c: cloud_outage(s, c, "500"),
     "outage-timeout": lambda s, c: cloud_outage(s, c, "timeout"),

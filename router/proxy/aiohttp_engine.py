@@ -305,18 +305,16 @@ class AiohttpEngine:
                     f"{replica.scheme}://{replica.authority}{replica.path_prefix}{path}",
                     encoded=True,
                 )
-                if is_ws:
-                    return await self._websocket(request, url, headers, replica, outcome)
                 attempt_started = time.monotonic()
-                sent = await self._attempt(request, url, headers, body, replica, track)
-                if isinstance(sent, ProxyError):
-                    last_error = sent
+                got = await self._attempt(request, url, headers, body, replica, track, is_ws)
+                if isinstance(got, ProxyError):
+                    last_error = got
                     continue
+                if isinstance(got, web.StreamResponse):  # a WebSocket, piped to its end
+                    return got
                 outcome.upstream_seconds = time.monotonic() - attempt_started
                 outcome.explanation = ctx.explanation
-                return await self._stream_back(
-                    request, sent, replica, outcome, ctx.response_headers
-                )
+                return await self._stream_back(request, got, replica, outcome, ctx.response_headers)
         finally:
             outcome.bytes_in = body.size
             track.finish()
@@ -330,12 +328,15 @@ class AiohttpEngine:
         body: RequestBody,
         replica: Replica,
         track: RetryTrack,
-    ) -> aiohttp.ClientResponse | ProxyError:
-        """One upstream attempt: the response to relay, or the error that moves the request
-        to the next candidate (a failure that must not be retried is raised)."""
+        is_ws: bool,
+    ) -> aiohttp.ClientResponse | web.StreamResponse | ProxyError:
+        """One upstream attempt: the response to relay (a WebSocket: already piped), or the
+        error that moves the request to the next candidate (one that must not is raised)."""
         policy = self._retrier.policy
         self._in_flight.enter(replica.id)
         try:
+            if is_ws:
+                return await self._websocket(request, url, headers, replica, track.outcome)
             upstream = await send_with_per_try(
                 self._session_or_fail().request(
                     request.method,
