@@ -176,11 +176,14 @@ async def replica_answers_503(seconds: float, clients: int) -> Row:
             )
 
 
-async def brown_out(seconds: float, clients: int) -> Row:
+async def brown_out(seconds: float, clients: int, budget: bool = True) -> Row:
     """Every replica answers 503 from a third of the run on (health checks still pass): the
-    retry budget caps the extra attempts instead of letting retries double the load."""
+    retry budget caps the extra attempts instead of letting retries double the load
+    (`budget=False`: a budget too large to bind, for comparison)."""
+    unbounded = {"budget_percent": 100, "min_retry_concurrency": 1_000_000}
+    proxy = {} if budget else {"retry_budget": unbounded}
     async with fleet(4, latency=0.005) as replicas:
-        async with running_router(fleet_config(replicas)) as router:
+        async with running_router(fleet_config(replicas, proxy=proxy)) as router:
             log = AttemptLog()
             router.app.observers.observers.append(log)
             await eventually(lambda: len(routable(router)) == 4)
@@ -193,7 +196,7 @@ async def brown_out(seconds: float, clients: int) -> Row:
             during = [r for r in load.results if r.started >= at]
             attempts = sum(1 for a in log.attempts if a.at >= at)
             return row(
-                "brown-out: every replica answers 503",
+                f"brown-out: every replica 503{'' if budget else ', no budget'}",
                 load,
                 requests_during=len(during),
                 attempts_per_request=round(attempts / max(len(during), 1), 3),
@@ -376,6 +379,7 @@ SCENARIOS: dict[str, Callable[[float, int], Awaitable[Row]]] = {
     "hang-per-try": lambda s, c: replica_hangs(s, c, per_try="100ms"),
     "busy-503": replica_answers_503,
     "brownout": brown_out,
+    "brownout-nobudget": lambda s, c: brown_out(s, c, budget=False),
     "rolling": rolling_restart,
     "outage-500": lambda s, c: cloud_outage(s, c, "500"),
     "outage-timeout": lambda s, c: cloud_outage(s, c, "timeout"),
