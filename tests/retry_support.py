@@ -23,7 +23,9 @@ async def answer_ok(replica: ScriptedReplica, request: web.Request) -> web.Strea
     return web.json_response({"replica": replica.name})
 
 
-def answer_status(status: int, *, padding: int = 0, **headers: str) -> Behaviour:
+def answer_status(
+    status: int, *, padding: int = 0, headers: dict[str, str] | None = None
+) -> Behaviour:
     async def behave(replica: ScriptedReplica, request: web.Request) -> web.StreamResponse:
         # A body, so a router that relays or pools it half-read would show it.
         text = f"{replica.name} says {status}" + "." * padding

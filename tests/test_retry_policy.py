@@ -111,7 +111,7 @@ async def test_503_with_retry_after_gets_no_retries_while_it_lasts(
     sees only the requests that started there."""
     headers = {"Retry-After": retry_after} if retry_after else {}
     async with scripted_replicas(
-        ("busy", answer_status(503, **headers)), ("broken", answer_status(502))
+        ("busy", answer_status(503, headers=headers)), ("broken", answer_status(502))
     ) as reps:
         busy, broken = reps
         async with running_router(retry_config(engine, reps)) as router:

@@ -119,11 +119,13 @@ class Candidates:
 
     __slots__ = ("_ahead", "_given", "_it", "_pauses")
 
-    def __init__(self, candidates: Iterator[Replica], pauses: RetryAfterPauses) -> None:
+    def __init__(
+        self, candidates: Iterator[Replica], pauses: RetryAfterPauses, given: int = 0
+    ) -> None:
         self._it = candidates
         self._pauses = pauses
         self._ahead: Replica | None = None
-        self._given = 0
+        self._given = given  # candidates already handed out (the first is never skipped)
 
     def __iter__(self) -> Candidates:
         return self
@@ -165,8 +167,9 @@ class Retrier:
         self.budget.percent = policy.budget_percent
         self.budget.min_concurrency = policy.min_retry_concurrency
 
-    def candidates(self, picked: Iterator[Replica]) -> Candidates:
-        return Candidates(picked, self.pauses)
+    def candidates(self, picked: Iterator[Replica], *, first_given: bool = False) -> Candidates:
+        """Wrap the picker's walk; `first_given` when the first attempt already took one."""
+        return Candidates(picked, self.pauses, 1 if first_given else 0)
 
     def on_status(
         self,

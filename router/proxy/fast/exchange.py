@@ -10,6 +10,7 @@ has started nothing is retried and a failure can only cut the client connection.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,6 @@ from router.proxy.fast.retrying import RetryingExchange
 from router.proxy.fast.strict import RequestHead
 from router.proxy.fast.upstream import Target, UpstreamConnection, classify_dial_error
 from router.proxy.headers import IDEMPOTENT
-from router.proxy.retry_budget import Candidates, RetryAfterPauses
 
 if TYPE_CHECKING:
     from router.proxy.fast.server import ClientConnection, EngineCore
@@ -39,7 +39,7 @@ _DIAL_MESSAGES = {
     "connect_timeout": "connect timed out",
     "connect": "connect failed",
 }
-_NO_CANDIDATES = Candidates(iter(()), RetryAfterPauses())
+_NO_CANDIDATES: Iterator[Replica] = iter(())
 _NO_BODY_STATUSES = frozenset({101, 204, 304})
 _BACKLOG = 256 * 1024  # request body bytes buffered before the client is paused
 
@@ -73,7 +73,8 @@ class Exchange(RetryingExchange):
         self.out: list[bytes] = []
         self.tunnel_pending: list[bytes] = []
         self.client_ip = client.peer
-        self._candidates = _NO_CANDIDATES
+        # The picker's walk; wrapped in a retry_budget.Candidates at the first retry.
+        self._candidates: Iterator[Replica] = _NO_CANDIDATES
         if head is None:
             self.body_complete = True
             self.idempotent = False
@@ -126,7 +127,7 @@ class Exchange(RetryingExchange):
         if head.forward_block is None:
             head.forward_block = rules.forward_block(head, peer, trusted, self.client.scheme)
         self._fwd_block = head.forward_block
-        self._candidates = core.retrier.candidates(snapshot.picker.candidates(self.ctx))
+        self._candidates = snapshot.picker.candidates(self.ctx)
         self._try_next()
 
     def _try_next(self) -> None:
@@ -206,7 +207,8 @@ class Exchange(RetryingExchange):
                 self.buffered = 0
                 self.client.backlog(False)
         conn.send(buffers)
-        self.arm_per_try()
+        if self.core.retrier.policy.per_try_timeout is not None:
+            self.arm_per_try()
         if self.client.write_paused:
             conn.pause_reading()
 
@@ -432,7 +434,8 @@ class Exchange(RetryingExchange):
     def _finish(self, notify: bool = True) -> None:
         self.finished = True
         self.body = []
-        self.retry_finished()
+        if self.holds_retry or self.try_timer is not None:
+            self.retry_finished()
         if self.holds_slot:
             self.holds_slot = False
             self.core.admission.release()

@@ -11,6 +11,7 @@ the connection returns to the pool only after exactly one complete response.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from router.errors import ProxyError, UpstreamTimeout
@@ -75,7 +76,7 @@ class RetryingExchange:
     replica: Replica | None
     status: int | None
     last_error: ProxyError | None
-    _candidates: Candidates
+    _candidates: Iterator[Replica]
     idempotent: bool
     finished: bool
     dialing: bool
@@ -100,7 +101,7 @@ class RetryingExchange:
             replica,
             idempotent=self.idempotent,
             attempts=self.attempts,
-            candidates=self._candidates,
+            candidates=self.lookahead(),
             holds_token=self.holds_retry,
         )
         if decision.exhausted:
@@ -120,8 +121,18 @@ class RetryingExchange:
         core.pool.loop.call_soon(self._retry_later)
         return True
 
+    def lookahead(self) -> Candidates:
+        """The candidate walk with lookahead and Retry-After pauses, from the first retry
+        on (a request that is never retried keeps the picker's plain iterator)."""
+        walk = self._candidates
+        if not isinstance(walk, Candidates):
+            walk = self._candidates = self.core.retrier.candidates(walk, first_given=True)
+        return walk
+
     def note_attempt(self, outcome: str) -> None:
-        """Remember a given-up attempt for the access log and the retry metrics."""
+        """Remember a given-up attempt (access log, retry metrics); the next attempt is a
+        retry, so the walk skips paused replicas from here on."""
+        self.lookahead()
         if self.replica is None:
             return
         if self.tried is None:
@@ -170,7 +181,7 @@ class RetryingExchange:
         decision = self.core.retrier.on_per_try_timeout(
             idempotent=self.idempotent,
             attempts=self.attempts,
-            candidates=self._candidates,
+            candidates=self.lookahead(),
             holds_token=self.holds_retry,
         )
         if decision.exhausted:
