@@ -185,6 +185,22 @@ def test_retries_skip_paused_replicas_but_a_first_attempt_does_not() -> None:
     assert [r.id for r in walk] == ["a", "b"]
 
 
+@given(
+    ids=st.lists(st.sampled_from("abcdefgh"), unique=True, max_size=8),
+    paused=st.sets(st.sampled_from("abcdefgh")),
+)
+def test_the_walk_keeps_order_and_skips_only_paused_retries(
+    ids: list[str], paused: set[str]
+) -> None:
+    pauses = RetryAfterPauses(Clock(), wall=lambda: 0.0)
+    for rid in paused:
+        pauses.pause(rid, "30")
+    walk = Candidates(iter([replica(i) for i in ids]), pauses)
+    expected = ids[:1] + [i for i in ids[1:] if i not in paused]
+    assert [r.id for r in walk] == expected
+    assert walk.peek() is None
+
+
 # -- the decisions ----------------------------------------------------------------------------
 
 
