@@ -43,7 +43,7 @@ from router.proxy.aiohttp_support import (
     client_timeout,
     close_later,
     error_response,
-    pipe_ws,
+    proxy_websocket,
     send_and_close,
     validate_request,
 )
@@ -336,7 +336,14 @@ class AiohttpEngine:
         self._in_flight.enter(replica.id)
         try:
             if is_ws:
-                return await self._websocket(request, url, headers, replica, track.outcome)
+                return await proxy_websocket(
+                    self._session_or_fail(),
+                    request,
+                    url,
+                    headers,
+                    lambda: self._observers.attempt_done(replica, True, None, 101),
+                    track.outcome,
+                )
             upstream = await send_with_per_try(
                 self._session_or_fail().request(
                     request.method,
@@ -430,38 +437,3 @@ class AiohttpEngine:
         finally:
             upstream.release()
             self._in_flight.leave(replica.id)
-
-    async def _websocket(
-        self,
-        request: web.Request,
-        url: URL,
-        headers: list[tuple[str, str]],
-        replica: Replica,
-        outcome: Outcome,
-    ) -> web.StreamResponse:
-        protocols = [
-            p.strip()
-            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
-            if p.strip()
-        ]
-        upstream = await self._session_or_fail().ws_connect(
-            url, headers=CIMultiDict(headers), protocols=protocols, autoclose=False, autoping=False
-        )
-        self._observers.attempt_done(replica, True, None, 101)
-        client = web.WebSocketResponse(
-            protocols=[upstream.protocol] if upstream.protocol else (),
-            autoclose=False,
-            autoping=False,
-        )
-        await client.prepare(request)
-        outcome.status = 101
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(pipe_ws(client, upstream))
-                group.create_task(pipe_ws(upstream, client))
-        except* (aiohttp.ClientError, ConnectionError):
-            log.debug("websocket to %s ended with an error", replica.id)
-        finally:
-            await upstream.close()
-            await client.close()
-        return client

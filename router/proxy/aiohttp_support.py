@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from multidict import CIMultiDict
 from yarl import URL
 
 from router.config import RouterConfig
@@ -158,6 +159,42 @@ class Outcome:
 
 
 WebSocketLike = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def proxy_websocket(
+    session: aiohttp.ClientSession,
+    request: web.Request,
+    url: URL,
+    headers: list[tuple[str, str]],
+    connected: Callable[[], None],
+    outcome: Outcome,
+) -> web.StreamResponse:
+    """Open the upstream WebSocket (a failure raises, so the attempt can move on), then
+    accept the client's and pipe frames both ways until either side closes."""
+    protocols = [
+        p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
+    ]
+    upstream = await session.ws_connect(
+        url, headers=CIMultiDict(headers), protocols=protocols, autoclose=False, autoping=False
+    )
+    connected()
+    client = web.WebSocketResponse(
+        protocols=[upstream.protocol] if upstream.protocol else (),
+        autoclose=False,
+        autoping=False,
+    )
+    await client.prepare(request)
+    outcome.status = 101
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(pipe_ws(client, upstream))
+            group.create_task(pipe_ws(upstream, client))
+    except* (aiohttp.ClientError, ConnectionError):
+        log.debug("websocket to %s ended with an error", url.host)
+    finally:
+        await upstream.close()
+        await client.close()
+    return client
 
 
 async def pipe_ws(source: WebSocketLike, sink: WebSocketLike) -> None:
