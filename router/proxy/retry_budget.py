@@ -7,9 +7,9 @@ ends, and a retry that adds load to the replicas (after a retried status or a pe
 timeout) is allowed only while the tokens held stay below `budget_percent` of the requests
 in flight, or below `min_retry_concurrency`, whichever is larger. So a brown-out, where
 every replica answers 503, costs at most that share of extra attempts instead of doubling
-the load. A retry after a failed connect or a reset is never refused (the replica did not
-take the work; refusing would fail a request a healthy replica could serve), but it holds a
-token like any other.
+the load. A retry after a connection-level failure (failed connect, reset, the connection's
+own response_timeout) is never refused: the replica is down, not browned out, and refusing
+would fail a request a healthy replica could serve. It holds a token like any other.
 """
 
 from __future__ import annotations
