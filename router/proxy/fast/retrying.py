@@ -53,7 +53,7 @@ class DrainSink:
     def upstream_upgraded(self, rest: bytes) -> None:
         self.conn.close()
 
-    def upstream_failed(self, kind: str) -> None:
+    def upstream_failed(self, kind: str, reason: str = "") -> None:
         self.conn.close()
 
     def upstream_pause(self, paused: bool) -> None:
