@@ -222,3 +222,17 @@ async def test_gateway_errors_eject_a_replica_apart_from_the_apps_own_500s(
                     statuses.append(resp.status)
             assert reps[0].hits == hits
             assert statuses.count(200) == 10 - (hits if status == 500 else 0)
+
+
+async def test_head_request_is_retried_and_the_connection_stays_usable(
+    engine: str, client: aiohttp.ClientSession
+) -> None:
+    """A HEAD's 503 has no body to discard: the next requests on the connection still parse."""
+    async with scripted_replicas(("bad", answer_status(503)), ("good", answer_ok)) as reps:
+        async with running_router(retry_config(engine, reps)) as router:
+            for method in ("HEAD", "GET", "HEAD", "GET"):
+                async with client.request(method, f"{router.url}/x", timeout=GUARD) as resp:
+                    assert resp.status == 200
+                    body = await resp.read()
+                    assert body == (b"" if method == "HEAD" else b'{"replica": "good"}')
+            assert reps[0].hits == 2
