@@ -2,7 +2,9 @@
 
 It refuses to start off loopback without a token (the config already refuses that), and
 when a token is configured every endpoint except the liveness/readiness probes requires
-`Authorization: Bearer <token>`, compared in constant time.
+`Authorization: Bearer <token>`, compared in constant time (a malformed header is a 401).
+Without a token, `router.admin_guard` keeps browsers out: a foreign `Host` (DNS rebinding)
+or a cross-site `Origin` on a state-changing request is refused with 403.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from router import status_page
+from router.admin_guard import refusal
 from router.settings_types import split_host_port
 
 log = logging.getLogger(__name__)
@@ -101,14 +104,20 @@ class AdminServer:
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if self._token is not None and request.path not in OPEN_PATHS:
-            header = request.headers.get("Authorization", "")
-            given = header.removeprefix("Bearer ").encode() if header.startswith("Bearer ") else b""
-            if not hmac.compare_digest(given, self._token):
+        if self._token is not None:
+            if request.path not in OPEN_PATHS and not hmac.compare_digest(
+                _bearer(request), self._token
+            ):
                 return web.json_response(
                     {"error": "unauthorized", "hint": "send Authorization: Bearer <admin token>"},
                     status=401,
                 )
+            return await handler(request)
+        refused = refusal(
+            request.method, request.headers.get("Host"), request.headers.get("Origin"), self.port
+        )
+        if refused is not None:
+            return web.json_response(refused.body(), status=refused.status)
         return await handler(request)
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -188,3 +197,12 @@ class AdminServer:
         self._record(request, "active-limit", None if count is None else str(count))
         log.info("admin: active-limit set to %s", count)
         return web.json_response({"active_limit": count})
+
+
+def _bearer(request: web.Request) -> bytes:
+    """The token a request presents, b"" if none. aiohttp decodes header bytes as UTF-8
+    with surrogate escapes: anything outside ASCII cannot be the token, and must not reach
+    compare_digest (it would raise: a 500 instead of a 401)."""
+    header = request.headers.get("Authorization", "")
+    given = header.removeprefix("Bearer ") if header.startswith("Bearer ") else ""
+    return given.encode() if given.isascii() else b""

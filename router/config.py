@@ -125,7 +125,11 @@ class ProxyConfig(Frozen):
     connect_timeout: PositiveDuration = 5.0
     # Time to the first response byte, and the longest gap between body chunks after it.
     response_timeout: PositiveDuration = 60.0
+    # How long an idle pooled connection to a replica is kept; also the longest silence
+    # allowed on an upgraded (WebSocket) tunnel before it is closed.
     idle_timeout: PositiveDuration = 60.0
+    # How long an idle keep-alive connection from a client is kept open (both engines).
+    client_idle_timeout: PositiveDuration = 60.0
     retries: int = Field(2, ge=0, le=10)
     # -- the retry policy (router/proxy/retry.py, docs/retries.md) --
     # What moves an idempotent bodiless request to another replica (connect-failure moves
@@ -152,6 +156,17 @@ class ProxyConfig(Frozen):
     client_header_timeout: PositiveDuration = 10.0
     # The longest pause allowed between two pieces of a request body (408 after).
     client_body_timeout: PositiveDuration = 60.0
+    # Headers only a trusted edge (CDN, load balancer) may set: removed from requests of
+    # peers outside trusted_proxies, as nginx's real-ip module and Envoy's edge settings do.
+    # The geo routing headers (routing.geo.country_headers, latitude/longitude) are added.
+    edge_headers: tuple[str, ...] = (
+        "CF-Connecting-IP",
+        "True-Client-IP",
+        "X-Real-IP",
+        "X-Client-IP",
+        "X-Forwarded-Port",
+        "CF-IPCountry",
+    )
 
     @field_validator("workers", mode="before")
     @classmethod
@@ -185,6 +200,14 @@ class ProxyConfig(Frozen):
                 raise ValueError(
                     f"{cidr!r} is not an IP network; use CIDR notation, e.g. 10.0.0.0/8 or ::1/128"
                 ) from None
+        return value
+
+    @field_validator("edge_headers")
+    @classmethod
+    def _header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+                raise ValueError(f"{name!r} is not an HTTP header name, e.g. CF-Connecting-IP")
         return value
 
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -29,31 +28,34 @@ from router.errors import (
 )
 from router.models import Replica
 from router.proxy.admission import Admission
-from router.proxy.aiohttp_retry import (
-    PerTryTimeout,
-    RetryTrack,
-    send_with_per_try,
-)
+from router.proxy.aiohttp_retry import PerTryTimeout, RetryTrack, send_with_per_try
+from router.proxy.aiohttp_server import HeadTimedServer
 from router.proxy.aiohttp_support import (
     CLOSE_AFTER,
-    WS_OWN_HEADERS,
     Outcome,
     QuietServerLog,
+    RelayedResponse,
     RequestBody,
     client_timeout,
     close_later,
+    discard_connection,
     error_response,
-    proxy_websocket,
+    redirect_to_https,
+    response_problem,
     send_and_close,
+    transfer_codings,
     validate_request,
 )
+from router.proxy.aiohttp_ws import WS_OWN_HEADERS, relay
 from router.proxy.base import (
     InFlightCounter,
     Observers,
     RequestRecord,
     SnapshotSource,
+    edge_headers,
     no_routable_error,
 )
+from router.proxy.fast.wire import MAX_HEADER_BLOCK, MAX_HEADER_COUNT
 from router.proxy.headers import (
     IDEMPOTENT,
     TrustedProxies,
@@ -67,29 +69,12 @@ from router.tls import ServerTLS
 from router.upstream import client_ssl_context, make_connector
 
 log = logging.getLogger(__name__)
-
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_TIMEOUTS = frozenset({"timeout", PER_TRY_TIMEOUT})
-
-
-def _upstream_headers(
-    request: web.Request, peer: str, trusted: bool, is_ws: bool
-) -> list[tuple[str, str]]:
-    headers = forward_request_headers(
-        request.headers.items(),
-        peer=peer,
-        peer_trusted=trusted,
-        scheme="https" if request.secure else "http",
-        host=request.host,
-    )
-    headers = [(k, v) for k, v in headers if k.lower() != "expect"]
-    if is_ws:
-        headers = [(k, v) for k, v in headers if k.lower() not in WS_OWN_HEADERS]
-    return headers
+# The failure kind outlier detection and the error metrics see for a per-try timeout.
+_OBSERVED = {PER_TRY_TIMEOUT: "timeout"}
 
 
 def _attempt_error(exc: BaseException, replica: Replica) -> tuple[str, ProxyError]:
-    """(kind, error) of a failed attempt, including the retry policy's own timeouts."""
+    """(kind, error) of a failed attempt, including the retry policy's per-try timeout."""
     if isinstance(exc, PerTryTimeout):
         return PER_TRY_TIMEOUT, UpstreamTimeout("per-try timeout", replica=replica.id)
     return classify_client_error(exc, replica)
@@ -111,13 +96,14 @@ class AiohttpEngine:
         self._observers = observers
         self._in_flight = in_flight
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
+        self._edge = edge_headers(config)
         self._timeout = client_timeout(config)
         self._admission = Admission(config.proxy.max_connections, config.proxy.max_pending)
         admission = self._admission
         self._retrier = Retrier(RetryPolicy.from_config(config.proxy), lambda: admission.active)
         self._closing: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self._sites: list[web.TCPSite] = []
         self._https_port: int | None = None
         self._redirect_http = config.listen_tls is not None and config.listen_tls.redirect_http
@@ -141,6 +127,9 @@ class AiohttpEngine:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             timeout=self._timeout,
+            # One field may use the whole head budget; response_problem() checks the total.
+            max_field_size=MAX_HEADER_BLOCK,
+            max_headers=MAX_HEADER_COUNT + 1,
         )
 
     def apply_config(self, config: RouterConfig) -> None:
@@ -159,6 +148,7 @@ class AiohttpEngine:
         self._config = config
         self._proxy = config.proxy
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
+        self._edge = edge_headers(config)
         self._timeout = client_timeout(config)
         self._admission.configure(config.proxy.max_connections, config.proxy.max_pending)
         self._retrier.configure(RetryPolicy.from_config(config.proxy))
@@ -170,20 +160,19 @@ class AiohttpEngine:
     async def start(self) -> None:
         self._session = self._new_session()
         cfg = self._proxy
-        # Every request reaches `handle`, bypassing aiohttp's URL dispatcher: it would answer
-        # 404 itself for CONNECT's authority form and for paths holding an encoded newline.
-        app = web.Application(
-            client_max_size=cfg.max_request_body or 1024**4, middlewares=[self._everything]
-        )
-        self._runner = web.AppRunner(
-            app,
+        # The low-level server: every request reaches `handle`, with no URL dispatcher (it
+        # would answer 404 itself for CONNECT's authority form and encoded newlines).
+        server = HeadTimedServer(
+            self.handle,
+            head_timeout=cfg.client_header_timeout,
             access_log=None,
-            shutdown_timeout=cfg.drain_timeout,
-            handle_signals=False,
-            # aiohttp closes a connection whose request head is not complete this long after
-            # it opened or after the previous response: the slowloris cut-off.
-            keepalive_timeout=cfg.client_header_timeout,
+            # aiohttp's keep-alive timer closes a connection with no request this long after
+            # it opened or after its previous response.
+            keepalive_timeout=cfg.client_idle_timeout,
             logger=QuietServerLog(logging.getLogger("aiohttp.server")),
+        )
+        self._runner = web.ServerRunner(
+            server, shutdown_timeout=cfg.drain_timeout, handle_signals=False
         )
         await self._runner.setup()
         if self._config.listen_tls is not None and self._tls is not None:
@@ -211,18 +200,20 @@ class AiohttpEngine:
 
     # -- request path ---------------------------------------------------------------------
 
-    @web.middleware
-    async def _everything(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
-        return await self.handle(request)
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         peer = request.remote or ""
         trusted = self._trusted.contains(peer)
         client = self._trusted.client_address(peer, request.headers.getall("X-Forwarded-For", []))
         outcome = Outcome()
+        # aiohttp's C parser carries a request's trailer fields over into the next request's
+        # headers on the connection: after a chunked request, nothing more is read from it.
+        outcome.close_after = "Transfer-Encoding" in request.headers
         if self._redirect_http and not request.secure:
-            return self._redirect_to_https(request)
+            response = redirect_to_https(request, self._https_port)
+            if outcome.close_after:
+                response.force_close()
+            return response
         try:
             path = validate_request(request, self._proxy.max_request_body)
             async with self._admission.slot(self._proxy.connect_timeout):
@@ -232,7 +223,7 @@ class AiohttpEngine:
             response = error_response(exc)
             if exc.code in CLOSE_AFTER:
                 await send_and_close(request, response)
-            elif isinstance(exc, ClientRequestError):
+            elif isinstance(exc, ClientRequestError) or outcome.close_after:
                 response.force_close()  # a refused request ends the connection
         status = outcome.status or response.status
         self._observers.request_done(
@@ -255,15 +246,9 @@ class AiohttpEngine:
         )
         return response
 
-    def _redirect_to_https(self, request: web.Request) -> web.StreamResponse:
-        host = request.headers.get("Host", "").rsplit(":", 1)[0] or "localhost"
-        port = "" if self._https_port == 443 else f":{self._https_port}"
-        path = request.raw_path if request.raw_path.startswith("/") else "/"
-        return web.Response(status=308, headers={"Location": f"https://{host}{port}{path}"})
-
     async def _forward(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         path: str,
         peer: str,
         trusted: bool,
@@ -284,7 +269,7 @@ class AiohttpEngine:
             request.headers.get("Upgrade", "").lower() == "websocket"
             and "upgrade" in request.headers.get("Connection", "").lower()
         )
-        headers = _upstream_headers(request, peer, trusted, is_ws)
+        headers = self._upstream_headers(request, peer, trusted, is_ws)
         has_body = request.body_exists
         body = RequestBody(request, self._proxy.max_request_body, self._proxy.client_body_timeout)
         track = RetryTrack(
@@ -310,7 +295,7 @@ class AiohttpEngine:
                 if isinstance(got, ProxyError):
                     last_error = got
                     continue
-                if isinstance(got, web.StreamResponse):  # a WebSocket, piped to its end
+                if isinstance(got, web.StreamResponse):  # a WebSocket, relayed to its end
                     return got
                 outcome.upstream_seconds = time.monotonic() - attempt_started
                 outcome.explanation = ctx.explanation
@@ -322,7 +307,7 @@ class AiohttpEngine:
 
     async def _attempt(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         url: URL,
         headers: list[tuple[str, str]],
         body: RequestBody,
@@ -330,20 +315,13 @@ class AiohttpEngine:
         track: RetryTrack,
         is_ws: bool,
     ) -> aiohttp.ClientResponse | web.StreamResponse | ProxyError:
-        """One upstream attempt: the response to relay (a WebSocket: already piped), or the
-        error that moves the request to the next candidate (one that must not is raised)."""
+        """One upstream attempt: the response to relay (a WebSocket: already relayed), or
+        the error that moves the request to the next candidate (one that must not is raised)."""
         policy = self._retrier.policy
         self._in_flight.enter(replica.id)
         try:
             if is_ws:
-                return await proxy_websocket(
-                    self._session_or_fail(),
-                    request,
-                    url,
-                    headers,
-                    lambda: self._observers.attempt_done(replica, True, None, 101),
-                    track.outcome,
-                )
+                return await self._websocket(request, url, headers, replica, track.outcome)
             upstream = await send_with_per_try(
                 self._session_or_fail().request(
                     request.method,
@@ -362,15 +340,18 @@ class AiohttpEngine:
             if body.failure is not None:  # the client's fault, not the replica's
                 raise body.failure from exc
             kind, error = _attempt_error(exc, replica)
-            self._observers.attempt_done(
-                replica, False, "timeout" if kind in _TIMEOUTS else kind, None
-            )
+            self._observers.attempt_done(replica, False, _OBSERVED.get(kind, kind), None)
             if policy.retryable(kind, sent=body.started, idempotent=track.idempotent):
                 track.give_up(replica, kind)
                 return error
             raise error from exc
         finally:
             self._in_flight.leave(replica.id)
+        if (problem := response_problem(upstream)) is not None:
+            discard_connection(upstream)  # its framing is not trusted any more
+            self._observers.attempt_done(replica, False, "protocol", None)
+            log.debug("replica %s sent a bad response head: %s", replica.id, problem)
+            raise UpstreamProtocolError(problem, replica=replica.id)
         status = upstream.status
         if status in policy.statuses and track.on_status(
             status, upstream.headers.get("Retry-After") if status == 503 else None, replica
@@ -378,9 +359,25 @@ class AiohttpEngine:
             _, failure = policy.status_verdict(status, self._config.health.passive.count_5xx)
             self._observers.attempt_done(replica, False, failure, status)
             track.give_up(replica, str(status))
-            upstream.close()  # never relayed, and its connection is not reused
+            discard_connection(upstream)  # never relayed, and its connection is not reused
             return UpstreamProtocolError(f"upstream answered {status}", replica=replica.id)
         return upstream
+
+    def _upstream_headers(
+        self, request: web.BaseRequest, peer: str, trusted: bool, is_ws: bool
+    ) -> list[tuple[str, str]]:
+        headers = forward_request_headers(
+            request.headers.items(),
+            peer=peer,
+            peer_trusted=trusted,
+            scheme="https" if request.secure else "http",
+            host=request.host,
+            edge=self._edge,
+        )
+        headers = [(k, v) for k, v in headers if k.lower() != "expect"]
+        if is_ws:
+            headers = [(k, v) for k, v in headers if k.lower() not in WS_OWN_HEADERS]
+        return headers
 
     def _session_or_fail(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -389,7 +386,7 @@ class AiohttpEngine:
 
     async def _stream_back(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         upstream: aiohttp.ClientResponse,
         replica: Replica,
         outcome: Outcome,
@@ -401,7 +398,15 @@ class AiohttpEngine:
         self._observers.attempt_done(replica, ok, kind, status)
         self._in_flight.enter(replica.id)
         try:
-            response = web.StreamResponse(status=status, reason=upstream.reason)
+            response = RelayedResponse(
+                status=status,
+                reason=upstream.reason,
+                codings=transfer_codings(upstream)
+                if request.version == aiohttp.HttpVersion11
+                else None,
+            )
+            if outcome.close_after:
+                response.force_close()
             for key, value in forward_response_headers(upstream.headers.items()):
                 response.headers.add(key, value)
             for key, value in extra_headers:
@@ -437,3 +442,30 @@ class AiohttpEngine:
         finally:
             upstream.release()
             self._in_flight.leave(replica.id)
+
+    async def _websocket(
+        self,
+        request: web.BaseRequest,
+        url: URL,
+        headers: list[tuple[str, str]],
+        replica: Replica,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        protocols = [
+            p.strip()
+            for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
+            if p.strip()
+        ]
+        upstream = await self._session_or_fail().ws_connect(
+            url, headers=CIMultiDict(headers), protocols=protocols, autoclose=False, autoping=False
+        )
+        self._observers.attempt_done(replica, True, None, 101)
+        client = web.WebSocketResponse(
+            protocols=[upstream.protocol] if upstream.protocol else (),
+            autoclose=False,
+            autoping=False,
+        )
+        await client.prepare(request)
+        outcome.status = 101
+        await relay(client, upstream, self._proxy.idle_timeout)
+        return client

@@ -1,37 +1,28 @@
 """Pieces of the aiohttp engine that are not the request flow itself: the streamed request
-body (with client faults told apart from replica faults), error responses, WebSocket
-piping, the quiet server log, and small helpers."""
+body (with client faults told apart from replica faults), error responses, the checks on a
+replica's response head, the quiet server log, and small helpers. WebSockets: aiohttp_ws."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from multidict import CIMultiDict
 from yarl import URL
 
 from router.config import RouterConfig
 from router.errors import ClientRequestError, ProxyError
 from router.models import Replica
 from router.proxy.admission import retry_after
+from router.proxy.fast.wire import MAX_HEADER_BLOCK, MAX_HEADER_COUNT
 
 log = logging.getLogger("router.proxy.aiohttp_engine")
 
-# Headers aiohttp's ws_connect writes itself; forwarding the client's would duplicate them.
-WS_OWN_HEADERS = frozenset(
-    {
-        "sec-websocket-key",
-        "sec-websocket-version",
-        "sec-websocket-extensions",
-        "sec-websocket-protocol",
-    }
-)
 _CHUNK = 64 * 1024
 HTTP_VERSIONS = frozenset({aiohttp.HttpVersion10, aiohttp.HttpVersion11})
 CLOSE_AFTER = frozenset(
@@ -52,7 +43,7 @@ class RequestBody:
     the client library reports it as a broken upstream connection, and it must be answered
     as the client's fault, never counted against the replica."""
 
-    def __init__(self, request: web.Request, limit: int, pause_timeout: float) -> None:
+    def __init__(self, request: web.BaseRequest, limit: int, pause_timeout: float) -> None:
         self._request = request
         self._limit = limit
         self._pause_timeout = pause_timeout
@@ -86,6 +77,93 @@ class RequestBody:
             yield chunk
 
 
+def response_problem(upstream: aiohttp.ClientResponse) -> str | None:
+    """Why a replica's response head must not be relayed (the client gets a 502 and the
+    connection to the replica is closed), or None. Only 200-599 are final statuses (aiohttp
+    reads 100-199 as informational itself; 101 is only for the WebSocket path), and the
+    head must fit the limits a client's head has: 32 KiB, 100 fields."""
+    if not 200 <= upstream.status <= 599:
+        return f"status {upstream.status} is not a final status (200-599)"
+    fields = upstream.raw_headers
+    if len(fields) > MAX_HEADER_COUNT:
+        return f"{len(fields)} header fields (limit {MAX_HEADER_COUNT})"
+    size = sum(len(name) + len(value) + 4 for name, value in fields)
+    if size > MAX_HEADER_BLOCK:
+        return f"header block of {size} bytes (limit {MAX_HEADER_BLOCK})"
+    return None
+
+
+def discard_connection(upstream: aiohttp.ClientResponse) -> None:
+    """Close the connection a response came on, so it is never reused. aiohttp hands a
+    connection back to its pool as soon as a body is complete, often before `request()`
+    returns, so closing the response alone may leave it pooled: its protocol is closed too
+    (the pool drops closed connections when it next looks)."""
+    upstream.close()
+    protocol = getattr(upstream, "_protocol", None)
+    if isinstance(protocol, asyncio.BaseProtocol) and hasattr(protocol, "close"):
+        protocol.close()
+
+
+def transfer_codings(upstream: aiohttp.ClientResponse) -> str | None:
+    """The replica's transfer codings other than chunked (`gzip`), relayed to the client
+    with chunked added: the body bytes are still coded, and the client must know it."""
+    codings = [
+        token.strip()
+        for value in upstream.headers.getall("Transfer-Encoding", [])
+        for token in value.split(",")
+        if token.strip() and token.strip().lower() != "chunked"
+    ]
+    return ", ".join(codings) or None
+
+
+class RelayedResponse(web.StreamResponse):
+    """A replica's response. aiohttp writes `Transfer-Encoding: chunked` itself, which
+    would drop a coding such as gzip: it is put back in front of chunked."""
+
+    def __init__(self, *, status: int, reason: str | None, codings: str | None) -> None:
+        super().__init__(status=status, reason=reason)
+        self._codings = codings
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        if self._codings and self.headers.get("Transfer-Encoding") == "chunked":
+            self.headers["Transfer-Encoding"] = f"{self._codings}, chunked"
+
+
+def redirect_to_https(request: web.BaseRequest, https_port: int | None) -> web.StreamResponse:
+    """The 308 a plain-HTTP request gets when listen_tls.redirect_http is on."""
+    host = request.headers.get("Host", "").rsplit(":", 1)[0] or "localhost"
+    port = "" if https_port == 443 else f":{https_port}"
+    path = request.raw_path if request.raw_path.startswith("/") else "/"
+    return web.Response(status=308, headers={"Location": f"https://{host}{port}{path}"})
+
+
+def validate_request(request: web.BaseRequest, max_body: int) -> str:
+    """The origin-form target to forward, or the ClientRequestError refusing the request."""
+    if request.method == "CONNECT":
+        raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
+    if request.version not in HTTP_VERSIONS:  # HTTP/0.9 would be forwarded as 1.1
+        raise ClientRequestError(505, "http_version_not_supported", "use HTTP/1.0 or 1.1")
+    hosts = request.headers.getall("Host", [])
+    if len(hosts) > 1 or (not hosts and request.version == aiohttp.HttpVersion11):
+        raise ClientRequestError(400, "bad_host", "HTTP/1.1 needs exactly one Host header")
+    raw = request.raw_path
+    if not raw.startswith("/"):
+        # Absolute form: allowed only for the host the request is addressed to, so the
+        # router can never be used as an open forward proxy.
+        target = URL(raw, encoded=True)
+        named = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
+        if not target.is_absolute() or (target.host or "").lower() != named:
+            raise ClientRequestError(
+                400, "absolute_uri_not_allowed", "absolute-form target for another host"
+            )
+        raw = target.raw_path_qs
+    length = request.content_length
+    if length is not None and length > max_body:
+        raise ClientRequestError(413, "body_too_large", f"limit {max_body} bytes")
+    return raw
+
+
 def error_response(error: ProxyError) -> web.Response:
     response = web.json_response(error.body(), status=error.status)
     if (after := retry_after(error)) is not None:
@@ -104,7 +182,7 @@ class QuietServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
             self.logger.exception(msg, *args, exc_info=exc_info, **kw)
 
 
-async def send_and_close(request: web.Request, response: web.StreamResponse) -> None:
+async def send_and_close(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """Answer, then close at once: the rest of the client's body is not worth reading (aiohttp
     would otherwise linger up to 10 s draining it)."""
     with contextlib.suppress(ConnectionResetError):
@@ -133,6 +211,7 @@ class Outcome:
         "attempts",
         "bytes_in",
         "bytes_out",
+        "close_after",
         "error",
         "explanation",
         "holds_retry",
@@ -152,87 +231,8 @@ class Outcome:
         self.bytes_out = 0
         self.error: str | None = None
         self.explanation = ""
+        self.close_after = False  # end the client connection after this response
         # The retry policy's bookkeeping (router/proxy/aiohttp_retry.py).
         self.holds_retry = False
         self.retry_exhausted = False
         self.tried: list[tuple[str, str]] | None = None
-
-
-WebSocketLike = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
-
-
-async def proxy_websocket(
-    session: aiohttp.ClientSession,
-    request: web.Request,
-    url: URL,
-    headers: list[tuple[str, str]],
-    connected: Callable[[], None],
-    outcome: Outcome,
-) -> web.StreamResponse:
-    """Open the upstream WebSocket (a failure raises, so the attempt can move on), then
-    accept the client's and pipe frames both ways until either side closes."""
-    protocols = [
-        p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()
-    ]
-    upstream = await session.ws_connect(
-        url, headers=CIMultiDict(headers), protocols=protocols, autoclose=False, autoping=False
-    )
-    connected()
-    client = web.WebSocketResponse(
-        protocols=[upstream.protocol] if upstream.protocol else (),
-        autoclose=False,
-        autoping=False,
-    )
-    await client.prepare(request)
-    outcome.status = 101
-    try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(pipe_ws(client, upstream))
-            group.create_task(pipe_ws(upstream, client))
-    except* (aiohttp.ClientError, ConnectionError):
-        log.debug("websocket to %s ended with an error", url.host)
-    finally:
-        await upstream.close()
-        await client.close()
-    return client
-
-
-async def pipe_ws(source: WebSocketLike, sink: WebSocketLike) -> None:
-    async for message in source:
-        if message.type is aiohttp.WSMsgType.TEXT:
-            await sink.send_str(message.data)
-        elif message.type is aiohttp.WSMsgType.BINARY:
-            await sink.send_bytes(message.data)
-        elif message.type is aiohttp.WSMsgType.PING:
-            await sink.ping(message.data)
-        elif message.type is aiohttp.WSMsgType.PONG:
-            await sink.pong(message.data)
-        elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING):
-            break
-    await sink.close(code=source.close_code or aiohttp.WSCloseCode.OK)
-
-
-def validate_request(request: web.Request, max_body: int) -> str:
-    """The target path to forward, or the ClientRequestError that refuses the request."""
-    if request.method == "CONNECT":
-        raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
-    if request.version not in HTTP_VERSIONS:  # HTTP/0.9 would be forwarded as 1.1
-        raise ClientRequestError(505, "http_version_not_supported", "use HTTP/1.0 or 1.1")
-    hosts = request.headers.getall("Host", [])
-    if len(hosts) > 1 or (not hosts and request.version == aiohttp.HttpVersion11):
-        raise ClientRequestError(400, "bad_host", "HTTP/1.1 needs exactly one Host header")
-    raw = request.raw_path
-    if not raw.startswith("/"):
-        # Absolute form: allowed only for the host the request is addressed to, so the
-        # router can never be used as an open forward proxy.
-        target = URL(raw, encoded=True)
-        named = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
-        if not target.is_absolute() or (target.host or "").lower() != named:
-            raise ClientRequestError(
-                400, "absolute_uri_not_allowed", "absolute-form target for another host"
-            )
-        raw = target.raw_path_qs
-    length = request.content_length
-    if length is not None and length > max_body:
-        raise ClientRequestError(413, "body_too_large", f"limit {max_body} bytes")
-    return raw

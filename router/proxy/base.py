@@ -9,9 +9,21 @@ from typing import Protocol
 from router.config import RouterConfig
 from router.errors import NoRoutableReplica
 from router.models import Replica
+from router.proxy.headers import edge_names
 from router.snapshot import Snapshot
 
 SnapshotSource = Callable[[], Snapshot]
+
+
+def edge_headers(config: RouterConfig) -> frozenset[str]:
+    """The headers removed from requests of untrusted peers: `proxy.edge_headers` plus the
+    geo routing headers (lower-case)."""
+    geo = config.routing.geo
+    return edge_names(
+        config.proxy.edge_headers,
+        geo.country_headers,
+        (geo.latitude_header, geo.longitude_header),
+    )
 
 
 def no_routable_error(snapshot: Snapshot) -> NoRoutableReplica:

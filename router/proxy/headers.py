@@ -33,6 +33,13 @@ FORWARDING = frozenset(
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def edge_names(*groups: Iterable[str | None]) -> frozenset[str]:
+    """Lower-cased names of the headers only a trusted edge may set (`proxy.edge_headers`
+    plus the geo routing headers): a client talking to the router directly could otherwise
+    claim any address or country to the replica's app."""
+    return frozenset(name.lower() for group in groups for name in group if name)
+
+
 class TrustedProxies:
     """The peers whose forwarding headers are believed (`proxy.trusted_proxies`)."""
 
@@ -77,10 +84,11 @@ def forward_request_headers(
     peer_trusted: bool,
     scheme: str,
     host: str | None,
-    keep_upgrade: bool = False,
+    edge: frozenset[str] = frozenset(),
 ) -> list[tuple[str, str]]:
     """The headers to send upstream: hop-by-hop and Host removed (the client library sets
-    Host from the replica URL), forwarding headers rewritten, Via appended."""
+    Host from the replica URL), forwarding headers rewritten, Via appended; the `edge`
+    headers (lower-case names) and forwarding headers are dropped unless the peer is trusted."""
     items = list(headers)
     named = connection_tokens(v for k, v in items if k.lower() == "connection")
     out: list[tuple[str, str]] = []
@@ -90,6 +98,8 @@ def forward_request_headers(
     for key, value in items:
         lower = key.lower()
         if lower in HOP_BY_HOP or lower in named or lower == "host":
+            continue
+        if lower in edge and not peer_trusted:
             continue
         if lower in FORWARDING:
             if not peer_trusted:

@@ -10,7 +10,7 @@ import ssl
 
 from router.config import RouterConfig
 from router.proxy.admission import Admission
-from router.proxy.base import InFlightCounter, Observers, SnapshotSource
+from router.proxy.base import InFlightCounter, Observers, SnapshotSource, edge_headers
 from router.proxy.fast.server import ClientConnection, EngineCore
 from router.proxy.fast.upstream import Pool
 from router.proxy.headers import TrustedProxies
@@ -21,6 +21,10 @@ from router.tls import ServerTLS
 from router.upstream import ConnectTo, client_ssl_context
 
 log = logging.getLogger(__name__)
+
+
+def _edge_headers(config: RouterConfig) -> frozenset[bytes]:
+    return frozenset(name.encode("latin-1") for name in edge_headers(config))
 
 
 class FastEngine:
@@ -69,6 +73,8 @@ class FastEngine:
             admission=admission,
             admission_wait=proxy.connect_timeout,
             retrier=Retrier(RetryPolicy.from_config(proxy), lambda: admission.active),
+            client_idle_timeout=proxy.client_idle_timeout,
+            edge_headers=_edge_headers(config),
         )
         core.all_closed.set()
         self._core = core
@@ -113,6 +119,8 @@ class FastEngine:
         core.max_body = proxy.max_request_body
         core.count_5xx = config.health.passive.count_5xx
         core.idle_timeout = proxy.idle_timeout
+        core.client_idle_timeout = proxy.client_idle_timeout
+        core.edge_headers = _edge_headers(config)
         core.body_timeout = proxy.client_body_timeout
         core.admission.configure(proxy.max_connections, proxy.max_pending)
         core.admission_wait = proxy.connect_timeout

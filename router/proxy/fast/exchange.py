@@ -125,7 +125,9 @@ class Exchange(RetryingExchange):
             self.client_ip, head.method, head.target, rules.LazyHeaders(head.headers), trusted
         )
         if head.forward_block is None:
-            head.forward_block = rules.forward_block(head, peer, trusted, self.client.scheme)
+            head.forward_block = rules.forward_block(
+                head, peer, trusted, self.client.scheme, core.edge_headers
+            )
         self._fwd_block = head.forward_block
         self._candidates = snapshot.picker.candidates(self.ctx)
         self._try_next()

@@ -67,16 +67,38 @@ def _encode(headers: list[tuple[str, str]]) -> bytes:
     return "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1")
 
 
+_DROPPED: dict[frozenset[bytes], frozenset[bytes]] = {}
+
+
+def _dropped(edge: frozenset[bytes]) -> frozenset[bytes]:
+    """The names an untrusted peer's request loses or the router sets itself; one set per
+    configured edge list, so the loop does one lookup per header."""
+    dropped = _DROPPED.get(edge)
+    if dropped is None:
+        dropped = _SPECIAL_REQUEST | edge
+        if len(_DROPPED) < 16:
+            _DROPPED[edge] = dropped
+    return dropped
+
+
 def request_block(
-    headers: RawHeaders, *, peer: str, peer_trusted: bool, scheme: str, host: str | None
+    headers: RawHeaders,
+    *,
+    peer: str,
+    peer_trusted: bool,
+    scheme: str,
+    host: str | None,
+    edge: frozenset[bytes] = frozenset(),
 ) -> bytes:
-    """Header lines to send upstream, without Host and framing (the caller adds them)."""
+    """Header lines to send upstream, without Host and framing (the caller adds them);
+    `edge` (lower-case names) are dropped like the forwarding headers for untrusted peers."""
     if not peer_trusted:
         out: list[bytes] = []
         connection: list[bytes] = []
         via: list[bytes] = []
+        dropped = _dropped(edge)
         for name, value in headers:
-            if name.lower() in _SPECIAL_REQUEST:
+            if name.lower() in dropped:
                 lower = name.lower()
                 if lower == b"connection":
                     connection.append(value)
@@ -95,7 +117,12 @@ def request_block(
             out += (b"Via: ", b", ".join(via), b"\r\n")
             return b"".join(out)
     forwarded = forward_request_headers(
-        decode(headers), peer=peer, peer_trusted=peer_trusted, scheme=scheme, host=host
+        decode(headers),
+        peer=peer,
+        peer_trusted=peer_trusted,
+        scheme=scheme,
+        host=host,
+        edge=frozenset(name.decode("latin-1") for name in edge),
     )
     return _encode([(k, v) for k, v in forwarded if k.lower() not in ("content-length", "expect")])
 
@@ -142,10 +169,18 @@ def response_block(headers: RawHeaders) -> tuple[bytes, bytes | None, bool]:
     return b"".join(out), length, chunked
 
 
-def forward_block(head: RequestHead, peer: str, trusted: bool, scheme: str = "http") -> bytes:
+def forward_block(
+    head: RequestHead,
+    peer: str,
+    trusted: bool,
+    scheme: str = "http",
+    edge: frozenset[bytes] = frozenset(),
+) -> bytes:
     """Everything after the request line and Host: forwarded headers, framing, blank line."""
     block = [
-        request_block(head.headers, peer=peer, peer_trusted=trusted, scheme=scheme, host=head.host)
+        request_block(
+            head.headers, peer=peer, peer_trusted=trusted, scheme=scheme, host=head.host, edge=edge
+        )
     ]
     if head.upgrade is not None:
         block.append(f"Connection: upgrade\r\nUpgrade: {head.upgrade}\r\n".encode("latin-1"))

@@ -60,6 +60,10 @@ class EngineCore:
     retrier: Retrier
     # Set when listen_tls.redirect_http: plain-HTTP requests get a 308 to this https port.
     redirect_https_port: int | None = None
+    # An idle keep-alive client connection is closed after this (proxy.client_idle_timeout).
+    client_idle_timeout: float = 60.0
+    # Headers (lower-case) removed from requests of untrusted peers (headers.edge_names).
+    edge_headers: frozenset[bytes] = frozenset()
     draining: bool = False
     connections: set[ClientConnection] = field(default_factory=set)
     all_closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -118,7 +122,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         self.scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
         self.core.connections.add(self)
         self.core.all_closed.clear()
-        self._arm(_IDLE, self.core.idle_timeout)
+        self._arm(_IDLE, self.core.client_idle_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
@@ -324,7 +328,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         elif self._in_head:  # a pipelined head is still arriving: it gets the head timeout
             self._arm(_HEADER, self.core.header_timeout)
         else:
-            self._arm(_IDLE, self.core.idle_timeout)
+            self._arm(_IDLE, self.core.client_idle_timeout)
 
     def _close_when_done(self) -> None:
         if not self.queue:
