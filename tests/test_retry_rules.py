@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.app import AccessLog
+from router.access_log import AccessLog
 from router.config import parse_config
 from router.errors import ConfigError
 from router.proxy.base import RequestRecord

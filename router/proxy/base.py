@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -74,6 +74,12 @@ class RequestRecord:
     attempts: tuple[tuple[str, str], ...] = ()
     # A retry was refused because the retry budget was spent (the response went back as is).
     retry_budget_exhausted: bool = False
+    # For the access log: read only when it is on (headers stay lazily decoded otherwise).
+    host: str = ""
+    query: str = ""
+    protocol: str = ""
+    request_id: str = ""
+    headers: Mapping[str, str] | None = None
 
 
 class TrafficObserver(Protocol):
@@ -112,6 +118,9 @@ class Engine(Protocol):
     def addresses(self) -> list[tuple[str, int]]: ...
 
     async def start(self) -> None: ...
+
+    def connection_counts(self) -> tuple[int, int]:
+        """(open, accepted) client connections, for metrics."""
 
     def apply_config(self, config: RouterConfig) -> None:
         """Take a reloaded config (everything but the listen addresses)."""
