@@ -225,13 +225,23 @@ def replicas(config_path: str, as_json: bool) -> None:
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--replica", "replica_ids", multiple=True, help="only this replica (repeatable)")
 @click.option("--json", "as_json", is_flag=True)
-def attest(config_path: str, replica_ids: tuple[str, ...], as_json: bool) -> None:
-    """Attest the replicas now and print each verdict with its evidence."""
+@click.option(
+    "--measurements",
+    is_flag=True,
+    help="print each replica's MRTD/RTMR0-2 as attestation.os_measurements entries",
+)
+def attest(
+    config_path: str, replica_ids: tuple[str, ...], as_json: bool, measurements: bool
+) -> None:
+    """Attest the replicas now and print each verdict with its evidence.
+
+    Exit codes: 0 every replica passed, 1 error, 2 bad config or attestation off,
+    3 a replica failed (with --measurements: 0 whenever measurements were printed)."""
     logs.configure("warning")
     config = load_or_exit(config_path)
     if not config.attestation.enabled:
         fail("attestation.mode is off in this config: set cloud, guest-agent or fresh", EXIT_CONFIG)
-    from router.attestation.report import format_verdict, verdict_to_dict
+    from router.attestation import report
     from router.oneshot import control_plane_pass
 
     try:
@@ -240,13 +250,16 @@ def attest(config_path: str, replica_ids: tuple[str, ...], as_json: bool) -> Non
         )
     except LookupError as exc:
         fail(str(exc.args[0]))
+    if measurements:
+        click.echo(report.format_measurements(result.verdicts))
+        sys.exit(report.EXIT_ALL_PASSED)
     if as_json:
-        click.echo(json.dumps([verdict_to_dict(v) for v in result.verdicts], indent=2))
+        click.echo(json.dumps([report.verdict_to_dict(v) for v in result.verdicts], indent=2))
     else:
         for verdict in result.verdicts:
-            click.echo(format_verdict(verdict))
+            click.echo(report.format_verdict(verdict))
     if not all(v.ok for v in result.verdicts):
-        sys.exit(3)
+        sys.exit(report.EXIT_SOME_FAILED)
 
 
 @main.group()
@@ -297,15 +310,25 @@ def dns_render(config_path: str, fmt: str, admin_url: str | None) -> None:
 @click.option("--listen", default="0.0.0.0:8099", show_default=True)
 @click.option("--path", default="/.well-known/phala-router/attest", show_default=True)
 @click.option("--dstack-socket", default="/var/run/dstack.sock", show_default=True)
+@click.option("--token-env", default=None, help="env var holding the router's bearer token")
 @with_logging
 def quote_server(
-    listen: str, path: str, dstack_socket: str, log_level: str, log_format: str, access_log: bool
+    listen: str,
+    path: str,
+    dstack_socket: str,
+    token_env: str | None,
+    log_level: str,
+    log_format: str,
+    access_log: bool,
 ) -> None:
     """Inside the CVM, next to the app: answer `fresh` attestation requests via dstack."""
     logs.configure(log_level, log_format, access_log)
     from router.quote_server import run
 
-    run(listen, endpoint=dstack_socket, path=path)
+    token = os.environ.get(token_env, "") if token_env else None
+    if token_env and not token:
+        fail(f"--token-env {token_env}: that environment variable is empty or unset")
+    run(listen, endpoint=dstack_socket, path=path, router_token=token)
 
 
 def _add_bench_commands() -> None:

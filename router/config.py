@@ -17,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from router.attestation.binding import unbound_problem
 from router.attestation.settings import AttestationConfig
 from router.balancing.settings import RoutingConfig
 from router.discovery.settings import PhalaDiscoveryConfig
@@ -66,6 +67,8 @@ class StaticReplicaConfig(Frozen):
     url: str
     region: str | None = None
     weight: int = Field(100, ge=1, le=10000)
+    # The Phala instance id this replica's quote must name (attestation; 40 hex).
+    instance_id: str | None = Field(None, pattern=r"^(0x)?[0-9a-fA-F]{40}$")
 
     @field_validator("url")
     @classmethod
@@ -254,6 +257,10 @@ class RouterConfig(Frozen):
     def _some_listener(self) -> RouterConfig:
         if self.listen is None and self.listen_tls is None:
             raise ValueError("set listen, listen_tls, or both: the router needs a listener")
+        if self.discovery.static is not None:
+            problem = unbound_problem(self.discovery.static, self.attestation)
+            if problem:
+                raise ValueError(problem)
         return self
 
 

@@ -13,6 +13,7 @@ attestation sources with quotes signed by `sim.quotes` (INSECURE: trust
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import tempfile
@@ -25,7 +26,12 @@ from aiohttp import web
 from router.simulator.cloud_api import API_MODES, PREFIX, cloud_api_app
 from router.simulator.control import control_app
 from router.simulator.gateway import Gateway
-from router.simulator.quotes import SimulatedQuotes, load_or_create_key, new_key
+from router.simulator.quotes import (
+    SimulatedQuotes,
+    load_or_create_key,
+    new_key,
+    simulated_os_measurement,
+)
 from router.simulator.replica import SHUTDOWN_TIMEOUT, ReplicaServers
 from router.simulator.settings import (
     FRESH_PATH,
@@ -213,6 +219,9 @@ class Simulator:
             "mode": mode,
             "verifier": "insecure-simulator",
             "simulator_public_keys": [self.quote_public_key.hex()],
+            "app_id": self.config.app_id,
+            # The simulated dstack image's MRTD/RTMR0-2: an evil-OS replica fails `os`.
+            "os_measurements": [simulated_os_measurement()],
             **fields,
         }
         if self.ctx.fresh_path != FRESH_PATH:
@@ -356,6 +365,9 @@ class Simulator:
                 f"  public key  {self.quote_public_key.hex()}",
                 "  router config:  attestation: {verifier: insecure-simulator, "
                 "simulator_public_keys: [<public key>]}",
+                "  simulated OS:  os_measurements: ["
+                + json.dumps(simulated_os_measurement(), separators=(", ", ": "))
+                + "]",
             ]
         lines.append("replicas:")
         for r in self.replicas:

@@ -11,8 +11,8 @@ import ssl
 from router.config import RouterConfig
 from router.proxy.admission import Admission
 from router.proxy.base import InFlightCounter, Observers, SnapshotSource, edge_headers
+from router.proxy.fast.pool import Pool
 from router.proxy.fast.server import ClientConnection, EngineCore
-from router.proxy.fast.upstream import Pool
 from router.proxy.headers import TrustedProxies
 from router.proxy.retry import RetryPolicy
 from router.proxy.retry_budget import Retrier
