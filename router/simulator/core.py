@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import trustme
 from aiohttp import web
 
+from router.simulator.certs import gateway_certificate
 from router.simulator.cloud_api import API_MODES, PREFIX, cloud_api_app
 from router.simulator.control import control_app
 from router.simulator.gateway import Gateway
@@ -133,14 +133,8 @@ class Simulator:
     def _gateway_tls(self) -> ssl.SSLContext | None:
         if not self.config.tls:
             return None
-        ca = trustme.CA(organization_name="phala-router simulator")
-        domain = self.config.base_domain
-        cert = ca.issue_cert(f"*.{domain}", domain)
         self._tmp = tempfile.TemporaryDirectory(prefix="phala-sim-")
-        self._ca_file = Path(self._tmp.name) / "sim-ca.pem"
-        ca.cert_pem.write_to_path(str(self._ca_file))
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(context)
+        self._ca_file, context = gateway_certificate(self.config.base_domain, Path(self._tmp.name))
         context.set_alpn_protocols(["http/1.1"])
         return context
 

@@ -86,6 +86,7 @@ class FastEngine:
             edge_headers=_edge_headers(config),
         )
         core.all_closed.set()
+        core.acme_webroot = config.acme_webroot
         self._core = core
         loop = asyncio.get_running_loop()
         # The TLS listener first, as in the aiohttp engine (addresses[0] is then https).

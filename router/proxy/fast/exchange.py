@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
+from router import acme
 from router.balancing.base import RequestContext
 from router.errors import (
     ClientRequestError,
@@ -104,6 +105,13 @@ class Exchange(RetryingExchange):
         if self.client.trusted:
             xff = [v.decode("latin-1") for k, v in head.headers if k.lower() == b"x-forwarded-for"]
             self.client_ip = core.trusted.client_address(self.client.peer, xff)
+        if core.acme_webroot is not None and self.client.scheme == "http":
+            challenge = acme.answer(core.acme_webroot, head.method, head.target)
+            if challenge is not None:  # ACME HTTP-01: answered here, never routed
+                self.status = challenge.status
+                self.client.send([challenge.wire()])
+                self._finish()
+                return
         if (https_port := core.redirect_https_port) is not None and self.client.scheme == "http":
             self.status = 308
             self.client.send([wire.redirect_to_https(head.host, head.target, https_port)])

@@ -21,6 +21,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 import httptools
@@ -72,6 +73,8 @@ class EngineCore:
     client_idle_timeout: float = 60.0
     # Headers (lower-case) removed from requests of untrusted peers (headers.edge_names).
     edge_headers: frozenset[bytes] = frozenset()
+    # Set when acme_webroot: ACME challenge files answered on the plain listener.
+    acme_webroot: Path | None = None
     draining: bool = False
     connections: set[ClientConnection] = field(default_factory=set)
     all_closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -382,6 +385,12 @@ class ClientConnection(asyncio.Protocol, Writer):
             self.ignore_input = True
             if self.reading is exchange:
                 return  # keep reading the rest of the body; close when it ends
+            # Pipelined requests behind an answer that ends the connection are never served:
+            # drop them and close, rather than leave the connection hanging with no timer.
+            for queued in self.queue:
+                queued.client_gone()
+            self.queue.clear()
+            self.reading = None
             self._close_when_done()
             return
         if self._paused & _BACKLOG and len(self.queue) <= _MAX_QUEUE:
