@@ -137,10 +137,14 @@ class ProxyConfig(Frozen):
     # What moves an idempotent bodiless request to another replica (connect-failure moves
     # any request and is always on); gateway-error is a 502, 503 or 504 from the replica.
     retry_on: tuple[RetryOn, ...] = DEFAULT_RETRY_ON
+    # Statuses (400-599) retried like gateway errors when retry_on lists
+    # retriable-status-codes, e.g. [429].
     retriable_status_codes: tuple[int, ...] = ()
     # One attempt may wait this long for the response head before another replica is tried
     # (while response_timeout, counted from the first attempt, has time left); unset: off.
     per_try_timeout: PositiveDuration | None = None
+    # Retries in flight at most budget_percent of the requests in flight, at least
+    # min_retry_concurrency (Envoy's retry_budget); a refused retry returns the response.
     retry_budget: RetryBudgetConfig = RetryBudgetConfig()
     max_request_body: int = Field(100 * 1024 * 1024, ge=0)
     trusted_proxies: tuple[str, ...] = ()
