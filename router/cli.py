@@ -90,7 +90,7 @@ def serve(config_path: str, log_level: str, log_format: str, access_log: bool) -
 def check_config(config_path: str, as_json: bool) -> None:
     """Validate a config and print the effective config (secrets redacted)."""
     config = load_or_exit(config_path)
-    from router.app import policy_from_config
+    from router.compose import policy_from_config
     from router.config_check import missing_secrets
 
     try:

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 
 from router.balancing.round_robin import RoundRobin
+from router.compose import proxy_settings
 from router.config import parse_config
 from router.discovery.static import static_replicas
 from router.health import HealthChecker, make_health_session
@@ -103,7 +104,7 @@ async def wired_router(
         rng=random.Random(2),
     )
     engine = AiohttpEngine(
-        config, lambda: reconciler.current, Observers([checker.passive]), in_flight
+        proxy_settings(config), lambda: reconciler.current, Observers([checker.passive]), in_flight
     )
     assert config.discovery.static is not None
     members = static_replicas(config.discovery.static)

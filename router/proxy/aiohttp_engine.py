@@ -21,7 +21,6 @@ from yarl import URL
 
 from router import acme
 from router.balancing.base import RequestContext
-from router.config import RouterConfig
 from router.errors import (
     ClientRequestError,
     ProxyError,
@@ -52,7 +51,6 @@ from router.proxy.base import (
     Observers,
     RequestRecord,
     SnapshotSource,
-    edge_headers,
     no_routable_error,
 )
 from router.proxy.fast.wire import MAX_HEADER_BLOCK, MAX_HEADER_COUNT
@@ -65,6 +63,7 @@ from router.proxy.headers import (
     request_id,
 )
 from router.proxy.retry import classify_client_error, retryable
+from router.proxy.settings import ProxySettings
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
 from router.upstream import client_ssl_context, make_connector
@@ -78,7 +77,7 @@ REQUEST_ID_KEY = web.RequestKey("request_id", str)
 class AiohttpEngine:
     def __init__(
         self,
-        config: RouterConfig,
+        config: ProxySettings,
         snapshots: SnapshotSource,
         observers: Observers,
         in_flight: InFlightCounter,
@@ -91,7 +90,7 @@ class AiohttpEngine:
         self._observers = observers
         self._in_flight = in_flight
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
-        self._edge = edge_headers(config)
+        self._edge = config.edge_headers
         self._timeout = client_timeout(config)
         self._admission = Admission(config.proxy.max_connections, config.proxy.max_pending)
         self._closing: set[asyncio.Task[None]] = set()
@@ -117,7 +116,7 @@ class AiohttpEngine:
     def _new_session(self) -> aiohttp.ClientSession:
         tls = self._config.upstream_tls
         connector = make_connector(
-            self._config.discovery.connect_to,
+            self._config.connect_to,
             client_ssl_context(tls.verify, tls.ca_file),
             keepalive_timeout=self._proxy.idle_timeout,
         )
@@ -132,23 +131,23 @@ class AiohttpEngine:
             max_headers=MAX_HEADER_COUNT + 1,
         )
 
-    def apply_config(self, config: RouterConfig) -> None:
+    def apply_config(self, config: ProxySettings) -> None:
         """Take a reloaded config. Listen addresses need a restart (the app says so); how
         replicas are reached changes by swapping in a new client session, and the old one
         closes once its in-flight requests had their drain time."""
         reach_changed = (
-            config.discovery.connect_to,
+            config.connect_to,
             config.upstream_tls,
             config.proxy.idle_timeout,
         ) != (
-            self._config.discovery.connect_to,
+            self._config.connect_to,
             self._config.upstream_tls,
             self._config.proxy.idle_timeout,
         )
         self._config = config
         self._proxy = config.proxy
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
-        self._edge = edge_headers(config)
+        self._edge = config.edge_headers
         self._timeout = client_timeout(config)
         self._admission.configure(config.proxy.max_connections, config.proxy.max_pending)
         if reach_changed and self._session is not None:
@@ -375,7 +374,7 @@ class AiohttpEngine:
         extra_headers: list[tuple[str, str]],
     ) -> web.StreamResponse:
         status = upstream.status
-        ok = status < 500 or not self._config.health.passive.count_5xx
+        ok = status < 500 or not self._config.count_5xx
         self._observers.attempt_done(replica, ok, None if ok else "5xx", status)
         self._in_flight.enter(replica.id)
         try:
