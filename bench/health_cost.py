@@ -32,7 +32,8 @@ from aiohttp import web
 
 from bench.procs import rss_mib
 from router.balancing.round_robin import RoundRobin
-from router.health import HealthChecker, make_health_session
+from router.health.active import HealthChecker
+from router.health.probe import make_health_session
 from router.health.settings import HealthConfig
 from router.models import Replica
 from router.reconciler import Reconciler

@@ -21,7 +21,7 @@ from router.compose import (
 )
 from router.config import RouterConfig, load_config, redacted
 from router.discovery.static import static_replicas
-from router.dns import DnsService
+from router.dns.service import DnsService
 from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
 from router.listen_errors import listen_error
 from router.metrics import Metrics, build_version

@@ -16,14 +16,13 @@ import yaml
 from router import logs
 from router.cli_support import (
     EXIT_CONFIG,
-    catch_signals,
     fail,
     load_or_exit,
     run_async,
-    wait_for_signal,
 )
 from router.config import redacted
 from router.errors import ConfigError
+from router.signals import catch_signals, wait_for_signal
 
 log_options = [
     click.option(

@@ -18,7 +18,8 @@ from router.balancing.factory import make_picker_factory
 from router.config import RouterConfig
 from router.discovery.phala import PhalaDiscovery
 from router.errors import ConfigError
-from router.health import HealthChecker, make_health_session
+from router.health.active import HealthChecker
+from router.health.probe import make_health_session
 from router.models import AttestationVerdict, Replica
 from router.proxy.headers import edge_names
 from router.proxy.settings import ProxySettings

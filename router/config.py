@@ -19,7 +19,7 @@ from pydantic import ValidationError, field_validator, model_validator
 from router.attestation.binding import unbound_problem
 from router.attestation.settings import AttestationConfig
 from router.balancing.settings import RoutingConfig
-from router.config_source import EnvOverrides, apply_env, load_yaml
+from router.config_source import apply_env, format_validation_error, load_yaml
 from router.discovery.settings import DiscoveryConfig
 from router.dns.settings import DnsConfig
 from router.errors import ConfigError
@@ -92,42 +92,6 @@ class RouterConfig(Frozen):
                 f"{str(value)!r} must be an absolute path, e.g. /var/lib/phala-router/acme"
             )
         return value
-
-
-def _format_location(loc: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item.startswith("function-") or item in {"tagged-union"}:
-            continue
-        else:
-            parts.append(("." if parts else "") + item)
-    return "".join(parts) or "(top level)"
-
-
-def format_validation_error(error: ValidationError, env: EnvOverrides | None = None) -> str:
-    """One line per problem: `dotted.path: message (got: value)`. A value that came from an
-    environment variable is never shown (it may be a secret in the wrong variable); the
-    variable is named instead."""
-    lines = []
-    for item in error.errors(include_url=False):
-        where = _format_location(tuple(item["loc"]))
-        variable = env.variable_for(tuple(item["loc"])) if env else None
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; config/reference.yaml lists every key)"
-        elif item["type"] == "missing":
-            message = "required but missing"
-        got = item.get("input")
-        shown = "" if item["type"] in {"missing", "extra_forbidden"} else f" (got: {got!r})"
-        if isinstance(got, dict | list):
-            shown = ""
-        if variable is not None:
-            shown = f" (set by environment variable {variable}; value not shown)"
-        lines.append(f"{where}: {message}{shown}")
-    text = "\n".join(lines)
-    return env.scrub(text) if env else text
 
 
 def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> RouterConfig:

@@ -19,7 +19,8 @@ import trustme
 from aiohttp import web
 
 from router.balancing.round_robin import RoundRobin
-from router.health import HealthChecker, make_health_session
+from router.health.active import HealthChecker
+from router.health.probe import make_health_session
 from router.health.settings import HealthConfig
 from router.models import HealthView, Replica, ReplicaState
 from router.reconciler import Reconciler

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from router.balancing.round_robin import RoundRobin
-from router.health import HealthChecker
+from router.health.active import HealthChecker
 from router.health.settings import HealthConfig, PassiveConfig
 from router.models import CheckResult, HealthView, Replica, ReplicaState
 from router.reconciler import Reconciler

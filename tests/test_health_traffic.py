@@ -18,7 +18,8 @@ from router.balancing.round_robin import RoundRobin
 from router.compose import proxy_settings
 from router.config import parse_config
 from router.discovery.static import static_replicas
-from router.health import HealthChecker, make_health_session
+from router.health.active import HealthChecker
+from router.health.probe import make_health_session
 from router.models import HealthView
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import InFlightCounter, Observers
