@@ -296,7 +296,8 @@ _add_subcommands()
 
 
 def _add_bench_commands() -> None:
-    """`phala-router bench ...` when the bench package is installed with the router."""
+    """`phala-router bench ...` when `bench` is importable: it is not installed with the
+    router (see pyproject.toml), so only when run with a source checkout on the path."""
     try:
         from bench.cli import bench_group
     except ImportError:
