@@ -283,3 +283,22 @@ def test_the_areas_named_by_the_rules_exist(package: str) -> None:
 def test_no_cycles_between_packages_and_top_level_modules() -> None:
     cycles = find_cycles(area_graph())
     assert not cycles, "package cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_every_router_error_is_in_the_tree_errors_py_draws() -> None:
+    # A public exception that derives from RouterError lives in router/errors.py and is
+    # drawn in its docstring, so the tree is the whole list (private ones never escape).
+    errors = ast.parse(modules()["router.errors"].read_text(encoding="utf-8"))
+    tree = {n.name for n in errors.body if isinstance(n, ast.ClassDef)}
+    drawn = ast.get_docstring(errors) or ""
+    outside = [
+        f"{name}.{node.name}"
+        for name, path in modules().items()
+        if name != "router.errors"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ClassDef)
+        and not node.name.startswith("_")
+        and any(isinstance(b, ast.Name) and b.id in tree for b in node.bases)
+    ]
+    assert not outside, f"define these in router/errors.py: {outside}"
+    assert not [n for n in tree if n not in drawn], "draw every class in the docstring"

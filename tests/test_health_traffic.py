@@ -151,9 +151,9 @@ async def test_a_resetting_replica_is_ejected_by_traffic_before_the_next_probe(
                     assert response.status == 200
             assert bad.traffic_hits == hits  # ejected: no more traffic at all
             assert bad.health_hits == probes_before  # traffic, not a probe, found it
-            details = checker.details("bad")
-            assert details is not None
-            assert details.ejections == 1
+            view = checker.view("bad")
+            assert view is not None
+            assert view.ejections == 1
 
 
 async def test_all_replicas_failing_gives_a_fast_503_naming_the_cause_when_panic_is_off(
