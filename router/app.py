@@ -29,13 +29,13 @@ from router.models import Replica
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers
 from router.proxy.fast import FastEngine
+from router.reach import ConnectTo
 from router.reconciler import Reconciler
 from router.reload_plan import plan_reload
 from router.snapshot import Overrides, Snapshot
 from router.status import router_facts, status_document
 from router.status_history import StatusHistory
 from router.tls import ServerTLS
-from router.upstream import ConnectTo
 from router.worker_reports import ReportInbox, send_reports
 from router.workers import WorkerLink, worker_count
 

@@ -85,7 +85,7 @@ def dns_render(
     dns_config = _dns_config(config, name)
     from router.dns.formats import FormatName
     from router.dns.service import NO_ADDRESS_NOTE, render_from_admin, render_snapshot
-    from router.upstream import ConnectTo
+    from router.reach import ConnectTo
 
     connect_to = config.discovery.connect_to if config is not None else {}
     pinned = ConnectTo(connect_to).lookup if connect_to else None

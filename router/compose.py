@@ -23,9 +23,9 @@ from router.health.probe import make_health_session
 from router.models import AttestationVerdict, Replica
 from router.proxy.headers import edge_names
 from router.proxy.settings import ProxySettings
+from router.reach import client_ssl_context, make_connector
 from router.reconciler import Reconciler
 from router.snapshot import Policy
-from router.upstream import client_ssl_context, make_connector
 
 
 def proxy_settings(config: RouterConfig) -> ProxySettings:

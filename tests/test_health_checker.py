@@ -23,9 +23,9 @@ from router.health.active import HealthChecker
 from router.health.probe import make_health_session
 from router.health.settings import HealthConfig
 from router.models import HealthView, Replica, ReplicaState
+from router.reach import client_ssl_context
 from router.reconciler import Reconciler
 from router.snapshot import Policy
-from router.upstream import client_ssl_context
 from tests.support import eventually
 
 FAST = HealthConfig(

@@ -23,9 +23,9 @@ from router.health.probe import make_health_session
 from router.models import HealthView
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import InFlightCounter, Observers
+from router.reach import client_ssl_context
 from router.reconciler import Reconciler
 from router.snapshot import Policy
-from router.upstream import client_ssl_context
 from tests.support import eventually, static_config
 
 

@@ -64,9 +64,9 @@ from router.proxy.headers import (
 )
 from router.proxy.retry import classify_client_error, retryable
 from router.proxy.settings import ProxySettings
+from router.reach import client_ssl_context, make_connector
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
-from router.upstream import client_ssl_context, make_connector
 
 log = logging.getLogger(__name__)
 

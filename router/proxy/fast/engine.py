@@ -14,9 +14,9 @@ from router.proxy.fast.pool import Pool
 from router.proxy.fast.server import ClientConnection, EngineCore
 from router.proxy.headers import TrustedProxies
 from router.proxy.settings import ProxySettings
+from router.reach import ConnectTo, client_ssl_context
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
-from router.upstream import ConnectTo, client_ssl_context
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from router.models import Replica
 from router.proxy.fast.outbox import Outbox
 from router.proxy.fast.upstream import PoolKey, UpstreamConnection
-from router.upstream import ConnectTo
+from router.reach import ConnectTo
 
 log = logging.getLogger(__name__)
 
