@@ -26,13 +26,14 @@ from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
 from router.listen_errors import listen_error
 from router.metrics import Metrics, build_version
 from router.models import Replica
+from router.operator import OperatorActions
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers
 from router.proxy.fast import FastEngine
 from router.reach import ConnectTo
 from router.reconciler import Reconciler
 from router.reload_plan import plan_reload
-from router.snapshot import Overrides, Snapshot
+from router.snapshot import Snapshot
 from router.status import router_facts, status_document
 from router.status_history import StatusHistory
 from router.tls import ServerTLS
@@ -51,10 +52,6 @@ class ReloadResult:
 
 def _app_id(config: RouterConfig) -> str | None:
     return config.discovery.phala.app_id if config.discovery.phala else None
-
-
-def _tls_listen(config: RouterConfig) -> str | None:
-    return config.listen_tls.listen if config.listen_tls else None
 
 
 class RouterApp:
@@ -135,6 +132,7 @@ class RouterApp:
         # With several worker processes only the first serves the admin listener.
         self._worker = worker or WorkerLink()
         self._admin_enabled = self._worker.serves_admin
+        self.actions = OperatorActions(self.reconciler, self.health, self._worker)
         self.dns = (
             DnsService(
                 config.dns,
@@ -188,9 +186,7 @@ class RouterApp:
             verdicts=self.reconciler.verdict_of,
             in_flight=self.in_flight,
             facts={
-                "app_id": self.config.discovery.phala.app_id
-                if self.config.discovery.phala
-                else None,
+                "app_id": _app_id(self.config),
                 "policy": self.config.routing.policy,
                 "ready": self.ready,
                 "draining": self._draining,
@@ -219,19 +215,13 @@ class RouterApp:
         )
 
     def drain(self, replica_id: str, drained: bool) -> None:
-        current = self.reconciler.overrides
-        ids = set(current.drained)
-        (ids.add if drained else ids.discard)(replica_id)
-        self.reconciler.set_overrides(Overrides(frozenset(ids), current.active_limit))
-        self._worker.publish(self.reconciler.overrides)
+        self.actions.drain(replica_id, drained)
 
     def set_active_limit(self, count: int | None) -> None:
-        current = self.reconciler.overrides
-        self.reconciler.set_overrides(Overrides(current.drained, count))
-        self._worker.publish(self.reconciler.overrides)
+        self.actions.set_active_limit(count)
 
     async def recheck(self, replica_id: str | None) -> None:
-        await self.health.check_now(replica_id)
+        await self.actions.recheck(replica_id)
 
     def set_replicas(self, replicas: Sequence[Replica]) -> None:
         self.plane.set_replicas(replicas)
