@@ -26,6 +26,7 @@ from router.errors import (
     ProxyError,
     UpstreamProtocolError,
 )
+from router.failures import STATUS_5XX
 from router.models import Replica
 from router.proxy.admission import Admission
 from router.proxy.aiohttp_server import HeadTimedServer
@@ -375,7 +376,7 @@ class AiohttpEngine:
     ) -> web.StreamResponse:
         status = upstream.status
         ok = status < 500 or not self._config.count_5xx
-        self._observers.attempt_done(replica, ok, None if ok else "5xx", status)
+        self._observers.attempt_done(replica, ok, None if ok else STATUS_5XX, status)
         self._in_flight.enter(replica.id)
         try:
             response = RelayedResponse(

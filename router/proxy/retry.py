@@ -6,11 +6,17 @@ import asyncio
 
 import aiohttp
 
-from router.errors import ProxyError, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+from router.errors import ProxyError
+from router.failures import (
+    CONNECT,
+    CONNECT_TIMEOUT,
+    PRE_SEND,
+    RESET,
+    TIMEOUT,
+    TLS,
+    upstream_error,
+)
 from router.models import Replica
-
-# Failures that happen before any byte of the request left: safe to retry for any method.
-PRE_SEND = frozenset({"connect", "tls", "connect_timeout"})
 
 
 def retryable(kind: str, *, sent: bool, idempotent: bool) -> bool:
@@ -22,20 +28,14 @@ def retryable(kind: str, *, sent: bool, idempotent: bool) -> bool:
 
 
 def classify_client_error(exc: BaseException, replica: Replica) -> tuple[str, ProxyError]:
-    """(kind, error) for one failed upstream attempt. kind: connect, tls, connect_timeout,
-    timeout, reset."""
+    """(kind, error) for one failed upstream attempt of the aiohttp client."""
+    kind = RESET
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError):
-        return "tls", UpstreamConnectError("TLS handshake failed", replica=replica.id, cause="tls")
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return "connect_timeout", UpstreamConnectError(
-            "connect timed out", replica=replica.id, cause="connect_timeout"
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connect", UpstreamConnectError(
-            "connect failed", replica=replica.id, cause="connect"
-        )
-    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
-        return "timeout", UpstreamTimeout("upstream timed out", replica=replica.id)
-    return "reset", UpstreamProtocolError(
-        "upstream closed or reset the connection", replica=replica.id
-    )
+        kind = TLS
+    elif isinstance(exc, aiohttp.ConnectionTimeoutError):
+        kind = CONNECT_TIMEOUT
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        kind = CONNECT
+    elif isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
+        kind = TIMEOUT
+    return kind, upstream_error(kind, replica.id)
