@@ -41,6 +41,7 @@ PURE = (
     "router.snapshot",
     "router.status",
     "router.settings_types",
+    "router.failures",
     "router.balancing",
     "router.health.state",
     "router.dns.records",
