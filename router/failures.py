@@ -15,6 +15,8 @@ CONNECT_TIMEOUT = "connect_timeout"
 # After the request (or part of it) was sent.
 TIMEOUT = "timeout"
 RESET = "reset"
+# An attempt abandoned because `proxy.per_try_timeout` passed (the request may move on).
+PER_TRY_TIMEOUT = "per_try_timeout"
 # The replica answered, with a 5xx (counted only when health.passive.count_5xx).
 STATUS_5XX = "5xx"
 
