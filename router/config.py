@@ -23,6 +23,7 @@ from router.discovery.settings import PhalaDiscoveryConfig
 from router.dns.settings import DnsConfig
 from router.errors import ConfigError
 from router.health.settings import HealthConfig
+from router.proxy.envoy.settings import EnvoyConfig
 from router.settings_types import (
     Duration,
     EnvVarName,
@@ -111,7 +112,9 @@ class UpstreamTLSConfig(Frozen):
 
 
 class ProxyConfig(Frozen):
-    engine: Literal["aiohttp", "fast"] = "fast"
+    engine: Literal["aiohttp", "fast", "envoy"] = "fast"
+    # The Envoy engine's own settings (docs/envoy.md); ignored by the Python engines.
+    envoy: EnvoyConfig = EnvoyConfig()
     # Processes serving the listener (SO_REUSEPORT), each a full router; "auto" = CPU cores.
     workers: int | Literal["auto"] = 1
     connect_timeout: PositiveDuration = 5.0
