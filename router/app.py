@@ -182,6 +182,12 @@ class RouterApp:
                 reuse_port=worker_count(config) > 1,
                 tls=self.tls,
             )
+        elif config.proxy.engine == "envoy":
+            from router.proxy.envoy.engine import EnvoyEngine  # only with the [envoy] extra
+
+            self.engine = EnvoyEngine(
+                config, self._snapshot, self.reconciler.subscribe, clock=clock
+            )
         else:
             self.engine = AiohttpEngine(
                 config, self._snapshot, self.observers, self.in_flight, tls=self.tls
@@ -248,12 +254,16 @@ class RouterApp:
                 if self.config.discovery.phala
                 else None,
                 "policy": self.config.routing.policy,
+                "engine": self.config.proxy.engine,
                 "ready": self.ready,
                 "draining": self._draining,
                 "drained": sorted(overrides.drained),
                 "active_limit": overrides.active_limit,
             },
         )
+        engine_view = getattr(self.engine, "status_view", None)
+        if engine_view is not None:  # Envoy's own view of the endpoints, next to ours
+            document["envoy"] = engine_view()
         return self.metrics.annotate_status(document)
 
     def drain(self, replica_id: str, drained: bool) -> None:

@@ -18,14 +18,16 @@ def bootstrap(admin_listen: str, lds: Json, cds: Json, *, node_id: str = NODE_ID
         "node": {"id": node_id, "cluster": NODE_ID},
         "admin": {"address": {"socket_address": {"address": host, "port_value": port}}},
         "dynamic_resources": {"lds_config": lds, "cds_config": cds},
-        "layered_runtime": {
-            "layers": [
+        # Overload protection is the per-cluster circuit breaker; this only states that
+        # the listener has no extra cap of its own (Envoy warns without one).
+        "overload_manager": {
+            "resource_monitors": [
                 {
-                    "name": "static",
-                    "static_layer": {
-                        # The router's listener accepts as many connections as the kernel
-                        # gives it; overload protection is the per-cluster circuit breaker.
-                        "overload.global_downstream_max_connections": 1_000_000,
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                        "downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": 1_000_000,
                     },
                 }
             ]

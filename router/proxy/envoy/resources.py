@@ -33,6 +33,9 @@ HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.Http
 UPSTREAM_TLS_TYPE = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 )
+RAW_BUFFER_TYPE = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+)
 MAIN_CLUSTER = "app"
 GEO_PREFIX = "geo-"
 # Members the geo picker counts in a region's total although they take no traffic yet.
@@ -146,7 +149,10 @@ def cluster(
             {
                 "name": "plain",
                 "match": {},
-                "transport_socket": {"name": "envoy.transport_sockets.raw_buffer"},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.raw_buffer",
+                    "typed_config": {"@type": RAW_BUFFER_TYPE},
+                },
             },
         ],
     }

@@ -31,6 +31,8 @@ ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 TRUSTED = "trusted"
 UNTRUSTED = "untrusted"
 NO_REPLICA_RETRY_AFTER = "5"
+# Envoy's own note of the client address; the replica gets X-Forwarded-For instead.
+ENVOY_ADDED = "x-envoy-external-address"
 # Connect failures never reached the replica: safe to retry for any method.
 CONNECT_RETRY_ON = "connect-failure,refused-stream"
 # After the request was sent, only idempotent methods are retried (as the Python engines).
@@ -183,12 +185,13 @@ def no_replica_route(snapshot: Snapshot) -> Json:
 def _header_rules(config: RouterConfig, *, trusted: bool, scheme: str) -> Json:
     if trusted:
         return {
+            "request_headers_to_remove": [ENVOY_ADDED],
             "request_headers_to_add": [
                 _header("X-Forwarded-Proto", scheme, "ADD_IF_ABSENT"),
                 _header("X-Forwarded-Host", "%REQ(:AUTHORITY)%", "ADD_IF_ABSENT"),
             ]
         }
-    removed = sorted((edge_headers(config) | FORWARDING) - {"x-forwarded-for"})
+    removed = sorted((edge_headers(config) | FORWARDING | {ENVOY_ADDED}) - {"x-forwarded-for"})
     return {
         "request_headers_to_remove": removed,
         "request_headers_to_add": [

@@ -1,0 +1,260 @@
+"""`proxy.engine: envoy`: the router's control plane drives a local Envoy through files.
+
+On every snapshot the engine renders the resources (pure mapping in `resources.py`,
+`routes.py`, `listeners.py`) and replaces the changed files; Envoy picks each rename up
+by itself, so a change reaches it without a restart or a dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from router.config import RouterConfig
+from router.models import Replica
+from router.proxy.base import SnapshotSource
+from router.proxy.envoy import admin_api
+from router.proxy.envoy.bootstrap import bootstrap
+from router.proxy.envoy.files import ResourceFiles
+from router.proxy.envoy.listeners import listeners, tls_secret
+from router.proxy.envoy.process import EnvoyProcess
+from router.proxy.envoy.resources import Json, clusters_and_endpoints
+from router.proxy.envoy.routes import all_routes
+from router.settings_types import split_host_port
+from router.snapshot import Snapshot, SnapshotListener
+from router.upstream import ConnectTo
+
+log = logging.getLogger(__name__)
+VIEW_REFRESH_SECONDS = 1.0
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class Dialer:
+    """Replica -> the IP and port Envoy dials (`connect_to` first, then DNS, cached)."""
+
+    def __init__(self, connect_to: ConnectTo) -> None:
+        self.connect_to = connect_to
+        self._resolved: dict[str, str] = {}
+
+    def __call__(self, replica: Replica) -> tuple[str, int]:
+        pinned = self.connect_to.lookup(replica.host)
+        if pinned is not None:
+            return pinned
+        if _is_ip(replica.host):
+            return replica.host, replica.port
+        return self._resolved[replica.host], replica.port
+
+    def unresolved(self, snapshot: Snapshot) -> set[str]:
+        return {
+            s.replica.host
+            for s in snapshot.statuses
+            if not self.connect_to.lookup(s.replica.host)
+            and not _is_ip(s.replica.host)
+            and s.replica.host not in self._resolved
+        }
+
+    async def resolve(self, hosts: set[str]) -> None:
+        loop = asyncio.get_running_loop()
+        for host in sorted(hosts):
+            try:
+                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                log.warning("cannot resolve replica host %s: %s", host, exc)
+                continue
+            self._resolved[host] = str(infos[0][4][0])
+
+
+def _bind_port(address: str) -> tuple[str, int]:
+    """A concrete port for `address` (port 0 -> a free one): Envoy keeps listener
+    addresses across updates, so the port must be chosen once, before the first start."""
+    host, port = split_host_port(address)
+    if port != 0:
+        return host, port
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return host, int(sock.getsockname()[1])
+
+
+class EnvoyEngine:
+    def __init__(
+        self,
+        config: RouterConfig,
+        snapshots: SnapshotSource,
+        subscribe: Callable[[SnapshotListener], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._snapshots = snapshots
+        self._clock = clock
+        self._dialer = Dialer(ConnectTo(config.discovery.connect_to))
+        self._addresses: dict[str, tuple[str, int]] = {}
+        self.files: ResourceFiles | None = None
+        self.process: EnvoyProcess | None = None
+        self.published_version: int | None = None
+        self.endpoints_view: list[Json] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._temporary: tempfile.TemporaryDirectory[str] | None = None
+        subscribe(self._on_snapshot)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [self._addresses[n] for n in ("http", "https") if n in self._addresses]
+
+    def _directory(self) -> Path:
+        configured = self.config.proxy.envoy.config_dir
+        if configured is not None:
+            configured.mkdir(parents=True, exist_ok=True)
+            return configured
+        self._temporary = tempfile.TemporaryDirectory(prefix="phala-router-envoy-")
+        return Path(self._temporary.name)
+
+    async def start(self) -> None:
+        directory = self._directory()
+        self.files = ResourceFiles(directory)
+        if self.config.listen:
+            self._addresses["http"] = _bind_port(self.config.listen)
+        if self.config.listen_tls:
+            self._addresses["https"] = _bind_port(self.config.listen_tls.listen)
+        snapshot = self._snapshots()
+        await self._dialer.resolve(self._dialer.unresolved(snapshot))
+        self.publish(snapshot, listeners_too=True)
+        path = directory / "bootstrap.json"
+        document = bootstrap(
+            self.config.proxy.envoy.admin_listen,
+            self.files.source("listeners"),
+            self.files.source("clusters"),
+        )
+        path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+        self.process = EnvoyProcess(
+            self.config.proxy.envoy, path, drain_seconds=self.config.proxy.drain_timeout
+        )
+        await self.process.start()
+        self._spawn(self._refresh_view())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _source(self, kind: str, name: str) -> Json:
+        assert self.files is not None
+        return self.files.source(kind, name)
+
+    def publish(self, snapshot: Snapshot, *, listeners_too: bool = False) -> None:
+        """Write the resources for `snapshot`: endpoints before the clusters naming them,
+        clusters before the routes naming them."""
+        files = self.files
+        if files is None:
+            return
+        config = self.config
+        clusters, assignments = clusters_and_endpoints(
+            snapshot, config, self._dialer, lambda name: files.source("endpoints", name)
+        )
+        for assignment in assignments:
+            files.write("endpoints", assignment["cluster_name"], [assignment])
+        files.write("clusters", "all", clusters)
+        for route in all_routes(snapshot, config):
+            files.write("routes", route["name"], [route])
+        if listeners_too:
+            secrets = tls_secret(config)
+            for secret in secrets:
+                files.write("secrets", secret["name"], [secret])
+            files.write("listeners", "all", listeners(config, self._addresses, self._source))
+        self.published_version = snapshot.version
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        missing = self._dialer.unresolved(snapshot)
+        if missing:
+            self._spawn(self._resolve_then_publish(missing))
+            return
+        self.publish(snapshot)
+
+    async def _resolve_then_publish(self, hosts: set[str]) -> None:
+        await self._dialer.resolve(hosts)
+        self.publish(self._snapshots())
+
+    def apply_config(self, config: RouterConfig) -> None:
+        listen_changed = (config.listen, config.listen_tls) != (
+            self.config.listen,
+            self.config.listen_tls,
+        )
+        if listen_changed:
+            log.warning("listen addresses change only after a restart")
+        self.config = config.model_copy(
+            update={"listen": self.config.listen, "listen_tls": self.config.listen_tls}
+        )
+        self._dialer = Dialer(ConnectTo(config.discovery.connect_to))
+        self.publish(self._snapshots(), listeners_too=True)
+
+    async def _refresh_view(self) -> None:
+        """Keep Envoy's endpoint view for /status fresh (it is read synchronously)."""
+        async with aiohttp.ClientSession() as session:
+            while True:
+                process = self.process
+                if process is not None and process.admin_url and process.started.is_set():
+                    with contextlib.suppress(aiohttp.ClientError, ValueError):
+                        self.endpoints_view = await admin_api.read_endpoints(
+                            session, process.admin_url
+                        )
+                await asyncio.sleep(VIEW_REFRESH_SECONDS)
+
+    def status_view(self) -> dict[str, Any]:
+        process = self.process
+        return {
+            "name": "envoy",
+            "pid": process.process.pid if process and process.process else None,
+            "restarts": process.restarts if process else 0,
+            "published_snapshot": self.published_version,
+            "endpoints": self.endpoints_view,
+        }
+
+    async def prometheus(self) -> str:
+        process = self.process
+        if process is None or process.admin_url is None:
+            return ""
+        async with aiohttp.ClientSession() as session:
+            return await admin_api.read_prometheus(session, process.admin_url)
+
+    async def stop(self, grace: float) -> None:
+        """Drain Envoy's listeners, let in-flight requests finish (up to grace), stop."""
+        for task in list(self._tasks):
+            task.cancel()
+        process = self.process
+        if process is not None:
+            await process.drain_listeners()
+            await self._wait_idle(process, grace)
+            await process.stop(grace)
+        if self._temporary is not None:
+            self._temporary.cleanup()
+
+    async def _wait_idle(self, process: EnvoyProcess, grace: float) -> None:
+        if process.admin_url is None:
+            return
+        deadline = self._clock() + grace
+        async with aiohttp.ClientSession() as session:
+            while self._clock() < deadline:
+                try:
+                    if await admin_api.downstream_active(session, process.admin_url) == 0:
+                        return
+                except (aiohttp.ClientError, ValueError):
+                    return
+                await asyncio.sleep(0.05)
