@@ -27,8 +27,9 @@ ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Route
 DOWNSTREAM_TLS_TYPE = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 )
-SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
-TLS_SECRET = "listen_tls"
+# A type URL and a resource name, not credentials.
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"  # noqa: S105
+TLS_SECRET = "listen_tls"  # noqa: S105
 
 
 def _status_is(status: int) -> Json:
@@ -51,10 +52,27 @@ def _mapper(filter_: Json, status: int, body: dict[str, str], **headers: str) ->
     }
     if headers:
         mapper["headers_to_add"] = [
-            {"header": {"key": k.replace("_", "-"), "value": v}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            {
+                "header": {"key": k.replace("_", "-"), "value": v},
+                "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+            }
             for k, v in headers.items()
         ]
     return mapper
+
+
+def _tls_failed() -> Json:
+    """The last connect failure was a TLS handshake (Envoy records the TLS error text)."""
+    return {
+        "extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": "upstream.transport_failure_reason.contains('TLS_error')",
+            },
+        }
+    }
 
 
 def local_replies() -> Json:
@@ -63,6 +81,11 @@ def local_replies() -> Json:
         "mappers": [
             _mapper(_flags("UO"), 503, {"error": "overloaded"}, Retry_After="1"),
             _mapper(_flags("UH", "NR"), 503, {"error": "no_healthy_replica"}, Retry_After="5"),
+            _mapper(
+                {"and_filter": {"filters": [_flags("UF", "URX"), _tls_failed()]}},
+                502,
+                {"error": "upstream_connect_failed", "cause": "tls"},
+            ),
             _mapper(
                 _flags("UF", "URX"),
                 502,
@@ -74,8 +97,6 @@ def local_replies() -> Json:
             _mapper(_status_is(413), 413, {"error": "request_too_large"}),
             _mapper(_status_is(408), 408, {"error": "request_timeout"}),
         ],
-        # Envoy's own bodies for statuses not mapped above (e.g. 404 `not found`).
-        "body_format": {"json_format": {"error": "%LOCAL_REPLY_BODY%"}},
     }
 
 
@@ -99,6 +120,8 @@ def connection_manager(
                 }
             ],
             "use_remote_address": True,
+            # X-Forwarded-For is written by the route's header rules, as the Python engines do.
+            "skip_xff_append": True,
             # A trusted proxy's X-Forwarded-For names the client (one hop, as the picker).
             "xff_num_trusted_hops": 1 if trusted else 0,
             "via": VIA,
@@ -136,12 +159,10 @@ def _downstream_tls(config: RouterConfig, source: Source) -> Json:
     }
 
 
-def _filter_chains(
-    config: RouterConfig, scheme: str, source: Source
-) -> list[Json]:
+def _filter_chains(config: RouterConfig, scheme: str, source: Source) -> list[Json]:
     chains: list[Json] = []
     tls = _downstream_tls(config, source) if scheme == "https" else None
-    peers = [(UNTRUSTED, None)]
+    peers: list[tuple[str, tuple[str, ...] | None]] = [(UNTRUSTED, None)]
     if config.proxy.trusted_proxies:
         peers.insert(0, (TRUSTED, config.proxy.trusted_proxies))
     for kind, cidrs in peers:

@@ -10,6 +10,7 @@ overprovisioning arithmetic sees the same healthy/total ratio the geo picker doe
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,9 +34,7 @@ HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.Http
 UPSTREAM_TLS_TYPE = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 )
-RAW_BUFFER_TYPE = (
-    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
-)
+RAW_BUFFER_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
 MAIN_CLUSTER = "app"
 GEO_PREFIX = "geo-"
 # Members the geo picker counts in a region's total although they take no traffic yet.
@@ -85,17 +84,60 @@ def outlier_detection(config: RouterConfig) -> Json | None:
     }
 
 
-def _upstream_tls(config: RouterConfig) -> Json:
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def upstream_tls(config: RouterConfig, host: str) -> Json:
+    """TLS to one replica host: SNI = its name, certificate checked against that name.
+    (Envoy's auto_sni/auto_san_validation take the name before auto_host_rewrite applies,
+    i.e. the client's Host, so the name is set per host here instead.)"""
     tls = config.upstream_tls
     context: Json = {"@type": UPSTREAM_TLS_TYPE, "common_tls_context": {}}
+    ip = _is_ip(host)
+    if not ip:
+        context["sni"] = host
     if tls.verify:
-        trusted = (
-            {"filename": str(tls.ca_file)}
-            if tls.ca_file is not None
-            else {"filename": system_ca_bundle()}
-        )
-        context["common_tls_context"]["validation_context"] = {"trusted_ca": trusted}
+        ca = str(tls.ca_file.resolve()) if tls.ca_file is not None else system_ca_bundle()
+        context["common_tls_context"]["validation_context"] = {
+            "trusted_ca": {"filename": ca},
+            "match_typed_subject_alt_names": [
+                {"san_type": "IP_ADDRESS" if ip else "DNS", "matcher": {"exact": host}}
+            ],
+        }
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def tls_hosts(snapshot: Snapshot) -> list[str]:
+    """Every https replica host known (routable or not), so membership changes never
+    change the cluster (which would drain its connection pools)."""
+    return sorted({s.replica.host for s in snapshot.statuses if s.replica.scheme == "https"})
+
+
+def _socket_matches(config: RouterConfig, hosts: Sequence[str]) -> list[Json]:
+    matches: list[Json] = [
+        {
+            "name": f"tls-{host}",
+            "match": {"tls_host": host},
+            "transport_socket": upstream_tls(config, host),
+        }
+        for host in hosts
+    ]
+    matches.append(
+        {
+            "name": "plain",
+            "match": {},
+            "transport_socket": {
+                "name": "envoy.transport_sockets.raw_buffer",
+                "typed_config": {"@type": RAW_BUFFER_TYPE},
+            },
+        }
+    )
+    return matches
 
 
 def system_ca_bundle() -> str:
@@ -107,7 +149,12 @@ def system_ca_bundle() -> str:
 
 
 def cluster(
-    name: str, config: RouterConfig, eds_source: EdsSource, *, h2: bool = False
+    name: str,
+    config: RouterConfig,
+    eds_source: EdsSource,
+    *,
+    h2: bool = False,
+    hosts: Sequence[str] = (),
 ) -> Json:
     """One EDS cluster with the router's balancing, retries' partners and limits."""
     proxy = config.proxy
@@ -135,26 +182,11 @@ def cluster(
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": HTTP_OPTIONS_TYPE,
-                # Host = the replica's name, SNI from it, certificate checked against it.
-                "upstream_http_protocol_options": {
-                    "auto_sni": True,
-                    "auto_san_validation": config.upstream_tls.verify,
-                },
                 "common_http_protocol_options": {"idle_timeout": duration(proxy.idle_timeout)},
                 "explicit_http_config": protocol,
             }
         },
-        "transport_socket_matches": [
-            {"name": "tls", "match": {"tls": True}, "transport_socket": _upstream_tls(config)},
-            {
-                "name": "plain",
-                "match": {},
-                "transport_socket": {
-                    "name": "envoy.transport_sockets.raw_buffer",
-                    "typed_config": {"@type": RAW_BUFFER_TYPE},
-                },
-            },
-        ],
+        "transport_socket_matches": _socket_matches(config, hosts),
     }
     detection = outlier_detection(config)
     if detection is not None:
@@ -179,7 +211,9 @@ def lb_endpoint(status: ReplicaStatus, dial: Dial, *, healthy: bool = True) -> J
         "load_balancing_weight": endpoint_weight(status.weight if healthy else 1),
         "metadata": {
             "filter_metadata": {
-                "envoy.transport_socket_match": {"tls": replica.scheme == "https"},
+                "envoy.transport_socket_match": {"tls_host": replica.host}
+                if replica.scheme == "https"
+                else {},
                 "phala.router": {"replica": replica.id},
             }
         },
@@ -263,9 +297,7 @@ def geo_assignment(origin: str, snapshot: Snapshot, config: RouterConfig, dial: 
 
 def h2_upstream(snapshot: Snapshot) -> bool:
     """Replicas marked `protocol: h2` or `grpc` (the gateway's `-<port>g` URLs)."""
-    return any(
-        s.replica.metadata.get("protocol") in {"h2", "grpc"} for s in snapshot.statuses
-    )
+    return any(s.replica.metadata.get("protocol") in {"h2", "grpc"} for s in snapshot.statuses)
 
 
 def clusters_and_endpoints(
@@ -273,10 +305,11 @@ def clusters_and_endpoints(
 ) -> tuple[list[Json], list[Json]]:
     """(clusters, load assignments) for the snapshot."""
     h2 = h2_upstream(snapshot)
-    clusters = [cluster(MAIN_CLUSTER, config, eds_source, h2=h2)]
+    hosts = tls_hosts(snapshot)
+    clusters = [cluster(MAIN_CLUSTER, config, eds_source, h2=h2, hosts=hosts)]
     assignments = [main_assignment(snapshot, dial)]
     if config.routing.policy == "geo":
         for origin in geo_origins(snapshot, config):
-            clusters.append(cluster(geo_cluster(origin), config, eds_source, h2=h2))
+            clusters.append(cluster(geo_cluster(origin), config, eds_source, h2=h2, hosts=hosts))
             assignments.append(geo_assignment(origin, snapshot, config, dial))
     return clusters, assignments

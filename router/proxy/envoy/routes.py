@@ -22,6 +22,7 @@ from router.proxy.envoy.resources import (
     duration,
     geo_cluster,
     geo_origins,
+    h2_upstream,
     rank_regions,
 )
 from router.proxy.headers import FORWARDING, IDEMPOTENT
@@ -182,14 +183,35 @@ def no_replica_route(snapshot: Snapshot) -> Json:
     }
 
 
-def _header_rules(config: RouterConfig, *, trusted: bool, scheme: str) -> Json:
+def _hop_by_hop(snapshot: Snapshot) -> list[str]:
+    """Hop-by-hop headers Envoy forwards by itself; `TE: trailers` stays for gRPC."""
+    names = ["proxy-authorization", "proxy-connection", "keep-alive"]
+    return names if h2_upstream(snapshot) else [*names, "te"]
+
+
+def _header_rules(config: RouterConfig, snapshot: Snapshot, *, trusted: bool, scheme: str) -> Json:
+    rules = _forwarding_rules(config, trusted=trusted, scheme=scheme)
+    rules["request_headers_to_remove"] = sorted(
+        {*rules["request_headers_to_remove"], *_hop_by_hop(snapshot)}
+    )
+    rules["response_headers_to_remove"] = ["proxy-authenticate", "keep-alive"]
+    return rules
+
+
+def _forwarding_rules(config: RouterConfig, *, trusted: bool, scheme: str) -> Json:
     if trusted:
         return {
             "request_headers_to_remove": [ENVOY_ADDED],
             "request_headers_to_add": [
+                # The peer appended to what the trusted proxy sent (Envoy's own append is off).
+                _header(
+                    "X-Forwarded-For",
+                    "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%",
+                    "APPEND_IF_EXISTS_OR_ADD",
+                ),
                 _header("X-Forwarded-Proto", scheme, "ADD_IF_ABSENT"),
                 _header("X-Forwarded-Host", "%REQ(:AUTHORITY)%", "ADD_IF_ABSENT"),
-            ]
+            ],
         }
     removed = sorted((edge_headers(config) | FORWARDING | {ENVOY_ADDED}) - {"x-forwarded-for"})
     return {
@@ -218,7 +240,7 @@ def route_configuration(
         "@type": ROUTE_TYPE,
         "name": name,
         "virtual_hosts": [{"name": "replicas", "domains": ["*"], "routes": routes}],
-        **_header_rules(config, trusted=trusted, scheme=scheme),
+        **_header_rules(config, snapshot, trusted=trusted, scheme=scheme),
     }
     return resource
 

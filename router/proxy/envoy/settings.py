@@ -29,9 +29,7 @@ class EnvoyConfig(Frozen):
     restart_backoff_max: PositiveDuration = 10.0
     # Envoy must answer on its admin API within this after each start.
     start_timeout: PositiveDuration = 20.0
-    log_level: Literal["trace", "debug", "info", "warning", "error", "critical", "off"] = (
-        "warning"
-    )
+    log_level: Literal["trace", "debug", "info", "warning", "error", "critical", "off"] = "warning"
 
     @model_validator(mode="after")
     def _admin_on_loopback(self) -> EnvoyConfig:
