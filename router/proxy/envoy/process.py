@@ -173,9 +173,9 @@ class EnvoyProcess:
             log.error("Envoy exited with status %s; restarting in %.1fs", code, backoff)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.settings.restart_backoff_max)
+            self.restarts += 1
             try:
                 await self._spawn()
-                self.restarts += 1
             except EnvoyStartError as exc:
                 log.error("%s", exc)
 

@@ -1,0 +1,227 @@
+"""The managed Envoy: membership changes reach it fast, it is restarted when killed, it
+serves HTTP/2, it reports its view in /status, and a broken Envoy stops `serve`.
+
+Delays are measured and printed (run with `-s` to see them); nothing asserts a timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+
+from router.proxy.envoy.engine import EnvoyEngine
+from router.proxy.envoy.process import EnvoyStartError
+from tests.envoy_support import require_envoy
+from tests.support import eventually, running_replica, running_router, static_config
+
+
+@pytest.fixture(autouse=True)
+def _needs_envoy() -> None:
+    require_envoy()
+
+
+def envoy_config(replicas: list[tuple[str, str]], **sections: Any) -> dict[str, Any]:
+    proxy = {"engine": "envoy", **sections.pop("proxy", {})}
+    health = sections.pop("health", {"enabled": False})
+    return static_config(replicas, proxy=proxy, health=health, **sections)
+
+
+async def envoy_addresses(router: Any) -> set[str]:
+    """The endpoint addresses Envoy itself holds for the main cluster (its admin API)."""
+    admin = router.app.engine.process.admin_url
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{admin}/clusters?format=json") as resp:
+            document = await resp.json(content_type=None)
+    return {
+        f"{h['address']['socket_address']['address']}:{h['address']['socket_address']['port_value']}"
+        for c in document.get("cluster_statuses", [])
+        if c["name"] == "app"
+        for h in c.get("host_statuses", [])
+    }
+
+
+async def measure_removal(router: Any, address: str, change: Any) -> float:
+    """Seconds from the snapshot that drops `address` to Envoy no longer holding it."""
+    published: list[float] = []
+    router.app.reconciler.subscribe(lambda snap: published.append(time.monotonic()))
+    change()
+
+    async def gone() -> bool:
+        return address not in await envoy_addresses(router)
+
+    await eventually(gone, timeout=10, interval=0.005)
+    removed = time.monotonic()
+    await eventually(lambda: bool(published), timeout=10)
+    return removed - published[0]
+
+
+async def test_drain_removes_the_endpoint_from_envoy(client: aiohttp.ClientSession) -> None:
+    async with running_replica("a") as a, running_replica("b") as b:
+        replicas = [("a", f"http://127.0.0.1:{a.port}"), ("b", f"http://127.0.0.1:{b.port}")]
+        async with running_router(envoy_config(replicas)) as router:
+            assert f"127.0.0.1:{a.port}" in await envoy_addresses(router)
+            delay = await measure_removal(
+                router, f"127.0.0.1:{a.port}", lambda: router.app.drain("a", True)
+            )
+            print(f"\ndrain -> gone from Envoy: {delay * 1000:.1f} ms")
+            seen: Counter[str] = Counter()
+            for _ in range(10):
+                async with client.get(f"{router.url}/x") as resp:
+                    seen[(await resp.json())["replica"]] += 1
+            assert seen == {"b": 10}
+
+
+async def test_failing_health_removes_the_endpoint_and_load_sees_no_failure(
+    client: aiohttp.ClientSession,
+) -> None:
+    """A replica is killed under steady GET load: health checks drop it, Envoy's retries
+    cover the requests caught in between, no client sees a failure."""
+    async with running_replica("a") as a, running_replica("b") as b:
+        replicas = [("a", f"http://127.0.0.1:{a.port}"), ("b", f"http://127.0.0.1:{b.port}")]
+        health = {
+            "interval": "100ms",
+            "unhealthy_interval": "50ms",
+            "unhealthy_threshold": 1,
+            "timeout": "200ms",
+        }
+        async with running_router(envoy_config(replicas, health=health)) as router:
+            await eventually(lambda: len(router.app.reconciler.current.routable) == 2)
+            statuses: Counter[int] = Counter()
+            stop = asyncio.Event()
+
+            async def load() -> None:
+                while not stop.is_set():
+                    async with client.get(f"{router.url}/x") as resp:
+                        statuses[resp.status] += 1
+                        await resp.read()
+
+            loaders = [asyncio.create_task(load()) for _ in range(4)]
+            await eventually(lambda: statuses.total() > 20)
+
+            async def kill_a() -> None:
+                assert a.runner is not None
+                await a.runner.cleanup()
+
+            killing = asyncio.create_task(kill_a())
+            delay = await measure_removal(router, f"127.0.0.1:{a.port}", lambda: None)
+            await killing
+            served = statuses.total()
+            await eventually(lambda: statuses.total() > served + 20)
+            stop.set()
+            await asyncio.gather(*loaders)
+            print(
+                f"\nhealth failure snapshot -> gone from Envoy: {delay * 1000:.1f} ms; "
+                f"{statuses.total()} requests {dict(statuses)}"
+            )
+            assert set(statuses) == {200}
+
+
+async def test_killed_envoy_is_restarted_and_traffic_resumes(
+    client: aiohttp.ClientSession,
+) -> None:
+    async with running_replica("a") as a:
+        config = envoy_config([("a", f"http://127.0.0.1:{a.port}")])
+        async with running_router(config) as router:
+            process = router.app.engine.process
+            first_pid = process.process.pid
+            killed_at = time.monotonic()
+            os.kill(first_pid, signal.SIGKILL)
+
+            async def serving() -> bool:
+                try:
+                    async with client.get(f"{router.url}/x") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await eventually(lambda: process.process.pid != first_pid, timeout=15)
+            await eventually(serving, timeout=15, interval=0.01)
+            gap = time.monotonic() - killed_at
+            print(f"\nEnvoy SIGKILL -> serving again: {gap * 1000:.0f} ms")
+            assert process.restarts == 1
+
+
+async def test_h2_prior_knowledge_client_gets_replica_responses() -> None:
+    async with running_replica("a") as a, running_replica("b") as b:
+        replicas = [("a", f"http://127.0.0.1:{a.port}"), ("b", f"http://127.0.0.1:{b.port}")]
+        async with running_router(envoy_config(replicas)) as router:
+            async with httpx.AsyncClient(http1=False, http2=True) as h2:
+                seen = set()
+                for _ in range(4):
+                    resp = await h2.get(f"{router.url}/x")
+                    assert resp.http_version == "HTTP/2"
+                    assert resp.status_code == 200
+                    seen.add(resp.json()["replica"])
+                assert seen == {"a", "b"}
+
+
+async def test_status_shows_envoys_view_and_the_engine(client: aiohttp.ClientSession) -> None:
+    async with running_replica("a") as a:
+        config = envoy_config([("a", f"http://127.0.0.1:{a.port}")])
+        async with running_router(config) as router:
+
+            async def envoy_sees_a() -> bool:
+                async with client.get(f"{router.admin_url}/status") as resp:
+                    status = json.loads(await resp.text())
+                rows = status["envoy"]["endpoints"]
+                return any(r["address"] == f"127.0.0.1:{a.port}" for r in rows)
+
+            await eventually(envoy_sees_a, timeout=10)
+            async with client.get(f"{router.admin_url}/status") as resp:
+                status = json.loads(await resp.text())
+            assert status["engine"] == "envoy"
+            assert status["envoy"]["published_snapshot"] == router.app.reconciler.current.version
+
+
+async def test_reload_changes_the_policy_live(client: aiohttp.ClientSession, tmp_path: Any) -> None:
+    import yaml
+
+    from router.app import RouterApp
+    from router.config import load_config
+
+    async with running_replica("a") as a, running_replica("b") as b:
+        replicas = [("a", f"http://127.0.0.1:{a.port}"), ("b", f"http://127.0.0.1:{b.port}")]
+        path = tmp_path / "router.yaml"
+        data = envoy_config(replicas)
+        path.write_text(yaml.safe_dump(data))
+        app = RouterApp(load_config(str(path), {}), config_path=str(path), environ={})
+        await app.start()
+        try:
+            engine = app.engine
+            assert isinstance(engine, EnvoyEngine)
+            assert engine.process is not None and engine.process.process is not None
+            host, port = engine.addresses[0]
+            pid = engine.process.process.pid
+            data["routing"] = {"sticky": {"mode": "header", "header_name": "X-User"}}
+            path.write_text(yaml.safe_dump(data))
+            assert app.reload().error is None
+
+            async def sticky() -> bool:
+                seen = set()
+                for _ in range(6):
+                    async with client.get(
+                        f"http://{host}:{port}/x", headers={"X-User": "alice"}
+                    ) as resp:
+                        seen.add((await resp.json())["replica"])
+                return len(seen) == 1
+
+            await eventually(sticky, timeout=10)
+            assert engine.process.process.pid == pid  # no restart
+        finally:
+            await app.stop(1.0)
+
+
+async def test_envoy_that_cannot_start_stops_serve_with_its_reason() -> None:
+    config = envoy_config([("a", "http://127.0.0.1:1")], proxy={"envoy": {"binary": "/bin/false"}})
+    with pytest.raises(EnvoyStartError, match="exited with status 1"):
+        async with running_router(config):
+            pass
