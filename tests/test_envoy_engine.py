@@ -225,3 +225,36 @@ async def test_envoy_that_cannot_start_stops_serve_with_its_reason() -> None:
     with pytest.raises(EnvoyStartError, match="exited with status 1"):
         async with running_router(config):
             pass
+
+
+async def test_tls_listener_negotiates_h2_by_alpn(tmp_path: Any) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("router.test")
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    async with running_replica("a") as a:
+        config = envoy_config(
+            [("a", f"http://127.0.0.1:{a.port}")],
+            listen=None,
+            listen_tls={
+                "listen": "127.0.0.1:0",
+                "cert_file": str(cert_file),
+                "key_file": str(key_file),
+            },
+        )
+        async with running_router(config) as router:
+            context = ssl.create_default_context()
+            ca.configure_trust(context)
+            _, port = router.app.engine.addresses[0]
+            async with httpx.AsyncClient(http2=True, verify=context) as h2:
+                resp = await h2.get(
+                    f"https://127.0.0.1:{port}/x", extensions={"sni_hostname": "router.test"}
+                )
+            assert resp.http_version == "HTTP/2"
+            assert resp.json()["replica"] == "a"
+            assert resp.json()["headers"]["X-Forwarded-Proto"] == "https"
