@@ -1,4 +1,4 @@
-"""Sweep results as a Markdown table, JSON, CSV and a PNG plot (matplotlib, Agg backend)."""
+"""Sweep results as a Markdown table, JSON, CSV and a PNG plot (drawn by bench.plots)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.analysis import Point, Sweep
+from bench.plots import scaling_plot
 from bench.procs import cpu_count
 
 CSV_FIELDS = (
@@ -210,72 +211,11 @@ def write_csv(sweeps: Sequence[Sweep], path: Path) -> None:
                 writer.writerow(row(sweep, point))
 
 
-def plot(sweeps: Sequence[Sweep], path: Path, title: str = "phala-router scaling") -> None:
-    """Throughput (with the ideal-linear line from each sweep's first point) and p95 latency
-    against the replica count."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for index, sweep in enumerate(sweeps):
-        if not sweep.points:
-            continue
-        color = f"C{index}"
-        counts = [p.replicas for p in sweep.points]
-        base = sweep.points[0]
-        left.plot(counts, [p.rps for p in sweep.points], "o-", color=color, label=sweep.label)
-        left.plot(
-            counts,
-            [base.rps * n / base.replicas for n in counts],
-            ":",
-            color=color,
-            alpha=0.6,
-            label="ideal linear" if index == 0 else "_nolegend_",
-        )
-        models = [p.model_rps for p in sweep.points]
-        if all(m is not None for m in models):
-            left.plot(
-                counts,
-                models,
-                "--",
-                color=color,
-                alpha=0.35,
-                label="model capacity" if index == 0 else "_nolegend_",
-            )
-        right.plot(counts, [p.latency.p95_ms for p in sweep.points], "o-", color=color)
-        if sweep.knee is not None:
-            knee_point = next(p for p in sweep.points if p.replicas == sweep.knee)
-            left.annotate(
-                "knee",
-                (knee_point.replicas, knee_point.rps),
-                textcoords="offset points",
-                xytext=(0, 8),
-                ha="center",
-                color=color,
-            )
-    all_counts = sorted({p.replicas for s in sweeps for p in s.points})
-    for axis, label in ((left, "throughput (req/s)"), (right, "p95 latency (ms)")):
-        axis.set_xlabel("replicas")
-        axis.set_ylabel(label)
-        axis.set_xticks(all_counts)
-        axis.grid(alpha=0.3)
-    left.set_ylim(bottom=0)
-    right.set_ylim(bottom=0)
-    left.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write_all(sweeps: Sequence[Sweep], out_dir: Path, name: str) -> dict[str, Path]:
     """NAME.json, NAME.csv, NAME.png and NAME.md under `out_dir`; returns their paths."""
     paths = {ext: out_dir / f"{name}.{ext}" for ext in ("json", "csv", "png", "md")}
     write_json(sweeps, paths["json"])
     write_csv(sweeps, paths["csv"])
-    plot(sweeps, paths["png"])
+    scaling_plot(sweeps, paths["png"])
     paths["md"].write_text("\n\n".join(markdown(s) for s in sweeps) + "\n")
     return paths

@@ -307,6 +307,9 @@ def build_parser(prog: str = "python -m bench.scaling") -> argparse.ArgumentPars
     live.add_argument("--admin-token-env", help="env variable holding the admin token")
     p.add_argument("--price-per-replica-hour", type=float, help="adds $ per million requests")
     p.add_argument("--label", help="name of this sweep in the table and plot")
+    p.add_argument(
+        "--repeat", type=int, default=1, help="run the sweep N times; the plot shows the spread"
+    )
     p.add_argument("--out", type=Path, default=RESULTS, help="directory for the result files")
     p.add_argument("--name", help="file name stem (default: scaling_<target>)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -366,14 +369,18 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m bench.scaling
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     options = options_from(args, parser)
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    sweeps = []
     try:
-        with progress_for(options, args.progress) as reporter:
-            sweep = run_sweep(options, reporter)
+        for _ in range(args.repeat):
+            with progress_for(options, args.progress) as reporter:
+                sweeps.append(run_sweep(options, reporter))
     except TargetError as exc:
         print(f"bench.scaling: {exc}", file=sys.stderr)
         return 1
-    paths = write_all([sweep], args.out, args.name or f"scaling_{options.kind}")
-    print(markdown(sweep))
+    paths = write_all(sweeps, args.out, args.name or f"scaling_{options.kind}")
+    print("\n\n".join(markdown(sweep) for sweep in sweeps))
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0
 

@@ -50,6 +50,9 @@ class AdminBackend(Protocol):
     def reload(self) -> Any:
         """Re-read the config; returns a dataclass with applied, restart_required, error."""
 
+    def effective_config(self) -> dict[str, Any]:
+        """The running config; secrets appear only as the names of their variables."""
+
 
 class AdminServer:
     def __init__(
@@ -86,6 +89,7 @@ class AdminServer:
         app.router.add_post("/admin/recheck", self._recheck)
         app.router.add_post("/admin/active-limit", self._active_limit)
         app.router.add_post("/admin/reload", self._reload)
+        app.router.add_get("/admin/config", self._config)
         for method, path, handler in self.extra_routes:
             app.router.add_route(method, path, handler)
         return app
@@ -176,6 +180,11 @@ class AdminServer:
         result = asdict(self._backend.reload())
         self._record(request, "reload", "refused" if result.get("error") else "applied")
         return web.json_response(result, status=400 if result.get("error") else 200)
+
+    async def _config(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            self._backend.effective_config(), dumps=lambda o: json.dumps(o, indent=1)
+        )
 
     async def _active_limit(self, request: web.Request) -> web.Response:
         try:

@@ -13,29 +13,31 @@ from typing import Any
 
 import aiohttp
 
+from router.access_log import AccessLog
 from router.admin import AdminServer
 from router.attestation.wiring import build_attestor
 from router.balancing.factory import make_picker_factory
-from router.config import RouterConfig, load_config
+from router.config import RouterConfig, load_config, redacted
 from router.discovery.phala import PhalaDiscovery
 from router.discovery.static import static_replicas
 from router.dns import DnsService
 from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
 from router.health import HealthChecker, make_health_session
-from router.metrics import Metrics
+from router.metrics import Metrics, build_version
 from router.models import AttestationVerdict, Replica
 from router.proxy.aiohttp_engine import AiohttpEngine
-from router.proxy.base import Engine, InFlightCounter, Observers, RequestRecord
+from router.proxy.base import Engine, InFlightCounter, Observers
 from router.proxy.fast import FastEngine
 from router.reconciler import Reconciler
 from router.snapshot import Overrides, Policy, Snapshot
-from router.status import status_document
+from router.status import router_facts, status_document
+from router.status_history import StatusHistory
 from router.tls import ServerTLS
 from router.upstream import ConnectTo, client_ssl_context
+from router.worker_reports import ReportInbox, send_reports
 from router.workers import WorkerLink, worker_count
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("router.access")
 
 
 def policy_from_config(config: RouterConfig, environ: Mapping[str, str] | None = None) -> Policy:
@@ -53,41 +55,6 @@ def policy_from_config(config: RouterConfig, environ: Mapping[str, str] | None =
         attestation_required=config.attestation.enabled,
         attestation_max_age=config.attestation.effective_max_age,
     )
-
-
-class AccessLog:
-    """One line per request, off by default (`--access-log`)."""
-
-    def attempt_done(
-        self, replica: Replica, ok: bool, kind: str | None, status: int | None
-    ) -> None:
-        return None
-
-    def request_done(self, record: RequestRecord) -> None:
-        replica = record.replica
-        access_log.info(
-            "%s %s %s",
-            record.method,
-            record.path,
-            record.status,
-            extra={
-                "access": {
-                    "method": record.method,
-                    "path": record.path,
-                    "status": record.status,
-                    "replica": replica.id if replica else None,
-                    "region": replica.region if replica else None,
-                    "upstream_seconds": record.upstream_seconds,
-                    "total_seconds": round(record.total_seconds, 6),
-                    "retries": record.retries,
-                    "bytes_in": record.bytes_in,
-                    "bytes_out": record.bytes_out,
-                    "client": record.client,
-                    "error": record.error,
-                    "route": record.explanation,
-                }
-            },
-        )
 
 
 @dataclass
@@ -135,6 +102,9 @@ class RouterApp:
         )
         self.metrics.on_snapshot(self.reconciler.current)
         self.reconciler.subscribe(self.metrics.on_snapshot)
+        self.history = StatusHistory(self.metrics.replica_totals, clock=clock)
+        self.history.on_snapshot(self.reconciler.current)
+        self.reconciler.subscribe(self.history.on_snapshot)
         self.health = HealthChecker(
             config.health,
             lambda rid, view, urgent: self.reconciler.set_health(rid, view, urgent=urgent),
@@ -211,6 +181,11 @@ class RouterApp:
             if DnsService.wanted(config.dns)
             else None
         )
+        self.metrics.watch_connections(self.engine.connection_counts)
+        if self.tls is not None:
+            self.metrics.watch_certificates(self.tls.expiry)
+        self.started_at = time.time()
+        self.last_reload: dict[str, Any] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self._started = False
@@ -259,12 +234,30 @@ class RouterApp:
                 "draining": self._draining,
                 "drained": sorted(overrides.drained),
                 "active_limit": overrides.active_limit,
+                **self._router_facts(),
             },
         )
         engine_view = getattr(self.engine, "status_view", None)
         if engine_view is not None:  # Envoy's own view of the endpoints, next to ours
             document["envoy"] = engine_view()
-        return self.metrics.annotate_status(document)
+        return self.history.annotate(self.metrics.annotate_status(document))
+
+    def effective_config(self) -> dict[str, Any]:
+        return redacted(self.config)
+
+    def _router_facts(self) -> dict[str, Any]:
+        attestation = self.config.attestation
+        return router_facts(
+            version=build_version(),
+            started_at=self.started_at,
+            now=time.time(),
+            addresses=self.engine.addresses,
+            tls=self.tls is not None,
+            workers=self._worker.count,
+            verifier=attestation.verifier if attestation.enabled else None,
+            last_reload=self.last_reload,
+            certificate_expires_at=self.tls.not_after if self.tls is not None else None,
+        )
 
     def drain(self, replica_id: str, drained: bool) -> None:
         current = self.reconciler.overrides
@@ -291,6 +284,12 @@ class RouterApp:
     def reload(self) -> ReloadResult:
         """Re-read the config file (SIGHUP, POST /admin/reload). A valid new config applies
         without dropping connections; an invalid one is refused and the running one stays."""
+        result = self._reload()
+        self.metrics.reload_done(result.error)
+        self.last_reload = {"at": round(time.time(), 3), "error": result.error}
+        return result
+
+    def _reload(self) -> ReloadResult:
         if self.config_path is None:
             return ReloadResult(
                 error="no config file to reload (the router was started from a dict)"
@@ -361,6 +360,7 @@ class RouterApp:
                 log.warning("first discovery pass failed (%s); retrying in the background", exc)
             self._spawn(self.discovery.run())
         self._spawn(self.health.run())
+        self._spawn(self.history.run())
         if self.attestor is not None:
             self._spawn(self.attestor.run())
         await self.engine.start()
@@ -372,6 +372,7 @@ class RouterApp:
                 workers,
             )
         self._worker.listen(self.reconciler.set_overrides)
+        self._start_reports()
         if self._admin_enabled:
             await self.admin.start()
         if self.dns is not None and self._admin_enabled:  # one DNS publisher per host
@@ -384,6 +385,15 @@ class RouterApp:
             ", ".join(f"{h}:{p}" for h, p in self.engine.addresses),
             self.config.admin.listen,
         )
+
+    def _start_reports(self) -> None:
+        """Workers > 0 report their counters to worker 0, which merges them."""
+        link = self._worker
+        if link.report_out is not None:
+            self._spawn(send_reports(link.report_out, self.metrics.report_line))
+        elif link.report_ins:
+            self.metrics.peers = ReportInbox()
+            self.metrics.peers.listen(link.report_ins)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))
@@ -402,6 +412,8 @@ class RouterApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._worker.close()
+        if self.metrics.peers is not None:
+            self.metrics.peers.close(self._worker.report_ins.values())
         await self.engine.stop(grace)
         if self.attestor is not None:
             await self.attestor.aclose()

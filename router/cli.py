@@ -68,6 +68,14 @@ log_options = [
     ),
     click.option("--log-format", default="text", type=click.Choice(["text", "json"])),
     click.option("--access-log/--no-access-log", default=False, help="one log line per request"),
+    click.option(
+        "--access-log-format",
+        type=click.Choice(["text", "json", "combined"]),
+        default=None,
+        expose_value=False,
+        callback=lambda ctx, param, value: logs.set_access_format(value),
+        help="access log lines: like --log-format (default), JSON, or NCSA combined",
+    ),
 ]
 
 

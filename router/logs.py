@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 
@@ -45,13 +46,42 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure(level: str = "info", fmt: str = "text", access_log: bool = False) -> None:
+# `--access-log-format` (a click callback sets it before a command calls `configure`).
+access_format: str | None = None
+
+
+def set_access_format(value: str | None) -> None:
+    global access_format
+    access_format = value
+
+
+def configure(
+    level: str = "info", fmt: str = "text", access_log: bool = False, access: str | None = None
+) -> None:
+    """Log to stderr as `fmt`; the access log (when on) as `access` (text, json, combined),
+    by default like the other lines."""
+    from router.access_log import AccessJsonFormatter, CombinedFormatter
+
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    logging.getLogger("router.access").setLevel(logging.INFO if access_log else logging.WARNING)
+    access_logger = logging.getLogger("router.access")
+    access_logger.setLevel(logging.INFO if access_log else logging.WARNING)
+    access = access or access_format
+    access_logger.handlers.clear()
+    access_logger.propagate = True
+    formatters: dict[str, Callable[[], logging.Formatter]] = {
+        "json": AccessJsonFormatter,
+        "combined": CombinedFormatter,
+        "text": TextFormatter,
+    }
+    if access is not None and access != fmt:
+        own = logging.StreamHandler(sys.stderr)
+        own.setFormatter(formatters[access]())
+        access_logger.handlers.append(own)
+        access_logger.propagate = False
     # Libraries log every connection at INFO; their failures reach us as exceptions anyway.
     for noisy in ("httpx", "httpcore", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -24,19 +24,29 @@ from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Gauge,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from router.metrics_families import (
     NO_REPLICA,
     ReplicaStats,
+    RouterTotals,
     replica_families,
+    router_families,
     snapshot_families,
 )
 from router.models import AttestationVerdict, Replica
 from router.proxy.base import RequestRecord
 from router.snapshot import Snapshot
+from router.worker_reports import ReportInbox, encode_report, merge_families
 
 KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
@@ -91,7 +101,16 @@ class Metrics:
         self._discovery_pushed: dict[str, int] = {}
         self._discovery_pushed_success: float | None = None  # wall clock
         self._discovery_source: DiscoveryStats | None = None
+        self.totals = RouterTotals()
+        self.peers: ReportInbox | None = None  # worker 0 with proxy.workers > 1
+        self._connections: Callable[[], tuple[int, int]] | None = None
+        self._certificate_expiry: Callable[[], Mapping[str, float]] = dict
         self.registry = CollectorRegistry(auto_describe=False)
+        # The usual process_* (CPU, memory, open fds, start time) and python_* series, so
+        # the standard dashboards and alerts work on the router too.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(GC_COLLECTOR)
         Gauge(
             "router_build_info", "The router build; always 1.", ["version"], registry=self.registry
         ).labels(version or build_version()).set(1)
@@ -139,6 +158,11 @@ class Metrics:
             histogram.sum += seconds_up
         if record.retries:
             self._retries += record.retries
+        totals = self.totals
+        totals.bytes_in += record.bytes_in
+        totals.bytes_out += record.bytes_out
+        if record.error is not None:
+            totals.failures[record.error] = totals.failures.get(record.error, 0) + 1
 
     # -- control plane ----------------------------------------------------------------------
 
@@ -187,6 +211,23 @@ class Metrics:
         if last_success is not None:
             self._discovery_pushed_success = last_success
 
+    def reload_done(self, error: str | None) -> None:
+        """A config reload applied (`error` None) or was refused."""
+        totals = self.totals
+        result = "ok" if error is None else "error"
+        totals.reloads[result] = totals.reloads.get(result, 0) + 1
+        totals.last_reload_error = error
+        if error is None:
+            totals.last_reload_success = self._wall()
+
+    def watch_connections(self, counts: Callable[[], tuple[int, int]]) -> None:
+        """Read the engine's (open, accepted) client connections at scrape time."""
+        self._connections = counts
+
+    def watch_certificates(self, expiry: Callable[[], Mapping[str, float]]) -> None:
+        """Read listener certificate expiry (listener -> Unix time) at scrape time."""
+        self._certificate_expiry = expiry
+
     def watch_discovery(self, source: DiscoveryStats) -> None:
         """Read a discovery's own counters at scrape time instead of being told each pass
         (`PhalaDiscovery` keeps `refresh_results` and `last_success`)."""
@@ -217,23 +258,60 @@ class Metrics:
 
     # -- reading ----------------------------------------------------------------------------
 
+    def families(self) -> list[Metric]:
+        """Every family, with the other workers' counts added when there are any."""
+        own = list(self.registry.collect())
+        if self.peers is None:
+            return own
+        merged = merge_families(own, self.peers.reports.values())
+        merged.append(
+            GaugeMetricFamily(
+                "router_workers_reporting",
+                "Worker processes counted in these metrics (worker 0 and recent reports).",
+                value=1 + len(self.peers.reports),
+            )
+        )
+        per_worker = CounterMetricFamily(
+            "router_worker_requests", "Client requests by worker process.", labels=["worker"]
+        )
+        served = sum(stats.totals()[0] for stats in self._stats.values())
+        per_worker.add_metric(["0"], served)
+        for index, report in sorted(self.peers.reports.items()):
+            per_worker.add_metric([str(index)], sum(n for n, _ in report.totals.values()))
+        merged.append(per_worker)
+        return merged
+
     def render(self) -> tuple[bytes, str]:
         """The /metrics body and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        return generate_latest(_Frozen(self.families())), CONTENT_TYPE_LATEST
 
     async def render_async(self) -> tuple[bytes, str]:
         """Like `render`, but only the (cheap) collection runs on the event loop; the text
         formatting, ~70% of a scrape (about 17 ms for 50 replicas), runs in a thread so the
         data plane is not stalled for a whole scrape."""
-        frozen = _Frozen(list(self.registry.collect()))
+        frozen = _Frozen(self.families())
         body = await asyncio.to_thread(generate_latest, frozen)
         return body, CONTENT_TYPE_LATEST
+
+    def report_line(self) -> bytes:
+        """What this worker tells worker 0 (`router.worker_reports`)."""
+        totals = {rid: s.totals() for rid, s in self._stats.items()}
+        return encode_report(self.registry.collect(), totals, self._in_flight)
+
+    def replica_totals(self) -> dict[str, tuple[int, int]]:
+        """Per replica: (requests, 5xx responses) so far, over all workers."""
+        totals = {rid: s.totals() for rid, s in self._stats.items()}
+        for peer in self.peers.totals() if self.peers is not None else ():
+            for rid, (n, e) in peer.items():
+                before = totals.get(rid, (0, 0))
+                totals[rid] = (before[0] + n, before[1] + e)
+        return totals
 
     def rates(self, window: float = RATE_WINDOW) -> dict[str, tuple[float, float]]:
         """Per replica: (requests per second, fraction of 5xx) over about `window` seconds,
         from counter samples kept at most once a second (since start while younger)."""
         now = self._clock()
-        totals = {rid: s.totals() for rid, s in self._stats.items()}
+        totals = self.replica_totals()
         samples = self._samples
         if not samples or now - samples[-1][0] >= _SAMPLE_EVERY:
             samples.append((now, totals))
@@ -258,7 +336,10 @@ class Metrics:
     def annotate_status(self, document: dict[str, Any]) -> dict[str, Any]:
         """Add request/error rates per replica and the discovery age to a /status document."""
         rates = self.rates()
+        peers_in_flight = self.peers.in_flight() if self.peers is not None else []
         for row in document.get("replicas", []):
+            if peers_in_flight:
+                row["in_flight"] += sum(p.get(row["id"], 0) for p in peers_in_flight)
             rate = rates.get(row["id"])
             row["requests_per_second"] = round(rate[0], 3) if rate else None
             row["error_ratio"] = round(rate[1], 4) if rate else None
@@ -308,3 +389,5 @@ class _Collector:
                 value=m.discovery_last_success,
             )
         yield from snapshot_families(m._snapshot, m._in_flight)
+        connections = m._connections() if m._connections is not None else None
+        yield from router_families(m.totals, connections, m._certificate_expiry())

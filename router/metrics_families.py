@@ -18,8 +18,27 @@ from router.models import ReplicaState
 from router.snapshot import Snapshot
 
 NO_REPLICA = "(none)"  # label value for requests that never reached a replica
-# Request latency: web calls to slow LLM-style apps, so the tail reaches a minute.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Request latency: from sub-millisecond local replicas (the router's own overhead shows in
+# the lowest buckets) to web calls to slow LLM-style apps, so the tail reaches a minute.
+LATENCY_BUCKETS = (
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 CHECK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATES = tuple(s.value for s in ReplicaState)
 
@@ -198,3 +217,98 @@ def snapshot_families(snapshot: Snapshot | None, in_flight: Mapping[str, int]) -
         "Version of the published routing snapshot.",
         value=snapshot.version if snapshot else 0,
     )
+
+
+class RouterTotals:
+    """Router-wide counters: client bytes, requests the router answered itself, reloads."""
+
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "failures",
+        "last_reload_error",
+        "last_reload_success",
+        "reloads",
+    )
+
+    def __init__(self) -> None:
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.failures: dict[str, int] = {}  # error code -> requests, e.g. overloaded
+        self.reloads: dict[str, int] = {}  # ok / error -> count
+        self.last_reload_success: float | None = None  # wall clock
+        self.last_reload_error: str | None = None  # None after a successful reload
+
+
+def router_families(
+    totals: RouterTotals,
+    connections: tuple[int, int] | None,
+    certificate_expiry: Mapping[str, float],
+) -> Iterator[Metric]:
+    """Families for router-wide totals; `connections` is (open, accepted) when known."""
+    yield CounterMetricFamily(
+        "router_client_received_bytes", "Request body bytes read from clients.", totals.bytes_in
+    )
+    yield CounterMetricFamily(
+        "router_client_sent_bytes", "Response body bytes sent to clients.", totals.bytes_out
+    )
+    failures = CounterMetricFamily(
+        "router_failed_requests",
+        "Requests the router answered itself with an error, by code (overloaded, "
+        "no_healthy_replica, upstream_timeout, bad_request, client_closed, ...).",
+        labels=["code"],
+    )
+    for code, n in sorted(totals.failures.items()):
+        failures.add_metric([code], n)
+    yield failures
+    yield CounterMetricFamily(
+        "router_overload_rejections",
+        "Requests refused because proxy.max_connections and proxy.max_pending were full.",
+        value=totals.failures.get("overloaded", 0),
+    )
+    if connections is not None:
+        yield GaugeMetricFamily(
+            "router_client_connections", "Client connections open now.", value=connections[0]
+        )
+        yield CounterMetricFamily(
+            "router_client_connections_accepted",
+            "Client connections accepted.",
+            value=connections[1],
+        )
+    yield from _reload_families(totals)
+    expiry = GaugeMetricFamily(
+        "router_listener_certificate_expiry_timestamp_seconds",
+        "Unix time when the certificate served on the TLS listener expires.",
+        labels=["listener"],
+    )
+    for listener, at in certificate_expiry.items():
+        expiry.add_metric([listener], at)
+    yield expiry
+
+
+def _reload_families(totals: RouterTotals) -> Iterator[Metric]:
+    reloads = CounterMetricFamily(
+        "router_config_reloads", "Config reloads by result (ok or error).", labels=["result"]
+    )
+    for result in ("ok", "error"):
+        reloads.add_metric([result], totals.reloads.get(result, 0))
+    yield reloads
+    yield GaugeMetricFamily(
+        "router_config_last_reload_successful",
+        "1 if the last reload applied (or none was tried), 0 if it was refused.",
+        value=0.0 if totals.last_reload_error is not None else 1.0,
+    )
+    if totals.last_reload_success is not None:
+        yield GaugeMetricFamily(
+            "router_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last reload that applied.",
+            value=totals.last_reload_success,
+        )
+    if totals.last_reload_error is not None:
+        error = GaugeMetricFamily(
+            "router_config_last_reload_error_info",
+            "The error of the last reload when it was refused (first line); always 1.",
+            labels=["error"],
+        )
+        error.add_metric([totals.last_reload_error.splitlines()[0][:200]], 1)
+        yield error

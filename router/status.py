@@ -6,7 +6,7 @@ age, in-flight), so it can be tested without sockets.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from router.models import AttestationVerdict, CheckResult, HealthView
@@ -84,4 +84,33 @@ def status_document(
         "replica_count": len(snapshot.statuses),
         "routable_count": len(snapshot.routable),
         "replicas": replicas,
+    }
+
+
+def router_facts(
+    *,
+    version: str,
+    started_at: float,
+    now: float,
+    addresses: Sequence[tuple[str, int]],
+    tls: bool,
+    workers: int,
+    verifier: str | None,
+    last_reload: Mapping[str, Any] | None,
+    certificate_expires_at: float | None,
+) -> dict[str, Any]:
+    """Who is answering: version, uptime, listeners (the TLS one first when there is one),
+    workers, the attestation verifier, the last reload and the certificate's expiry."""
+    scheme = "https" if tls else "http"
+    return {
+        "version": version,
+        "started_at": round(started_at, 3),
+        "uptime_seconds": round(now - started_at, 3),
+        "listeners": [
+            f"{scheme if i == 0 else 'http'}://{h}:{p}" for i, (h, p) in enumerate(addresses)
+        ],
+        "workers": workers,
+        "verifier": verifier,
+        "last_reload": dict(last_reload) if last_reload is not None else None,
+        "certificate_expires_at": certificate_expires_at,
     }

@@ -14,6 +14,8 @@ import os
 import ssl
 from pathlib import Path
 
+from cryptography import x509
+
 log = logging.getLogger(__name__)
 
 
@@ -31,6 +33,11 @@ class ServerTLS:
         self.context = _new_context()
         self.context.load_cert_chain(str(cert_file), str(key_file))
         self._stamp = self._mtimes()
+        self.not_after = _not_after(cert_file)
+
+    def expiry(self) -> dict[str, float]:
+        """When the served certificate expires (Unix time), keyed by "tls", for metrics."""
+        return {"tls": self.not_after} if self.not_after is not None else {}
 
     def _mtimes(self) -> tuple[float, float]:
         try:
@@ -51,6 +58,7 @@ class ServerTLS:
             )
             return False
         self.context.load_cert_chain(str(self.cert_file), str(self.key_file))
+        self.not_after = _not_after(self.cert_file)
         log.info("listen_tls: certificate reloaded from %s", self.cert_file)
         return True
 
@@ -60,3 +68,13 @@ class ServerTLS:
             await asyncio.sleep(interval)
             if self._mtimes() != self._stamp:
                 self.reload()
+
+
+def _not_after(cert_file: Path) -> float | None:
+    """The expiry of the first (leaf) certificate in a PEM chain, as Unix time."""
+    try:
+        leaf = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except (OSError, ValueError) as exc:
+        log.warning("listen_tls: cannot read the expiry of %s: %s", cert_file, exc)
+        return None
+    return leaf.not_valid_after_utc.timestamp()

@@ -4,7 +4,9 @@ Each worker is a whole router (its own event loop, discovery, health checks, sna
 upstream pools) and the kernel spreads connections over them with SO_REUSEPORT. Nothing on
 the request path is shared, so nothing needs locks or IPC per request. What must agree
 across workers is what an operator changes at run time: worker 0 alone serves the admin
-listener and forwards every override (drain, active limit) to the others over a pipe.
+listener and forwards every override (drain, active limit) to the others over a pipe. In
+the other direction, each worker reports its counters to worker 0 once a second over a
+second pipe, so /metrics and /status count all workers (see `router.worker_reports`).
 
 Why not a leader that builds snapshots for the workers: a snapshot carries its picker, and
 a picker carries per-process state (round-robin cursor, in-flight counts), so the workers
@@ -21,7 +23,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from router.config import RouterConfig
 from router.snapshot import Overrides
@@ -46,6 +48,8 @@ class WorkerLink:
     count: int = 1
     inbox: int | None = None  # read end of the pipe from worker 0
     outboxes: tuple[int, ...] = ()  # worker 0: write ends, one per other worker
+    report_out: int | None = None  # the others: write end of their report pipe to worker 0
+    report_ins: dict[int, int] = field(default_factory=dict)  # worker 0: index -> read end
     _buffer: bytes = b""
 
     @property
@@ -98,17 +102,29 @@ def run_workers(count: int, run_one: Callable[[WorkerLink], object]) -> None:
         run_one(WorkerLink())
         return
     pipes = [os.pipe() for _ in range(count - 1)]
+    reports = [os.pipe() for _ in range(count - 1)]  # worker i -> worker 0
     children: list[int] = []
     for index in range(1, count):
         pid = os.fork()
         if pid == 0:  # the child
             code = 0
             try:
-                for i, (read, write) in enumerate(pipes):
+                for i, ((read, write), (report_read, report_write)) in enumerate(
+                    zip(pipes, reports, strict=True)
+                ):
                     os.close(write)
+                    os.close(report_read)
                     if i != index - 1:
                         os.close(read)
-                run_one(WorkerLink(index, count, inbox=pipes[index - 1][0]))
+                        os.close(report_write)
+                run_one(
+                    WorkerLink(
+                        index,
+                        count,
+                        inbox=pipes[index - 1][0],
+                        report_out=reports[index - 1][1],
+                    )
+                )
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1
@@ -117,8 +133,17 @@ def run_workers(count: int, run_one: Callable[[WorkerLink], object]) -> None:
         children.append(pid)
     for read, _ in pipes:
         os.close(read)
+    for _, report_write in reports:
+        os.close(report_write)
     try:
-        run_one(WorkerLink(0, count, outboxes=tuple(write for _, write in pipes)))
+        run_one(
+            WorkerLink(
+                0,
+                count,
+                outboxes=tuple(write for _, write in pipes),
+                report_ins={i + 1: read for i, (read, _) in enumerate(reports)},
+            )
+        )
     finally:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
@@ -129,3 +154,6 @@ def run_workers(count: int, run_one: Callable[[WorkerLink], object]) -> None:
         for _, write in pipes:
             with contextlib.suppress(OSError):
                 os.close(write)
+        for read, _ in reports:
+            with contextlib.suppress(OSError):
+                os.close(read)

@@ -202,6 +202,7 @@ async def running_router(
     environ: dict[str, str] | None = None,
     grace: float = 1.0,
     trusted_simulator_keys: frozenset[bytes] = frozenset(),
+    access_log: bool = False,
 ) -> AsyncIterator[RouterHandle]:
     from router.app import RouterApp
     from router.config import parse_config
@@ -210,6 +211,7 @@ async def running_router(
         parse_config(config, environ or {}),
         environ=environ or {},
         trusted_simulator_keys=trusted_simulator_keys,
+        access_log_enabled=access_log,
     )
     await app.start()
     host, port = app.engine.addresses[0]

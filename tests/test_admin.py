@@ -53,6 +53,7 @@ async def test_token_is_required_on_every_endpoint_but_the_probes(
                 ("POST", "/admin/replicas/a/recheck"),
                 ("POST", "/admin/recheck"),
                 ("POST", "/admin/active-limit"),
+                ("GET", "/admin/config"),
             ]
             wrong = [
                 {},

@@ -198,7 +198,8 @@ async def test_reload_changes_the_policy_live(client: aiohttp.ClientSession, tmp
         try:
             engine = app.engine
             assert isinstance(engine, EnvoyEngine)
-            assert engine.process is not None and engine.process.process is not None
+            assert engine.process is not None
+            assert engine.process.process is not None
             host, port = engine.addresses[0]
             pid = engine.process.process.pid
             data["routing"] = {"sticky": {"mode": "header", "header_name": "X-User"}}

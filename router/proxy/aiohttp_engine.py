@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -56,9 +57,11 @@ from router.proxy.base import (
 from router.proxy.fast.wire import MAX_HEADER_BLOCK, MAX_HEADER_COUNT
 from router.proxy.headers import (
     IDEMPOTENT,
+    REQUEST_ID,
     TrustedProxies,
     forward_request_headers,
     forward_response_headers,
+    request_id,
 )
 from router.proxy.retry import classify_client_error, retryable
 from router.settings_types import split_host_port
@@ -66,6 +69,9 @@ from router.tls import ServerTLS
 from router.upstream import client_ssl_context, make_connector
 
 log = logging.getLogger(__name__)
+
+
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
 
 class AiohttpEngine:
@@ -93,12 +99,18 @@ class AiohttpEngine:
         self._sites: list[web.TCPSite] = []
         self._https_port: int | None = None
         self._redirect_http = config.listen_tls is not None and config.listen_tls.redirect_http
+        self._accepted = 0
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
         if self._runner is None:
             return []
         return [(a[0], a[1]) for a in self._runner.addresses]
+
+    def connection_counts(self) -> tuple[int, int]:
+        """(open, accepted) client connections, for metrics."""
+        server = self._runner.server if self._runner is not None else None
+        return (len(server.connections) if server is not None else 0), self._accepted
 
     def _new_session(self) -> aiohttp.ClientSession:
         tls = self._config.upstream_tls
@@ -160,6 +172,7 @@ class AiohttpEngine:
             server, shutdown_timeout=cfg.drain_timeout, handle_signals=False
         )
         await self._runner.setup()
+        self._count_accepted(self._runner.server)
         if self._config.listen_tls is not None and self._tls is not None:
             host, port = split_host_port(self._config.listen_tls.listen)
             site = web.TCPSite(
@@ -173,6 +186,18 @@ class AiohttpEngine:
             site = web.TCPSite(self._runner, host, port, backlog=1024)
             await site.start()
             self._sites.append(site)
+
+    def _count_accepted(self, server: web.Server | None) -> None:
+        # aiohttp counts open connections but not accepted ones: wrap its per-connection hook.
+        if server is None:
+            return
+        made = server.connection_made
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            self._accepted += 1
+            made(handler, transport)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
 
     async def stop(self, grace: float) -> None:
         if self._runner is not None:
@@ -190,6 +215,7 @@ class AiohttpEngine:
         peer = request.remote or ""
         trusted = self._trusted.contains(peer)
         client = self._trusted.client_address(peer, request.headers.getall("X-Forwarded-For", []))
+        rid = request[REQUEST_ID_KEY] = request_id(request.headers.get(REQUEST_ID), trusted)
         outcome = Outcome()
         # aiohttp's C parser carries a request's trailer fields over into the next request's
         # headers on the connection: after a chunked request, nothing more is read from it.
@@ -206,6 +232,7 @@ class AiohttpEngine:
         except ProxyError as exc:
             outcome.error = exc.code
             response = error_response(exc)
+            response.headers[REQUEST_ID] = rid
             if exc.code in CLOSE_AFTER:
                 await send_and_close(request, response)
             elif isinstance(exc, ClientRequestError) or outcome.close_after:
@@ -215,6 +242,11 @@ class AiohttpEngine:
             RequestRecord(
                 method=request.method,
                 path=request.path,
+                query=request.query_string,
+                host=request.host,
+                protocol=f"HTTP/{request.version.major}.{request.version.minor}",
+                request_id=rid,
+                headers=request.headers,
                 status=status,
                 client=client,
                 replica=outcome.replica,
@@ -261,6 +293,7 @@ class AiohttpEngine:
             edge=self._edge,
         )
         headers = [(k, v) for k, v in headers if k.lower() != "expect"]
+        headers.append((REQUEST_ID, request[REQUEST_ID_KEY]))
         if is_ws:
             headers = [(k, v) for k, v in headers if k.lower() not in WS_OWN_HEADERS]
         has_body = request.body_exists
@@ -345,6 +378,7 @@ class AiohttpEngine:
                 response.headers.add(key, value)
             for key, value in extra_headers:
                 response.headers.add(key, value)
+            response.headers[REQUEST_ID] = request[REQUEST_ID_KEY]
             length = upstream.content_length
             if length is not None and "Transfer-Encoding" not in upstream.headers:
                 response.content_length = length

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,6 +69,12 @@ class RequestRecord:
     bytes_out: int
     error: str | None = None
     explanation: str = ""
+    # For the access log: read only when it is on (headers stay lazily decoded otherwise).
+    host: str = ""
+    query: str = ""
+    protocol: str = ""
+    request_id: str = ""
+    headers: Mapping[str, str] | None = None
 
 
 class TrafficObserver(Protocol):
@@ -107,6 +113,9 @@ class Engine(Protocol):
     def addresses(self) -> list[tuple[str, int]]: ...
 
     async def start(self) -> None: ...
+
+    def connection_counts(self) -> tuple[int, int]:
+        """(open, accepted) client connections, for metrics."""
 
     def apply_config(self, config: RouterConfig) -> None:
         """Take a reloaded config (everything but the listen addresses)."""

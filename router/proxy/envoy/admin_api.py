@@ -70,3 +70,18 @@ async def downstream_active(session: aiohttp.ClientSession, admin_url: str) -> i
         for s in document.get("stats", [])
         if str(s.get("name", "")).startswith("http.")
     )
+
+
+async def client_connections(session: aiohttp.ClientSession, admin_url: str) -> tuple[int, int]:
+    """(open, accepted) client connections over Envoy's HTTP listeners."""
+    query = "filter=^http\\..*downstream_cx_(active|total)$&format=json"
+    async with session.get(f"{admin_url}/stats?{query}") as resp:
+        resp.raise_for_status()
+        document: dict[str, Any] = await resp.json(content_type=None)
+    totals = {"active": 0, "total": 0}
+    for stat in document.get("stats", []):
+        name = str(stat.get("name", ""))
+        for kind in totals:
+            if name.endswith(f"downstream_cx_{kind}"):
+                totals[kind] += int(stat.get("value", 0))
+    return totals["active"], totals["total"]

@@ -111,6 +111,7 @@ class EnvoyEngine:
         self.process: EnvoyProcess | None = None
         self.published_version: int | None = None
         self.endpoints_view: list[Json] = []
+        self.connections = (0, 0)
         self._tasks: set[asyncio.Task[None]] = set()
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         subscribe(self._on_snapshot)
@@ -215,7 +216,14 @@ class EnvoyEngine:
                         self.endpoints_view = await admin_api.read_endpoints(
                             session, process.admin_url
                         )
+                        self.connections = await admin_api.client_connections(
+                            session, process.admin_url
+                        )
                 await asyncio.sleep(VIEW_REFRESH_SECONDS)
+
+    def connection_counts(self) -> tuple[int, int]:
+        """(open, accepted) client connections as Envoy last reported them."""
+        return self.connections
 
     def status_view(self) -> dict[str, Any]:
         process = self.process

@@ -44,6 +44,7 @@ class FastEngine:
         self._tls = tls
         self._servers: list[asyncio.Server] = []
         self._core: EngineCore | None = None
+        self._accepted = 0
         self.scheme = "http"
 
     @property
@@ -51,6 +52,14 @@ class FastEngine:
         return [
             (s.getsockname()[0], s.getsockname()[1]) for srv in self._servers for s in srv.sockets
         ]
+
+    def connection_counts(self) -> tuple[int, int]:
+        """(open, accepted) client connections, for metrics."""
+        return (len(self._core.connections) if self._core else 0), self._accepted
+
+    def _accept(self, core: EngineCore) -> ClientConnection:
+        self._accepted += 1
+        return ClientConnection(core)
 
     async def start(self) -> None:
         config, proxy = self._config, self._config.proxy
@@ -85,7 +94,7 @@ class FastEngine:
             host, port = split_host_port(listen)
             self._servers.append(
                 await loop.create_server(
-                    lambda: ClientConnection(core),
+                    lambda: self._accept(core),
                     host,
                     port,
                     backlog=1024,

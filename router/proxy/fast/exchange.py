@@ -57,6 +57,8 @@ class Exchange:
     dialing = sent = finished = chunked_out = until_eof = tunnelled = False
     attempts = buffered = bytes_in = bytes_out = 0
     attempt_started = 0.0
+    request_id = ""
+    _rid_line = b""
     _fwd_block = b""
     slot: Claim | None = None
     holds_slot = False
@@ -87,6 +89,8 @@ class Exchange:
 
     def start(self) -> None:
         head, core = self.head, self.core
+        self.request_id = rid = rules.request_id(head, self.client.trusted) if head else ""
+        self._rid_line = b"X-Request-Id: %s\r\n" % rid.encode("latin-1")
         if self.error is not None or head is None:
             self._fail(self.error or ClientRequestError(400, "bad_request"))
             return
@@ -189,6 +193,7 @@ class Exchange:
             head.raw_target,
             b" HTTP/1.1\r\n",
             target.host_line,
+            self._rid_line,
             self._fwd_block,
         ]
         if head.has_body:
@@ -281,6 +286,7 @@ class Exchange:
             block, length, chunked = rules.response_block(headers)
             if conn is not None:
                 conn.last_raw, conn.last_rules = headers, (block, length, chunked)
+        block += self._rid_line
         if self.ctx is not None and self.ctx.response_headers:
             block += wire.header_block(self.ctx.response_headers)
         framing = b""
@@ -417,7 +423,9 @@ class Exchange:
         self.status = error.status
         if not self.body_complete or isinstance(error, ClientRequestError) or self.client.draining:
             self.close_after = True
-        self.client.send([wire.error_response(error, close=self.close_after)])
+        self.client.send(
+            [wire.error_response(error, close=self.close_after, request_id=self.request_id)]
+        )
         self._finish()
 
     def _finish(self, notify: bool = True) -> None:
@@ -435,6 +443,13 @@ class Exchange:
                 RequestRecord(
                     method=head.method if head else "",
                     path=head.target.partition("?")[0] if head else "",
+                    query=head.target.partition("?")[2] if head else "",
+                    host=(head.host or "") if head else "",
+                    protocol=f"HTTP/{head.version}" if head else "",
+                    request_id=self.request_id,
+                    headers=self.ctx.headers
+                    if self.ctx
+                    else (rules.LazyHeaders(head.headers) if head else None),
                     status=self.status or 499,
                     client=self.client_ip,
                     replica=self.replica,

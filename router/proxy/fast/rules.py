@@ -24,6 +24,7 @@ from router.proxy.headers import (
     forward_request_headers,
     forward_response_headers,
 )
+from router.proxy.headers import request_id as headers_request_id
 
 if TYPE_CHECKING:
     from router.proxy.fast.strict import RequestHead
@@ -34,9 +35,9 @@ _HOP = frozenset(h.encode() for h in HOP_BY_HOP)
 _FORWARDING = frozenset(h.encode() for h in FORWARDING)
 _VIA = VIA.encode()
 # Request headers whose framing or meaning the router sets itself.
-_OWN_REQUEST = frozenset({b"host", b"content-length", b"expect", b"via"})
+_OWN_REQUEST = frozenset({b"host", b"content-length", b"expect", b"via", b"x-request-id"})
 _SPECIAL_REQUEST = _HOP | _FORWARDING | _OWN_REQUEST
-_SPECIAL_RESPONSE = _HOP | {b"content-length", b"via"}
+_SPECIAL_RESPONSE = _HOP | {b"content-length", b"via", b"x-request-id"}
 
 
 def decode(headers: RawHeaders) -> list[tuple[str, str]]:
@@ -190,6 +191,17 @@ def forward_block(
         block.append(b"Content-Length: %d\r\n" % head.content_length)
     block.append(b"\r\n")
     return b"".join(block)
+
+
+def request_id(head: RequestHead, trusted: bool) -> str:
+    """The request id (`headers.request_id`); only a trusted peer's headers are searched."""
+    given = None
+    if trusted:
+        for name, value in head.headers:
+            if name.lower() == b"x-request-id":
+                given = value.decode("latin-1")
+                break
+    return headers_request_id(given, trusted)
 
 
 class LazyHeaders(Mapping[str, str]):

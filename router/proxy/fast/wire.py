@@ -49,7 +49,7 @@ def chunk(data: bytes) -> list[bytes]:
     return [b"%x\r\n" % len(data), data, CRLF]
 
 
-def error_response(error: ProxyError, *, close: bool) -> bytes:
+def error_response(error: ProxyError, *, close: bool, request_id: str = "") -> bytes:
     """The same JSON body and status the aiohttp engine sends for this error."""
     body = json.dumps(error.body()).encode()
     head = [
@@ -59,6 +59,8 @@ def error_response(error: ProxyError, *, close: bool) -> bytes:
     ]
     if (after := retry_after(error)) is not None:
         head.append(b"Retry-After: %s\r\n" % after.encode())
+    if request_id:
+        head.append(b"X-Request-Id: %s\r\n" % request_id.encode("latin-1"))
     if close:
         head.append(b"Connection: close\r\n")
     head.append(CRLF)
