@@ -148,6 +148,24 @@ def system_ca_bundle() -> str:
     return paths.cafile or paths.openssl_cafile
 
 
+def _limits(config: RouterConfig) -> Json:
+    proxy = config.proxy
+    limits: Json = {
+        "priority": "DEFAULT",
+        "max_connections": proxy.max_connections,
+        "max_pending_requests": max(proxy.max_pending, 1),
+        "max_requests": proxy.max_connections,
+        "max_retries": max(proxy.max_connections // 4, 3),
+    }
+    budget = getattr(proxy, "retry_budget", None)  # proxy.retry_budget, where it exists
+    if budget is not None:
+        limits["retry_budget"] = {
+            "budget_percent": {"value": float(budget.budget_percent)},
+            "min_retry_concurrency": int(budget.min_retry_concurrency),
+        }
+    return limits
+
+
 def cluster(
     name: str,
     config: RouterConfig,
@@ -168,17 +186,7 @@ def cluster(
         **_lb_policy(config),
         # Membership is decided by the router; Envoy must never route to excluded hosts.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
-        "circuit_breakers": {
-            "thresholds": [
-                {
-                    "priority": "DEFAULT",
-                    "max_connections": proxy.max_connections,
-                    "max_pending_requests": max(proxy.max_pending, 1),
-                    "max_requests": proxy.max_connections,
-                    "max_retries": max(proxy.max_connections // 4, 3),
-                }
-            ]
-        },
+        "circuit_breakers": {"thresholds": [_limits(config)]},
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": HTTP_OPTIONS_TYPE,

@@ -36,16 +36,38 @@ NO_REPLICA_RETRY_AFTER = "5"
 ENVOY_ADDED = "x-envoy-external-address"
 # Connect failures never reached the replica: safe to retry for any method.
 CONNECT_RETRY_ON = "connect-failure,refused-stream"
-# After the request was sent, only idempotent methods are retried (as the Python engines).
-IDEMPOTENT_RETRY_ON = "connect-failure,refused-stream,reset,gateway-error"
 
 
 def _header(name: str, value: str, action: str = "OVERWRITE_IF_EXISTS_OR_ADD") -> Json:
     return {"header": {"key": name, "value": value}, "append_action": action}
 
 
+# proxy.retry_on names -> Envoy retry_on tokens ("timeout" is Envoy's per_try_timeout,
+# which Envoy retries as a gateway error).
+_RETRY_TOKENS = {
+    "connect-failure": ("connect-failure", "refused-stream"),
+    "reset": ("reset",),
+    "gateway-error": ("gateway-error",),
+    "timeout": ("gateway-error",),
+    "retriable-status-codes": ("retriable-status-codes",),
+}
+
+
+def idempotent_retry_on(config: RouterConfig) -> str:
+    """`proxy.retry_on` (when the retry policy settings exist) as Envoy's retry_on."""
+    names: tuple[str, ...] = getattr(
+        config.proxy, "retry_on", ("connect-failure", "reset", "gateway-error")
+    )
+    tokens: list[str] = []
+    for name in ("connect-failure", *names):
+        for token in _RETRY_TOKENS.get(name, ()):
+            if token not in tokens:
+                tokens.append(token)
+    return ",".join(tokens)
+
+
 def retry_policy(config: RouterConfig, retry_on: str) -> Json:
-    return {
+    policy: Json = {
         "retry_on": retry_on,
         "num_retries": config.proxy.retries,
         # Each retry goes to a replica not tried yet for this request.
@@ -60,6 +82,13 @@ def retry_policy(config: RouterConfig, retry_on: str) -> Json:
         ],
         "host_selection_retry_max_attempts": 5,
     }
+    codes: tuple[int, ...] = getattr(config.proxy, "retriable_status_codes", ())
+    if codes and "retriable-status-codes" in retry_on:
+        policy["retriable_status_codes"] = list(codes)
+    per_try: float | None = getattr(config.proxy, "per_try_timeout", None)
+    if per_try is not None and retry_on != CONNECT_RETRY_ON:
+        policy["per_try_timeout"] = duration(per_try)
+    return policy
 
 
 def hash_policy(config: RouterConfig) -> list[Json]:
@@ -105,7 +134,7 @@ def _routes_to(config: RouterConfig, cluster: str, headers: Sequence[Json]) -> l
     return [
         {
             "match": {"prefix": "/", "headers": [*headers, _idempotent_match()]},
-            "route": route_action(config, cluster, IDEMPOTENT_RETRY_ON),
+            "route": route_action(config, cluster, idempotent_retry_on(config)),
         },
         {
             "match": {"prefix": "/", "headers": list(headers)},
