@@ -21,7 +21,7 @@ import pytest
 from router.proxy.envoy.engine import EnvoyEngine
 from router.proxy.envoy.process import EnvoyStartError
 from tests.envoy_support import require_envoy
-from tests.support import eventually, running_replica, running_router, static_config
+from tests.support import eventually, free_port, running_replica, running_router, static_config
 
 
 @pytest.fixture(autouse=True)
@@ -35,9 +35,9 @@ def envoy_config(replicas: list[tuple[str, str]], **sections: Any) -> dict[str, 
     return static_config(replicas, proxy=proxy, health=health, **sections)
 
 
-async def envoy_addresses(router: Any) -> set[str]:
+async def envoy_addresses(router: Any, admin: str | None = None) -> set[str]:
     """The endpoint addresses Envoy itself holds for the main cluster (its admin API)."""
-    admin = router.app.engine.process.admin_url
+    admin = admin or router.app.engine.process.admin_url
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{admin}/clusters?format=json") as resp:
             document = await resp.json(content_type=None)
@@ -259,3 +259,51 @@ async def test_tls_listener_negotiates_h2_by_alpn(tmp_path: Any) -> None:
             assert resp.http_version == "HTTP/2"
             assert resp.json()["replica"] == "a"
             assert resp.json()["headers"]["X-Forwarded-Proto"] == "https"
+
+
+async def test_second_envoy_subscribes_over_xds_and_serves_the_same_routing(
+    client: aiohttp.ClientSession, tmp_path: Any
+) -> None:
+    from router.proxy.envoy.bootstrap import ads_bootstrap
+    from router.proxy.envoy.process import EnvoyProcess
+    from router.proxy.envoy.settings import EnvoyConfig
+
+    xds = f"127.0.0.1:{free_port()}"
+    async with running_replica("a") as a, running_replica("b") as b:
+        replicas = [("a", f"http://127.0.0.1:{a.port}"), ("b", f"http://127.0.0.1:{b.port}")]
+        config = envoy_config(replicas, proxy={"envoy": {"xds_listen": xds}})
+        async with running_router(config) as router:
+            path = tmp_path / "bootstrap.json"
+            path.write_text(json.dumps(ads_bootstrap("127.0.0.1:0", xds, node_id="edge-2")))
+            second = EnvoyProcess(EnvoyConfig(), path, drain_seconds=1)
+            await second.start()
+            try:
+                admin = second.admin_url
+                both = {f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"}
+
+                async def holds(expected: set[str]) -> bool:
+                    return await envoy_addresses(router, admin) == expected
+
+                await eventually(lambda: holds(both), timeout=10)
+                drained_at = time.monotonic()
+                router.app.drain("a", True)
+                await eventually(lambda: holds({f"127.0.0.1:{b.port}"}), timeout=10, interval=0.005)
+                print(
+                    f"\ndrain -> gone from the xDS-fed Envoy: "
+                    f"{(time.monotonic() - drained_at) * 1000:.1f} ms"
+                )
+                # Both Envoys listen on the same port (SO_REUSEPORT); new connections spread.
+                for _ in range(30):
+                    async with aiohttp.ClientSession() as fresh:
+                        async with fresh.get(f"{router.url}/x") as resp:
+                            assert (await resp.json())["replica"] == "b"
+                async with client.get(f"{admin}/stats?filter=downstream_rq_total&format=json") as r:
+                    stats = await r.json(content_type=None)
+                served = sum(
+                    s.get("value", 0)
+                    for s in stats["stats"]
+                    if s["name"].startswith("http.untrusted-http.")
+                )
+                assert served > 0
+            finally:
+                await second.stop(1.0)

@@ -88,3 +88,21 @@ def ads_bootstrap(admin_listen: str, server: str, *, node_id: str) -> Json:
             ]
         },
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m router.proxy.envoy.bootstrap --xds ROUTER:PORT --node-id NAME` prints the
+    bootstrap of an Envoy that takes its whole config from a router's xDS server."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--xds", required=True, help="the router's proxy.envoy.xds_listen")
+    parser.add_argument("--node-id", required=True, help="this Envoy's name, e.g. its host")
+    parser.add_argument("--admin", default="127.0.0.1:9901", help="Envoy's admin address")
+    args = parser.parse_args(argv)
+    print(json.dumps(ads_bootstrap(args.admin, args.xds, node_id=args.node_id), indent=1))
+
+
+if __name__ == "__main__":
+    main()

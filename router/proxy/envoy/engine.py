@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -27,16 +27,20 @@ from router.proxy.base import SnapshotSource
 from router.proxy.envoy import admin_api
 from router.proxy.envoy.bootstrap import bootstrap
 from router.proxy.envoy.files import ResourceFiles
-from router.proxy.envoy.listeners import listeners, tls_secret
+from router.proxy.envoy.listeners import Source, listeners, tls_secret
 from router.proxy.envoy.process import EnvoyProcess
 from router.proxy.envoy.resources import Json, clusters_and_endpoints
 from router.proxy.envoy.routes import all_routes
+
+if TYPE_CHECKING:
+    from router.proxy.envoy.xds import XdsServer
 from router.settings_types import split_host_port
 from router.snapshot import Snapshot, SnapshotListener
 from router.upstream import ConnectTo
 
 log = logging.getLogger(__name__)
 VIEW_REFRESH_SECONDS = 1.0
+ADS_SOURCE: Json = {"ads": {}, "resource_api_version": "V3"}
 
 
 def _is_ip(host: str) -> bool:
@@ -114,6 +118,7 @@ class EnvoyEngine:
         self.connections = (0, 0)
         self._tasks: set[asyncio.Task[None]] = set()
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
+        self.xds: XdsServer | None = None
         subscribe(self._on_snapshot)
 
     @property
@@ -135,9 +140,15 @@ class EnvoyEngine:
             self._addresses["http"] = _bind_port(self.config.listen)
         if self.config.listen_tls:
             self._addresses["https"] = _bind_port(self.config.listen_tls.listen)
+        xds_listen = self.config.proxy.envoy.xds_listen
+        if xds_listen is not None:
+            from router.proxy.envoy.xds import XdsServer  # grpcio, only when serving xDS
+
+            self.xds = XdsServer(xds_listen)
+            await self.xds.start()
         snapshot = self._snapshots()
         await self._dialer.resolve(self._dialer.unresolved(snapshot))
-        self.publish(snapshot, listeners_too=True)
+        self.publish(snapshot)
         path = directory / "bootstrap.json"
         document = bootstrap(
             self.config.proxy.envoy.admin_listen,
@@ -160,26 +171,38 @@ class EnvoyEngine:
         assert self.files is not None
         return self.files.source(kind, name)
 
-    def publish(self, snapshot: Snapshot, *, listeners_too: bool = False) -> None:
+    def render(self, snapshot: Snapshot, source: Source) -> dict[str, list[Json]]:
+        """Every resource for `snapshot`, by kind, with config sources from `source`."""
+        config = self.config
+        clusters, assignments = clusters_and_endpoints(
+            snapshot, config, self._dialer, lambda name: source("endpoints", name)
+        )
+        return {
+            "endpoints": assignments,
+            "clusters": clusters,
+            "routes": all_routes(snapshot, config),
+            "secrets": tls_secret(config),
+            "listeners": listeners(config, self._addresses, source),
+        }
+
+    def publish(self, snapshot: Snapshot) -> None:
         """Write the resources for `snapshot`: endpoints before the clusters naming them,
-        clusters before the routes naming them."""
+        clusters before the routes naming them, routes before listeners. Unchanged files
+        are left alone, so a membership change rewrites only load assignments."""
         files = self.files
         if files is None:
             return
-        config = self.config
-        clusters, assignments = clusters_and_endpoints(
-            snapshot, config, self._dialer, lambda name: files.source("endpoints", name)
-        )
-        for assignment in assignments:
-            files.write("endpoints", assignment["cluster_name"], [assignment])
-        files.write("clusters", "all", clusters)
-        for route in all_routes(snapshot, config):
+        rendered = self.render(snapshot, files.source)
+        for kind in ("endpoints", "secrets"):
+            for resource in rendered[kind]:
+                files.write(kind, resource.get("name") or resource["cluster_name"], [resource])
+        files.write("clusters", "all", rendered["clusters"])
+        for route in rendered["routes"]:
             files.write("routes", route["name"], [route])
-        if listeners_too:
-            secrets = tls_secret(config)
-            for secret in secrets:
-                files.write("secrets", secret["name"], [secret])
-            files.write("listeners", "all", listeners(config, self._addresses, self._source))
+        files.write("listeners", "all", rendered["listeners"])
+        if self.xds is not None:
+            by_ads = self.render(snapshot, lambda kind, name: dict(ADS_SOURCE))
+            self.xds.update(r for kind in by_ads.values() for r in kind)
         self.published_version = snapshot.version
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
@@ -204,7 +227,7 @@ class EnvoyEngine:
             update={"listen": self.config.listen, "listen_tls": self.config.listen_tls}
         )
         self._dialer = Dialer(ConnectTo(config.discovery.connect_to))
-        self.publish(self._snapshots(), listeners_too=True)
+        self.publish(self._snapshots())
 
     async def _refresh_view(self) -> None:
         """Keep Envoy's endpoint view for /status fresh (it is read synchronously)."""
@@ -251,6 +274,8 @@ class EnvoyEngine:
             await process.drain_listeners()
             await self._wait_idle(process, grace)
             await process.stop(grace)
+        if self.xds is not None:
+            await self.xds.stop()
         if self._temporary is not None:
             self._temporary.cleanup()
 

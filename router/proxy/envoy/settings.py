@@ -29,6 +29,9 @@ class EnvoyConfig(Frozen):
     restart_backoff_max: PositiveDuration = 10.0
     # Envoy must answer on its admin API within this after each start.
     start_timeout: PositiveDuration = 20.0
+    # Serve the same resources over xDS (gRPC ADS, state of the world) on this address, for
+    # Envoys on other machines (deploy/envoy-fleet). No TLS: bind it to a private network.
+    xds_listen: HostPort | None = None
     log_level: Literal["trace", "debug", "info", "warning", "error", "critical", "off"] = "warning"
 
     @model_validator(mode="after")
