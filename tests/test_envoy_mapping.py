@@ -359,3 +359,12 @@ def test_main_cluster_holds_exactly_the_routable_replicas(rows: list[tuple[str, 
         assert endpoint["load_balancing_weight"] == round(snap.by_id[rid].weight)
         assert endpoint["health_status"] == "HEALTHY"
     assert all(r["name"].startswith(("untrusted", "trusted")) for r in all_routes(snap, cfg))
+
+
+def test_fleet_example_config_is_valid_and_serves_xds() -> None:
+    from router.config import load_config
+
+    root = Path(__file__).parent.parent
+    cfg = load_config(str(root / "deploy/envoy-fleet/router.yaml"), {"PHALA_CLOUD_API_KEY": "k"})
+    assert cfg.proxy.engine == "envoy"
+    assert cfg.proxy.envoy.xds_listen is not None
