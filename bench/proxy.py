@@ -1,5 +1,8 @@
 """Proxy throughput: phala-router's engines against nginx and HAProxy as proxies.
 
+Targets: nginx, haproxy, fast, aiohttp, envoy (phala-router driving Envoy), minimal; a
+`-w2` suffix runs two workers (router processes, or Envoy threads for envoy).
+
 Method (/work/shared/BENCH-METHOD.md): one nginx upstream; each proxy pinned alone to core 0,
 wrk and the upstream on core 1; several rounds alternating the order of the targets; for
 each target the median over rounds of (its req/s / HAProxy's req/s in the same round).
@@ -165,7 +168,10 @@ def router_config(
         "admin": {"listen": f"127.0.0.1:{free_port()}"},
         "discovery": {"static": static},
         "health": {"enabled": False},
-        "proxy": {"engine": engine, "workers": workers},
+        "proxy": {"engine": engine, "workers": workers}
+        if engine != "envoy"
+        # One router process drives one Envoy; its worker threads are Envoy's concurrency.
+        else {"engine": "envoy", "envoy": {"concurrency": workers}},
         "routing": {"policy": policy},
         "metrics": {"requests": request_metrics},
     }
@@ -289,7 +295,7 @@ def target_argv(
         return ["haproxy", "-db", "-f", str(conf)]
     if name == "minimal":
         return [sys.executable, "-m", "bench.minimal_proxy", str(port), str(upstream)]
-    engine = "aiohttp" if name.startswith("aiohttp") else "fast"
+    engine = next((e for e in ("aiohttp", "envoy") if name.startswith(e)), "fast")
     conf = work / f"router-{name}.yaml"
     policy, request_metrics = target_variant(name)
     conf.write_text(
