@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from router.access_log import AccessLog
-from router.admin import AdminServer
+from router.admin import AdminServer, MetricsSource
 from router.attestation.wiring import build_attestor
 from router.balancing.factory import make_picker_factory
 from router.config import RouterConfig, load_config, redacted
@@ -163,7 +163,7 @@ class RouterApp:
                 config, self._snapshot, self.observers, self.in_flight, tls=self.tls
             )
         self.admin = AdminServer(
-            config.admin.listen, self, self._admin_token(), metrics=self.metrics.render_async
+            config.admin.listen, self, self._admin_token(), metrics=self._metrics_render()
         )
         # With several worker processes only the first serves the admin listener.
         self._worker = worker or WorkerLink()
@@ -189,6 +189,11 @@ class RouterApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self._started = False
+
+    def _metrics_render(self) -> MetricsSource:
+        """The /metrics body: with Envoy as the engine, Envoy's own series follow ours."""
+        extend = getattr(self.engine, "with_envoy_metrics", None)
+        return self.metrics.render_async if extend is None else extend(self.metrics.render_async)
 
     def _snapshot(self) -> Snapshot:
         return self.reconciler.current

@@ -307,3 +307,14 @@ async def test_second_envoy_subscribes_over_xds_and_serves_the_same_routing(
                 assert served > 0
             finally:
                 await second.stop(1.0)
+
+
+async def test_metrics_serve_router_and_envoy_series(client: aiohttp.ClientSession) -> None:
+    async with running_replica("a") as a:
+        async with running_router(envoy_config([("a", f"http://127.0.0.1:{a.port}")])) as router:
+            async with client.get(f"{router.url}/x") as resp:
+                assert resp.status == 200
+            async with client.get(f"{router.admin_url}/metrics") as resp:
+                text = await resp.text()
+            assert "router_replicas" in text
+            assert "envoy_cluster_upstream_rq_total" in text

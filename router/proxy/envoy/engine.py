@@ -15,7 +15,7 @@ import logging
 import socket
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from router.upstream import ConnectTo
 
 log = logging.getLogger(__name__)
 VIEW_REFRESH_SECONDS = 1.0
+MetricsRender = Callable[[], Awaitable[tuple[bytes, str]]]
 ADS_SOURCE: Json = {"ads": {}, "resource_api_version": "V3"}
 
 
@@ -264,6 +265,20 @@ class EnvoyEngine:
             return ""
         async with aiohttp.ClientSession() as session:
             return await admin_api.read_prometheus(session, process.admin_url)
+
+    def with_envoy_metrics(self, render: MetricsRender) -> MetricsRender:
+        """/metrics = the router's `router_*` series followed by Envoy's `envoy_*` ones
+        (both the Prometheus text format; the names cannot collide)."""
+
+        async def both() -> tuple[bytes, str]:
+            body, content_type = await render()
+            try:
+                envoy = await self.prometheus()
+            except (aiohttp.ClientError, OSError):
+                return body, content_type  # Envoy restarting: serve the router's own series
+            return body + envoy.encode(), content_type
+
+        return both
 
     async def stop(self, grace: float) -> None:
         """Drain Envoy's listeners, let in-flight requests finish (up to grace), stop."""
