@@ -64,20 +64,36 @@ async def measure_removal(router: Any, address: str, change: Any) -> float:
     return removed - published[0]
 
 
-async def test_drain_removes_the_endpoint_from_envoy(client: aiohttp.ClientSession) -> None:
+@pytest.mark.parametrize(
+    ("action", "removed"),
+    [
+        ("drain", "a"),
+        ("active_limit", "b"),  # the limit keeps the lowest ids: a stays, b goes
+    ],
+)
+async def test_operator_actions_remove_the_endpoint_from_envoy(
+    client: aiohttp.ClientSession, action: str, removed: str
+) -> None:
     async with running_replica("a") as a, running_replica("b") as b:
         replicas = [("a", f"http://127.0.0.1:{a.port}"), ("b", f"http://127.0.0.1:{b.port}")]
+        port = {"a": a.port, "b": b.port}
         async with running_router(envoy_config(replicas)) as router:
-            assert f"127.0.0.1:{a.port}" in await envoy_addresses(router)
-            delay = await measure_removal(
-                router, f"127.0.0.1:{a.port}", lambda: router.app.drain("a", True)
-            )
-            print(f"\ndrain -> gone from Envoy: {delay * 1000:.1f} ms")
+            assert f"127.0.0.1:{port[removed]}" in await envoy_addresses(router)
+
+            def act() -> None:
+                if action == "drain":
+                    router.app.drain(removed, True)
+                else:
+                    router.app.set_active_limit(1)
+
+            delay = await measure_removal(router, f"127.0.0.1:{port[removed]}", act)
+            print(f"\n{action} -> gone from Envoy: {delay * 1000:.1f} ms")
+            kept = ({"a", "b"} - {removed}).pop()
             seen: Counter[str] = Counter()
             for _ in range(10):
                 async with client.get(f"{router.url}/x") as resp:
                     seen[(await resp.json())["replica"]] += 1
-            assert seen == {"b": 10}
+            assert seen == {kept: 10}
 
 
 async def test_failing_health_removes_the_endpoint_and_load_sees_no_failure(
