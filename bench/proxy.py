@@ -283,7 +283,13 @@ def target_variant(name: str) -> tuple[str, bool]:
 
 
 def target_argv(
-    name: str, work: Path, port: int, upstream: int, scenario: Scenario, workers: int
+    name: str,
+    work: Path,
+    port: int,
+    upstream: int,
+    scenario: Scenario,
+    workers: int,
+    baseline: Path | None = None,
 ) -> list[str]:
     if name == "nginx":
         conf = work / "nginx-proxy.conf"
@@ -309,7 +315,13 @@ def target_argv(
             request_metrics,
         )
     )
-    return [sys.executable, "-m", "bench.proxy", "--serve-router", str(conf)]
+    serve = [sys.executable, "-m", "bench.proxy", "--serve-router", str(conf)]
+    if "baseline" in name.split("-")[1:]:
+        if baseline is None:
+            raise SystemExit(f"{name}: pass --baseline-src DIR (a checkout to compare with)")
+        # `python -m` puts the working directory first on sys.path: that checkout's router.
+        return ["env", "-C", str(baseline), *serve]
+    return serve
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -339,7 +351,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     got: dict[str, Sample] = {}
                     for name in order:
                         port = free_port()
-                        argv = target_argv(name, work, port, upstream, scenario, args.workers)
+                        argv = target_argv(
+                            name, work, port, upstream, scenario, args.workers, args.baseline_src
+                        )
                         workers = target_workers(name, args.workers)
                         # More workers than one get every core: they then share core 1
                         # with wrk and the upstream, which the table must be read with.
@@ -438,6 +452,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2.0)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--serve-router", metavar="CONFIG")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        metavar="DIR",
+        help="a checkout of the router (e.g. `git archive REV | tar -x -C DIR`) that targets "
+        "named like `fast-baseline` run, to compare two versions in one run",
+    )
     args = parser.parse_args()
     if args.serve_router:
         serve_router(args.serve_router)

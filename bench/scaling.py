@@ -3,7 +3,7 @@
     python -m bench.scaling                                   # simulated, no shared backend
     python -m bench.scaling --backend-rps 200                 # a database every replica shares
     python -m bench.scaling --target https://app.example.com --admin http://127.0.0.1:9090 \\
-        --admin-token-env ROUTER_ADMIN_TOKEN --replicas 1,2,3 --price-per-replica-hour 0.10
+        --admin-token-env PHALA_ROUTER_ADMIN_TOKEN --replicas 1,2,3 --price-per-replica-hour 0.10
 
 Simulated: starts the simulator (N replicas, each serving at most --capacity requests at
 once for --latency-ms each, optionally a shared backend capped at --backend-rps) and the

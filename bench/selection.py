@@ -1,10 +1,14 @@
-"""Selection cost per request for each routing policy at 3, 100 and 1,000 routable replicas.
+"""Selection cost per request for each routing policy at 3, 100 and 1,000 routable replicas,
+and the sticky hash tables' build time, memory, remapping and balance.
 
-    python -m bench.selection [--seconds 0.5] [--out bench/results/selection.json]
+    python -m bench.selection [--seconds 0.5] [--repeat 3] [--skip-picks] [--skip-tables]
+                              [--out bench/results/selection.json]
 
 Times `next(picker.candidates(ctx))` (the pick a request makes first) on prebuilt request
-contexts, so the numbers are the policy's own cost; the picker is built once per cell, off
-the clock, as `build_snapshot` does. The goal is a flat row: O(1) or O(log n) per request.
+contexts, so the numbers are the policy's own cost (the best of `--repeat` runs); the picker
+is built once per run, off the clock, as `build_snapshot` does. The goal is a flat row: O(1) or O(log n) per request.
+Then, for each `routing.sticky.hash`, bench.hash_tables measures the table build at 1,000
+and 10,000 replicas and the keys that move when one of N replicas leaves.
 Absolute numbers drift +-30% on these shared machines; compare within one run.
 """
 
@@ -20,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import hash_tables
 from router.balancing.base import Member, RequestContext
 from router.balancing.factory import make_picker_factory
 from router.balancing.settings import RoutingConfig
@@ -101,15 +106,34 @@ CASES: list[tuple[str, dict[str, Any], Callable[[int], ContextMaker]]] = [
         lambda n: country,
     ),
     ("sticky header, returning keys", {"sticky": {"mode": "header"}}, lambda n: session(1000)),
-    ("sticky header, new key each", {"sticky": {"mode": "header"}}, lambda n: session(10**9)),
+    (
+        "sticky header, new key (maglev)",
+        {"sticky": {"mode": "header"}},
+        lambda n: session(10**9),
+    ),
+    (
+        "sticky header, new key (ring)",
+        {"sticky": {"mode": "header", "hash": "ring"}},
+        lambda n: session(10**9),
+    ),
+    (
+        "sticky header, new key (rendezvous)",
+        {"sticky": {"mode": "header", "hash": "rendezvous"}},
+        lambda n: session(10**9),
+    ),
     (
         "sticky cookie, valid cookie",
         {"sticky": {"mode": "cookie", "key_env": "BENCH_KEY"}},
         cookie,
     ),
     (
-        "geo + sticky ip",
+        "geo + sticky ip (maglev)",
         {"policy": "geo", "sticky": {"mode": "ip"}},
+        lambda n: public_ip,
+    ),
+    (
+        "geo + sticky ip (rendezvous)",
+        {"policy": "geo", "sticky": {"mode": "ip", "hash": "rendezvous"}},
         lambda n: public_ip,
     ),
 ]
@@ -144,18 +168,17 @@ def measure(
     return spent / picks * 1e9
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=0.5, help="timed seconds per cell")
-    parser.add_argument("--out", type=Path, default=Path("bench/results/selection.json"))
-    args = parser.parse_args(argv)
+def measure_picks(seconds: float, repeat: int) -> list[dict[str, Any]]:
     geoip = FastGeoIP()
     rows: list[dict[str, Any]] = []
-    header = f"{'policy':32}" + "".join(f"{f'{n} replicas':>14}" for n in SIZES)
+    header = f"{'policy':36}" + "".join(f"{f'{n} replicas':>14}" for n in SIZES)
     print(header)
     print("-" * len(header))
     for label, cfg, maker in CASES:
-        cells = {n: measure(cfg, maker(n), n, args.seconds, geoip) for n in SIZES}
+        # The best of `repeat` runs: other processes on a shared machine only add time.
+        cells = {
+            n: min(measure(cfg, maker(n), n, seconds, geoip) for _ in range(repeat)) for n in SIZES
+        }
         rows.append(
             {
                 "policy": label,
@@ -163,18 +186,34 @@ def main(argv: list[str] | None = None) -> int:
                 "ns_per_pick": {str(n): round(v) for n, v in cells.items()},
             }
         )
-        print(f"{label:32}" + "".join(f"{cells[n] / 1000:>11.2f} us" for n in SIZES))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {
+        print(f"{label:36}" + "".join(f"{cells[n] / 1000:>11.2f} us" for n in SIZES))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=0.5, help="timed seconds per cell")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/selection.json"))
+    parser.add_argument("--repeat", type=int, default=3, help="runs per cell; the best counts")
+    parser.add_argument("--skip-picks", action="store_true", help="only the hash tables")
+    parser.add_argument("--skip-tables", action="store_true", help="only the per-pick costs")
+    args = parser.parse_args(argv)
+    result: dict[str, Any] = {
         "benchmark": "selection cost per request",
         "unit": "ns per pick (first candidate)",
         "sizes": list(SIZES),
         "seconds_per_cell": args.seconds,
+        "repeat": args.repeat,
         "python": sys.version.split()[0],
         "machine": platform.machine(),
         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "rows": rows,
     }
+    if not args.skip_picks:
+        result["rows"] = measure_picks(args.seconds, args.repeat)
+    if not args.skip_tables:
+        result["tables"] = hash_tables.measure_builds()
+        result["remapping"] = hash_tables.measure_remapping()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"\nwrote {args.out}")
     return 0

@@ -23,12 +23,14 @@ from router.discovery.static import static_replicas
 from router.dns import DnsService
 from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
 from router.health import HealthChecker, make_health_session
+from router.listen_errors import listen_error
 from router.metrics import Metrics, build_version
 from router.models import AttestationVerdict, Replica
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers
 from router.proxy.fast import FastEngine
 from router.reconciler import Reconciler
+from router.reload_plan import plan_reload
 from router.snapshot import Overrides, Policy, Snapshot
 from router.status import router_facts, status_document
 from router.status_history import StatusHistory
@@ -92,6 +94,8 @@ class RouterApp:
         worker: WorkerLink | None = None,
     ) -> None:
         self.config = config
+        # What the listeners and engine run with: restart-only keys are compared with it.
+        self._started_config = config
         self.config_path = config_path
         self._environ = os.environ if environ is None else environ
         self._clock = clock
@@ -156,7 +160,11 @@ class RouterApp:
             from router.proxy.envoy.engine import EnvoyEngine  # only with the [envoy] extra
 
             self.engine = EnvoyEngine(
-                config, self._snapshot, self.reconciler.subscribe, clock=clock
+                config,
+                self._snapshot,
+                self.reconciler.subscribe,
+                clock=clock,
+                config_source=lambda: self.config,
             )
         else:
             self.engine = AiohttpEngine(
@@ -310,44 +318,28 @@ class RouterApp:
             log.error("reload refused, still running the previous config:\n%s", exc)
             return ReloadResult(error=str(exc))
         old, self.config = self.config, new
-        result = ReloadResult()
-        for name, before, after in (
-            ("listen", old.listen, new.listen),
-            ("listen_tls.listen", _tls_listen(old), _tls_listen(new)),
-            ("admin.listen", old.admin.listen, new.admin.listen),
-            ("admin.token_env", old.admin.token_env, new.admin.token_env),
-            ("proxy.engine", old.proxy.engine, new.proxy.engine),
-            (
-                "proxy.client_header_timeout",
-                old.proxy.client_header_timeout,
-                new.proxy.client_header_timeout,
-            ),
-            ("health.enabled", old.health.enabled, new.health.enabled),
-            ("health.max_concurrency", old.health.max_concurrency, new.health.max_concurrency),
-        ):
-            if before != after:
-                result.restart_required.append(name)
-        self.engine.apply_config(new)
-        result.applied.append("proxy")
+        plan = plan_reload(self._started_config, old, new)
+        if {"proxy", "upstream", "health"} & set(plan.apply):  # health: passive.count_5xx
+            self.engine.apply_config(new)
         if self.tls is not None:
-            self.tls.reload()
-        if new.discovery.static is not None and new.discovery.static != old.discovery.static:
+            self.tls.reload()  # SIGHUP also re-reads the certificate files, changed or not
+        if "discovery.static" in plan.apply and new.discovery.static is not None:
             self.set_replicas(static_replicas(new.discovery.static))
-            result.applied.append("discovery.static")
-        reach = (old.discovery.connect_to, old.upstream_tls) != (
-            new.discovery.connect_to,
-            new.upstream_tls,
-        )
-        self.health.reconfigure(new.health, _health_session_factory(new) if reach else None)
-        result.applied.append("health")
-        self.reconciler.set_policy(policy)
-        result.applied.append("routing")
+        if "health" in plan.apply or "upstream" in plan.apply:
+            reach = "upstream" in plan.apply
+            self.health.reconfigure(new.health, _health_session_factory(new) if reach else None)
+        if "routing" in plan.apply or "health" in plan.apply:
+            self.reconciler.set_policy(policy)  # panic_threshold, slow_start live in health
+        result = ReloadResult(applied=list(plan.apply), restart_required=plan.restart_required)
         if result.restart_required:
             log.warning(
-                "reload: %s changed and take effect only after a restart",
+                "reload: %s differ from the running process and take effect only after a restart",
                 ", ".join(result.restart_required),
             )
-        log.info("reload: applied %s", ", ".join(result.applied))
+        log.info(
+            "reload: %s",
+            f"applied {', '.join(result.applied)}" if result.applied else "no change to apply",
+        )
         return result
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -368,7 +360,10 @@ class RouterApp:
         self._spawn(self.history.run())
         if self.attestor is not None:
             self._spawn(self.attestor.run())
-        await self.engine.start()
+        try:
+            await self.engine.start()
+        except OSError as exc:
+            raise listen_error(exc, self._proxy_listeners()) from None
         workers = worker_count(self.config)
         if workers > 1 and self._worker.count == 1:
             log.warning(
@@ -379,16 +374,27 @@ class RouterApp:
         self._worker.listen(self.reconciler.set_overrides)
         self._start_reports()
         if self._admin_enabled:
-            await self.admin.start()
+            try:
+                await self.admin.start()
+            except OSError as exc:
+                raise listen_error(exc, [("admin.listen", self.config.admin.listen)]) from None
         if self.dns is not None and self._admin_enabled:  # one DNS publisher per host
-            await self.dns.start()
+            try:
+                await self.dns.start()
+            except OSError as exc:
+                server = self.config.dns.server
+                raise listen_error(
+                    exc, [("dns.server.listen", server.listen if server else "?")]
+                ) from None
         if self.tls is not None and self.config.listen_tls is not None:
             self._spawn(self.tls.watch(self.config.listen_tls.reload_interval))
         self._started = True
         log.info(
             "serving on %s, admin on %s",
             ", ".join(f"{h}:{p}" for h, p in self.engine.addresses),
-            self.config.admin.listen,
+            f"{self.config.admin.listen.rsplit(':', 1)[0]}:{self.admin.port}"
+            if self._admin_enabled
+            else "worker 0",
         )
 
     def _start_reports(self) -> None:
@@ -400,6 +406,13 @@ class RouterApp:
             self.metrics.peers = ReportInbox()
             self.metrics.peers.listen(link.report_ins)
 
+    def _proxy_listeners(self) -> list[tuple[str, str]]:
+        """(config key, HOST:PORT) of the traffic listeners, for a bind error message."""
+        listeners = [("listen", self.config.listen)] if self.config.listen else []
+        if self.config.listen_tls is not None:
+            listeners.append(("listen_tls.listen", self.config.listen_tls.listen))
+        return listeners
+
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))
 
@@ -408,6 +421,15 @@ class RouterApp:
         requests get up to `grace` seconds to finish."""
         self._draining = True
         grace = self.config.proxy.drain_timeout if grace is None else grace
+        began, in_flight = time.monotonic(), sum(self.in_flight.values())
+        if self._started:
+            log.info(
+                "shutting down: /readyz is 503; draining %d request(s) in flight "
+                "(shutdown_delay %gs, drain_timeout %gs)",
+                in_flight,
+                self.config.proxy.shutdown_delay,
+                grace,
+            )
         if self.config.proxy.shutdown_delay > 0:
             # Keep serving while load balancers notice /readyz is 503.
             await asyncio.sleep(self.config.proxy.shutdown_delay)
@@ -420,6 +442,14 @@ class RouterApp:
         if self.metrics.peers is not None:
             self.metrics.peers.close(self._worker.report_ins.values())
         await self.engine.stop(grace)
+        cut = sum(self.in_flight.values())
+        if self._started:
+            log.info(
+                "shutdown: drained in %.2fs; %d request(s) were in flight, %d cut at drain_timeout",
+                time.monotonic() - began,
+                in_flight,
+                cut,
+            )
         if self.attestor is not None:
             await self.attestor.aclose()
         if self.discovery is not None:

@@ -6,61 +6,24 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn, cast
+from collections.abc import Callable
+from typing import Any
 
 import click
 import yaml
 
 from router import logs
-from router.config import RouterConfig, load_config, redacted
-from router.errors import ConfigError, RouterError
-
-EXIT_CONFIG = 2
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"phala-router: {message}", err=True)
-    sys.exit(code)
-
-
-def load_or_exit(path: str) -> RouterConfig:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        fail(f"invalid config {path}:\n{exc}", EXIT_CONFIG)
-
-
-def run_async(main: Callable[[], Awaitable[Any]]) -> Any:
-    """asyncio.run on uvloop when installed; RouterErrors become one clean line."""
-    try:
-        import uvloop
-
-        runner: Callable[[Any], Any] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    try:
-        return runner(main())
-    except ConfigError as exc:
-        fail(f"invalid config:\n{exc}", EXIT_CONFIG)
-    except RouterError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        return None
-
-
-async def wait_for_signal(on_hangup: Callable[[], object] | None = None) -> None:
-    """Until SIGTERM/SIGINT; SIGHUP calls `on_hangup` (reload) and keeps running."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if on_hangup is not None:
-        loop.add_signal_handler(signal.SIGHUP, on_hangup)
-    await stop.wait()
-
+from router.cli_support import (
+    EXIT_CONFIG,
+    catch_signals,
+    fail,
+    load_or_exit,
+    run_async,
+    wait_for_signal,
+)
+from router.config import redacted
+from router.errors import ConfigError
 
 log_options = [
     click.option(
@@ -108,9 +71,10 @@ def serve(config_path: str, log_level: str, log_format: str, access_log: bool) -
             app = RouterApp(
                 config, config_path=config_path, access_log_enabled=access_log, worker=worker
             )
+            stop = catch_signals(on_hangup=app.reload)
             await app.start()
             try:
-                await wait_for_signal(on_hangup=app.reload)
+                await stop.wait()
             finally:
                 await app.stop()
 
@@ -127,11 +91,18 @@ def check_config(config_path: str, as_json: bool) -> None:
     """Validate a config and print the effective config (secrets redacted)."""
     config = load_or_exit(config_path)
     from router.app import policy_from_config
+    from router.config_check import missing_secrets
 
     try:
         policy_from_config(config)  # sticky keys and GeoIP files are checked here
     except ConfigError as exc:
         fail(f"invalid config {config_path}:\n{exc}", EXIT_CONFIG)
+    missing = missing_secrets(config, os.environ)
+    if missing:
+        fail(
+            f"config {config_path} is valid but cannot start here:\n" + "\n".join(missing),
+            EXIT_CONFIG,
+        )
     data = redacted(config)
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -166,7 +137,22 @@ def demo(
     from router.demo import run_demo
 
     run_async(
-        lambda: run_demo(port=port, admin_port=admin_port, policy=policy, attestation=attestation)
+        lambda: run_demo(
+            port=port,
+            admin_port=admin_port,
+            policy=policy,
+            attestation=attestation,
+            access_log=access_log,
+        )
+    )
+
+
+def simulator_banner(sim: Any) -> str:
+    """The simulator's banner, then the router config sections that point at it."""
+    overlay = yaml.safe_dump(sim.router_overlay(), sort_keys=False).rstrip()
+    return (
+        f"{sim.banner()}\nrouter config for it (with {sim.config.api_key!r} in "
+        f"PHALA_CLOUD_API_KEY; config/sim-router.yaml for config/sim.yaml):\n{overlay}"
     )
 
 
@@ -185,7 +171,7 @@ def simulate(config_path: str, log_level: str, log_format: str, access_log: bool
 
     async def run() -> None:
         simulator = asyncio.ensure_future(
-            run_simulator(sim_config, ready=lambda sim: click.echo(sim.banner()))
+            run_simulator(sim_config, ready=lambda sim: click.echo(simulator_banner(sim)))
         )
         signalled = asyncio.ensure_future(wait_for_signal())
         # Whichever ends first: a signal, or the simulator failing (e.g. a port in use).
@@ -199,7 +185,12 @@ def simulate(config_path: str, log_level: str, log_format: str, access_log: bool
         except asyncio.CancelledError:
             pass
         except OSError as exc:
-            raise RouterError(f"the simulator could not start: {exc}") from None
+            from router.listen_errors import listen_error
+
+            c = sim_config
+            ports = [("api_port", c.api_port), ("gateway_port", c.gateway_port)]
+            ports.append(("control_port", c.control_port))
+            raise listen_error(exc, [(k, f"{c.host}:{p}") for k, p in ports]) from None
 
     run_async(run)
 
@@ -225,13 +216,23 @@ def replicas(config_path: str, as_json: bool) -> None:
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--replica", "replica_ids", multiple=True, help="only this replica (repeatable)")
 @click.option("--json", "as_json", is_flag=True)
-def attest(config_path: str, replica_ids: tuple[str, ...], as_json: bool) -> None:
-    """Attest the replicas now and print each verdict with its evidence."""
+@click.option(
+    "--measurements",
+    is_flag=True,
+    help="print each replica's MRTD/RTMR0-2 as attestation.os_measurements entries",
+)
+def attest(
+    config_path: str, replica_ids: tuple[str, ...], as_json: bool, measurements: bool
+) -> None:
+    """Attest the replicas now and print each verdict with its evidence.
+
+    Exit codes: 0 every replica passed, 1 error, 2 bad config or attestation off,
+    3 a replica failed (with --measurements: 0 whenever measurements were printed)."""
     logs.configure("warning")
     config = load_or_exit(config_path)
     if not config.attestation.enabled:
         fail("attestation.mode is off in this config: set cloud, guest-agent or fresh", EXIT_CONFIG)
-    from router.attestation.report import format_verdict, verdict_to_dict
+    from router.attestation import report
     from router.oneshot import control_plane_pass
 
     try:
@@ -240,72 +241,59 @@ def attest(config_path: str, replica_ids: tuple[str, ...], as_json: bool) -> Non
         )
     except LookupError as exc:
         fail(str(exc.args[0]))
+    if measurements:
+        click.echo(report.format_measurements(result.verdicts))
+        sys.exit(report.EXIT_ALL_PASSED)
     if as_json:
-        click.echo(json.dumps([verdict_to_dict(v) for v in result.verdicts], indent=2))
+        click.echo(json.dumps([report.verdict_to_dict(v) for v in result.verdicts], indent=2))
     else:
         for verdict in result.verdicts:
-            click.echo(format_verdict(verdict))
+            click.echo(report.format_verdict(verdict))
     if not all(v.ok for v in result.verdicts):
-        sys.exit(3)
-
-
-@main.group()
-def dns() -> None:
-    """DNS records for the healthy (and attested) replica set."""
-
-
-@dns.command("render")
-@click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", default="zone", type=click.Choice(["zone", "json", "octodns"]))
-@click.option(
-    "--from-admin", "admin_url", default=None, help="read a running router's admin API instead"
-)
-def dns_render(config_path: str, fmt: str, admin_url: str | None) -> None:
-    """Print the records (one discovery + health pass, or a running router's state)."""
-    logs.configure("warning")
-    config = load_or_exit(config_path)
-    from router.dns import render_from_admin, render_snapshot
-    from router.dns.formats import FormatName
-    from router.oneshot import control_plane_pass
-    from router.upstream import ConnectTo
-
-    pinned = ConnectTo(config.discovery.connect_to).lookup if config.discovery.connect_to else None
-    app_id = config.discovery.phala.app_id if config.discovery.phala else None
-
-    fmt_name = cast(FormatName, fmt)  # click.Choice already restricted it
-
-    async def render() -> tuple[str, Sequence[str]]:
-        if admin_url is not None:
-            token_env = config.admin.token_env
-            token = os.environ.get(token_env) if token_env else None
-            return await render_from_admin(
-                config.dns, admin_url, fmt_name, token=token, pinned=pinned
-            )
-        result = await control_plane_pass(config)
-        return await render_snapshot(
-            config.dns, result.snapshot, fmt_name, app_id=app_id, pinned=pinned
-        )
-
-    text, notes = run_async(render)
-    if fmt != "zone":  # the zone text already carries them as comments
-        for note in notes:
-            click.echo(f"; {note}", err=True)
-    click.echo(text, nl=not text.endswith("\n"))
+        sys.exit(report.EXIT_SOME_FAILED)
 
 
 @main.command("quote-server")
 @click.option("--listen", default="0.0.0.0:8099", show_default=True)
 @click.option("--path", default="/.well-known/phala-router/attest", show_default=True)
 @click.option("--dstack-socket", default="/var/run/dstack.sock", show_default=True)
+@click.option("--token-env", default=None, help="env var holding the router's bearer token")
 @with_logging
 def quote_server(
-    listen: str, path: str, dstack_socket: str, log_level: str, log_format: str, access_log: bool
+    listen: str,
+    path: str,
+    dstack_socket: str,
+    token_env: str | None,
+    log_level: str,
+    log_format: str,
+    access_log: bool,
 ) -> None:
     """Inside the CVM, next to the app: answer `fresh` attestation requests via dstack."""
     logs.configure(log_level, log_format, access_log)
+    from router.listen_errors import listen_error
     from router.quote_server import run
 
-    run(listen, endpoint=dstack_socket, path=path)
+    token = os.environ.get(token_env, "") if token_env else None
+    if token_env and not token:
+        fail(f"--token-env {token_env}: that environment variable is empty or unset", EXIT_CONFIG)
+    try:
+        run(listen, endpoint=dstack_socket, path=path, router_token=token)
+    except ValueError as exc:  # --listen is not HOST:PORT
+        fail(f"--listen: {exc}", EXIT_CONFIG)
+    except OSError as exc:
+        fail(str(listen_error(exc, [("--listen", listen)])), EXIT_CONFIG)
+
+
+def _add_subcommands() -> None:
+    """Command groups that live in their own modules (router/cli_*.py)."""
+    from router.cli_config import config_schema
+    from router.cli_dns import dns
+
+    main.add_command(dns)
+    main.add_command(config_schema)
+
+
+_add_subcommands()
 
 
 def _add_bench_commands() -> None:

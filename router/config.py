@@ -1,4 +1,4 @@
-"""The router's configuration: a YAML file, then `ROUTER_*` environment overrides.
+"""The router's configuration: a YAML file, then `PHALA_ROUTER_*` environment overrides.
 
 Every model is frozen and forbids unknown keys. `load_config()` is the one entry point; it
 raises `ConfigError` whose message names each bad field by its dotted path, the bad value and
@@ -7,6 +7,7 @@ what is allowed, so the CLI can print it and exit 2 without a traceback.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 import re
@@ -14,11 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from router.attestation.binding import unbound_problem
 from router.attestation.settings import AttestationConfig
 from router.balancing.settings import RoutingConfig
+from router.config_source import EnvOverrides, apply_env, load_yaml
 from router.discovery.settings import PhalaDiscoveryConfig
 from router.dns.settings import DnsConfig
 from router.errors import ConfigError
@@ -33,8 +35,6 @@ from router.settings_types import (
     is_loopback,
     split_host_port,
 )
-
-ENV_PREFIX = "ROUTER_"
 
 
 class AdminConfig(Frozen):
@@ -59,6 +59,8 @@ class StaticReplicaConfig(Frozen):
     url: str
     region: str | None = None
     weight: int = Field(100, ge=1, le=10000)
+    # The Phala instance id this replica's quote must name (attestation; 40 hex).
+    instance_id: str | None = Field(None, pattern=r"^(0x)?[0-9a-fA-F]{40}$")
 
     @field_validator("url")
     @classmethod
@@ -211,6 +213,9 @@ class RouterConfig(Frozen):
     # Plain-HTTP listener; null to serve only TLS (listen_tls).
     listen: HostPort | None = "127.0.0.1:8080"
     listen_tls: ListenTLSConfig | None = None
+    # A directory whose .well-known/acme-challenge/ files are served on the plain listener
+    # (ACME HTTP-01, e.g. certbot --webroot -w DIR), even with listen_tls.redirect_http.
+    acme_webroot: Path | None = None
     admin: AdminConfig = AdminConfig()
     discovery: DiscoveryConfig
     upstream_tls: UpstreamTLSConfig = UpstreamTLSConfig()
@@ -225,7 +230,20 @@ class RouterConfig(Frozen):
     def _some_listener(self) -> RouterConfig:
         if self.listen is None and self.listen_tls is None:
             raise ValueError("set listen, listen_tls, or both: the router needs a listener")
+        if self.discovery.static is not None:
+            problem = unbound_problem(self.discovery.static, self.attestation)
+            if problem:
+                raise ValueError(problem)
         return self
+
+    @field_validator("acme_webroot")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(
+                f"{str(value)!r} must be an absolute path, e.g. /var/lib/phala-router/acme"
+            )
+        return value
 
 
 def _format_location(loc: tuple[int | str, ...]) -> str:
@@ -240,69 +258,28 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
     return "".join(parts) or "(top level)"
 
 
-def format_validation_error(error: ValidationError) -> str:
-    """One line per problem: `dotted.path: message (got: value)`."""
+def format_validation_error(error: ValidationError, env: EnvOverrides | None = None) -> str:
+    """One line per problem: `dotted.path: message (got: value)`. A value that came from an
+    environment variable is never shown (it may be a secret in the wrong variable); the
+    variable is named instead."""
     lines = []
     for item in error.errors(include_url=False):
         where = _format_location(tuple(item["loc"]))
+        variable = env.variable_for(tuple(item["loc"])) if env else None
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key (check the spelling; see config/*.yaml for every key)"
+            message = "unknown key (check the spelling; config/reference.yaml lists every key)"
         elif item["type"] == "missing":
             message = "required but missing"
         got = item.get("input")
         shown = "" if item["type"] in {"missing", "extra_forbidden"} else f" (got: {got!r})"
         if isinstance(got, dict | list):
             shown = ""
+        if variable is not None:
+            shown = f" (set by environment variable {variable}; value not shown)"
         lines.append(f"{where}: {message}{shown}")
-    return "\n".join(lines)
-
-
-def _secret_names(data: Any, environ: Mapping[str, str]) -> set[str]:
-    """Environment variables the config names as holding secrets (`*_env` keys, in the file
-    or in an override): those hold values, not config overrides, even when they are called
-    ROUTER_SOMETHING (e.g. admin.token_env: ROUTER_ADMIN_TOKEN)."""
-    names: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if isinstance(key, str) and key.endswith("_env") and isinstance(value, str):
-                    names.add(value)
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(data)
-    for key, value in environ.items():
-        if key.startswith(ENV_PREFIX) and key.lower().endswith("_env"):
-            names.add(value)
-    return names
-
-
-def _apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """`ROUTER_PROXY__CONNECT_TIMEOUT=2s` sets proxy.connect_timeout (values parsed as YAML)."""
-    secrets = _secret_names(data, environ)
-    for key in sorted(environ):
-        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX or key in secrets:
-            continue
-        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
-        if any(not p for p in path):
-            raise ConfigError(f"environment variable {key}: empty path segment; use SECTION__KEY")
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"environment variable {key}: {part!r} is not a section")
-            node = child
-        try:
-            node[path[-1]] = yaml.safe_load(environ[key])
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"environment variable {key}: not a valid value: {exc}") from None
-    return data
+    text = "\n".join(lines)
+    return env.scrub(text) if env else text
 
 
 def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> RouterConfig:
@@ -310,11 +287,12 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> RouterC
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("the config must be a YAML mapping of sections (listen, discovery, ...)")
-    data = _apply_env(data, os.environ if environ is None else environ)
+    data = copy.deepcopy(data)  # overrides are applied to a copy: the caller's dict stays
+    env = apply_env(data, os.environ if environ is None else environ)
     try:
         return RouterConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc, env)) from None
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> RouterConfig:
@@ -323,11 +301,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> R
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {str(file)!r}: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
-    return parse_config(data, environ)
+    return parse_config(load_yaml(text, str(file)), environ)
 
 
 def redacted(config: RouterConfig) -> dict[str, Any]:

@@ -80,6 +80,7 @@ async def run_demo(
     admin_port: int = 9090,
     policy: str = "round_robin",
     attestation: str = "off",
+    access_log: bool = False,
     stop: asyncio.Event | None = None,
     ready: Callable[[RouterApp, Simulator], None] | None = None,
 ) -> None:
@@ -96,7 +97,7 @@ async def run_demo(
         ),
         environ,
     )
-    app = RouterApp(config, environ=environ)
+    app = RouterApp(config, environ=environ, access_log_enabled=access_log)
     try:
         await app.start()
         print(sim.banner())
@@ -104,7 +105,7 @@ async def run_demo(
         if ready is not None:
             ready(app, sim)
         if stop is None:
-            from router.cli import wait_for_signal
+            from router.cli_support import wait_for_signal
 
             await wait_for_signal()
         else:

@@ -1,4 +1,5 @@
-"""Logging setup, called only by the CLI: text or JSON lines with stable keys."""
+"""Logging setup, called only by the CLI: text or JSON lines with stable keys, timestamps
+in UTC RFC 3339 (`2026-12-02T06:08:15.123Z`) in both."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ from collections.abc import Callable
 from typing import Any
 
 
+def rfc3339_utc(created: float) -> str:
+    """`2026-12-02T06:08:15.123Z`: UTC, RFC 3339, milliseconds; the same in every log."""
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{whole}.{int((created % 1) * 1000):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "ts": round(record.created, 6),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "time": rfc3339_utc(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -36,6 +42,9 @@ _ESCAPE_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)}
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return rfc3339_utc(record.created)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         line = super().formatMessage(record).translate(_ESCAPE_CONTROLS)

@@ -94,6 +94,16 @@ class AttestationVerdict:
     compose_hash: str | None = None
     os_image_hash: str | None = None
     quote_digest: str | None = None
+    # What the quote measures: MRTD, RTMR0, RTMR1, RTMR2 (hex), and the os_measurements
+    # entry they matched (None: not checked or no match).
+    measurements: tuple[str, ...] = ()
+    os_measurement: str | None = None
+    key_provider: str | None = None
+    # (check, state) for os, app, instance, compose, key_provider, fresh; state is ok,
+    # failed, unchecked (not configured / not possible in this mode) or not_reached.
+    checks: tuple[tuple[str, str], ...] = ()
+    # Wall-clock (Unix) time of the attempt, for display; `at` is the monotonic clock.
+    wall_at: float | None = None
 
 
 class Clock(Protocol):

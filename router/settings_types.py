@@ -10,10 +10,23 @@ import ipaddress
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, WithJsonSchema
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+# One or more NUMBER+UNIT parts (Go's time.ParseDuration plus `d`): 1m30s, 500us, 1d, 1.5h.
+_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d)")
+_COMPOUND = re.compile(rf"^(?:{_PART.pattern})+$")
+_PLAIN = re.compile(r"^\d+(?:\.\d+)?$")
+_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+DURATION_HELP = "a number with us, ms, s, m, h or d, or a sum of them, e.g. 250ms, 5s, 1m30s, 1d"
 
 
 class Frozen(BaseModel):
@@ -23,23 +36,34 @@ class Frozen(BaseModel):
 
 
 def parse_duration(value: Any) -> float:
-    """`250ms`, `5s`, `1m`, `2h` or a bare number of seconds -> seconds (float)."""
+    """`250ms`, `5s`, `1m30s`, `500us`, `1d` or a bare number of seconds -> seconds (float)."""
     if isinstance(value, bool):
-        raise ValueError("a duration such as 250ms, 5s, 1m or 2h is required, not a boolean")
+        raise ValueError(f"a duration is required, not a boolean; use {DURATION_HELP}")
+    text = value.strip() if isinstance(value, str) else None
     if isinstance(value, int | float):
         seconds = float(value)
-    elif isinstance(value, str) and (m := _DURATION.match(value)):
-        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    elif text is not None and _PLAIN.match(text):
+        seconds = float(text)
+    elif text is not None and _COMPOUND.match(text):
+        seconds = sum(float(n) * _UNITS[unit] for n, unit in _PART.findall(text))
     else:
-        raise ValueError(
-            f"{value!r} is not a duration; use a number with ms, s, m or h, e.g. 250ms, 5s, 1m"
-        )
+        raise ValueError(f"{value!r} is not a duration; use {DURATION_HELP}")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+# For editors (config/schema.json): seconds as a number, or a string like 1m30s.
+_DURATION_SCHEMA = WithJsonSchema(
+    {
+        "anyOf": [
+            {"type": "number", "minimum": 0},
+            {"type": "string", "pattern": r"^\s*(\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d)?)+\s*$"},
+        ],
+        "description": DURATION_HELP,
+    }
+)
+Duration = Annotated[float, BeforeValidator(parse_duration), _DURATION_SCHEMA]
 
 
 def _positive(value: float) -> float:
@@ -48,7 +72,9 @@ def _positive(value: float) -> float:
     return value
 
 
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_positive)]
+PositiveDuration = Annotated[
+    float, BeforeValidator(parse_duration), AfterValidator(_positive), _DURATION_SCHEMA
+]
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -88,7 +114,7 @@ def _check_env_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
         raise ValueError(
             f"{value!r} is not an environment variable name; secrets are given by the "
-            "name of a variable that holds them (e.g. ROUTER_ADMIN_TOKEN), never inline"
+            "name of a variable that holds them (e.g. PHALA_ROUTER_ADMIN_TOKEN), never inline"
         )
     return value
 

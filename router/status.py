@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from router.attestation.report import checks_dict
 from router.models import AttestationVerdict, CheckResult, HealthView
 from router.snapshot import Snapshot
 
@@ -37,6 +38,9 @@ def _verdict(verdict: AttestationVerdict | None, now: float) -> dict[str, Any] |
         "tcb_status": verdict.tcb_status,
         "advisory_ids": list(verdict.advisory_ids),
         "compose_hash": verdict.compose_hash,
+        # Which checks ran (ok / failed / not_reached) and which are unchecked.
+        "checks": checks_dict(verdict),
+        "os_measurement": verdict.os_measurement,
     }
 
 

@@ -108,7 +108,8 @@ async def test_no_collateral_at_all_fails_closed(tmp_path: Path, quote: bytes) -
     pccs.fail = True
     with pytest.raises(AttestationError) as info:
         await store(tmp_path, pccs, Clock(pinned_now(DSTACK_COLLATERAL))).get(quote)
-    assert info.value.reason == "no_collateral"
+    # The PCCS could not be reached: a source outage, named as such.
+    assert info.value.reason == "pccs_unreachable"
     assert "90C06F000000" in info.value.detail
 
 
@@ -179,7 +180,7 @@ async def test_real_dcap_qvl_client_against_an_unhelpful_pccs_fails_closed(
             await collateral.get(quote)
     finally:
         await runner.cleanup()
-    assert info.value.reason == "no_collateral"
+    assert info.value.reason == "pccs_unreachable"
     assert paths  # dcap-qvl did ask our PCCS
 
 

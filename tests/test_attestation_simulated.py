@@ -42,8 +42,10 @@ def check(
     *,
     verifier: Verifier = "insecure-simulator",
     nonce: bytes = NONCE,
-    trusted: frozenset[bytes] = frozenset(),
+    trusted: frozenset[bytes] | None = None,
 ) -> AttestationVerdict:
+    if trusted is None:  # trust the key that signed this quote (nothing is trusted by default)
+        trusted = frozenset({parse_td_quote(bytes.fromhex(quote_hex)).signature_data[64:128]})
     return verify_evidence(
         Evidence(quote=bytes.fromhex(quote_hex), event_log=events),
         Expectation(

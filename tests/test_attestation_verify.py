@@ -41,6 +41,8 @@ def expect(**changes: Any) -> Expectation:
         "app_id": DSTACK_APP_ID,
         "instance_id": DSTACK_INSTANCE_ID,
         "allowed_compose_hashes": frozenset({DSTACK_COMPOSE_HASH}),
+        # The fixture's keys come from `local-sgx`, not a KMS: allowed here on purpose.
+        "allowed_key_providers": frozenset({"kms", "local-sgx"}),
     }
     fields.update(changes)
     return Expectation(**fields)

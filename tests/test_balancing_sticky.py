@@ -1,4 +1,4 @@
-"""Sticky sessions: rendezvous hashing (header, ip) and signed cookies."""
+"""Sticky sessions: hashed keys (header, ip) and signed cookies."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ from collections import Counter
 import pytest
 
 from router.balancing.base import Member, Picker
-from router.balancing.group import Group, Memos, hash64
+from router.balancing.group import Group
+from router.balancing.keyhash import hash64
+from router.balancing.settings import StickyConfig
 from router.balancing.sticky import cookie_value, sign_replica
+from router.balancing.tables import KeyTables
 from router.errors import ConfigError
 from tests.balancing_support import ctx, factory, first, members, replica
 
@@ -24,7 +27,7 @@ def placement(group_members: list[Member], keys: list[str]) -> dict[str, str]:
     import random
 
     group = Group("all", group_members, "round_robin", {}, random.Random(0))
-    return {k: group.replicas[group.keyed(hash64(k))].id for k in keys}
+    return {k: next(group.keyed_order(hash64(k))).id for k in keys}
 
 
 def test_removing_one_of_n_moves_only_its_keys_about_one_nth() -> None:
@@ -71,7 +74,7 @@ def test_header_mode_keeps_a_session_on_one_replica_and_spreads_sessions() -> No
     assert len(plain) == 5
     context = ctx(headers={"X-Session-Id": "alice"})
     first(picker, context)
-    assert context.explanation == "sticky header: rendezvous"
+    assert context.explanation == "sticky header: maglev"
 
 
 def test_ip_mode_is_stable_across_snapshots_and_routers() -> None:
@@ -209,22 +212,21 @@ def test_sticky_with_debug_headers() -> None:
     picker = factory(cfg)(pool(3), {})
     context = ctx("203.0.113.9")
     first(picker, context)
-    assert context.response_headers == [("X-Router-Route", "sticky ip: rendezvous")]
+    assert context.response_headers == [("X-Router-Route", "sticky ip: maglev")]
 
 
-def test_rendezvous_results_survive_a_snapshot_with_the_same_group() -> None:
-    memos = Memos()
-    same = pool(3)
-    first_memo = memos.get(same)
-    first_memo[42] = 1
-    memos.next_generation()
-    assert memos.get(pool(3)) is first_memo  # unchanged members and weights: kept
-    assert memos.get(pool(4)) is not first_memo  # different membership: fresh
+def test_sticky_tables_survive_a_snapshot_with_the_same_group() -> None:
+    tables = KeyTables(StickyConfig(mode="header"))
+    first_table = tables.get(pool(3))
+    tables.next_generation()
+    assert tables.get(pool(3)) is first_table  # unchanged members and weights: kept
+    assert tables.get(pool(4)) is not first_table  # different membership: rebuilt
     reweighted = [Member(m.replica, 50.0) for m in pool(3)]
-    assert memos.get(reweighted) == {}
-    memos.next_generation()
-    memos.next_generation()
-    assert memos.get(pool(3)) == {}  # dropped once unused for a whole build
+    assert tables.get(reweighted) is not first_table
+    assert tables.builds == 3
+    tables.next_generation()
+    tables.next_generation()
+    assert tables.get(pool(3)) is not first_table  # dropped once unused for a whole build
 
 
 def test_odd_header_bytes_still_place_the_key() -> None:

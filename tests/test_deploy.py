@@ -122,7 +122,7 @@ def test_phala_compose_runs_the_router_with_a_valid_config() -> None:
     )  # an encrypted env var, never inline
     embedded = yaml.safe_load(compose["configs"]["router_yaml"]["content"])
     app_id = "ab" * 20
-    config = parse_config(embedded, {"ROUTER_DISCOVERY__PHALA__APP_ID": app_id})
+    config = parse_config(embedded, {"PHALA_ROUTER_DISCOVERY__PHALA__APP_ID": app_id})
     assert config.discovery.phala is not None
     assert config.discovery.phala.app_id == app_id
-    assert config.admin.token_env == "ROUTER_ADMIN_TOKEN"
+    assert config.admin.token_env == "PHALA_ROUTER_ADMIN_TOKEN"

@@ -141,7 +141,8 @@ def test_membership_changes_leave_the_clusters_untouched() -> None:
             {"lb_policy": "LEAST_REQUEST", "least_request_lb_config": {"choice_count": 2}},
         ),
         ({"sticky": {"mode": "header"}}, {}, {"lb_policy": "MAGLEV"}),
-        ({"sticky": {"mode": "ip"}}, {"hash_balancer": "ring_hash"}, {"lb_policy": "RING_HASH"}),
+        ({"sticky": {"mode": "ip", "hash": "ring"}}, {}, {"lb_policy": "RING_HASH"}),
+        ({"sticky": {"mode": "ip", "hash": "rendezvous"}}, {}, {"lb_policy": "MAGLEV"}),
     ],
 )
 def test_policies_map_to_envoy_load_balancers(

@@ -143,7 +143,9 @@ def test_mutated_configs_load_or_raise_config_error(
     )
 )
 def test_environment_overrides_load_or_raise_config_error(env: dict[tuple[str, ...], str]) -> None:
-    environ = {"ROUTER_" + "__".join(p.upper() for p in path): value for path, value in env.items()}
+    environ = {
+        "PHALA_ROUTER_" + "__".join(p.upper() for p in path): value for path, value in env.items()
+    }
     check(lambda: parse_config(copy.deepcopy(BASE), environ))
 
 

@@ -12,13 +12,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 from router.attestation.manager import Attestor
 from router.attestation.quote import fresh_report_data
 from router.attestation.settings import AttestationConfig
 from router.attestation.verify import Evidence, Expectation, verify_evidence
 from router.models import AttestationVerdict, Replica
-from router.quote_server import create_app
+from router.quote_server import ClientBudget, create_app
 from router.simulator.quotes import SimulatedQuotes
 
 APP_ID = "a1" * 20
@@ -117,6 +119,7 @@ async def test_quote_server_returns_a_quote_bound_to_the_nonce(setup: Setup) -> 
         now_unix=0,
         at=0.0,
         verifier="insecure-simulator",
+        trusted_simulator_keys=frozenset({setup.dstack.quotes.public_key}),
     )
     assert verdict.ok, verdict
 
@@ -138,6 +141,7 @@ async def test_router_fresh_mode_attests_through_the_quote_server(setup: Setup) 
         APP_ID,
         verdicts.append,
         session=setup.session,
+        trusted_simulator_keys=frozenset({setup.dstack.quotes.public_key}),
     )
     attestor.update_replicas([replica])
     first, second = await attestor.attest_now(), await attestor.attest_now()
@@ -186,3 +190,99 @@ async def test_missing_dstack_socket_is_a_503_saying_what_to_mount(tmp_path: Pat
         await server.cleanup()
     assert body["error"] == "dstack_unavailable"
     assert "dstack.sock" in body["detail"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_client_budget_allows_a_burst_then_one_per_refill() -> None:
+    clock = Clock()
+    budget = ClientBudget(burst=3, refill=2.0, clock=clock)
+    assert [budget.take("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert budget.take("a") == pytest.approx(2.0)
+    assert budget.take("b") == 0.0  # another client has its own budget
+    clock.now = 2.0
+    assert budget.take("a") == 0.0
+    assert budget.take("a") > 0
+
+
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.floats(0, 5)), max_size=60))
+def test_no_client_gets_more_than_burst_plus_refills(calls: list[tuple[str, float]]) -> None:
+    clock = Clock()
+    budget = ClientBudget(burst=2, refill=1.0, clock=clock)
+    granted: dict[str, int] = {}
+    for client, step in calls:
+        clock.now += step
+        if budget.take(client) == 0.0:
+            granted[client] = granted.get(client, 0) + 1
+    for count in granted.values():
+        assert count <= 2 + clock.now / 1.0 + 1e-9
+
+
+async def test_past_its_budget_a_client_gets_429_but_the_router_token_does_not(
+    setup: Setup,
+) -> None:
+    server = await start(
+        create_app(
+            endpoint=str(setup.socket),
+            budget=ClientBudget(burst=2, refill=3600.0),
+            router_token="router-secret",
+        ),
+        web.TCPSite,
+        host="127.0.0.1",
+        port=0,
+    )
+    url = f"http://127.0.0.1:{server.addresses[0][1]}/.well-known/phala-router/attest"
+    params = {"nonce": NONCE.hex()}
+    try:
+        statuses = []
+        for _ in range(3):
+            async with setup.session.get(url, params=params) as response:
+                statuses.append(response.status)
+                retry_after = response.headers.get("Retry-After")
+        assert statuses == [200, 200, 429]
+        assert retry_after is not None
+        assert int(retry_after) > 0
+        for token, status in (("wrong", 429), ("router-secret", 200)):
+            headers = {"Authorization": f"Bearer {token}"}
+            async with setup.session.get(url, params=params, headers=headers) as response:
+                assert response.status == status
+    finally:
+        await server.cleanup()
+
+
+async def test_the_router_with_its_token_is_never_rate_limited(setup: Setup) -> None:
+    server = await start(
+        create_app(
+            endpoint=str(setup.socket),
+            budget=ClientBudget(burst=1, refill=3600.0),
+            router_token="router-secret",
+        ),
+        web.TCPSite,
+        host="127.0.0.1",
+        port=0,
+    )
+    port = server.addresses[0][1]
+    replica = Replica(
+        id=INSTANCE_ID, url=f"http://127.0.0.1:{port}", scheme="http", host="127.0.0.1",
+        port=port, app_id=APP_ID, compose_hash=COMPOSE_HASH,
+    )  # fmt: skip
+    attestor = Attestor(
+        AttestationConfig(mode="fresh", verifier="insecure-simulator"),
+        APP_ID,
+        lambda verdict: None,
+        session=setup.session,
+        trusted_simulator_keys=frozenset({setup.dstack.quotes.public_key}),
+        fresh_token="router-secret",
+    )
+    attestor.update_replicas([replica])
+    try:
+        verdicts = [(await attestor.attest_now())[0] for _ in range(3)]
+    finally:
+        await server.cleanup()
+    assert [v.ok for v in verdicts] == [True, True, True], verdicts

@@ -32,12 +32,16 @@ def test_attestation_section_is_a_valid_router_config() -> None:
     config = parse_config(
         {
             "listen": "127.0.0.1:0",
-            "discovery": {"static": [{"id": "a", "url": "http://a.example"}]},
+            "discovery": {
+                "static": [{"id": "a", "url": "http://a.example", "instance_id": "ab" * 20}]
+            },
             "attestation": sim.attestation_section("fresh", interval="1s"),
         },
         {},
     )
     assert config.attestation.verifier == "insecure-simulator"
+    assert config.attestation.app_id == sim.config.app_id
+    assert [m.name for m in config.attestation.os_measurements] == ["simulated-dstack"]
     assert config.attestation.fresh.path == "/attest"
     assert config.attestation.simulator_public_keys == (sim.quote_public_key.hex(),)
 

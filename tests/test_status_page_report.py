@@ -137,7 +137,12 @@ async def test_alarm_when_nothing_is_routable_and_simulator_verifier_warning(
         cfg = static_config(
             [("a", f"http://127.0.0.1:{a.port}")],
             health={"enabled": False},
-            attestation={"mode": "fresh", "verifier": "insecure-simulator", "timeout": "1s"},
+            attestation={
+                "mode": "fresh",
+                "verifier": "insecure-simulator",
+                "timeout": "1s",
+                "allow_unbound": True,
+            },
             listen_tls={
                 "listen": "127.0.0.1:0",
                 "cert_file": str(cert_file),

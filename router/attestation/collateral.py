@@ -5,7 +5,9 @@ platform family (FMSPC) are current; it is valid for about a month. We keep it i
 on disk under `<cache_dir>/<FMSPC>.json`, and fetch it again a little before its
 `nextUpdate` so verification never stalls on an expired copy. When a refresh fails the old
 copy is kept while it is valid (and even after, so the verdict says `collateral_expired`
-rather than hiding why). With nothing at all the attempt fails closed: `no_collateral`.
+rather than hiding why). With nothing at all the attempt fails closed: `pccs_unreachable`
+when the PCCS could not be reached (a source outage), `no_collateral` when none is
+configured. A quote whose FMSPC cannot be read is `malformed_quote`.
 
 Offline sites set `collateral.file`: a collateral JSON or a JSON list of them; nothing is
 fetched for an FMSPC it covers.
@@ -91,7 +93,7 @@ def quote_fmspc(raw: bytes) -> str:
     try:
         return str(dcap_qvl.parse_quote(raw).fmspc()).upper()
     except ValueError as exc:
-        raise AttestationError("no_collateral", f"cannot read the quote's FMSPC: {exc}") from None
+        raise AttestationError("malformed_quote", f"cannot read the quote's FMSPC: {exc}") from None
 
 
 class CollateralStore:
@@ -133,15 +135,15 @@ class CollateralStore:
             fresh = await self._fetch(fmspc, raw_quote, have_old=entry is not None)
             if fresh is not None:
                 return fresh.collateral
+        if entry is None and self._cfg.pccs_url:
+            raise AttestationError(
+                "pccs_unreachable",
+                f"no collateral for FMSPC {fmspc}: fetching from {self._cfg.pccs_url} failed",
+            )
         if entry is None:
             raise AttestationError(
                 "no_collateral",
-                f"no collateral for FMSPC {fmspc}: "
-                + (
-                    f"fetching from {self._cfg.pccs_url} failed"
-                    if self._cfg.pccs_url
-                    else "set attestation.collateral.pccs_url or .file"
-                ),
+                f"no collateral for FMSPC {fmspc}: set attestation.collateral.pccs_url or .file",
             )
         if now >= entry.next_update:
             log.warning("collateral for FMSPC %s is past its nextUpdate; still using it", fmspc)

@@ -11,7 +11,10 @@
 
 Replica-side calls go through the same aiohttp session settings as traffic (Host, SNI,
 TLS verification, `connect_to`), so we attest the endpoint that traffic will reach.
-Every failure becomes AttestationError("fetch_failed", what went wrong).
+A failure to reach the Cloud API (network, timeout, 5xx) is `cloud_api_unreachable`, the
+only source outage a passing verdict survives; a quote that is not hex is
+`malformed_quote`; anything else is `fetch_failed` (the replica or its agent did not give
+an attestation: it is removed).
 """
 
 from __future__ import annotations
@@ -72,13 +75,21 @@ def _evidence(data: Any, source: str, app_compose: str | None = None) -> Evidenc
     try:
         raw = decode_quote(quote)
     except AttestationError as exc:
-        raise AttestationError("fetch_failed", f"{source}: {exc.detail}") from None
+        raise AttestationError(exc.reason, f"{source}: {exc.detail}") from None
+    claimed = data.get("report_data")
+    try:
+        report_data = (
+            bytes.fromhex(claimed.removeprefix("0x")) if isinstance(claimed, str) else None
+        )
+    except ValueError:
+        raise AttestationError("wrong_report_data", f"{source}: report_data is not hex") from None
     return Evidence(
         quote=raw,
         event_log=log_value,
         vm_config=vm_config if isinstance(vm_config, str) else None,
         app_compose=app_compose,
         source=source,
+        report_data=report_data,
     )
 
 
@@ -95,8 +106,12 @@ async def fetch_cloud(
         response.raise_for_status()
         data = response.json()
     except httpx.HTTPStatusError as exc:
+        code = exc.response.status_code
+        reason = "cloud_api_unreachable" if code >= 500 or code == 429 else "fetch_failed"
+        raise AttestationError(reason, f"Cloud API {path}: HTTP {code}") from None
+    except httpx.TransportError as exc:
         raise AttestationError(
-            "fetch_failed", f"Cloud API {path}: HTTP {exc.response.status_code}"
+            "cloud_api_unreachable", f"Cloud API {path}: {exc or type(exc).__name__}"
         ) from None
     except (httpx.HTTPError, ValueError) as exc:
         raise AttestationError(
@@ -215,6 +230,7 @@ async def fetch_fresh(
     fresh: FreshConfig,
     nonce: bytes,
     timeout: float,
+    token: str | None = None,
 ) -> Evidence:
     data = await _json(
         session,
@@ -222,5 +238,6 @@ async def fetch_fresh(
         fresh_url(replica, fresh, nonce),
         "quote server",
         timeout=aiohttp.ClientTimeout(total=timeout),
+        headers={"Authorization": f"Bearer {token}"} if token else None,
     )
     return _evidence(data, "quote server")

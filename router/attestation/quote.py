@@ -6,7 +6,8 @@ locates the measured values, so it also reads the simulator's structurally real 
 Layout (Intel TDX DCAP quote v4): a 48-byte header, then the 584-byte TD report body, then
 a little-endian u32 length and the signature data. v5 inserts a u16 body type and a u32
 body size before the body. Inside the body: mr_td at +136, rtmr[i] at +328+48*i,
-report_data at +520 (so 184, 376+48*i and 568 in a v4 quote).
+report_data at +520 (so 184, 376+48*i and 568 in a v4 quote); mr_signer_seam at +64 and
+td_attributes at +120 (bit 0: a debug TD, whose memory the host can read).
 """
 
 from __future__ import annotations
@@ -23,7 +24,10 @@ TD15_BODY_LEN = 648
 TEE_TYPE_TDX = 0x81
 TEE_TYPE_SGX = 0x00
 
+_MR_SIGNER_SEAM = 64
+_TD_ATTRIBUTES = 120
 _MR_TD = 136
+TD_ATTRIBUTE_DEBUG = 0x01
 _RTMR0 = 328
 _REPORT_DATA = 520
 
@@ -39,6 +43,12 @@ class TdQuote:
     report_data: bytes
     signed: bytes
     signature_data: bytes
+    mr_signer_seam: bytes = bytes(48)
+    td_attributes: bytes = bytes(8)
+
+    @property
+    def is_debug(self) -> bool:
+        return bool(self.td_attributes[0] & TD_ATTRIBUTE_DEBUG)
 
     @property
     def digest(self) -> str:
@@ -88,6 +98,8 @@ def parse_td_quote(raw: bytes) -> TdQuote:
         report_data=body[_REPORT_DATA : _REPORT_DATA + 64],
         signed=raw[:end],
         signature_data=raw[end + 4 : end + 4 + sig_len],
+        mr_signer_seam=body[_MR_SIGNER_SEAM : _MR_SIGNER_SEAM + 48],
+        td_attributes=body[_TD_ATTRIBUTES : _TD_ATTRIBUTES + 8],
     )
 
 

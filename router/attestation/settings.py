@@ -3,6 +3,9 @@
 `mode` picks where a replica's quote comes from (`off` admits without attestation);
 `verifier` picks who is trusted to sign it: `dcap` (Intel's chain through dcap-qvl) or
 `insecure-simulator` (the local simulator's own key: for demos only, never production).
+What a pass requires beyond Intel's signature: `os_measurements` (the OS, see
+`measurements.py`), `app_id` (static discovery), `allowed_key_providers` / `kms_ids`,
+`denied_advisories`; each check left unset is shown as `unchecked`.
 """
 
 from __future__ import annotations
@@ -10,10 +13,11 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from router.attestation.measurements import OsMeasurement, read_measurements_file
 from router.settings_types import Frozen, PositiveDuration
 
 TCB_STATUSES = (
@@ -37,6 +41,8 @@ TcbStatus = Literal[
 
 DEFAULT_PCCS_URL = "https://pccs.phala.network"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+KEY_PROVIDERS = ("kms", "local", "local-sgx")
 
 
 def _sha256_hexes(values: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -92,6 +98,13 @@ class FreshConfig(Frozen):
 
     path: str = "/.well-known/phala-router/attest"
     port: int | None = Field(None, ge=1, le=65535)
+    # A failed fetch is retried this many times (backoff doubling from retry_backoff, all
+    # within the interval) before a replica that was passing is removed.
+    retries: int = Field(2, ge=0, le=10)
+    retry_backoff: PositiveDuration = 1.0
+    # Env var holding a bearer token the quote server knows (`--token-env`): the router's
+    # requests then skip its public per-client budget.
+    token_env: str | None = None
 
     @field_validator("path")
     @classmethod
@@ -114,13 +127,70 @@ class AttestationConfig(Frozen):
     # Empty = the compose hashes the Cloud API reports for this app.
     allowed_compose_hashes: tuple[str, ...] = ()
     allowed_tcb_statuses: tuple[TcbStatus, ...] = ("UpToDate",)
-    # Empty = any OS image (when set, the quote's vm_config / os-image-hash must match).
+    # Intel advisories (e.g. INTEL-SA-00837) refused even at an allowed TCB status.
+    denied_advisories: tuple[str, ...] = ()
+    # Known-good {name, mrtd, rtmr0, rtmr1, rtmr2}; empty = the OS is not checked.
+    os_measurements: tuple[OsMeasurement, ...] = ()
+    # Read at load time and added to os_measurements (a YAML/JSON list of entries).
+    os_measurements_file: Path | None = None
+    # A LABEL check only: the os-image-hash event is written by guest code, not evidence.
     allowed_os_image_hashes: tuple[str, ...] = ()
+    # The app every replica's quote must name (static discovery; phala discovery's app_id
+    # is used when unset).
+    app_id: str | None = None
+    # Static discovery without app_id / per-replica instance_id: opt out, shown unchecked.
+    allow_unbound: bool = False
+    # The attested key-provider event must name one of these (dstack: kms, local, local-sgx).
+    allowed_key_providers: tuple[str, ...] = ("kms",)
+    # Pin the KMS: the key-provider id (hex of the KMS root CA's SPKI) must be one of these.
+    kms_ids: tuple[str, ...] = ()
     collateral: CollateralConfig = CollateralConfig()
     fresh: FreshConfig = FreshConfig()
     # With verifier insecure-simulator: the simulator public keys (hex, as printed by
     # `phala-router simulate`) whose signatures are accepted instead of Intel's.
     simulator_public_keys: tuple[str, ...] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _measurements_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        path, inline = data.get("os_measurements_file"), data.get("os_measurements") or []
+        if not isinstance(path, str | Path) or not path or not isinstance(inline, list | tuple):
+            return data  # absent, or a wrong type that field validation names
+        entries = read_measurements_file(Path(path))
+        return {**data, "os_measurements": [*inline, *entries]}
+
+    @field_validator("app_id")
+    @classmethod
+    def _app_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        cleaned = value.strip().lower().removeprefix("0x")
+        if not _HEX40.match(cleaned):
+            raise ValueError(f"{value!r} is not an app id (40 hex characters)")
+        return cleaned
+
+    @field_validator("allowed_key_providers")
+    @classmethod
+    def _providers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [v for v in value if v not in KEY_PROVIDERS]
+        if unknown or not value:
+            raise ValueError(
+                f"{unknown or 'empty'} not allowed; allowed key providers: {', '.join(KEY_PROVIDERS)}"
+            )
+        return value
+
+    @field_validator("kms_ids")
+    @classmethod
+    def _kms_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        cleaned = tuple(v.strip().lower().removeprefix("0x") for v in value)
+        for original, v in zip(value, cleaned, strict=True):
+            if not v or not all(c in "0123456789abcdef" for c in v):
+                raise ValueError(
+                    f"{original!r} is not a KMS id (hex, as in the key-provider event)"
+                )
+        return cleaned
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -155,6 +225,9 @@ class AttestationConfig(Frozen):
                 "attestation.allowed_tcb_statuses is empty: no quote could pass; allowed "
                 f"values: {', '.join(TCB_STATUSES)}"
             )
+        names = [m.name for m in self.os_measurements]
+        if len(set(names)) != len(names):
+            raise ValueError("attestation.os_measurements: entry names must be unique")
         if self.max_age is not None and self.max_age < self.interval:
             raise ValueError(
                 f"attestation.max_age ({self.max_age:g}s) is shorter than attestation.interval "

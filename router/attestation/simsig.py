@@ -60,12 +60,12 @@ def check(
 ) -> None:
     """Raise AttestationError('bad_signature') unless the simulator signature holds.
 
-    `trusted_keys` (raw 64-byte public keys) pins the simulator; empty accepts the key
-    embedded in the quote, which proves integrity only, not origin."""
+    `trusted_keys` (raw 64-byte public keys) pins the simulator; with none, nothing is
+    trusted (the key embedded in a quote proves integrity only, not origin)."""
     if not is_simulated(signature_data):
         raise AttestationError("bad_signature", "not a simulator-signed quote")
     raw_key = signature_data[64:128]
-    if trusted_keys and raw_key not in trusted_keys:
+    if raw_key not in trusted_keys:
         raise AttestationError("bad_signature", "signed by a simulator key that is not trusted")
     try:
         public = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + raw_key)

@@ -3,23 +3,30 @@
 Pure: time comes in as arguments, collateral is handed in; no network, no clock. The checks
 run in a fixed order and the first failure names the verdict's reason:
 
-    malformed_quote | not_tdx            the bytes are not a TDX quote
+    malformed_quote | not_tdx            the bytes are not a TDX quote (checked first)
+    debug_td                             TD attributes say debug: the host can read the TD
+    mr_signer_seam                       the TDX module is not Intel's (mr_signer_seam != 0)
     no_collateral                        (dcap) nothing to check Intel's signature against
     collateral_expired                   (dcap) the collateral's CRLs / TCB info are out of date
     bad_signature                        the quote is not signed by a trusted quoting enclave
     tcb_unknown | tcb_status:<Status>    the platform's TCB level is not acceptable
+    advisory_denied                      an Intel advisory in attestation.denied_advisories
     malformed_event_log | event_digest_mismatch | rtmr_mismatch:<i>
                                          the event log does not replay to the quote's RTMRs
+    os_measurement_mismatch              MRTD/RTMR0-2 match no attestation.os_measurements entry
     wrong_app | wrong_instance           the quote is another app's, or another replica's
     compose_mismatch                     the app_compose given does not hash to the event
     compose_not_allowed                  the measured compose hash is not in the allowed set
-    os_image_not_allowed                 the OS image hash is not in the allowed set
-    stale_nonce | wrong_report_data      (fresh) the quote was not made for our nonce
+    key_provider_not_allowed | kms_not_allowed
+                                         keys not from an allowed provider / pinned KMS
+    os_image_not_allowed                 the os-image-hash LABEL is not in the allowed set
+    stale_nonce                          (fresh) the quote was not made for our nonce
+    wrong_report_data                    (guest-agent) report_data binds no app key, or not
+                                         the one the agent says
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -29,10 +36,31 @@ from typing import Any, Literal
 import dcap_qvl
 
 from router.attestation import simsig
+from router.attestation.claims import (
+    Checks,
+    Expectation,
+    check_bindings,
+    check_key_provider,
+    check_os,
+    check_os_image_label,
+    check_report_data,
+)
 from router.attestation.eventlog import first_mismatch, parse_event_log, runtime_claims
 from router.attestation.quote import TdQuote, parse_td_quote, quote_digest
 from router.errors import AttestationError
 from router.models import AttestationVerdict
+
+__all__ = [
+    "Evidence",
+    "Expectation",
+    "SignatureResult",
+    "check_platform",
+    "check_signature",
+    "check_tcb",
+    "is_simulated_quote",
+    "measured_values",
+    "verify_evidence",
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +77,7 @@ class Evidence:
     # The exact app_compose string when the source gives it (Cloud API tcb_info).
     app_compose: str | None = None
     source: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Expectation:
-    """What the quote must prove. None means "not checked" for that field."""
-
-    app_id: str | None
-    instance_id: str | None
-    # None: any compose hash; an empty set: none (fail closed).
-    allowed_compose_hashes: frozenset[str] | None
-    allowed_tcb_statuses: frozenset[str] = frozenset({"UpToDate"})
-    allowed_os_image_hashes: frozenset[str] = frozenset()
-    # Fresh mode: the exact 64 bytes the quote's report_data must hold.
+    # The report_data the source says the quote carries (guest agent, quote server).
     report_data: bytes | None = None
 
 
@@ -132,8 +148,40 @@ def _os_image_hash(vm_config: str | None, from_event: str | None) -> str | None:
     return value.lower() if isinstance(value, str) else None
 
 
-def _norm(value: str | None) -> str | None:
-    return value.strip().lower().removeprefix("0x") if value else None
+def check_platform(quote: TdQuote) -> None:
+    """What dstack's validate_tcb refuses before anything else: a debug TD (its memory is
+    readable by the host) and a TDX module not signed by Intel (mr_signer_seam != 0).
+    dcap-qvl may check some of this too; we do not rely on it silently."""
+    if quote.is_debug:
+        raise AttestationError(
+            "debug_td", "the TD attributes say DEBUG: the host can read and change its memory"
+        )
+    if any(quote.mr_signer_seam):
+        raise AttestationError(
+            "mr_signer_seam",
+            f"mr_signer_seam is {quote.mr_signer_seam.hex()[:16]}..., not zero: "
+            "the TDX module is not Intel's",
+        )
+
+
+def check_tcb(expect: Expectation, signature: SignatureResult) -> None:
+    if signature.tcb_status not in expect.allowed_tcb_statuses:
+        raise AttestationError(
+            f"tcb_status:{signature.tcb_status}",
+            f"TCB status {signature.tcb_status} is not in attestation.allowed_tcb_statuses "
+            f"({', '.join(sorted(expect.allowed_tcb_statuses))})",
+        )
+    denied = sorted(set(signature.advisory_ids) & expect.denied_advisories)
+    if denied:
+        raise AttestationError(
+            "advisory_denied",
+            f"the platform is affected by {', '.join(denied)} (attestation.denied_advisories)",
+        )
+
+
+def measured_values(quote: TdQuote) -> tuple[str, str, str, str]:
+    """MRTD, RTMR0, RTMR1, RTMR2 as hex: what `os_measurements` entries hold."""
+    return (quote.mr_td.hex(), quote.rtmrs[0].hex(), quote.rtmrs[1].hex(), quote.rtmrs[2].hex())
 
 
 def verify_evidence(
@@ -153,26 +201,24 @@ def verify_evidence(
     `now_unix` is wall-clock seconds for the collateral's validity window; `at` is the
     router's own (monotonic) clock, which `max_age` is measured against."""
     found: dict[str, Any] = {"quote_digest": quote_digest(evidence.quote)}
+    checks = Checks(expect)
 
     def verdict(reason: str, detail: str = "") -> AttestationVerdict:
         return AttestationVerdict(
             replica_id=replica_id, ok=reason == "ok", reason=reason, at=at, detail=detail,
-            mode=mode, **found,
+            mode=mode, checks=checks.result(reason), wall_at=float(now_unix), **found,
         )  # fmt: skip
 
     try:
         quote = parse_td_quote(evidence.quote)
+        found["measurements"] = measured_values(quote)
+        check_platform(quote)
         signature = check_signature(
             evidence.quote, quote, collateral, now_unix, verifier, trusted_simulator_keys
         )
         found["tcb_status"] = signature.tcb_status
         found["advisory_ids"] = signature.advisory_ids
-        if signature.tcb_status not in expect.allowed_tcb_statuses:
-            raise AttestationError(
-                f"tcb_status:{signature.tcb_status}",
-                f"TCB status {signature.tcb_status} is not in attestation.allowed_tcb_statuses "
-                f"({', '.join(sorted(expect.allowed_tcb_statuses))})",
-            )
+        check_tcb(expect, signature)
         events = parse_event_log(evidence.event_log)
         claims = runtime_claims(events)
         found.update(
@@ -180,6 +226,7 @@ def verify_evidence(
             instance_id=claims.instance_id,
             compose_hash=claims.compose_hash,
             os_image_hash=_os_image_hash(evidence.vm_config, claims.os_image_hash),
+            key_provider=claims.key_provider,
         )
         bad = first_mismatch(events, quote.rtmrs)
         if bad is not None:
@@ -187,9 +234,11 @@ def verify_evidence(
                 f"rtmr_mismatch:{bad}",
                 f"replaying the event log does not give the quote's RTMR{bad}",
             )
-        _check_bindings(evidence, expect, claims.app_id, claims.instance_id, claims.compose_hash)
-        _check_os_image(expect, claims.os_image_hash)
-        _check_report_data(expect, quote.report_data)
+        found["os_measurement"] = check_os(expect, found["measurements"], checks)
+        check_bindings(expect, claims, evidence.app_compose, checks)
+        check_key_provider(expect, claims.key_provider, checks)
+        check_os_image_label(expect, found["os_image_hash"])
+        check_report_data(expect, quote.report_data, checks, evidence.report_data)
     except AttestationError as exc:
         return verdict(exc.reason, exc.detail)
     if signature.simulated:
@@ -199,58 +248,3 @@ def verify_evidence(
             replica_id,
         )
     return verdict("ok", "simulated quote (insecure)" if signature.simulated else "")
-
-
-def _check_bindings(
-    evidence: Evidence,
-    expect: Expectation,
-    app_id: str | None,
-    instance_id: str | None,
-    compose_hash: str | None,
-) -> None:
-    if expect.app_id is not None and _norm(app_id) != _norm(expect.app_id):
-        raise AttestationError(
-            "wrong_app", f"the quote is for app {app_id or '(none)'}, expected {expect.app_id}"
-        )
-    if expect.instance_id is not None and _norm(instance_id) != _norm(expect.instance_id):
-        raise AttestationError(
-            "wrong_instance",
-            f"the quote is for instance {instance_id or '(none)'}, expected {expect.instance_id}",
-        )
-    if evidence.app_compose is not None:
-        # Hash the exact string given: a re-serialised JSON would hash differently.
-        given = hashlib.sha256(evidence.app_compose.encode()).hexdigest()
-        if given != compose_hash:
-            raise AttestationError(
-                "compose_mismatch",
-                f"sha256(app_compose) is {given}, the measured compose-hash is {compose_hash}",
-            )
-    allowed = expect.allowed_compose_hashes
-    if allowed is not None and (compose_hash is None or compose_hash not in allowed):
-        known = ", ".join(sorted(h[:12] for h in allowed)) or (
-            "none known: set attestation.allowed_compose_hashes"
-        )
-        raise AttestationError(
-            "compose_not_allowed",
-            f"compose hash {compose_hash or '(none)'} is not allowed (allowed: {known})",
-        )
-
-
-def _check_os_image(expect: Expectation, measured: str | None) -> None:
-    """Only the measured `os-image-hash` event counts: vm_config is the replica's own word."""
-    allowed = expect.allowed_os_image_hashes
-    if not allowed or measured in allowed:
-        return
-    raise AttestationError(
-        "os_image_not_allowed",
-        f"measured OS image {measured or '(no os-image-hash event)'} is not in "
-        "attestation.allowed_os_image_hashes",
-    )
-
-
-def _check_report_data(expect: Expectation, report_data: bytes) -> None:
-    if expect.report_data is None or report_data == expect.report_data:
-        return
-    raise AttestationError(
-        "stale_nonce", "report_data does not bind the nonce of this attempt (a replayed quote?)"
-    )

@@ -56,6 +56,12 @@ def build_attestor(
             "attestation.simulator_public_keys: verifier insecure-simulator needs the simulator's "
             "public key (printed by `phala-router simulate`)"
         )
+    token = environ.get(cfg.fresh.token_env, "") if cfg.fresh.token_env else None
+    if cfg.mode == "fresh" and cfg.fresh.token_env and not token:
+        raise ConfigError(
+            f"attestation.fresh.token_env: the environment variable {cfg.fresh.token_env} "
+            "is empty or unset"
+        )
     session = None
     if cfg.mode in ("guest-agent", "fresh"):
         tls = config.upstream_tls
@@ -73,4 +79,5 @@ def build_attestor(
         cloud=cloud_client(config, environ) if cfg.mode == "cloud" else None,
         clock=clock,
         trusted_simulator_keys=frozenset(keys),
+        fresh_token=token,
     )

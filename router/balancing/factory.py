@@ -2,7 +2,8 @@
 
 The returned factory is called by `build_snapshot` for every snapshot with the routable
 members; the picker it returns serves requests until the next snapshot. Expensive things
-(the GeoIP database, the sticky signing key, region tables) are loaded here, once.
+(the GeoIP database, the sticky signing key, region tables) are loaded here, once; sticky
+hash tables are built here per snapshot, and only for groups whose members changed.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from router.balancing.base import InFlight, Member, Picker, PickerFactory, RequestContext
 from router.balancing.geo import GeoPicker
-from router.balancing.group import FlatPicker, KeyedPicker, Memos
+from router.balancing.group import FlatPicker, KeyedPicker
 from router.balancing.settings import RoutingConfig
 from router.balancing.sticky import CookieSticky, KeyedSticky
+from router.balancing.tables import KeyTables
 from router.errors import ConfigError
 from router.geo import GeoIP, Locator, open_geoip
 from router.models import Replica
@@ -89,17 +91,21 @@ def make_picker_factory(
             geoip = open_geoip(cfg.geo.geoip_database)
         locator = Locator(cfg.geo, geoip)
 
-    memos = Memos() if sticky.mode in ("header", "ip") else None
+    # Sticky tables live as long as the factory (a config reload makes a new one) and are
+    # rebuilt only for groups whose members or weights changed.
+    tables = KeyTables(sticky) if sticky.mode in ("header", "ip") else None
 
     def build(members: Sequence[Member], in_flight: InFlight) -> Picker:
-        if memos is not None:
-            memos.next_generation()
+        if tables is not None:
+            tables.next_generation()
         inner: KeyedPicker
         if cfg.policy == "geo":
             assert locator is not None
-            inner = GeoPicker(members, in_flight, cfg.geo, locator, random_source, memos)
+            inner = GeoPicker(
+                members, in_flight, cfg.geo, locator, random_source, tables, sticky.hash
+            )
         else:
-            inner = FlatPicker(members, cfg.policy, in_flight, random_source, memos)
+            inner = FlatPicker(members, cfg.policy, in_flight, random_source, tables, sticky.hash)
         picker: Picker
         if sticky.mode == "cookie":
             picker = CookieSticky(inner, members, sticky, key)

@@ -26,8 +26,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from router.balancing.base import InFlight, Member, RequestContext
-from router.balancing.group import Group, Memos, Within, unit_interval
+from router.balancing.group import Group, Within
+from router.balancing.keyhash import unit_interval
 from router.balancing.settings import GeoConfig, normalise_region
+from router.balancing.tables import KeyTables
 from router.geo import ClientLocation, Locator, Point, haversine_km, region_coordinates
 from router.models import Replica
 
@@ -84,7 +86,7 @@ def _printable(text: str) -> str:
 
 
 class GeoPicker:
-    __slots__ = ("_all", "_default", "_locator", "_plans", "_random", "_regions")
+    __slots__ = ("_all", "_default", "_hash_name", "_locator", "_plans", "_random", "_regions")
 
     def __init__(
         self,
@@ -93,12 +95,14 @@ class GeoPicker:
         cfg: GeoConfig,
         locator: Locator,
         rng: random.Random,
-        memos: Memos | None = None,
+        tables: KeyTables | None = None,
+        hash_name: str = "rendezvous",
     ) -> None:
         self._locator = locator
+        self._hash_name = hash_name
         self._random = rng.random
         self._plans: dict[str, _Plan] = {}
-        self._all = Group("all", members, "round_robin", in_flight, rng, memos)
+        self._all = Group("all", members, "round_robin", in_flight, rng, tables)
         by_region: dict[str, list[Member]] = {}
         for member in members:
             name = normalise_region(member.replica.region or "") or _UNKNOWN
@@ -116,7 +120,8 @@ class GeoPicker:
                 )
             total = max([m.region_total for m in group_members] + [len(group_members)])
             health = level_health(len(group_members), total, cfg.overprovisioning)
-            group = Group(_printable(name), group_members, within, in_flight, rng, memos)
+            # One sticky table per region group, built here with the snapshot.
+            group = Group(_printable(name), group_members, within, in_flight, rng, tables)
             regions.append(_Region(name, point, group, health, len(group_members), total))
         self._regions = tuple(regions)
         self._default = (
@@ -170,8 +175,8 @@ class GeoPicker:
         level = bisect.bisect_right(plan.cumulative, value * plan.cumulative[-1])
         return plan, min(level, len(plan.regions) - 1)
 
-    def _walk(self, plan: _Plan, level: int, first: int) -> Iterator[Replica]:
-        yield from plan.regions[level].group.ring(first)
+    def _walk(self, plan: _Plan, level: int, chosen: Iterator[Replica]) -> Iterator[Replica]:
+        yield from chosen
         for index, region in enumerate(plan.regions):
             if index != level:
                 yield from region.group.ring(0)
@@ -186,18 +191,18 @@ class GeoPicker:
             return
         plan, level = chosen
         ctx.explanation = plan.explanations[level]
-        yield from self._walk(plan, level, plan.regions[level].group.first())
+        group = plan.regions[level].group
+        yield from self._walk(plan, level, group.ring(group.first()))
 
     def keyed_candidates(self, ctx: RequestContext, key: int) -> Iterator[Replica]:
         """A sticky key keeps its region (its spill-over draw is derived from the key)
-        and its replica within the region (rendezvous)."""
+        and its replica within the region (the region's sticky table)."""
         if not self._regions:
-            return
+            return iter(())
         chosen = self._choose(ctx, unit_interval(key, _LEVEL_SALT))
         if chosen is None:
-            ctx.explanation = "geo: client location unknown -> rendezvous over all regions"
-            yield from self._all.ring(self._all.keyed(key))
-            return
+            ctx.explanation = f"geo: client location unknown -> {self._hash_name} over all regions"
+            return self._all.keyed_order(key)
         plan, level = chosen
         ctx.explanation = plan.explanations[level]
-        yield from self._walk(plan, level, plan.regions[level].group.keyed(key))
+        return self._walk(plan, level, plan.regions[level].group.keyed_order(key))

@@ -18,6 +18,22 @@ LocationSource = Literal["region_hint", "latlon_header", "country_header", "geoi
 
 _HEADER = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _COOKIE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# Sticky hash tables: below this, shares are too coarse; above, builds take seconds.
+MIN_TABLE_SIZE = 251
+MAX_TABLE_SIZE = 16_777_259
+
+
+def is_prime(value: int) -> bool:
+    if value < 2:
+        return False
+    if value % 2 == 0:
+        return value == 2
+    divisor = 3
+    while divisor * divisor <= value:
+        if value % divisor == 0:
+            return False
+        divisor += 2
+    return True
 
 
 def normalise_region(name: str) -> str:
@@ -124,6 +140,12 @@ class StickyConfig(Frozen):
     # Name of the environment variable holding the HMAC key that signs sticky cookies.
     # Unset: a random per-process key (cookies stop working across restarts and routers).
     key_env: EnvVarName | None = None
+    # How `header` and `ip` keys are placed: maglev (O(1) lookup in a prebuilt table of
+    # `maglev_table_size` slots, a prime), ring (O(log n) on a ring of about `ring_size`
+    # points) or rendezvous (no table, O(replicas) per new key, exact 1/N remapping).
+    hash: Literal["maglev", "ring", "rendezvous"] = "maglev"
+    maglev_table_size: int = Field(65_537, ge=MIN_TABLE_SIZE, le=MAX_TABLE_SIZE)
+    ring_size: int = Field(65_536, ge=MIN_TABLE_SIZE, le=MAX_TABLE_SIZE)
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -142,6 +164,16 @@ class StickyConfig(Frozen):
     @classmethod
     def _header(cls, value: str) -> str:
         _check_header(value)
+        return value
+
+    @field_validator("maglev_table_size")
+    @classmethod
+    def _prime(cls, value: int) -> int:
+        if not is_prime(value):
+            raise ValueError(
+                f"{value} is not prime; Maglev needs a prime table size, e.g. 65537, "
+                "131071, 262147, 524287 or 1048573 (about 100x the replicas for even shares)"
+            )
         return value
 
 

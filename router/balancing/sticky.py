@@ -1,9 +1,11 @@
 """Sticky sessions on top of any policy (`routing.sticky`).
 
 - `header` / `ip`: the key (a request header, or the effective client address) is hashed
-  and placed by weighted rendezvous hashing inside the group the policy would pick from
-  (every member, or the client's region under `geo`). Removing one of N replicas moves only
-  the keys it held (~1/N); a key keeps its replica while that replica is routable.
+  with a stable hash and placed by the group's prebuilt table (`routing.sticky.hash`:
+  Maglev by default, ring hash or rendezvous; see tables.py) inside the group the policy
+  would pick from (every member, or the client's region under `geo`). A key keeps its
+  replica while that replica is routable; removing one of N replicas moves about 1/N of
+  the keys; failover follows the table, so every router agrees on a key's fallback.
 - `cookie`: the first response sets a cookie naming the replica that served it, signed
   with HMAC-SHA256 so clients can't steer to arbitrary replicas. A valid cookie naming a
   routable replica sends the request there; otherwise the policy picks afresh and the
@@ -20,11 +22,14 @@ import hmac
 from collections.abc import Iterator, Sequence
 
 from router.balancing.base import Member, RequestContext
-from router.balancing.group import KeyedPicker, hash64
+from router.balancing.group import KeyedPicker
+from router.balancing.keyhash import hash64
 from router.balancing.settings import StickyConfig
 from router.models import Replica
 
 _SIGN_CONTEXT = b"phala-router sticky v1:"
+# Explanations depend on the client's region plan, not the key: a few thousand at most.
+_LABEL_LIMIT = 4096
 
 
 def sign_replica(key: bytes, replica_id: str) -> str:
@@ -45,26 +50,32 @@ def cookie_value(header: str | None, name: str) -> str | None:
 
 
 class KeyedSticky:
-    """`header` and `ip` modes: the policy's own group, placed by rendezvous on the key."""
+    """`header` and `ip` modes: the policy's own group, placed by its table on the key."""
 
-    __slots__ = ("_header", "_inner", "_mode")
+    __slots__ = ("_header", "_inner", "_labels", "_mode")
 
     def __init__(self, inner: KeyedPicker, cfg: StickyConfig) -> None:
         self._inner = inner
         self._mode = cfg.mode
         self._header = cfg.header_name
+        # "sticky <mode>: <the policy's explanation>", made once per distinct explanation
+        # (a few per region plan) rather than formatted on every request.
+        self._labels: dict[str, str] = {}
 
     def candidates(self, ctx: RequestContext) -> Iterator[Replica]:
+        # Not a generator: the inner picker returns its (lazy) failover order directly, so a
+        # request pays for one generator, not a stack of them.
         raw = ctx.client_ip if self._mode == "ip" else ctx.headers.get(self._header)
         if not raw:
-            yield from self._inner.candidates(ctx)
-            return
-        started = False
-        for replica in self._inner.keyed_candidates(ctx, hash64(raw)):
-            if not started:
-                started = True
-                ctx.explanation = f"sticky {self._mode}: {ctx.explanation}"
-            yield replica
+            return self._inner.candidates(ctx)
+        attempts = self._inner.keyed_candidates(ctx, hash64(raw))
+        label = self._labels.get(ctx.explanation)
+        if label is None:
+            label = f"sticky {self._mode}: {ctx.explanation}"
+            if len(self._labels) < _LABEL_LIMIT:
+                self._labels[ctx.explanation] = label
+        ctx.explanation = label
+        return attempts
 
 
 class CookieSticky:

@@ -118,10 +118,11 @@ class PhalaDiscovery:
 
     async def first_pass(self) -> list[Replica]:
         """One pass; publishes and returns the set. Raises DiscoveryAuthError (naming the env
-        var) when the key is missing or refused, DiscoveryError on any other failure."""
-        return await self.refresh()
+        var) when the key is missing or refused, DiscoveryError on any other failure. A failure
+        is counted but not logged: the caller says what happens next (exit, or retry)."""
+        return await self.refresh(log_failure=False)
 
-    async def refresh(self) -> list[Replica]:
+    async def refresh(self, *, log_failure: bool = True) -> list[Replica]:
         """One pass now, with the same rules as the loop (counted, logged, published); returns
         the set in force afterwards, or raises like `first_pass`."""
         try:
@@ -133,7 +134,7 @@ class PhalaDiscovery:
                 log.exception("unexpected error during a Cloud API pass")
                 raise _Failure("error", f"unexpected {type(exc).__name__}: {exc}") from exc
         except _Failure as exc:
-            self.next_delay = self._record_failure(exc)
+            self.next_delay = self._record_failure(exc, log_failure=log_failure)
             raise
         self.next_delay = self._cfg.interval
         return list(replicas)
@@ -281,7 +282,7 @@ class PhalaDiscovery:
 
     # -- failures ------------------------------------------------------------------------
 
-    def _record_failure(self, exc: _Failure) -> float:
+    def _record_failure(self, exc: _Failure, *, log_failure: bool = True) -> float:
         """Count and log (once per change of kind) a failed pass; returns the retry delay."""
         self.refresh_results[exc.kind] += 1
         self.consecutive_failures += 1
@@ -291,7 +292,7 @@ class PhalaDiscovery:
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         kept = len(self.replicas) if self.replicas is not None else 0
-        if exc.kind != self._state:
+        if exc.kind != self._state and log_failure:
             log.log(
                 logging.ERROR if exc.kind == "auth" else logging.WARNING,
                 "Cloud API refresh failed (%s): %s; keeping the last good set of %d "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import MappingProxyType
 
 from yarl import URL
 
@@ -31,4 +32,15 @@ def replica_from_url(
 
 
 def static_replicas(entries: Iterable[StaticReplicaConfig]) -> list[Replica]:
-    return [replica_from_url(e.id, e.url, region=e.region, weight=e.weight) for e in entries]
+    return [
+        replica_from_url(
+            e.id,
+            e.url,
+            region=e.region,
+            weight=e.weight,
+            metadata=MappingProxyType(
+                {"instance_id": e.instance_id.lower().removeprefix("0x")} if e.instance_id else {}
+            ),
+        )
+        for e in entries
+    ]

@@ -86,6 +86,16 @@ async def records_for(
     return records
 
 
+# The last note when no A/AAAA record came out; `dns render` then exits non-zero.
+NO_ADDRESS_NOTE = "no address record: nothing to publish (see the notes above)"
+
+
+def _chosen_notes(chosen: RecordSet) -> tuple[str, ...]:
+    if any(r.type in ("A", "AAAA") for r in chosen.records):
+        return chosen.notes
+    return (*chosen.notes, NO_ADDRESS_NOTE)
+
+
 def _require_name(cfg: DnsConfig) -> None:
     if cfg.name is None:
         raise ConfigError("dns.name: required to render records, e.g. name: api.example.com")
@@ -106,7 +116,7 @@ async def render_snapshot(
     sets = replica_sets_from_snapshot(snapshot.statuses, app_id)
     records = await records_for(cfg, sets, pinned=pinned)
     chosen = select(records, cfg.max_records, rng or random.Random())
-    return render(chosen, fmt), chosen.notes
+    return render(chosen, fmt), _chosen_notes(chosen)
 
 
 async def render_admin_status(
@@ -126,7 +136,7 @@ async def render_admin_status(
         raise DnsRenderError(str(exc)) from None
     records = await records_for(cfg, sets, pinned=pinned)
     chosen = select(records, cfg.max_records, rng or random.Random())
-    return render(chosen, fmt), chosen.notes
+    return render(chosen, fmt), _chosen_notes(chosen)
 
 
 async def fetch_admin_status(url: str, *, token: str | None = None, timeout: float = 10.0) -> Any:

@@ -355,19 +355,19 @@ class HealthChecker:
             self._sink(rid, view, urgent)
 
     def _log_transition(self, rid: str, prev: ActiveState, new: ActiveState) -> None:
+        # Debug only: the reconciler logs the one line per transition operators see
+        # ("replica a: healthy -> unhealthy (unhealthy: status 500)").
         check = new.last_check
         detail = (check.error or f"status {check.status}") if check else "?"
-        if new.state is ReplicaState.HEALTHY:
-            if prev.state is ReplicaState.PENDING:
-                log.info("replica %s healthy: first check passed (%s)", rid, detail)
-            else:
-                log.info("replica %s healthy again after %d passing checks", rid, new.successes)
-        elif prev.state is ReplicaState.PENDING:
-            log.info("replica %s unhealthy: first check failed: %s", rid, detail)
-        else:
-            log.warning(
-                "replica %s unhealthy after %d failed checks: %s", rid, new.failures, detail
-            )
+        log.debug(
+            "replica %s: active checks %s -> %s after %d passing / %d failing: %s",
+            rid,
+            prev.state.value,
+            new.state.value,
+            new.successes,
+            new.failures,
+            detail,
+        )
 
 
 async def _close_when_idle(session: aiohttp.ClientSession, probe_timeout: float) -> None:

@@ -101,7 +101,8 @@ class PassiveDetector:
             self._dirty.discard(replica_id)
         if outcome.ejected:
             assert new.ejected_until is not None
-            log.warning(
+            # Debug: the reconciler logs the transition line ("healthy -> ejected").
+            log.debug(
                 "replica %s ejected for %.0fs: %d consecutive failed attempts (last: %s); "
                 "ejection #%d",
                 replica_id,

@@ -19,6 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
+from router import acme
 from router.balancing.base import RequestContext
 from router.config import RouterConfig
 from router.errors import (
@@ -100,6 +101,7 @@ class AiohttpEngine:
         self._https_port: int | None = None
         self._redirect_http = config.listen_tls is not None and config.listen_tls.redirect_http
         self._accepted = 0
+        self._acme_webroot = config.acme_webroot
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -220,6 +222,18 @@ class AiohttpEngine:
         # aiohttp's C parser carries a request's trailer fields over into the next request's
         # headers on the connection: after a chunked request, nothing more is read from it.
         outcome.close_after = "Transfer-Encoding" in request.headers
+        if self._acme_webroot is not None and not request.secure:
+            challenge = acme.answer(self._acme_webroot, request.method, request.raw_path)
+            if challenge is not None:  # ACME HTTP-01: answered here, never routed
+                answer = web.Response(
+                    status=challenge.status,
+                    body=challenge.body,
+                    content_type="text/plain",
+                    headers={"Cache-Control": "no-store"},
+                )
+                if outcome.close_after:
+                    answer.force_close()
+                return answer
         if self._redirect_http and not request.secure:
             response = redirect_to_https(request, self._https_port)
             if outcome.close_after:

@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
 from router.errors import ConfigError
@@ -55,14 +54,13 @@ async def run_simulator(
 def load_simulator_config(path: str | Path) -> SimulatorConfig:
     """A simulator YAML file -> SimulatorConfig; ConfigError names each bad field."""
     from router.config import format_validation_error
+    from router.config_source import load_yaml
 
     file = Path(path)
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        data = load_yaml(file.read_text(encoding="utf-8"), str(file))
     except OSError as exc:
         raise ConfigError(f"cannot read simulator config {str(file)!r}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from None
     try:
         return SimulatorConfig.model_validate(data or {})
     except ValidationError as exc:

@@ -13,19 +13,25 @@ attestation sources with quotes signed by `sim.quotes` (INSECURE: trust
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import trustme
 from aiohttp import web
 
+from router.simulator.certs import gateway_certificate
 from router.simulator.cloud_api import API_MODES, PREFIX, cloud_api_app
 from router.simulator.control import control_app
 from router.simulator.gateway import Gateway
-from router.simulator.quotes import SimulatedQuotes, load_or_create_key, new_key
+from router.simulator.quotes import (
+    SimulatedQuotes,
+    load_or_create_key,
+    new_key,
+    simulated_os_measurement,
+)
 from router.simulator.replica import SHUTDOWN_TIMEOUT, ReplicaServers
 from router.simulator.settings import (
     FRESH_PATH,
@@ -127,14 +133,8 @@ class Simulator:
     def _gateway_tls(self) -> ssl.SSLContext | None:
         if not self.config.tls:
             return None
-        ca = trustme.CA(organization_name="phala-router simulator")
-        domain = self.config.base_domain
-        cert = ca.issue_cert(f"*.{domain}", domain)
         self._tmp = tempfile.TemporaryDirectory(prefix="phala-sim-")
-        self._ca_file = Path(self._tmp.name) / "sim-ca.pem"
-        ca.cert_pem.write_to_path(str(self._ca_file))
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(context)
+        self._ca_file, context = gateway_certificate(self.config.base_domain, Path(self._tmp.name))
         context.set_alpn_protocols(["http/1.1"])
         return context
 
@@ -213,6 +213,9 @@ class Simulator:
             "mode": mode,
             "verifier": "insecure-simulator",
             "simulator_public_keys": [self.quote_public_key.hex()],
+            "app_id": self.config.app_id,
+            # The simulated dstack image's MRTD/RTMR0-2: an evil-OS replica fails `os`.
+            "os_measurements": [simulated_os_measurement()],
             **fields,
         }
         if self.ctx.fresh_path != FRESH_PATH:
@@ -356,6 +359,9 @@ class Simulator:
                 f"  public key  {self.quote_public_key.hex()}",
                 "  router config:  attestation: {verifier: insecure-simulator, "
                 "simulator_public_keys: [<public key>]}",
+                "  simulated OS:  os_measurements: ["
+                + json.dumps(simulated_os_measurement(), separators=(", ", ": "))
+                + "]",
             ]
         lines.append("replicas:")
         for r in self.replicas:

@@ -9,7 +9,9 @@ the router accepts only with `attestation.verifier: insecure-simulator`.
 
 `SimulatedQuotes.provider` fits `Simulator.quote_provider`. How a replica misbehaves is its
 `attestation` knob (`Simulator.set_attestation`, or the control API): a corrupted quote,
-another instance's quote, a stale nonce; "hang" and "missing" are handled by the servers,
+another instance's or app's quote, a stale nonce, an evil OS (other MRTD/RTMR0-2 with the
+victim's RTMR3 events), a debug TD, a non-Intel TDX module, a `local` key provider,
+garbage bytes, an SGX quote; "hang" and "missing" are handled by the servers,
 which never ask for a quote then. `set_tamper` overrides the knob per instance, and is the
 only way to serve a fixed quote (e.g. a real one from the fixtures).
 """
@@ -38,6 +40,8 @@ ATTESTATION_KEY_ECDSA_P256 = 2
 TEE_TYPE_TDX = 0x81
 INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
 SIMULATED_OS_IMAGE_HASH = hashlib.sha256(b"phala-router simulated dstack OS image").hexdigest()
+EVIL_OS_IMAGE_HASH = hashlib.sha256(b"a host's modified OS image").hexdigest()
+SIMULATED_KMS_ID = hashlib.sha256(b"phala-router simulated KMS root CA").hexdigest()
 
 
 # Knobs under which a replica gives no quote at all (the servers answer for them).
@@ -110,16 +114,37 @@ def _boot_events(os_image_hash: str) -> list[dict[str, Any]]:
     return events
 
 
+def _mr_td(boot_image: str) -> bytes:
+    return hashlib.sha384(f"mr_td/{boot_image}".encode()).digest()
+
+
+def simulated_os_measurement(
+    name: str = "simulated-dstack", boot_image: str = SIMULATED_OS_IMAGE_HASH
+) -> dict[str, str]:
+    """The `attestation.os_measurements` entry simulated replicas on `boot_image` match."""
+    rtmrs = replay_rtmrs(parse_event_log(_boot_events(boot_image)))
+    return {
+        "name": name,
+        "mrtd": _mr_td(boot_image).hex(),
+        **{f"rtmr{i}": rtmrs[i].hex() for i in range(3)},
+    }
+
+
 def event_log_for(
     app_id: str,
     instance_id: str,
     compose_hash: str,
     *,
     os_image_hash: str = SIMULATED_OS_IMAGE_HASH,
+    boot_image: str | None = None,
+    key_provider_name: str = "kms",
     app_events: tuple[tuple[str, bytes], ...] = (),
 ) -> list[dict[str, Any]]:
-    """The event log a dstack replica would return, in dstack's order."""
-    key_provider = json.dumps({"name": "simulator", "id": ""}, separators=(",", ":"))
+    """The event log a dstack replica would return, in dstack's order. `boot_image` (by
+    default `os_image_hash`) is what RTMR0-2 measure; RTMR3's os-image-hash event is only
+    what guest code writes, so an evil OS can claim the victim's."""
+    kms_id = SIMULATED_KMS_ID if key_provider_name == "kms" else ""
+    key_provider = json.dumps({"name": key_provider_name, "id": kms_id}, separators=(",", ":"))
     runtime = [
         ("system-preparing", b""),
         ("app-id", bytes.fromhex(app_id)),
@@ -131,16 +156,30 @@ def event_log_for(
         ("system-ready", b""),
         *app_events,
     ]
-    return _boot_events(os_image_hash) + [runtime_event(name, payload) for name, payload in runtime]
+    boot = _boot_events(boot_image or os_image_hash)
+    return boot + [runtime_event(name, payload) for name, payload in runtime]
 
 
-def _td_report(mr_td: bytes, rtmrs: tuple[bytes, bytes, bytes, bytes], report_data: bytes) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Platform:
+    """What the TDX module reports about the TD itself (dstack refuses anything but zeros)."""
+
+    td_attributes: bytes = bytes(8)
+    mr_signer_seam: bytes = bytes(48)
+
+
+def _td_report(
+    mr_td: bytes,
+    rtmrs: tuple[bytes, bytes, bytes, bytes],
+    report_data: bytes,
+    platform: Platform,
+) -> bytes:
     body = (
         bytes(16)  # tee_tcb_svn
         + hashlib.sha384(b"simulated TDX module").digest()  # mr_seam
-        + bytes(48)  # mr_signer_seam
+        + platform.mr_signer_seam
         + bytes(8)  # seam_attributes
-        + bytes(8)  # td_attributes
+        + platform.td_attributes
         + struct.pack("<Q", 0x61E7)  # xfam
         + mr_td
         + bytes(48 * 3)  # mr_config_id, mr_owner, mr_owner_config
@@ -159,21 +198,31 @@ def make_quote(
     *,
     key: ec.EllipticCurvePrivateKey,
     os_image_hash: str = SIMULATED_OS_IMAGE_HASH,
+    boot_image: str | None = None,
+    key_provider_name: str = "kms",
+    platform: Platform = Platform(),
 ) -> tuple[bytes, list[dict[str, Any]]]:
     """A simulator-signed TDX v4 quote and its event log (ids and hashes as hex strings).
 
     `report_data` is at most 64 bytes, zero-padded like dstack's GetQuote."""
     if len(report_data) > 64:
         raise ValueError("report_data is at most 64 bytes")
-    events = event_log_for(app_id, instance_id, compose_hash, os_image_hash=os_image_hash)
+    events = event_log_for(
+        app_id,
+        instance_id,
+        compose_hash,
+        os_image_hash=os_image_hash,
+        boot_image=boot_image,
+        key_provider_name=key_provider_name,
+    )
     rtmrs = replay_rtmrs(parse_event_log(events))
-    mr_td = hashlib.sha384(f"mr_td/{os_image_hash}".encode()).digest()
+    mr_td = _mr_td(boot_image or os_image_hash)
     header = (
         struct.pack("<HHIHH", HEADER_VERSION, ATTESTATION_KEY_ECDSA_P256, TEE_TYPE_TDX, 0, 0)
         + INTEL_QE_VENDOR_ID
         + bytes(20)
     )
-    signed = header + _td_report(mr_td, rtmrs, report_data.ljust(64, b"\0"))
+    signed = header + _td_report(mr_td, rtmrs, report_data.ljust(64, b"\0"), platform)
     signature = simsig.sign(signed, key)
     return signed + struct.pack("<I", len(signature)) + signature, events
 
@@ -192,7 +241,20 @@ class Tamper(StrEnum):
     TAMPERED_QUOTE = "tampered_quote"  # one bit flipped after signing
     WRONG_INSTANCE = "wrong_instance"  # a genuine quote, but of another instance
     STALE_NONCE = "stale_nonce"  # replays a quote made for an earlier nonce
+    OTHER_APP = "other_app"  # a genuine quote of the same compose under another app id
+    EVIL_OS = "evil_os"  # other MRTD/RTMR0-2, the victim's RTMR3 events (os-image-hash too)
+    DEBUG_TD = "debug_td"  # TD attributes with the DEBUG bit
+    SIGNER_SEAM = "signer_seam"  # a TDX module not signed by Intel (mr_signer_seam != 0)
+    LOCAL_KEY_PROVIDER = "local_key_provider"  # keys from `local`, not a KMS
+    GARBAGE = "garbage"  # ten zero bytes instead of a quote
+    SGX = "sgx"  # an SGX quote header (tee_type 0)
     FIXTURE = "fixture"  # serves a fixed quote (e.g. a real one from the fixtures)
+
+
+OTHER_APP_ID = "0e" * 20
+GARBAGE_QUOTE = b"\0" * 10
+# Header of an SGX (tee_type 0) v3 quote followed by zeros: not a TD report at all.
+SGX_QUOTE = struct.pack("<HHI", 3, ATTESTATION_KEY_ECDSA_P256, 0) + bytes(1100)
 
 
 def tamper_of(replica: object) -> Tamper:
@@ -261,17 +323,31 @@ class SimulatedQuotes:
         if tamper is Tamper.STALE_NONCE:
             # A quote made for someone else's (earlier) nonce, replayed.
             report_data = fresh_report_data(b"\0" * 32)
+        if tamper in (Tamper.GARBAGE, Tamper.SGX):
+            junk = GARBAGE_QUOTE if tamper is Tamper.GARBAGE else SGX_QUOTE
+            return junk.hex(), []
         app_id = getattr(replica, "app_id", None) or self.app_id
         if not app_id:
             raise ValueError("SimulatedQuotes needs app_id= when replicas carry none")
         quote, events = make_quote(
-            app_id, instance_id, replica.compose_hash, report_data, key=self.key
+            OTHER_APP_ID if tamper is Tamper.OTHER_APP else app_id,
+            instance_id,
+            replica.compose_hash,
+            report_data,
+            key=self.key,
+            boot_image=EVIL_OS_IMAGE_HASH if tamper is Tamper.EVIL_OS else None,
+            key_provider_name="local" if tamper is Tamper.LOCAL_KEY_PROVIDER else "kms",
+            platform=_PLATFORMS.get(tamper, Platform()),
         )
         if tamper is Tamper.TAMPERED_QUOTE:
             quote = flip_bit(quote)
         return quote.hex(), events
 
 
+_PLATFORMS = {
+    Tamper.DEBUG_TD: Platform(td_attributes=b"\x01" + bytes(7)),
+    Tamper.SIGNER_SEAM: Platform(mr_signer_seam=hashlib.sha384(b"not Intel").digest()),
+}
 QuoteProvider = Callable[[Any, bytes], tuple[str, list[dict[str, Any]]]]
 VM_CONFIG = json.dumps({"os_image_hash": SIMULATED_OS_IMAGE_HASH})
 

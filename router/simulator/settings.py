@@ -19,10 +19,13 @@ ReplicaMode = Literal["up", "reset", "hang"]
 # "tampered_quote" one bit flipped after signing; "wrong_instance" another instance's quote;
 # "stale_nonce" a quote made for an earlier nonce (refused only in fresh mode); "hang" the
 # fresh path and guest agent never answer; "missing" they answer 404. With either of the
-# last two the Cloud API lists the instance without a quote.
+# last two the Cloud API lists the instance without a quote. The attacks of issue 16:
+# "other_app", "evil_os", "debug_td", "signer_seam", "local_key_provider", "garbage", "sgx"
+# (see router.simulator.quotes.Tamper).
 AttestationKnob = Literal[
-    "ok", "tampered_quote", "wrong_instance", "stale_nonce", "hang", "missing"
-]
+    "ok", "tampered_quote", "wrong_instance", "stale_nonce", "hang", "missing",
+    "other_app", "evil_os", "debug_td", "signer_seam", "local_key_provider", "garbage", "sgx",
+]  # fmt: skip
 FRESH_PATH = "/.well-known/phala-router/attest"  # router default `attestation.fresh.path`
 DEFAULT_APP_ID = "5a1a0000000000000000000000000000000c10d5"
 

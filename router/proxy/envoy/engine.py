@@ -106,8 +106,12 @@ class EnvoyEngine:
         subscribe: Callable[[SnapshotListener], None],
         *,
         clock: Callable[[], float] = time.monotonic,
+        config_source: Callable[[], RouterConfig] | None = None,
     ) -> None:
-        self.config = config
+        # The app's current config, read at every publish: a reload that changes only
+        # routing reaches Envoy with the snapshot the new policy builds.
+        self._config = config
+        self._config_source = config_source
         self._snapshots = snapshots
         self._clock = clock
         self._dialer = Dialer(ConnectTo(config.discovery.connect_to))
@@ -121,6 +125,10 @@ class EnvoyEngine:
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         self.xds: XdsServer | None = None
         subscribe(self._on_snapshot)
+
+    @property
+    def config(self) -> RouterConfig:
+        return self._config_source() if self._config_source is not None else self._config
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -218,15 +226,8 @@ class EnvoyEngine:
         self.publish(self._snapshots())
 
     def apply_config(self, config: RouterConfig) -> None:
-        listen_changed = (config.listen, config.listen_tls) != (
-            self.config.listen,
-            self.config.listen_tls,
-        )
-        if listen_changed:
-            log.warning("listen addresses change only after a restart")
-        self.config = config.model_copy(
-            update={"listen": self.config.listen, "listen_tls": self.config.listen_tls}
-        )
+        """Push a reloaded config (listen addresses keep their first value)."""
+        self._config = config
         self._dialer = Dialer(ConnectTo(config.discovery.connect_to))
         self.publish(self._snapshots())
 

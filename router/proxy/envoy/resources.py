@@ -51,9 +51,11 @@ def geo_cluster(region: str) -> str:
 
 
 def _lb_policy(config: RouterConfig) -> Json:
-    sticky = config.routing.sticky.mode
-    if sticky != "off":
-        return {"lb_policy": config.proxy.envoy.hash_balancer.upper()}
+    sticky = config.routing.sticky
+    if sticky.mode != "off":
+        # routing.sticky.hash: Envoy has Maglev and a ring hash; no rendezvous balancer, so
+        # rendezvous maps to Maglev (both consistent; keys land on different replicas).
+        return {"lb_policy": "RING_HASH" if sticky.hash == "ring" else "MAGLEV"}
     if config.routing.policy == "least_request" or (
         config.routing.policy == "geo" and config.routing.geo.within_region == "least_request"
     ):

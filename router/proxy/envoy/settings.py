@@ -22,8 +22,6 @@ class EnvoyConfig(Frozen):
     config_dir: Path | None = None
     # ALPN h2,http/1.1 on listen_tls and h2c (prior knowledge) on the plain listener.
     http2: bool = True
-    # Sticky sessions (routing.sticky) hash with this consistent-hash load balancer.
-    hash_balancer: Literal["maglev", "ring_hash"] = "maglev"
     # After Envoy exits, wait this long before starting it again, doubling up to the max.
     restart_backoff: PositiveDuration = 0.2
     restart_backoff_max: PositiveDuration = 10.0

@@ -11,8 +11,8 @@ import ssl
 from router.config import RouterConfig
 from router.proxy.admission import Admission
 from router.proxy.base import InFlightCounter, Observers, SnapshotSource, edge_headers
+from router.proxy.fast.pool import Pool
 from router.proxy.fast.server import ClientConnection, EngineCore
-from router.proxy.fast.upstream import Pool
 from router.proxy.headers import TrustedProxies
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
@@ -82,6 +82,7 @@ class FastEngine:
             edge_headers=_edge_headers(config),
         )
         core.all_closed.set()
+        core.acme_webroot = config.acme_webroot
         self._core = core
         loop = asyncio.get_running_loop()
         # The TLS listener first, as in the aiohttp engine (addresses[0] is then https).

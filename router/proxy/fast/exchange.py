@@ -5,6 +5,9 @@ more than the rest of a small request). The retry rule is `router.proxy.retry`: 
 dial moves to the next candidate for any method while no body byte has been committed;
 after the request went out only bodiless idempotent requests move on; once the response
 has started nothing is retried and a failure can only cut the client connection.
+
+Framing: the request's is llhttp's parse (`rules.forward_block`), the response's is
+`framing.response_framing`. The response timeout starts once the whole request is written.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import Iterator
 from functools import partial
 from typing import TYPE_CHECKING
 
+from router import acme
 from router.balancing.base import RequestContext
 from router.errors import (
     ClientRequestError,
@@ -25,9 +29,10 @@ from router.errors import (
 from router.models import Replica
 from router.proxy.admission import Claim
 from router.proxy.base import RequestRecord, no_routable_error
-from router.proxy.fast import rules, wire
+from router.proxy.fast import framing, rules, wire
+from router.proxy.fast.pool import Target, classify_dial_error
 from router.proxy.fast.strict import RequestHead
-from router.proxy.fast.upstream import Target, UpstreamConnection, classify_dial_error
+from router.proxy.fast.upstream import UpstreamConnection
 from router.proxy.headers import IDEMPOTENT
 from router.proxy.retry import retryable
 
@@ -40,8 +45,8 @@ _DIAL_MESSAGES = {
     "connect": "connect failed",
 }
 _NO_CANDIDATES: Iterator[Replica] = iter(())
-_NO_BODY_STATUSES = frozenset({101, 204, 304})
 _BACKLOG = 256 * 1024  # request body bytes buffered before the client is paused
+_UPGRADE_BACKLOG = 64 * 1024  # bytes after an Upgrade head held before the 101, at most
 
 
 class Exchange:
@@ -55,7 +60,7 @@ class Exchange:
     last_error: ProxyError | None = None
     error_code: str | None = None
     dialing = sent = finished = chunked_out = until_eof = tunnelled = False
-    attempts = buffered = bytes_in = bytes_out = 0
+    attempts = buffered = bytes_in = bytes_out = tunnel_buffered = 0
     attempt_started = 0.0
     request_id = ""
     _rid_line = b""
@@ -99,6 +104,13 @@ class Exchange:
         if self.client.trusted:
             xff = [v.decode("latin-1") for k, v in head.headers if k.lower() == b"x-forwarded-for"]
             self.client_ip = core.trusted.client_address(self.client.peer, xff)
+        if core.acme_webroot is not None and self.client.scheme == "http":
+            challenge = acme.answer(core.acme_webroot, head.method, head.target)
+            if challenge is not None:  # ACME HTTP-01: answered here, never routed
+                self.status = challenge.status
+                self.client.send([challenge.wire()])
+                self._finish()
+                return
         if (https_port := core.redirect_https_port) is not None and self.client.scheme == "http":
             self.status = 308
             self.client.send([wire.redirect_to_https(head.host, head.target, https_port)])
@@ -210,6 +222,8 @@ class Exchange:
                 self.buffered = 0
                 self.client.backlog(False)
         conn.send(buffers)
+        if self.body_complete:
+            conn.request_sent()
         if self.client.write_paused:
             conn.pause_reading()
 
@@ -241,8 +255,10 @@ class Exchange:
         self.body_complete = True
         conn = self.conn
         head = self.head
-        if conn is not None and conn.transport is not None and head is not None and head.chunked:
-            conn.send([wire.LAST_CHUNK])
+        if conn is not None and conn.transport is not None and head is not None:
+            if head.chunked:
+                conn.send([wire.LAST_CHUNK])
+            conn.request_sent()  # the response timeout runs from here
 
     def client_failed(self, error: ProxyError) -> None:
         """The request body broke (bad chunk, too large, too slow)."""
@@ -261,7 +277,11 @@ class Exchange:
         # else: answered with the error when it reaches the head of the queue
 
     def tunnel_data(self, data: bytes) -> None:
+        """Bytes after an Upgrade head, before the upstream answered: held, bounded."""
         self.tunnel_pending.append(data)
+        self.tunnel_buffered += len(data)
+        if self.tunnel_buffered > _UPGRADE_BACKLOG:
+            self.client.upgrade_backlog(True)
 
     # -- the upstream's response (ResponseSink) ---------------------------------------------
 
@@ -281,37 +301,28 @@ class Exchange:
         if conn is not None and headers == conn.last_raw:
             # Same head as this connection's last response (only Date changes, once a
             # second): the rules are a pure function of it.
-            block, length, chunked = conn.last_rules
+            block, length, codings = conn.last_rules
         else:
-            block, length, chunked = rules.response_block(headers)
+            block, length, codings = rules.response_block(headers)
             if conn is not None:
-                conn.last_raw, conn.last_rules = headers, (block, length, chunked)
+                conn.last_raw, conn.last_rules = headers, (block, length, codings)
         block += self._rid_line
         if self.ctx is not None and self.ctx.response_headers:
             block += wire.header_block(self.ctx.response_headers)
-        framing = b""
         if status == 101:
-            framing = f"Connection: upgrade\r\nUpgrade: {head.upgrade or ''}\r\n".encode("latin-1")
-        elif length is not None and not chunked:
-            if status not in _NO_BODY_STATUSES:
-                framing = b"Content-Length: %s\r\n" % length
-        elif head.method == "HEAD" or status in _NO_BODY_STATUSES:
-            pass
-        elif head.version == "1.1":
-            framing = b"Transfer-Encoding: chunked\r\n"
-            self.chunked_out = True
+            lines = f"Connection: upgrade\r\nUpgrade: {head.upgrade or ''}\r\n".encode("latin-1")
         else:
-            self.close_after = True  # an HTTP/1.0 client learns the end from the close
-        if not chunked and length is None and head.method != "HEAD":
-            self.until_eof = status not in _NO_BODY_STATUSES and status >= 200
-        if self.client.draining:
-            self.close_after = True
-        if status != 101:
+            decided = framing.response_framing(head.method, head.version, status, length, codings)
+            lines = decided.framing
+            self.chunked_out = decided.chunked_out
+            self.until_eof = decided.until_eof
+            if decided.close or self.client.draining:
+                self.close_after = True
             if self.close_after:
-                framing += b"Connection: close\r\n"
+                lines += b"Connection: close\r\n"
             elif head.version == "1.0":
-                framing += b"Connection: keep-alive\r\n"
-        self.out.append(wire.status_line(status) + block + framing + wire.CRLF)
+                lines += b"Connection: keep-alive\r\n"
+        self.out.append(wire.status_line(status) + block + lines + wire.CRLF)
 
     def response_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
@@ -356,7 +367,7 @@ class Exchange:
             conn.send(self.tunnel_pending)
             self.tunnel_pending = []
 
-    def upstream_failed(self, kind: str) -> None:
+    def upstream_failed(self, kind: str, reason: str = "") -> None:
         if self.finished:
             return
         conn, self.conn = self.conn, None
@@ -372,7 +383,7 @@ class Exchange:
                 error = UpstreamTimeout("upstream timed out", replica=replica.id)
             else:
                 error = UpstreamProtocolError(
-                    "upstream closed or reset the connection", replica=replica.id
+                    reason or "upstream closed or reset the connection", replica=replica.id
                 )
             self.last_error = error
             if retryable(kind, sent=self.sent, idempotent=self.idempotent):

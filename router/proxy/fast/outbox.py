@@ -41,11 +41,14 @@ class Outbox:
 
 class Writer:
     """Mixin for a protocol with `transport` and `outbox`: ordered, deferred writes.
-    Subclasses set `_pending = None` and `_close_pending = False` in `__init__`."""
+    Subclasses set `_pending = None`, `_pending_size = 0` and `_close_pending = False` in
+    `__init__`. The held size is kept as a running total, so a write costs O(its buffers)
+    however many small writes are already held."""
 
     transport: asyncio.Transport | None
     outbox: Outbox
     _pending: list[bytes] | None
+    _pending_size: int
     _close_pending: bool
 
     def send(self, buffers: list[bytes]) -> None:
@@ -54,20 +57,24 @@ class Writer:
         if self.transport is None:
             return
         pending = self._pending
+        size = sum(map(len, buffers))
         if pending is None:
-            if sum(map(len, buffers)) > HOLD_LIMIT:
+            if size > HOLD_LIMIT:
                 if not self.transport.is_closing():
                     self.transport.writelines(buffers)
                 return
             self._pending = buffers
+            self._pending_size = size
             self.outbox.enqueue(self)
         else:
             pending.extend(buffers)
-            if sum(map(len, pending)) > HOLD_LIMIT:
+            self._pending_size += size
+            if self._pending_size > HOLD_LIMIT:
                 self.flush_now()
 
     def flush_now(self) -> None:
         pending, self._pending = self._pending, None
+        self._pending_size = 0
         transport = self.transport
         if transport is None or transport.is_closing():
             return

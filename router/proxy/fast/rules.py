@@ -139,14 +139,18 @@ def _remember(name: bytes) -> bool:
     return special
 
 
-def response_block(headers: RawHeaders) -> tuple[bytes, bytes | None, bool]:
+ResponseRules = tuple[bytes, bytes | None, bytes | None]
+
+
+def response_block(headers: RawHeaders) -> ResponseRules:
     """Header lines for the client (hop-by-hop and Content-Length removed, Via appended),
-    with the upstream's Content-Length value and whether it was chunked."""
+    with the upstream's Content-Length value and its transfer codings (comma-joined, in
+    order), None for either when absent. `framing.response_framing` decides from them."""
     out: list[bytes] = []
     connection: list[bytes] = []
     via: list[bytes] = []
     length: bytes | None = None
-    chunked = False
+    codings: list[bytes] = []
     for name, value in headers:
         special = _SPECIAL_NAMES.get(name)
         if special is None:
@@ -156,18 +160,19 @@ def response_block(headers: RawHeaders) -> tuple[bytes, bytes | None, bool]:
             if lower == b"content-length":
                 length = value
             elif lower == b"transfer-encoding":
-                chunked = True
+                codings.append(value)
             elif lower == b"connection":
                 connection.append(value)
             elif lower == b"via":
                 via.append(value)
             continue
         out += (name, b": ", value, b"\r\n")
+    te = b", ".join(codings) if codings else None
     if connection and not _names_only_hop_by_hop(connection):
-        return _encode(forward_response_headers(decode(headers))), length, chunked
+        return _encode(forward_response_headers(decode(headers))), length, te
     via.append(_VIA)
     out += (b"Via: ", b", ".join(via), b"\r\n")
-    return b"".join(out), length, chunked
+    return b"".join(out), length, te
 
 
 def forward_block(
@@ -185,7 +190,9 @@ def forward_block(
     ]
     if head.upgrade is not None:
         block.append(f"Connection: upgrade\r\nUpgrade: {head.upgrade}\r\n".encode("latin-1"))
-    elif head.chunked:
+    # Framing follows llhttp's parse of the body, upgrade or not (strict refuses an upgrade
+    # with a body; this keeps the rule local: a parsed body is never sent unframed).
+    if head.chunked:
         block.append(b"Transfer-Encoding: chunked\r\n")
     elif head.content_length is not None:
         block.append(b"Content-Length: %d\r\n" % head.content_length)

@@ -4,8 +4,14 @@ Requests are queued in arrival order and served one at a time, so pipelined requ
 answered in order. A request head that breaks a rule (see `strict`) is answered with its
 4xx after the requests before it, and the connection is closed: after a framing error the
 router can no longer know where the next request starts. One lazy timer per connection
-enforces the keep-alive idle timeout, the header timeout (slowloris) and the gap allowed
-between body chunks.
+enforces the keep-alive idle timeout, the header timeout (slowloris), the gap allowed
+between body chunks and the idle timeout of an upgraded tunnel.
+
+The head limits hold on bytes received, not on completed lines: a head (or, inside a body,
+trailers and chunk extensions that move it no further) past `wire.MAX_HEAD_BYTES` gets 431
+at once. Body bytes are handed to the request once per read, whatever the chunking. Bytes
+sent after an Upgrade head wait, bounded, for the upstream's answer (the client is no
+longer read meanwhile).
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 import httptools
@@ -24,8 +32,9 @@ from router.proxy.base import InFlightCounter, Observers, SnapshotSource
 from router.proxy.fast import wire
 from router.proxy.fast.exchange import Exchange
 from router.proxy.fast.outbox import Writer
+from router.proxy.fast.pool import Pool
 from router.proxy.fast.strict import RequestHead, bad_request, validate
-from router.proxy.fast.upstream import Pool, UpstreamConnection
+from router.proxy.fast.upstream import UpstreamConnection
 from router.proxy.headers import TrustedProxies
 
 log = logging.getLogger(__name__)
@@ -35,7 +44,7 @@ _UPSTREAM_FULL = 1
 _BACKLOG = 2
 _MAX_QUEUE = 16  # pipelined requests parsed ahead of the one being served
 
-_IDLE, _HEADER, _BODY = 1, 2, 3
+_IDLE, _HEADER, _BODY, _TUNNEL = 1, 2, 3, 4
 
 
 @dataclass(slots=True)
@@ -62,6 +71,8 @@ class EngineCore:
     client_idle_timeout: float = 60.0
     # Headers (lower-case) removed from requests of untrusted peers (headers.edge_names).
     edge_headers: frozenset[bytes] = frozenset()
+    # Set when acme_webroot: ACME challenge files answered on the plain listener.
+    acme_webroot: Path | None = None
     draining: bool = False
     connections: set[ClientConnection] = field(default_factory=set)
     all_closed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -86,10 +97,15 @@ class ClientConnection(asyncio.Protocol, Writer):
         self.transport: asyncio.Transport | None = None
         self.outbox = core.pool.outbox
         self._pending = None
+        self._pending_size = 0
         self._close_pending = False
         self.peer = ""
         self.trusted = False
         self.scheme = "http"
+        self._body_parts: list[bytes] = []  # body bytes parsed in this read, not yet passed on
+        # llhttp's body callback is the list's own append: a body of 1-byte chunks costs one
+        # C call per chunk, and the request gets the read's bytes at once (_flush_body).
+        self.on_body: Callable[[bytes], None] = self._body_parts.append
         self.parser = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
         self.reading: Exchange | None = None  # the request whose body is being parsed
@@ -103,6 +119,9 @@ class ClientConnection(asyncio.Protocol, Writer):
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._in_head = False
+        self._heads_begun = 0  # messages begun on this connection
+        self._head_received = 0  # bytes received into the head being parsed (upper bound)
+        self._read_body = 0  # body bytes passed on during this read
         self._last_key: object = None
         self._last_head: RequestHead | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -124,6 +143,8 @@ class ClientConnection(asyncio.Protocol, Writer):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
+            if self._timer_kind == _TUNNEL:
+                self._deadline = self.loop.time() + self.core.idle_timeout
             self.tunnel.send([data])
             return
         if self.upgrading is not None:
@@ -131,8 +152,14 @@ class ClientConnection(asyncio.Protocol, Writer):
             return
         if self.ignore_input:
             return
+        begun = self._heads_begun
+        self._read_body = 0
         try:
             self.parser.feed_data(data)
+            if self._body_parts:
+                self._flush_body()
+            if self._in_head or self.reading is not None or self._head_received:
+                self._count_head_bytes(data, begun)
         except httptools.HttpParserUpgrade as upgrade:
             exchange = self.queue[-1] if self.queue else None
             if exchange is not None and exchange.head is not None and exchange.head.upgrade:
@@ -141,7 +168,7 @@ class ClientConnection(asyncio.Protocol, Writer):
                 if rest:
                     exchange.tunnel_data(rest)
             else:
-                self.reject(bad_request("unexpected protocol upgrade"))
+                self.reject(bad_request("unexpected protocol upgrade", "bad_upgrade"))
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, ProxyError):
@@ -151,6 +178,48 @@ class ClientConnection(asyncio.Protocol, Writer):
                 self.reject(bad_request("request could not be parsed"))
         except httptools.HttpParserError as exc:
             self.reject(bad_request(str(exc) or "malformed request"))
+
+    def _count_head_bytes(self, data: bytes, begun: int) -> None:
+        """Enforce the head limit on bytes received, not on completed lines (one endless
+        header line would otherwise be buffered, and re-copied, until its CRLF). Inside a
+        body, reads that move it no further (an endless trailer line or chunk extension)
+        count against the same limit."""
+        fresh = self._heads_begun != begun or self._read_body
+        if self._in_head:
+            if fresh:  # the head began in this read
+                self._head_received = wire.partial_head_bytes(data, self._read_body)
+            else:
+                self._head_received += len(data)
+        elif self.reading is not None:
+            if fresh:  # the body moved: what follows its last byte is stalled
+                self._head_received = wire.partial_head_bytes(data, self._read_body, b"\r\n")
+            else:
+                self._head_received += len(data)
+        else:
+            self._head_received = 0
+            return
+        if self._head_received > wire.MAX_HEAD_BYTES:
+            what = "request head" if self._in_head else "trailers or chunk extensions"
+            self.reject(
+                ClientRequestError(
+                    431, "headers_too_large", f"{what} over {wire.MAX_HEAD_BYTES} bytes"
+                )
+            )
+
+    def _flush_body(self) -> None:
+        """Pass the body bytes parsed so far to the request as one piece: a body of 1-byte
+        chunks costs one list append per chunk, not one upstream write."""
+        parts = self._body_parts
+        if not parts:
+            return
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        self._read_body += len(data)
+        exchange = self.reading
+        if exchange is not None:
+            if self._timer_kind == _BODY:
+                self._deadline = self.loop.time() + self.core.body_timeout
+            exchange.body_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         core = self.core
@@ -190,6 +259,7 @@ class ClientConnection(asyncio.Protocol, Writer):
     # -- httptools callbacks ------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._heads_begun += 1
         self._url = b""
         self._headers = []
         self._header_bytes = 0
@@ -221,13 +291,14 @@ class ClientConnection(asyncio.Protocol, Writer):
         method = parser.get_method()
         version = parser.get_http_version()
         keep_alive = parser.should_keep_alive()
-        key = (method, self._url, version, keep_alive, self._headers)
+        upgrade = parser.should_upgrade()
+        key = (method, self._url, version, keep_alive, upgrade, self._headers)
         if key == self._last_key and self._last_head is not None:
             # Keep-alive clients repeat the same head (wrk, health checkers, SDK loops):
             # validation and header rules are pure functions of it, so reuse the result.
             head = self._last_head
         else:
-            head = validate(_method(method), self._url, version, self._headers, keep_alive)
+            head = validate(_method(method), self._url, version, self._headers, keep_alive, upgrade)
             self._last_key, self._last_head = key, head
         if head.content_length is not None and head.content_length > self.core.max_body:
             limit = self.core.max_body
@@ -244,14 +315,8 @@ class ClientConnection(asyncio.Protocol, Writer):
         elif len(self.queue) > _MAX_QUEUE:
             self.backlog(True)
 
-    def on_body(self, body: bytes) -> None:
-        exchange = self.reading
-        if exchange is not None:
-            if self._timer_kind == _BODY:
-                self._deadline = self.loop.time() + self.core.body_timeout
-            exchange.body_data(body)
-
     def on_message_complete(self) -> None:
+        self._flush_body()
         exchange, self.reading = self.reading, None
         if exchange is None and self.queue:
             exchange = self.queue[-1]
@@ -300,6 +365,7 @@ class ClientConnection(asyncio.Protocol, Writer):
             return  # e.g. bytes after a Connection: close request
         self.ignore_input = True
         self._timer_kind = 0
+        self._body_parts.clear()
         if self.reading is not None:
             exchange, self.reading = self.reading, None
             exchange.client_failed(error)
@@ -332,11 +398,20 @@ class ClientConnection(asyncio.Protocol, Writer):
         if not self.queue:
             self.close_transport()
 
+    def tunnel_active(self) -> None:
+        """Bytes crossed the tunnel: it is not idle."""
+        if self._timer_kind == _TUNNEL:
+            self._deadline = self.loop.time() + self.core.idle_timeout
+
+    def upgrade_backlog(self, on: bool) -> None:
+        """Bytes sent after an Upgrade head wait for the upstream's answer, bounded."""
+        self._pause(_UPSTREAM_FULL, on)
+
     def start_tunnel(self, exchange: Exchange, conn: UpstreamConnection) -> None:
         """After a 101: bytes flow raw both ways until either side closes."""
         self.tunnel = conn
         self.upgrading = None
-        self._timer_kind = 0
+        self._arm(_TUNNEL, self.core.idle_timeout)  # both directions' bytes push it back
         conn.tunnel = self
         if self._paused:
             self._paused = 0
@@ -373,6 +448,8 @@ class ClientConnection(asyncio.Protocol, Writer):
         if kind == _IDLE:
             if not self.queue:
                 self.close_transport()
+        elif kind == _TUNNEL:
+            self.close_transport()  # connection_lost closes the upstream side and the slot
         elif kind == _HEADER:
             self.reject(ClientRequestError(408, "request_timeout", "request head too slow"))
         else:

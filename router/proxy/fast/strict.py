@@ -7,6 +7,11 @@ bare CR or LF, control characters in values, whitespace before the colon. What i
 through and this module refuses: a missing or repeated Host in HTTP/1.1, HTTP versions other
 than 1.0/1.1, CONNECT, and targets that are neither origin-form nor absolute-form for the
 host the request names (the router must never act as an open forward proxy).
+
+A request is an upgrade only when `Connection` has the token `upgrade` (comma-separated,
+trimmed, case-insensitive), `Upgrade` is present, and llhttp agrees it upgraded; if the two
+readings differ, or an upgrade request carries a body, the request is refused (400): the
+bytes after it could otherwise be read as another request by a server that does not switch.
 """
 
 from __future__ import annotations
@@ -76,8 +81,18 @@ def bad_request(message: str, code: str = "bad_request") -> ClientRequestError:
     return ClientRequestError(400, code, message)
 
 
+def connection_tokens(value: bytes) -> set[bytes]:
+    """`Connection` as a set of tokens: comma-separated, trimmed, lower-case."""
+    return {t.strip() for t in value.lower().split(b",")} - {b""}
+
+
 def validate(
-    method: str, url: bytes, version: str, headers: RawHeaders, keep_alive: bool
+    method: str,
+    url: bytes,
+    version: str,
+    headers: RawHeaders,
+    keep_alive: bool,
+    llhttp_upgrade: bool = False,
 ) -> RequestHead:
     if method == "CONNECT":
         raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
@@ -109,8 +124,12 @@ def validate(
             expect_continue = value.lower() == b"100-continue"
     if hosts > 1 or (hosts == 0 and version == "1.1"):
         raise bad_request("exactly one Host header is required", "bad_host")
-    if upgrade is not None and b"upgrade" not in connection:
+    if upgrade is not None and b"upgrade" not in connection_tokens(connection):
         upgrade = None
+    if (upgrade is not None) != llhttp_upgrade:
+        raise bad_request("ambiguous protocol upgrade", "bad_upgrade")
+    if upgrade is not None and (chunked or content_length):
+        raise bad_request("an Upgrade request cannot carry a body", "bad_upgrade")
     host_str = host.decode("latin-1") if host is not None else None
     target = url.decode("latin-1")
     if not target.startswith("/"):

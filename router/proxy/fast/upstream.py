@@ -1,26 +1,33 @@
-"""Connections to replicas: an asyncio.Protocol that parses responses with httptools, and a
-pool of idle keep-alive connections per replica host.
+"""Connections to replicas: an asyncio.Protocol that parses responses with httptools (the
+pool that keeps them idle between requests is `pool`).
 
 A connection serves one request at a time (no upstream pipelining) and reports what it
 reads to its current `ResponseSink` (the request being served). The pool hands out the most
 recently used idle connection (warm, least likely to have been closed by the peer), keeps
 at most `max_idle` per host and closes those idle longer than `idle_timeout`.
+
+What a replica sends is checked as strictly as what a client sends: a status outside
+100-599, a head over the client limits (bytes received, or fields), or any byte beyond the
+one response per request written is a protocol error: 502 if nothing was relayed yet, and
+the connection is closed, never pooled. Trailers are dropped; they never reach the next
+response. The response timeout runs from when the whole request was written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
-from router.models import Replica
-from router.proxy.fast.outbox import Outbox, Writer
-from router.upstream import ConnectTo
+from router.proxy.fast import wire
+from router.proxy.fast.outbox import Writer
+from router.proxy.fast.rules import ResponseRules
+
+if TYPE_CHECKING:
+    from router.proxy.fast.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -42,40 +49,53 @@ class ResponseSink(Protocol):
 
     def upstream_upgraded(self, rest: bytes) -> None: ...
 
-    def upstream_failed(self, kind: str) -> None:
-        """kind: reset (closed or garbled) or timeout."""
+    def upstream_failed(self, kind: str, reason: str = "") -> None:
+        """kind: reset (closed or garbled) or timeout; reason: what was wrong, if known."""
 
     def upstream_pause(self, paused: bool) -> None:
         """The request body fills the upstream socket buffer: stop or resume reading."""
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """How to reach one replica, computed once per replica URL."""
+class TunnelClient(Protocol):
+    """The client side of an upgraded connection."""
 
-    key: PoolKey
-    dial_host: str
-    dial_port: int
-    tls: ssl.SSLContext | None
-    server_hostname: str | None
-    prefix: bytes  # the replica's path prefix
-    host_line: bytes  # b"Host: authority\r\n"
+    transport: asyncio.Transport | None
+
+    def send(self, buffers: list[bytes]) -> None: ...
+
+    def close_transport(self) -> None: ...
+
+    def tunnel_active(self) -> None: ...
+
+
+_FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+
+
+class UpstreamProtocolViolation(Exception):
+    """Raised from a parser callback: the response breaks a rule (the message says which)."""
 
 
 class UpstreamConnection(asyncio.Protocol, Writer):
     __slots__ = (
+        "_body_parts",
         "_close_pending",
         "_deadline",
+        "_head_received",
         "_headers",
+        "_in_head",
         "_loop",
         "_pending",
+        "_pending_size",
+        "_read_body",
         "_skip",
         "_timer",
+        "_violation",
         "head_only",
         "idle_since",
         "key",
         "last_raw",
         "last_rules",
+        "on_body",
         "outbox",
         "parser",
         "pool",
@@ -94,10 +114,15 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         self.transport: asyncio.Transport | None = None
         self.outbox = pool.outbox
         self._pending = None
+        self._pending_size = 0
         self._close_pending = False
+        self._body_parts: list[bytes] = []  # body bytes parsed in this read, not yet relayed
+        # llhttp's body callback is the list's own append (one C call per chunk, whatever
+        # the chunking); the sink gets the read's body bytes at once (_flush_body).
+        self.on_body: Callable[[bytes], None] = self._body_parts.append
         self.parser = httptools.HttpResponseParser(self)
         self.sink: ResponseSink | None = None
-        self.tunnel: Writer | None = None  # after a 101: raw bytes go to this client
+        self.tunnel: TunnelClient | None = None  # after a 101: raw bytes go to this client
         self.reusable = True
         self.read_paused = False
         self.head_only = False  # the request was HEAD: the response has no body
@@ -106,18 +131,26 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False  # between a status line and the end of its head
+        self._head_received = 0  # bytes received into this head (upper bound)
+        self._violation = ""
+        self._read_body = 0  # body bytes relayed during this read
         # The last response head and what the header rules made of it (see Exchange).
         self.last_raw: list[tuple[bytes, bytes]] | None = None
-        self.last_rules: tuple[bytes, bytes | None, bool] = (b"", None, False)
+        self.last_rules: ResponseRules = (b"", None, None)
         self._skip = False
 
     # -- used by the request --------------------------------------------------------------
 
     def begin(self, sink: ResponseSink, head_only: bool) -> None:
-        """Attach a request; the response timeout runs from now."""
+        """Attach a request (its response timeout starts with `request_sent`)."""
         self.sink = sink
         self.head_only = head_only
-        self._arm()
+
+    def request_sent(self) -> None:
+        """The whole request is written: from now on the replica is waited for."""
+        if self.sink is not None and not self._deadline:
+            self._arm()
 
     def detach(self) -> None:
         self.sink = None
@@ -163,6 +196,7 @@ class UpstreamConnection(asyncio.Protocol, Writer):
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
+            self.tunnel.tunnel_active()
             self.tunnel.send([data])
             return
         if self.sink is None:
@@ -171,26 +205,68 @@ class UpstreamConnection(asyncio.Protocol, Writer):
             return
         if self._deadline:
             self._deadline = self._loop.time() + self.timeout
+        in_head = self._in_head
+        self._read_body = 0
         try:
             self.parser.feed_data(data)
+            if self._body_parts:
+                self._flush_body()
+            if self._in_head or self.sink is not None or self._head_received:
+                self._count_head_bytes(data, in_head)
         except httptools.HttpParserUpgrade as upgrade:
             sink, self.sink = self.sink, None
             self.reusable = False
             self._deadline = 0.0
             if sink is not None:
                 sink.upstream_upgraded(data[upgrade.args[0] :])
-        except httptools.HttpParserError:
-            self._fail()
+        except (httptools.HttpParserError, UpstreamProtocolViolation):
+            self._fail(self._violation or "upstream sent a malformed response")
         finally:
             self._skip = False
         if self.sink is not None:
             self.sink.flush()  # one write for everything this read produced
 
-    def _fail(self) -> None:
+    def _count_head_bytes(self, data: bytes, was_in_head: bool) -> None:
+        """The client head limit, on bytes received: a replica's endless header line (or,
+        inside a body, reads that move it no further: endless trailers) is refused once
+        past it instead of being buffered."""
+        if self._in_head:
+            if was_in_head:
+                self._head_received += len(data)
+            else:
+                self._head_received = wire.partial_head_bytes(data, 0)
+        elif self.sink is not None:
+            if self._read_body:  # the body moved: what follows its last byte is stalled
+                self._head_received = wire.partial_head_bytes(data, self._read_body, b"\r\n")
+            else:
+                self._head_received += len(data)
+        else:
+            self._head_received = 0
+            return
+        if self._head_received > wire.MAX_HEAD_BYTES:
+            self._violated("upstream response head or trailers too large")
+
+    def _flush_body(self) -> None:
+        """Relay the body bytes parsed so far as one piece (1-byte chunks cost a list
+        append each, not a chunk of their own toward the client)."""
+        parts = self._body_parts
+        if not parts:
+            return
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        if self._skip:
+            self.reusable = False  # a body after a HEAD response: never reuse
+            return
+        self._read_body += len(data)
+        if self.sink is not None:
+            self.sink.response_body(data)
+
+    def _fail(self, reason: str) -> None:
+        self._body_parts.clear()
         sink, self.sink = self.sink, None
         self.close()
         if sink is not None:
-            sink.upstream_failed("reset")
+            sink.upstream_failed("reset", reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
@@ -204,7 +280,7 @@ class UpstreamConnection(asyncio.Protocol, Writer):
             return
         sink, self.sink = self.sink, None
         if sink is not None:
-            sink.upstream_failed("reset")
+            sink.upstream_failed("reset", self._violation)
 
     def pause_writing(self) -> None:
         if self.tunnel is not None:
@@ -222,17 +298,42 @@ class UpstreamConnection(asyncio.Protocol, Writer):
 
     # -- httptools callbacks --------------------------------------------------------------
 
+    def _violated(self, reason: str) -> None:
+        self._violation = reason
+        raise UpstreamProtocolViolation(reason)
+
+    def on_message_begin(self) -> None:
+        if self.sink is None:  # a second response to one request: never pool this
+            self._violated("upstream sent more than one response")
+        self._in_head = True
+        self._headers = []  # trailers of the previous response (if any) are dropped here
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        # After the head these are trailers: they land in a list nobody reads, emptied when
+        # the next response begins, so they never reach any response. Their bytes count
+        # against the head limit (_count_head_bytes).
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         status = self.parser.get_status_code()
+        if not 100 <= status <= 599:
+            self._violated(f"upstream sent status {status} (100-599 allowed)")
+        headers, self._headers = self._headers, []
+        if len(headers) > wire.MAX_HEADER_COUNT:
+            self._violated("upstream response has too many header fields")
+        # (A head equal to the last one passed this check already.)
+        if headers != self.last_raw and wire.block_size(headers) > wire.MAX_HEADER_BLOCK:
+            self._violated("upstream response head too large")
         if status < 200 and status != 101:
-            self._headers = []
-            return  # 100 Continue / 103 Early Hints: not relayed
+            # 100 Continue / 103 Early Hints: not relayed, and llhttp reads no body; one that
+            # claims a body (RFC 9110 forbids it) would leave its bytes to be read as the
+            # next response.
+            if any(name.lower() in _FRAMING for name, _ in headers):
+                self._violated(f"upstream sent a {status} response with a body")
+            return
         if not self.parser.should_keep_alive():
             self.reusable = False
-        headers, self._headers = self._headers, []
         if self.sink is not None:
             self.sink.response_head(status, headers)
         if self.head_only and status != 101:
@@ -242,16 +343,11 @@ class UpstreamConnection(asyncio.Protocol, Writer):
             self.parser = httptools.HttpResponseParser(self)
             self._message_complete()
 
-    def on_body(self, body: bytes) -> None:
-        if self._skip:
-            self.reusable = False  # a body after a HEAD response: never reuse
-            return
-        if self.sink is not None:
-            self.sink.response_body(body)
-
     def on_message_complete(self) -> None:
         if self._skip or self.parser.get_status_code() < 200:
+            self._flush_body()  # (nothing to relay: a HEAD response's stray body is dropped)
             return
+        self._flush_body()
         self._message_complete()
 
     def _message_complete(self) -> None:
@@ -259,143 +355,3 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         self._deadline = 0.0
         if sink is not None:
             sink.response_done()
-
-
-class Pool:
-    """Idle keep-alive connections per (scheme, host, port), and dialling new ones."""
-
-    def __init__(
-        self,
-        connect_to: ConnectTo,
-        tls: ssl.SSLContext,
-        *,
-        connect_timeout: float,
-        response_timeout: float,
-        idle_timeout: float,
-        max_idle: int = 128,
-    ) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.outbox = Outbox(self.loop)
-        self._connect_to = connect_to
-        self._tls = tls
-        self.connect_timeout = connect_timeout
-        self.response_timeout = response_timeout
-        self.idle_timeout = idle_timeout
-        self.max_idle = max_idle
-        self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
-        self._targets: dict[str, Target] = {}
-        self._dials: set[asyncio.Task[None]] = set()
-        self._sweeper: asyncio.TimerHandle | None = None
-        self._closed = False
-
-    def target(self, replica: Replica) -> Target:
-        target = self._targets.get(replica.url)
-        if target is None:
-            dial = self._connect_to.lookup(replica.host) or (replica.host, replica.port)
-            https = replica.scheme == "https"
-            target = Target(
-                key=(replica.scheme, replica.host.lower(), replica.port),
-                dial_host=dial[0],
-                dial_port=dial[1],
-                tls=self._tls if https else None,
-                server_hostname=replica.host if https else None,
-                prefix=replica.path_prefix.encode("latin-1"),
-                host_line=f"Host: {replica.authority}\r\n".encode("latin-1"),
-            )
-            if len(self._targets) > 65536:
-                self._targets.clear()  # replicas churned: rebuild lazily
-            self._targets[replica.url] = target
-        return target
-
-    def acquire(self, target: Target) -> UpstreamConnection | None:
-        idle = self._idle.get(target.key)
-        while idle:
-            conn = idle.pop()
-            if conn.reusable and conn.transport is not None and not conn.transport.is_closing():
-                return conn
-        return None
-
-    def release(self, conn: UpstreamConnection) -> None:
-        conn.detach()
-        if not conn.reusable or self._closed:
-            conn.close()
-            return
-        idle = self._idle.setdefault(conn.key, [])
-        if len(idle) >= self.max_idle:
-            conn.close()
-            return
-        conn.idle_since = self.loop.time()
-        idle.append(conn)
-        if self._sweeper is None:
-            self._sweeper = self.loop.call_later(self.idle_timeout / 2, self._sweep)
-
-    def forget(self, conn: UpstreamConnection) -> None:
-        idle = self._idle.get(conn.key)
-        if idle and conn in idle:
-            idle.remove(conn)
-
-    def _sweep(self) -> None:
-        self._sweeper = None
-        cutoff = self.loop.time() - self.idle_timeout
-        for key, idle in list(self._idle.items()):
-            stale = [c for c in idle if c.idle_since <= cutoff]
-            for conn in stale:
-                idle.remove(conn)
-                conn.close()
-            if not idle:
-                del self._idle[key]
-        if self._idle:
-            self._sweeper = self.loop.call_later(self.idle_timeout / 2, self._sweep)
-
-    def connect(
-        self,
-        target: Target,
-        done: Callable[[UpstreamConnection | None, BaseException | None], None],
-    ) -> None:
-        """Dial a new connection; `done(conn, None)` or `done(None, error)` is called later."""
-        task = self.loop.create_task(self._dial(target, done))
-        self._dials.add(task)
-        task.add_done_callback(self._dials.discard)
-
-    async def _dial(
-        self,
-        target: Target,
-        done: Callable[[UpstreamConnection | None, BaseException | None], None],
-    ) -> None:
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, conn = await self.loop.create_connection(
-                    lambda: UpstreamConnection(self, target.key),
-                    target.dial_host,
-                    target.dial_port,
-                    ssl=target.tls,
-                    server_hostname=target.server_hostname,
-                )
-        except (OSError, TimeoutError) as exc:
-            done(None, exc)
-            return
-        except Exception as exc:  # e.g. an unencodable host name: still a failed dial
-            log.warning("dialling %s failed: %r", target.key, exc)
-            done(None, exc)
-            return
-        done(conn, None)
-
-    def close(self) -> None:
-        self._closed = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.close()
-        self._idle.clear()
-        for task in self._dials:
-            task.cancel()
-
-
-def classify_dial_error(exc: BaseException) -> str:
-    """connect, tls or connect_timeout, as `router.proxy.retry.PRE_SEND` knows them."""
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        return "tls"
-    if isinstance(exc, TimeoutError):
-        return "connect_timeout"
-    return "connect"

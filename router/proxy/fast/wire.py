@@ -17,6 +17,9 @@ from router.proxy.admission import retry_after
 MAX_REQUEST_LINE = 8 * 1024  # longer targets get 414
 MAX_HEADER_BLOCK = 32 * 1024  # a bigger header block gets 431
 MAX_HEADER_COUNT = 100  # more header fields get 431
+# A head still incomplete past this many received bytes is refused at once, so a header
+# line with no end costs neither memory nor parser time (llhttp's callers accumulate it).
+MAX_HEAD_BYTES = MAX_REQUEST_LINE + MAX_HEADER_BLOCK
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -37,6 +40,25 @@ def status_line(status: int, reason: bytes = b"") -> bytes:
             phrase = b"Unknown"
         line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, phrase)
     return line
+
+
+def partial_head_bytes(data: bytes, body_bytes: int, boundary: bytes = b"\r\n\r\n") -> int:
+    """An upper bound of how many bytes of `data` (one read) belong to a head (or, with
+    boundary CRLF, a trailer or chunk-size line) that began in it and is still incomplete:
+    the bytes after the last boundary, and after the body bytes this read delivered (both
+    precede its start)."""
+    rest = len(data) - body_bytes
+    if not rest:
+        return 0  # all body (the common read inside a body): nothing to scan
+    # Only the last MAX_HEAD_BYTES can matter: a longer partial head is over the limit anyway.
+    end = data.rfind(boundary, max(0, len(data) - MAX_HEAD_BYTES - len(boundary)))
+    after = len(data) - end - len(boundary) if end >= 0 else MAX_HEAD_BYTES + 1
+    return min(after, rest)
+
+
+def block_size(headers: list[tuple[bytes, bytes]]) -> int:
+    """Bytes of a header block as received (`Name: value\r\n` per field)."""
+    return sum([len(name) + len(value) + 4 for name, value in headers])
 
 
 def header_block(headers: list[tuple[str, str]]) -> bytes:
