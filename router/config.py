@@ -61,6 +61,9 @@ class StaticReplicaConfig(Frozen):
     weight: int = Field(100, ge=1, le=10000)
     # The Phala instance id this replica's quote must name (attestation; 40 hex).
     instance_id: str | None = Field(None, pattern=r"^(0x)?[0-9a-fA-F]{40}$")
+    # How the replica is spoken to: h2 or grpc (HTTP/2 with prior knowledge, or ALPN over
+    # TLS) needs `proxy.engine: envoy`; the Python engines speak HTTP/1.1 only.
+    protocol: Literal["http1", "h2", "grpc"] = "http1"
 
     @field_validator("url")
     @classmethod
@@ -225,6 +228,16 @@ class RouterConfig(Frozen):
     attestation: AttestationConfig = AttestationConfig()
     dns: DnsConfig = DnsConfig()
     metrics: MetricsConfig = MetricsConfig()
+
+    @model_validator(mode="after")
+    def _h2_replicas_need_envoy(self) -> RouterConfig:
+        h2 = [r.id for r in self.discovery.static or () if r.protocol != "http1"]
+        if h2 and self.proxy.engine != "envoy":
+            raise ValueError(
+                f"discovery.static {', '.join(h2)}: protocol h2/grpc needs proxy.engine: envoy "
+                "(the fast and aiohttp engines speak HTTP/1.1 to replicas)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _some_listener(self) -> RouterConfig:
