@@ -369,3 +369,14 @@ def test_fleet_example_config_is_valid_and_serves_xds() -> None:
     cfg = load_config(str(root / "deploy/envoy-fleet/router.yaml"), {"PHALA_CLOUD_API_KEY": "k"})
     assert cfg.proxy.engine == "envoy"
     assert cfg.proxy.envoy.xds_listen is not None
+
+
+def test_replicas_whose_host_does_not_resolve_are_left_out() -> None:
+    cfg = config()
+    snap = snapshot_of(cfg)
+
+    def partial(replica: Replica) -> tuple[str, int] | None:
+        return None if replica.host == "a.example.com" else ("192.0.2.1", replica.port)
+
+    _, assignments = clusters_and_endpoints(snap, cfg, partial, lambda name: {})
+    assert set(endpoints_of(assignments[0])) == {"b", "c"}

@@ -40,6 +40,7 @@ from router.upstream import ConnectTo
 
 log = logging.getLogger(__name__)
 VIEW_REFRESH_SECONDS = 1.0
+DNS_REFRESH_SECONDS = 30.0
 MetricsRender = Callable[[], Awaitable[tuple[bytes, str]]]
 ADS_SOURCE: Json = {"ads": {}, "resource_api_version": "V3"}
 
@@ -59,13 +60,14 @@ class Dialer:
         self.connect_to = connect_to
         self._resolved: dict[str, str] = {}
 
-    def __call__(self, replica: Replica) -> tuple[str, int]:
+    def __call__(self, replica: Replica) -> tuple[str, int] | None:
         pinned = self.connect_to.lookup(replica.host)
         if pinned is not None:
             return pinned
         if _is_ip(replica.host):
             return replica.host, replica.port
-        return self._resolved[replica.host], replica.port
+        ip = self._resolved.get(replica.host)
+        return None if ip is None else (ip, replica.port)
 
     def unresolved(self, snapshot: Snapshot) -> set[str]:
         return {
@@ -76,15 +78,25 @@ class Dialer:
             and s.replica.host not in self._resolved
         }
 
-    async def resolve(self, hosts: set[str]) -> None:
+    async def resolve(self, hosts: set[str]) -> bool:
+        """Look `hosts` up; True when an address changed. A host that does not resolve
+        keeps its last address (or stays out of Envoy until it resolves)."""
         loop = asyncio.get_running_loop()
+        changed = False
         for host in sorted(hosts):
             try:
                 infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
             except OSError as exc:
                 log.warning("cannot resolve replica host %s: %s", host, exc)
                 continue
-            self._resolved[host] = str(infos[0][4][0])
+            address = str(infos[0][4][0])
+            changed |= self._resolved.get(host) != address
+            self._resolved[host] = address
+        return changed
+
+    async def refresh(self) -> bool:
+        """Re-resolve every host seen so far (addresses behind a gateway name move)."""
+        return await self.resolve(set(self._resolved))
 
 
 def _bind_port(address: str) -> tuple[str, int]:
@@ -124,6 +136,7 @@ class EnvoyEngine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         self.xds: XdsServer | None = None
+        self._resolving: set[str] = set()
         subscribe(self._on_snapshot)
 
     @property
@@ -170,6 +183,7 @@ class EnvoyEngine:
         )
         await self.process.start()
         self._spawn(self._refresh_view())
+        self._spawn(self._refresh_addresses())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -215,15 +229,27 @@ class EnvoyEngine:
         self.published_version = snapshot.version
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
-        missing = self._dialer.unresolved(snapshot)
+        # Publish at once (a membership change must not wait on DNS); replicas whose host
+        # has not resolved yet join when it does.
+        self.publish(snapshot)
+        missing = self._dialer.unresolved(snapshot) - self._resolving
         if missing:
             self._spawn(self._resolve_then_publish(missing))
-            return
-        self.publish(snapshot)
 
     async def _resolve_then_publish(self, hosts: set[str]) -> None:
-        await self._dialer.resolve(hosts)
-        self.publish(self._snapshots())
+        self._resolving |= hosts
+        try:
+            if await self._dialer.resolve(hosts):
+                self.publish(self._snapshots())
+        finally:
+            self._resolving -= hosts
+
+    async def _refresh_addresses(self) -> None:
+        """Re-resolve replica host names now and then; publish when one moved."""
+        while True:
+            await asyncio.sleep(DNS_REFRESH_SECONDS)
+            if await self._dialer.refresh():
+                self.publish(self._snapshots())
 
     def apply_config(self, config: RouterConfig) -> None:
         """Push a reloaded config (listen addresses keep their first value)."""

@@ -23,8 +23,9 @@ from router.models import Replica, ReplicaState
 from router.snapshot import ReplicaStatus, Snapshot
 
 Json = dict[str, Any]
-# (replica) -> the address Envoy dials: an IP literal and port (connect_to applied).
-Dial = Callable[[Replica], tuple[str, int]]
+# (replica) -> the address Envoy dials: an IP literal and port (connect_to applied), or
+# None while its host name does not resolve (the replica is then left out).
+Dial = Callable[[Replica], tuple[str, int] | None]
 # (cluster name) -> the ConfigSource Envoy reads that cluster's endpoints from.
 EdsSource = Callable[[str], Json]
 
@@ -209,9 +210,12 @@ def endpoint_weight(weight: float) -> int:
     return max(1, round(weight))
 
 
-def lb_endpoint(status: ReplicaStatus, dial: Dial, *, healthy: bool = True) -> Json:
+def lb_endpoint(status: ReplicaStatus, dial: Dial, *, healthy: bool = True) -> Json | None:
     replica = status.replica
-    ip, port = dial(replica)
+    address = dial(replica)
+    if address is None:
+        return None
+    ip, port = address
     return {
         "endpoint": {
             "address": {"socket_address": {"address": ip, "port_value": port}},
@@ -253,8 +257,8 @@ def main_assignment(snapshot: Snapshot, dial: Dial) -> Json:
     """Every routable replica, one locality per region, all at priority 0."""
     by_region: dict[str, list[Json]] = {}
     for status in snapshot.statuses:
-        if status.routable:
-            by_region.setdefault(_region(status.replica), []).append(lb_endpoint(status, dial))
+        if status.routable and (endpoint := lb_endpoint(status, dial)) is not None:
+            by_region.setdefault(_region(status.replica), []).append(endpoint)
     localities = [(region, 0, eps) for region, eps in sorted(by_region.items())]
     return load_assignment(MAIN_CLUSTER, localities, 1.4)
 
@@ -294,11 +298,11 @@ def geo_assignment(origin: str, snapshot: Snapshot, config: RouterConfig, dial: 
     """The load assignment for clients located in `origin`: one priority per region."""
     members: dict[str, list[Json]] = {}
     for status in snapshot.statuses:
-        region = _region(status.replica)
-        if status.routable:
-            members.setdefault(region, []).append(lb_endpoint(status, dial))
-        elif status.state in _WAITING:
-            members.setdefault(region, []).append(lb_endpoint(status, dial, healthy=False))
+        if not status.routable and status.state not in _WAITING:
+            continue
+        endpoint = lb_endpoint(status, dial, healthy=status.routable)
+        if endpoint is not None:
+            members.setdefault(_region(status.replica), []).append(endpoint)
     point = region_coordinates(origin, config.routing.geo.regions)
     ranked = [r for r in rank_regions(point, list(members), config) if members[r]]
     localities = [(region, rank, members[region]) for rank, region in enumerate(ranked)]
