@@ -380,3 +380,24 @@ def test_replicas_whose_host_does_not_resolve_are_left_out() -> None:
 
     _, assignments = clusters_and_endpoints(snap, cfg, partial, lambda name: {})
     assert set(endpoints_of(assignments[0])) == {"b", "c"}
+
+
+def test_plain_listener_redirects_to_https_when_asked(tmp_path: Path) -> None:
+    pem = tmp_path / "cert.pem"
+    trustme.CA().issue_cert("router.test").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    tls = {"listen": "127.0.0.1:8443", "cert_file": str(pem), "key_file": str(pem)}
+    cfg = config(listen_tls={**tls, "redirect_http": True})
+    snap = snapshot_of(cfg)
+    plain = route_configuration("untrusted-http", snap, cfg, scheme="http", https_port=8443)
+    assert plain["virtual_hosts"][0]["routes"] == [
+        {
+            "match": {"prefix": "/"},
+            "redirect": {
+                "https_redirect": True,
+                "port_redirect": 8443,
+                "response_code": "PERMANENT_REDIRECT",
+            },
+        }
+    ]
+    secure = route_configuration("untrusted-https", snap, cfg, scheme="https", https_port=8443)
+    assert "redirect" not in secure["virtual_hosts"][0]["routes"][0]

@@ -194,6 +194,10 @@ class EnvoyEngine:
         assert self.files is not None
         return self.files.source(kind, name)
 
+    def _https_port(self) -> int | None:
+        address = self._addresses.get("https")
+        return address[1] if address is not None else None
+
     def render(self, snapshot: Snapshot, source: Source) -> dict[str, list[Json]]:
         """Every resource for `snapshot`, by kind, with config sources from `source`."""
         config = self.config
@@ -203,7 +207,7 @@ class EnvoyEngine:
         return {
             "endpoints": assignments,
             "clusters": clusters,
-            "routes": all_routes(snapshot, config),
+            "routes": all_routes(snapshot, config, self._https_port()),
             "secrets": tls_secret(config),
             "listeners": listeners(config, self._addresses, source),
         }

@@ -254,13 +254,33 @@ def _forwarding_rules(config: RouterConfig, *, trusted: bool, scheme: str) -> Js
     }
 
 
+def _redirect_to(https_port: int) -> Json:
+    """listen_tls.redirect_http: plain requests get a 308 to the same URL over https."""
+    return {
+        "match": {"prefix": "/"},
+        "redirect": {
+            "https_redirect": True,
+            "port_redirect": https_port,
+            "response_code": "PERMANENT_REDIRECT",
+        },
+    }
+
+
 def route_configuration(
-    name: str, snapshot: Snapshot, config: RouterConfig, *, scheme: str = "http"
+    name: str,
+    snapshot: Snapshot,
+    config: RouterConfig,
+    *,
+    scheme: str = "http",
+    https_port: int | None = None,
 ) -> Json:
     """The route configuration `name` (trusted or untrusted peers, per listener scheme)."""
     trusted = name.startswith(TRUSTED)
     routes: list[Json]
-    if not snapshot.routable:
+    tls = config.listen_tls
+    if scheme == "http" and tls is not None and tls.redirect_http and https_port is not None:
+        routes = [_redirect_to(https_port)]
+    elif not snapshot.routable:
         routes = [no_replica_route(snapshot)]
     else:
         routes = geo_routes(snapshot, config, trusted=trusted) if _geo(config) else []
@@ -289,8 +309,10 @@ def route_names(config: RouterConfig) -> list[tuple[str, str]]:
     return names
 
 
-def all_routes(snapshot: Snapshot, config: RouterConfig) -> list[dict[str, Any]]:
+def all_routes(
+    snapshot: Snapshot, config: RouterConfig, https_port: int | None = None
+) -> list[dict[str, Any]]:
     return [
-        route_configuration(name, snapshot, config, scheme=scheme)
+        route_configuration(name, snapshot, config, scheme=scheme, https_port=https_port)
         for name, scheme in route_names(config)
     ]
