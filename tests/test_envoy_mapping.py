@@ -401,3 +401,26 @@ def test_plain_listener_redirects_to_https_when_asked(tmp_path: Path) -> None:
     ]
     secure = route_configuration("untrusted-https", snap, cfg, scheme="https", https_port=8443)
     assert "redirect" not in secure["virtual_hosts"][0]["routes"][0]
+
+
+def test_retry_policy_settings_map_to_envoy_retry_fields() -> None:
+    cfg = config(
+        proxy={
+            "retry_on": ["reset", "retriable-status-codes"],
+            "retriable_status_codes": [429],
+            "per_try_timeout": "2s",
+            "retry_budget": {"budget_percent": 10, "min_retry_concurrency": 5},
+        }
+    )
+    snap = snapshot_of(cfg)
+    idempotent, other = route_configuration("untrusted-http", snap, cfg)["virtual_hosts"][0][
+        "routes"
+    ]
+    policy = idempotent["route"]["retry_policy"]
+    assert policy["retry_on"] == "connect-failure,refused-stream,reset,retriable-status-codes"
+    assert policy["retriable_status_codes"] == [429]
+    assert policy["per_try_timeout"] == "2s"
+    assert "per_try_timeout" not in other["route"]["retry_policy"]
+    clusters, _ = resources(cfg, snap)
+    budget = clusters[0]["circuit_breakers"]["thresholds"][0]["retry_budget"]
+    assert budget == {"budget_percent": {"value": 10.0}, "min_retry_concurrency": 5}

@@ -160,12 +160,11 @@ def _limits(config: RouterConfig) -> Json:
         "max_requests": proxy.max_connections,
         "max_retries": max(proxy.max_connections // 4, 3),
     }
-    budget = getattr(proxy, "retry_budget", None)  # proxy.retry_budget, where it exists
-    if budget is not None:
-        limits["retry_budget"] = {
-            "budget_percent": {"value": float(budget.budget_percent)},
-            "min_retry_concurrency": int(budget.min_retry_concurrency),
-        }
+    budget = proxy.retry_budget  # Envoy's own retry budget, same two knobs
+    limits["retry_budget"] = {
+        "budget_percent": {"value": float(budget.budget_percent)},
+        "min_retry_concurrency": budget.min_retry_concurrency,
+    }
     return limits
 
 

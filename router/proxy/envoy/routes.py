@@ -42,22 +42,20 @@ def _header(name: str, value: str, action: str = "OVERWRITE_IF_EXISTS_OR_ADD") -
     return {"header": {"key": name, "value": value}, "append_action": action}
 
 
-# proxy.retry_on names -> Envoy retry_on tokens ("timeout" is Envoy's per_try_timeout,
-# which Envoy retries as a gateway error).
+# proxy.retry_on names -> Envoy retry_on tokens ("timeout": a per-try timeout, which Envoy
+# retries as a gateway error, and a read timeout, which it counts as a reset).
 _RETRY_TOKENS = {
     "connect-failure": ("connect-failure", "refused-stream"),
     "reset": ("reset",),
     "gateway-error": ("gateway-error",),
-    "timeout": ("gateway-error",),
+    "timeout": ("gateway-error", "reset"),
     "retriable-status-codes": ("retriable-status-codes",),
 }
 
 
 def idempotent_retry_on(config: RouterConfig) -> str:
-    """`proxy.retry_on` (when the retry policy settings exist) as Envoy's retry_on."""
-    names: tuple[str, ...] = getattr(
-        config.proxy, "retry_on", ("connect-failure", "reset", "gateway-error")
-    )
+    """`proxy.retry_on` as Envoy's retry_on (connect-failure is always on)."""
+    names: tuple[str, ...] = config.proxy.retry_on
     tokens: list[str] = []
     for name in ("connect-failure", *names):
         for token in _RETRY_TOKENS.get(name, ()):
@@ -82,10 +80,10 @@ def retry_policy(config: RouterConfig, retry_on: str) -> Json:
         ],
         "host_selection_retry_max_attempts": 5,
     }
-    codes: tuple[int, ...] = getattr(config.proxy, "retriable_status_codes", ())
+    codes = config.proxy.retriable_status_codes
     if codes and "retriable-status-codes" in retry_on:
         policy["retriable_status_codes"] = list(codes)
-    per_try: float | None = getattr(config.proxy, "per_try_timeout", None)
+    per_try = config.proxy.per_try_timeout
     if per_try is not None and retry_on != CONNECT_RETRY_ON:
         policy["per_try_timeout"] = duration(per_try)
     return policy
