@@ -160,11 +160,9 @@ def _limits(config: RouterConfig) -> Json:
         "max_requests": proxy.max_connections,
         "max_retries": max(proxy.max_connections // 4, 3),
     }
-    budget = proxy.retry_budget  # Envoy's own retry budget, same two knobs
-    limits["retry_budget"] = {
-        "budget_percent": {"value": float(budget.budget_percent)},
-        "min_retry_concurrency": budget.min_retry_concurrency,
-    }
+    # proxy.retry_budget is not mapped: Envoy's budget also refuses retries after connect
+    # failures and resets, which the router's never does (a replica dying under more
+    # in-flight requests than min_retry_concurrency would fail requests b could serve).
     return limits
 
 
