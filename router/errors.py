@@ -3,11 +3,15 @@
     RouterError
     ├── ConfigError              bad config: the CLI prints it and exits 2
     ├── StartupError             cannot start as configured (a port in use): one line, exit 2
+    │   └── EnvoyStartError      the managed Envoy could not start (engine: envoy)
     ├── DiscoveryError           the Cloud API failed or answered garbage (last good set kept)
     │   └── DiscoveryAuthError   401/403: the API key is wrong (names the env var)
     ├── AttestationError         a quote could not be fetched or verified (fail closed)
+    ├── DnsRenderError           `dns render` could not get its input (admin API, bad answer)
+    ├── DnsSinkError             a DNS sink could not publish (logged, retried)
     └── ProxyError               a request could not be served; carries its HTTP mapping
         ├── NoRoutableReplica    503 + Retry-After
+        ├── Overloaded           503 + Retry-After: every slot and queue place is taken
         ├── UpstreamConnectError 502 (nothing was sent: safe to retry anywhere)
         ├── UpstreamProtocolError 502 (bytes were sent: retry only idempotent requests)
         ├── UpstreamTimeout      504
@@ -32,6 +36,10 @@ class StartupError(RouterError):
     use); the message is one line naming the address and the config key."""
 
 
+class EnvoyStartError(StartupError):
+    """The managed Envoy could not start (missing binary, bad bootstrap, port in use)."""
+
+
 class DiscoveryError(RouterError):
     """The discovery source failed; the reconciler keeps the last good replica set."""
 
@@ -49,6 +57,14 @@ class AttestationError(RouterError):
         self.detail = detail
 
 
+class DnsRenderError(RouterError):
+    """`dns render` could not get what it renders (admin API unreachable, bad answer)."""
+
+
+class DnsSinkError(RouterError):
+    """A sink could not publish; the publisher logs it and retries."""
+
+
 class ProxyError(RouterError):
     status = 502
     code = "bad_gateway"
@@ -64,6 +80,13 @@ class ProxyError(RouterError):
 class NoRoutableReplica(ProxyError):
     status = 503
     code = "no_healthy_replica"
+
+
+class Overloaded(ProxyError):
+    """Every slot is taken and the queue is full (or the wait for a slot ran out)."""
+
+    status = 503
+    code = "overloaded"
 
 
 class UpstreamConnectError(ProxyError):

@@ -18,8 +18,8 @@ import aiohttp
 import httpx
 import pytest
 
+from router.errors import EnvoyStartError
 from router.proxy.envoy.engine import EnvoyEngine
-from router.proxy.envoy.process import EnvoyStartError
 from tests.envoy_support import require_envoy
 from tests.support import eventually, free_port, running_replica, running_router, static_config
 

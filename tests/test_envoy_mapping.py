@@ -48,7 +48,7 @@ def snapshot_of(
     health: dict[str, HealthView] | None = None,
     drained: frozenset[str] = frozenset(),
 ) -> Snapshot:
-    from router.app import policy_from_config
+    from router.compose import policy_from_config
 
     assert cfg.discovery.static is not None
     replicas = static_replicas(cfg.discovery.static)

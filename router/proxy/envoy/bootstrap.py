@@ -6,6 +6,9 @@ router runs and Envoy never needs a restart to follow the config.
 
 from __future__ import annotations
 
+import argparse
+import json
+
 from router.proxy.envoy.resources import Json
 from router.settings_types import split_host_port
 
@@ -93,9 +96,6 @@ def ads_bootstrap(admin_listen: str, server: str, *, node_id: str) -> Json:
 def main(argv: list[str] | None = None) -> None:
     """`python -m router.proxy.envoy.bootstrap --xds ROUTER:PORT --node-id NAME` prints the
     bootstrap of an Envoy that takes its whole config from a router's xDS server."""
-    import argparse
-    import json
-
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--xds", required=True, help="the router's proxy.envoy.xds_listen")
     parser.add_argument("--node-id", required=True, help="this Envoy's name, e.g. its host")

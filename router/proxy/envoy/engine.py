@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from router.config import RouterConfig
 from router.models import Replica
 from router.proxy.base import SnapshotSource
 from router.proxy.envoy import admin_api
@@ -31,12 +30,14 @@ from router.proxy.envoy.listeners import Source, listeners, tls_secret
 from router.proxy.envoy.process import EnvoyProcess
 from router.proxy.envoy.resources import Json, clusters_and_endpoints
 from router.proxy.envoy.routes import all_routes
+from router.proxy.envoy.view import ConfigView
+from router.proxy.settings import ProxySettings
 
 if TYPE_CHECKING:
     from router.proxy.envoy.xds import XdsServer
+from router.reach import ConnectTo
 from router.settings_types import split_host_port
 from router.snapshot import Snapshot, SnapshotListener
-from router.upstream import ConnectTo
 
 log = logging.getLogger(__name__)
 VIEW_REFRESH_SECONDS = 1.0
@@ -113,12 +114,12 @@ def _bind_port(address: str) -> tuple[str, int]:
 class EnvoyEngine:
     def __init__(
         self,
-        config: RouterConfig,
+        config: ConfigView,
         snapshots: SnapshotSource,
         subscribe: Callable[[SnapshotListener], None],
         *,
         clock: Callable[[], float] = time.monotonic,
-        config_source: Callable[[], RouterConfig] | None = None,
+        config_source: Callable[[], ConfigView] | None = None,
     ) -> None:
         # The app's current config, read at every publish: a reload that changes only
         # routing reaches Envoy with the snapshot the new policy builds.
@@ -140,7 +141,7 @@ class EnvoyEngine:
         subscribe(self._on_snapshot)
 
     @property
-    def config(self) -> RouterConfig:
+    def config(self) -> ConfigView:
         return self._config_source() if self._config_source is not None else self._config
 
     @property
@@ -255,10 +256,10 @@ class EnvoyEngine:
             if await self._dialer.refresh():
                 self.publish(self._snapshots())
 
-    def apply_config(self, config: RouterConfig) -> None:
-        """Push a reloaded config (listen addresses keep their first value)."""
-        self._config = config
-        self._dialer = Dialer(ConnectTo(config.discovery.connect_to))
+    def apply_config(self, config: ProxySettings) -> None:
+        """Push a reloaded config: the app's whole config is read through `config_source`
+        at each publish; listen addresses keep their first value."""
+        self._dialer = Dialer(ConnectTo(config.connect_to))
         self.publish(self._snapshots())
 
     async def _refresh_view(self) -> None:

@@ -7,12 +7,13 @@ listener and never drains a connection.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-from router.config import RouterConfig
 from router.proxy.envoy.resources import Json, duration
 from router.proxy.envoy.routes import TRUSTED, UNTRUSTED
+from router.proxy.envoy.view import ConfigView
 from router.proxy.headers import VIA
 
 # (resource kind, name) -> the ConfigSource Envoy reads it from (file path or ADS).
@@ -101,7 +102,7 @@ def local_replies() -> Json:
 
 
 def connection_manager(
-    config: RouterConfig, route_name: str, source: Source, *, trusted: bool
+    config: ConfigView, route_name: str, source: Source, *, trusted: bool
 ) -> Json:
     proxy = config.proxy
     http2 = proxy.envoy.http2
@@ -141,7 +142,7 @@ def connection_manager(
     }
 
 
-def _downstream_tls(config: RouterConfig, source: Source) -> Json:
+def _downstream_tls(config: ConfigView, source: Source) -> Json:
     alpn = ["h2", "http/1.1"] if config.proxy.envoy.http2 else ["http/1.1"]
     return {
         "name": "envoy.transport_sockets.tls",
@@ -159,7 +160,7 @@ def _downstream_tls(config: RouterConfig, source: Source) -> Json:
     }
 
 
-def _filter_chains(config: RouterConfig, scheme: str, source: Source) -> list[Json]:
+def _filter_chains(config: ConfigView, scheme: str, source: Source) -> list[Json]:
     chains: list[Json] = []
     tls = _downstream_tls(config, source) if scheme == "https" else None
     peers: list[tuple[str, tuple[str, ...] | None]] = [(UNTRUSTED, None)]
@@ -182,8 +183,6 @@ def _filter_chains(config: RouterConfig, scheme: str, source: Source) -> list[Js
 
 
 def _prefix_ranges(cidrs: tuple[str, ...]) -> list[Json]:
-    import ipaddress
-
     ranges = []
     for cidr in cidrs:
         network = ipaddress.ip_network(cidr, strict=False)
@@ -193,7 +192,7 @@ def _prefix_ranges(cidrs: tuple[str, ...]) -> list[Json]:
     return ranges
 
 
-def listener(name: str, host: str, port: int, config: RouterConfig, source: Source) -> Json:
+def listener(name: str, host: str, port: int, config: ConfigView, source: Source) -> Json:
     scheme = "https" if name == "https" else "http"
     return {
         "@type": LISTENER_TYPE,
@@ -205,13 +204,13 @@ def listener(name: str, host: str, port: int, config: RouterConfig, source: Sour
 
 
 def listeners(
-    config: RouterConfig, addresses: dict[str, tuple[str, int]], source: Source
+    config: ConfigView, addresses: dict[str, tuple[str, int]], source: Source
 ) -> list[Json]:
     """`addresses`: listener name (http, https) -> the bound host and port."""
     return [listener(name, h, p, config, source) for name, (h, p) in sorted(addresses.items())]
 
 
-def tls_secret(config: RouterConfig) -> list[dict[str, Any]]:
+def tls_secret(config: ConfigView) -> list[dict[str, Any]]:
     if config.listen_tls is None:
         return []
     return [

@@ -19,16 +19,12 @@ from pathlib import Path
 
 import aiohttp
 
-from router.errors import RouterError
+from router.errors import EnvoyStartError
 from router.proxy.envoy.settings import EnvoyConfig
 
 log = logging.getLogger("router.envoy")
 # An Envoy that ran this long before exiting starts again without backoff.
 STABLE_RUN_SECONDS = 10.0
-
-
-class EnvoyStartError(RouterError):
-    """Envoy could not be started (missing binary, bad bootstrap, port in use)."""
 
 
 def find_binary(name: str) -> str:

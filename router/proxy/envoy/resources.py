@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router.balancing.settings import normalise_region
-from router.config import RouterConfig
-from router.geo import Point, haversine_km, region_coordinates
+from router.balancing.regions import Point, haversine_km, normalise_region, region_coordinates
 from router.models import Replica, ReplicaState
+from router.proxy.envoy.view import ConfigView
 from router.snapshot import ReplicaStatus, Snapshot
 
 Json = dict[str, Any]
@@ -51,7 +51,7 @@ def geo_cluster(region: str) -> str:
     return GEO_PREFIX + normalise_region(region)
 
 
-def _lb_policy(config: RouterConfig) -> Json:
+def _lb_policy(config: ConfigView) -> Json:
     sticky = config.routing.sticky
     if sticky.mode != "off":
         # routing.sticky.hash: Envoy has Maglev and a ring hash; no rendezvous balancer, so
@@ -64,7 +64,7 @@ def _lb_policy(config: RouterConfig) -> Json:
     return {"lb_policy": "ROUND_ROBIN"}
 
 
-def outlier_detection(config: RouterConfig) -> Json | None:
+def outlier_detection(config: ConfigView) -> Json | None:
     """health.passive -> Envoy outlier detection (the router's detector mirrors it)."""
     passive = config.health.passive
     if not passive.enabled:
@@ -95,7 +95,7 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def upstream_tls(config: RouterConfig, host: str) -> Json:
+def upstream_tls(config: ConfigView, host: str) -> Json:
     """TLS to one replica host: SNI = its name, certificate checked against that name.
     (Envoy's auto_sni/auto_san_validation take the name before auto_host_rewrite applies,
     i.e. the client's Host, so the name is set per host here instead.)"""
@@ -121,7 +121,7 @@ def tls_hosts(snapshot: Snapshot) -> list[str]:
     return sorted({s.replica.host for s in snapshot.statuses if s.replica.scheme == "https"})
 
 
-def _socket_matches(config: RouterConfig, hosts: Sequence[str]) -> list[Json]:
+def _socket_matches(config: ConfigView, hosts: Sequence[str]) -> list[Json]:
     matches: list[Json] = [
         {
             "name": f"tls-{host}",
@@ -145,13 +145,11 @@ def _socket_matches(config: RouterConfig, hosts: Sequence[str]) -> list[Json]:
 
 def system_ca_bundle() -> str:
     """The system CA file (Envoy has no built-in trust store)."""
-    import ssl
-
     paths = ssl.get_default_verify_paths()
     return paths.cafile or paths.openssl_cafile
 
 
-def _limits(config: RouterConfig) -> Json:
+def _limits(config: ConfigView) -> Json:
     proxy = config.proxy
     limits: Json = {
         "priority": "DEFAULT",
@@ -168,7 +166,7 @@ def _limits(config: RouterConfig) -> Json:
 
 def cluster(
     name: str,
-    config: RouterConfig,
+    config: ConfigView,
     eds_source: EdsSource,
     *,
     h2: bool = False,
@@ -267,7 +265,7 @@ class GeoPlan:
     origins: dict[str, list[str]]
 
 
-def geo_origins(snapshot: Snapshot, config: RouterConfig) -> list[str]:
+def geo_origins(snapshot: Snapshot, config: ConfigView) -> list[str]:
     """Regions a client can be routed as: every replica region with coordinates, the
     default region and the configured extra regions."""
     geo = config.routing.geo
@@ -278,7 +276,7 @@ def geo_origins(snapshot: Snapshot, config: RouterConfig) -> list[str]:
     return sorted(n for n in names if region_coordinates(n, geo.regions) is not None)
 
 
-def rank_regions(origin: Point | None, regions: Sequence[str], config: RouterConfig) -> list[str]:
+def rank_regions(origin: Point | None, regions: Sequence[str], config: ConfigView) -> list[str]:
     """Replica regions nearest first; regions without coordinates last (as the picker)."""
     overrides = config.routing.geo.regions
 
@@ -291,7 +289,7 @@ def rank_regions(origin: Point | None, regions: Sequence[str], config: RouterCon
     return sorted(regions, key=lambda r: (distance(r), r))
 
 
-def geo_assignment(origin: str, snapshot: Snapshot, config: RouterConfig, dial: Dial) -> Json:
+def geo_assignment(origin: str, snapshot: Snapshot, config: ConfigView, dial: Dial) -> Json:
     """The load assignment for clients located in `origin`: one priority per region."""
     members: dict[str, list[Json]] = {}
     for status in snapshot.statuses:
@@ -312,7 +310,7 @@ def h2_upstream(snapshot: Snapshot) -> bool:
 
 
 def clusters_and_endpoints(
-    snapshot: Snapshot, config: RouterConfig, dial: Dial, eds_source: EdsSource
+    snapshot: Snapshot, config: ConfigView, dial: Dial, eds_source: EdsSource
 ) -> tuple[list[Json], list[Json]]:
     """(clusters, load assignments) for the snapshot."""
     h2 = h2_upstream(snapshot)

@@ -12,10 +12,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from router.balancing.settings import normalise_region
-from router.config import RouterConfig
-from router.geo import country_table, region_coordinates
-from router.proxy.base import edge_headers, no_routable_error
+from router.balancing.regions import country_table, normalise_region, region_coordinates
+from router.proxy.base import no_routable_error
 from router.proxy.envoy.resources import (
     MAIN_CLUSTER,
     Json,
@@ -25,7 +23,8 @@ from router.proxy.envoy.resources import (
     h2_upstream,
     rank_regions,
 )
-from router.proxy.headers import FORWARDING, IDEMPOTENT
+from router.proxy.envoy.view import ConfigView
+from router.proxy.headers import FORWARDING, IDEMPOTENT, edge_names
 from router.snapshot import Snapshot
 
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -53,7 +52,7 @@ _RETRY_TOKENS = {
 }
 
 
-def idempotent_retry_on(config: RouterConfig) -> str:
+def idempotent_retry_on(config: ConfigView) -> str:
     """`proxy.retry_on` as Envoy's retry_on (connect-failure is always on)."""
     names: tuple[str, ...] = config.proxy.retry_on
     tokens: list[str] = []
@@ -64,7 +63,7 @@ def idempotent_retry_on(config: RouterConfig) -> str:
     return ",".join(tokens)
 
 
-def retry_policy(config: RouterConfig, retry_on: str) -> Json:
+def retry_policy(config: ConfigView, retry_on: str) -> Json:
     policy: Json = {
         "retry_on": retry_on,
         "num_retries": config.proxy.retries,
@@ -89,7 +88,7 @@ def retry_policy(config: RouterConfig, retry_on: str) -> Json:
     return policy
 
 
-def hash_policy(config: RouterConfig) -> list[Json]:
+def hash_policy(config: ConfigView) -> list[Json]:
     """routing.sticky -> consistent-hash keys (the cluster uses Maglev or a ring hash)."""
     sticky = config.routing.sticky
     if sticky.mode == "cookie":
@@ -102,7 +101,7 @@ def hash_policy(config: RouterConfig) -> list[Json]:
     return []
 
 
-def route_action(config: RouterConfig, cluster: str, retry_on: str) -> Json:
+def route_action(config: ConfigView, cluster: str, retry_on: str) -> Json:
     action: Json = {
         "cluster": cluster,
         # Host (and with auto_sni the SNI) = the replica's own host name.
@@ -127,7 +126,7 @@ def _idempotent_match() -> Json:
     }
 
 
-def _routes_to(config: RouterConfig, cluster: str, headers: Sequence[Json]) -> list[Json]:
+def _routes_to(config: ConfigView, cluster: str, headers: Sequence[Json]) -> list[Json]:
     """Two routes to `cluster`: idempotent methods retry on more failures."""
     return [
         {
@@ -145,7 +144,7 @@ def _regex_of(values: Sequence[str]) -> str:
     return "^(" + "|".join(sorted(values)) + ")$"
 
 
-def geo_routes(snapshot: Snapshot, config: RouterConfig, *, trusted: bool) -> list[Json]:
+def geo_routes(snapshot: Snapshot, config: ConfigView, *, trusted: bool) -> list[Json]:
     """Per client-origin routes: the region hint (anyone), then country headers (trusted
     peers only); GeoIP and latitude/longitude are not mapped (docs/envoy.md)."""
     geo = config.routing.geo
@@ -172,7 +171,7 @@ def geo_routes(snapshot: Snapshot, config: RouterConfig, *, trusted: bool) -> li
     return routes
 
 
-def _countries_by_origin(origins: Sequence[str], config: RouterConfig) -> dict[str, list[str]]:
+def _countries_by_origin(origins: Sequence[str], config: ConfigView) -> dict[str, list[str]]:
     """Each country goes to its nearest origin region (an approximation of the picker,
     which ranks regions from the country's own coordinates)."""
     grouped: dict[str, list[str]] = {}
@@ -183,7 +182,7 @@ def _countries_by_origin(origins: Sequence[str], config: RouterConfig) -> dict[s
     return grouped
 
 
-def _default_cluster(snapshot: Snapshot, config: RouterConfig) -> str:
+def _default_cluster(snapshot: Snapshot, config: ConfigView) -> str:
     geo = config.routing.geo
     if (
         config.routing.policy == "geo"
@@ -216,7 +215,7 @@ def _hop_by_hop(snapshot: Snapshot) -> list[str]:
     return names if h2_upstream(snapshot) else [*names, "te"]
 
 
-def _header_rules(config: RouterConfig, snapshot: Snapshot, *, trusted: bool, scheme: str) -> Json:
+def _header_rules(config: ConfigView, snapshot: Snapshot, *, trusted: bool, scheme: str) -> Json:
     rules = _forwarding_rules(config, trusted=trusted, scheme=scheme)
     rules["request_headers_to_remove"] = sorted(
         {*rules["request_headers_to_remove"], *_hop_by_hop(snapshot)}
@@ -225,7 +224,7 @@ def _header_rules(config: RouterConfig, snapshot: Snapshot, *, trusted: bool, sc
     return rules
 
 
-def _forwarding_rules(config: RouterConfig, *, trusted: bool, scheme: str) -> Json:
+def _forwarding_rules(config: ConfigView, *, trusted: bool, scheme: str) -> Json:
     if trusted:
         return {
             "request_headers_to_remove": [ENVOY_ADDED],
@@ -240,7 +239,11 @@ def _forwarding_rules(config: RouterConfig, *, trusted: bool, scheme: str) -> Js
                 _header("X-Forwarded-Host", "%REQ(:AUTHORITY)%", "ADD_IF_ABSENT"),
             ],
         }
-    removed = sorted((edge_headers(config) | FORWARDING | {ENVOY_ADDED}) - {"x-forwarded-for"})
+    geo = config.routing.geo
+    edge = edge_names(
+        config.proxy.edge_headers, geo.country_headers, (geo.latitude_header, geo.longitude_header)
+    )
+    removed = sorted((edge | FORWARDING | {ENVOY_ADDED}) - {"x-forwarded-for"})
     return {
         "request_headers_to_remove": removed,
         "request_headers_to_add": [
@@ -267,7 +270,7 @@ def _redirect_to(https_port: int) -> Json:
 def route_configuration(
     name: str,
     snapshot: Snapshot,
-    config: RouterConfig,
+    config: ConfigView,
     *,
     scheme: str = "http",
     https_port: int | None = None,
@@ -292,11 +295,11 @@ def route_configuration(
     return resource
 
 
-def _geo(config: RouterConfig) -> bool:
+def _geo(config: ConfigView) -> bool:
     return config.routing.policy == "geo"
 
 
-def route_names(config: RouterConfig) -> list[tuple[str, str]]:
+def route_names(config: ConfigView) -> list[tuple[str, str]]:
     """(route configuration name, scheme) for every listener and peer class."""
     names: list[tuple[str, str]] = []
     schemes = (["http"] if config.listen else []) + (["https"] if config.listen_tls else [])
@@ -308,7 +311,7 @@ def route_names(config: RouterConfig) -> list[tuple[str, str]]:
 
 
 def all_routes(
-    snapshot: Snapshot, config: RouterConfig, https_port: int | None = None
+    snapshot: Snapshot, config: ConfigView, https_port: int | None = None
 ) -> list[dict[str, Any]]:
     return [
         route_configuration(name, snapshot, config, scheme=scheme, https_port=https_port)

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from google.protobuf import any_pb2, json_format
 
+from router.errors import StartupError
 from router.proxy.envoy.resources import Json
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,7 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
         self.port = self._server.add_insecure_port(self.listen)
         if self.port == 0:
-            from router.errors import RouterError
-
-            raise RouterError(f"proxy.envoy.xds_listen {self.listen!r}: cannot listen there")
+            raise StartupError(f"proxy.envoy.xds_listen {self.listen!r}: cannot listen there")
         await self._server.start()
 
     async def stop(self) -> None:
