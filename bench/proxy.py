@@ -1,5 +1,8 @@
 """Proxy throughput: phala-router's engines against nginx and HAProxy as proxies.
 
+Targets: nginx, haproxy, fast, aiohttp, envoy (phala-router driving Envoy), minimal; a
+`-w2` suffix runs two workers (router processes, or Envoy threads for envoy).
+
 Method (/work/shared/BENCH-METHOD.md): one nginx upstream; each proxy pinned alone to core 0,
 wrk and the upstream on core 1; several rounds alternating the order of the targets; for
 each target the median over rounds of (its req/s / HAProxy's req/s in the same round).
@@ -43,6 +46,7 @@ class Scenario:
     path: str
     wrk_script: str | None = None  # lua, for POST bodies
     replicas: int = 1
+    h2: bool = False  # HTTP/2 with prior knowledge (h2c), driven by h2load instead of wrk
 
 
 SCENARIOS = {
@@ -55,7 +59,10 @@ SCENARIOS = {
         'wrk.headers["Content-Type"] = "application/octet-stream"\n',
     ),
     "replicas1000": Scenario("small GET, 1,000 replicas in the table", "/", replicas=1000),
+    "small-h2": Scenario("small GET over h2c (h2load -c50 -m1)", "/", h2=True),
 }
+# Targets that accept HTTP/2 from clients (the Python engines speak HTTP/1.1 only).
+H2_TARGETS = ("nginx", "haproxy", "envoy")
 
 
 @dataclass
@@ -112,7 +119,8 @@ http {{
 """
 
 
-def nginx_proxy(work: Path, port: int, upstream: int) -> str:
+def nginx_proxy(work: Path, port: int, upstream: int, h2: bool = False) -> str:
+    http2 = " http2" if h2 else ""
     return f"""
 user root; worker_processes 1; daemon off; pid {work}/px.pid; error_log {work}/px.err;
 events {{ worker_connections 8192; }}
@@ -121,7 +129,7 @@ http {{
   client_body_temp_path {work}/px_body; proxy_temp_path {work}/px_proxy;
   upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; }}
   server {{
-    listen 127.0.0.1:{port} backlog=4096; client_max_body_size 4m;
+    listen 127.0.0.1:{port}{http2} backlog=4096; client_max_body_size 4m;
     location / {{ proxy_pass http://up; proxy_http_version 1.1;
                  proxy_set_header Connection ""; }}
   }}
@@ -129,7 +137,8 @@ http {{
 """
 
 
-def haproxy_config(port: int, upstream: int) -> str:
+def haproxy_config(port: int, upstream: int, h2: bool = False) -> str:
+    proto = " proto h2" if h2 else ""
     return f"""
 global
   nbthread 1
@@ -141,7 +150,7 @@ defaults
   timeout server 60s
   http-reuse always
 frontend fe
-  bind 127.0.0.1:{port}
+  bind 127.0.0.1:{port}{proto}
   default_backend be
 backend be
   server s1 127.0.0.1:{upstream}
@@ -165,7 +174,10 @@ def router_config(
         "admin": {"listen": f"127.0.0.1:{free_port()}"},
         "discovery": {"static": static},
         "health": {"enabled": False},
-        "proxy": {"engine": engine, "workers": workers},
+        "proxy": {"engine": engine, "workers": workers}
+        if engine != "envoy"
+        # One router process drives one Envoy; its worker threads are Envoy's concurrency.
+        else {"engine": "envoy", "envoy": {"concurrency": workers}},
         "routing": {"policy": policy},
         "metrics": {"requests": request_metrics},
     }
@@ -255,6 +267,24 @@ def run_wrk(port: int, scenario: Scenario, seconds: float, work: Path) -> tuple[
     return rps, float(p99.group(1)) * _UNITS[p99.group(2)] if p99 else float("nan")
 
 
+def run_h2load(port: int, scenario: Scenario, seconds: float) -> tuple[float, float]:
+    """(req/s, nan): h2load reports mean request time, not a p99."""
+    argv = ["taskset", "-c", LOAD_CORE, "h2load", "-c50", "-m1", "-t1", f"-D{int(seconds)}"]
+    argv.append(f"http://127.0.0.1:{port}{scenario.path}")
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
+    failed = re.search(r"(\d+) failed", out)
+    if failed and int(failed.group(1)):
+        print(f"  warning: h2load: {failed.group(0)}", file=sys.stderr)
+    return rps, float("nan")
+
+
+def run_load(port: int, scenario: Scenario, seconds: float, work: Path) -> tuple[float, float]:
+    if scenario.h2:
+        return run_h2load(port, scenario, seconds)
+    return run_wrk(port, scenario, seconds, work)
+
+
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -287,15 +317,15 @@ def target_argv(
 ) -> list[str]:
     if name == "nginx":
         conf = work / "nginx-proxy.conf"
-        conf.write_text(nginx_proxy(work, port, upstream))
+        conf.write_text(nginx_proxy(work, port, upstream, scenario.h2))
         return ["nginx", "-c", str(conf), "-p", str(work)]
     if name == "haproxy":
         conf = work / "haproxy.cfg"
-        conf.write_text(haproxy_config(port, upstream))
+        conf.write_text(haproxy_config(port, upstream, scenario.h2))
         return ["haproxy", "-db", "-f", str(conf)]
     if name == "minimal":
         return [sys.executable, "-m", "bench.minimal_proxy", str(port), str(upstream)]
-    engine = "aiohttp" if name.startswith("aiohttp") else "fast"
+    engine = next((e for e in ("aiohttp", "envoy") if name.startswith(e)), "fast")
     conf = work / f"router-{name}.yaml"
     policy, request_metrics = target_variant(name)
     conf.write_text(
@@ -319,9 +349,12 @@ def target_argv(
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    for tool in ("nginx", "haproxy", "wrk", "taskset"):
+    h2 = any(SCENARIOS[key].h2 for key in args.scenario.split(","))
+    for tool in ("nginx", "haproxy", "wrk", "taskset", *(["h2load"] if h2 else [])):
         if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} not found: apt-get install nginx haproxy wrk util-linux")
+            raise SystemExit(
+                f"{tool} not found: apt-get install nginx haproxy wrk util-linux nghttp2-client"
+            )
     targets = args.targets.split(",")
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -344,6 +377,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     order = targets if round_no % 2 == 0 else targets[::-1]
                     got: dict[str, Sample] = {}
                     for name in order:
+                        if scenario.h2 and not name.startswith(H2_TARGETS):
+                            continue  # speaks HTTP/1.1 only
                         port = free_port()
                         argv = target_argv(
                             name, work, port, upstream, scenario, args.workers, args.baseline_src
@@ -355,10 +390,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                             PROXY_CORE if workers == 1 or name in ("nginx", "haproxy") else "0,1"
                         )
                         with process(argv, port, cores) as proc:
-                            run_wrk(port, scenario, args.warmup, work)
+                            run_load(port, scenario, args.warmup, work)
                             pids = tree_pids(proc.pid)
                             cpu0 = cpu_seconds(pids)
-                            rps, p99 = run_wrk(port, scenario, args.duration, work)
+                            rps, p99 = run_load(port, scenario, args.duration, work)
                             cpu = cpu_seconds(pids) - cpu0
                             got[name] = Sample(
                                 rps, p99, cpu / max(rps * args.duration, 1) * 1e6, rss_mb(pids)
@@ -374,7 +409,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                             rows[name].p99_ratios.append(sample.p99_ms / ref.p99_ms)
                 report["scenarios"][key] = {
                     "name": scenario.name,
-                    "rows": [summarise(row) for row in rows.values()],
+                    "rows": [summarise(row) for row in rows.values() if row.samples],
                 }
     return report
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.access_log import AccessLog
-from router.admin import AdminServer
+from router.admin import AdminServer, MetricsSource
 from router.compose import (
     build_control_plane,
     health_session_factory,
@@ -122,12 +122,22 @@ class RouterApp:
                 reuse_port=worker_count(config) > 1,
                 tls=self.tls,
             )
+        elif config.proxy.engine == "envoy":
+            from router.proxy.envoy.engine import EnvoyEngine  # only with the [envoy] extra
+
+            self.engine = EnvoyEngine(
+                config,
+                self._snapshot,
+                self.reconciler.subscribe,
+                clock=clock,
+                config_source=lambda: self.config,
+            )
         else:
             self.engine = AiohttpEngine(
                 proxy_settings(config), self._snapshot, self.observers, self.in_flight, tls=self.tls
             )
         self.admin = AdminServer(
-            config.admin.listen, self, self._admin_token(), metrics=self.metrics.render_async
+            config.admin.listen, self, self._admin_token(), metrics=self._metrics_render()
         )
         # With several worker processes only the first serves the admin listener.
         self._worker = worker or WorkerLink()
@@ -154,6 +164,11 @@ class RouterApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self._started = False
+
+    def _metrics_render(self) -> MetricsSource:
+        """The /metrics body: with Envoy as the engine, Envoy's own series follow ours."""
+        extend = getattr(self.engine, "with_envoy_metrics", None)
+        return self.metrics.render_async if extend is None else extend(self.metrics.render_async)
 
     def _snapshot(self) -> Snapshot:
         return self.reconciler.current
@@ -188,6 +203,7 @@ class RouterApp:
             facts={
                 "app_id": _app_id(self.config),
                 "policy": self.config.routing.policy,
+                "engine": self.config.proxy.engine,
                 "ready": self.ready,
                 "draining": self._draining,
                 "drained": sorted(overrides.drained),
@@ -195,6 +211,9 @@ class RouterApp:
                 **self._router_facts(),
             },
         )
+        engine_view = getattr(self.engine, "status_view", None)
+        if engine_view is not None:  # Envoy's own view of the endpoints, next to ours
+            document["envoy"] = engine_view()
         return self.history.annotate(self.metrics.annotate_status(document))
 
     def effective_config(self) -> dict[str, Any]:

@@ -75,6 +75,16 @@ class RouterConfig(Frozen):
     metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
+    def _h2_replicas_need_envoy(self) -> RouterConfig:
+        h2 = [r.id for r in self.discovery.static or () if r.protocol != "http1"]
+        if h2 and self.proxy.engine != "envoy":
+            raise ValueError(
+                f"discovery.static {', '.join(h2)}: protocol h2/grpc needs proxy.engine: envoy "
+                "(the fast and aiohttp engines speak HTTP/1.1 to replicas)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _some_listener(self) -> RouterConfig:
         if self.listen is None and self.listen_tls is None:
             raise ValueError("set listen, listen_tls, or both: the router needs a listener")

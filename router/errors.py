@@ -3,6 +3,7 @@
     RouterError
     ├── ConfigError              bad config: the CLI prints it and exits 2
     ├── StartupError             cannot start as configured (a port in use): one line, exit 2
+    │   └── EnvoyStartError      the managed Envoy could not start (engine: envoy)
     ├── DiscoveryError           the Cloud API failed or answered garbage (last good set kept)
     │   └── DiscoveryAuthError   401/403: the API key is wrong (names the env var)
     ├── AttestationError         a quote could not be fetched or verified (fail closed)
@@ -33,6 +34,10 @@ class ConfigError(RouterError):
 class StartupError(RouterError):
     """The config is valid but the router cannot start with it (e.g. a listen address is in
     use); the message is one line naming the address and the config key."""
+
+
+class EnvoyStartError(StartupError):
+    """The managed Envoy could not start (missing binary, bad bootstrap, port in use)."""
 
 
 class DiscoveryError(RouterError):

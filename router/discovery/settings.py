@@ -90,6 +90,9 @@ class StaticReplicaConfig(Frozen):
     weight: int = Field(100, ge=1, le=10000)
     # The Phala instance id this replica's quote must name (attestation; 40 hex).
     instance_id: str | None = Field(None, pattern=r"^(0x)?[0-9a-fA-F]{40}$")
+    # How the replica is spoken to: h2 or grpc (HTTP/2 with prior knowledge, or ALPN over
+    # TLS) needs `proxy.engine: envoy`; the Python engines speak HTTP/1.1 only.
+    protocol: Literal["http1", "h2", "grpc"] = "http1"
 
     @field_validator("url")
     @classmethod

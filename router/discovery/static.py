@@ -39,7 +39,8 @@ def static_replicas(entries: Iterable[StaticReplicaConfig]) -> list[Replica]:
             region=e.region,
             weight=e.weight,
             metadata=MappingProxyType(
-                {"instance_id": e.instance_id.lower().removeprefix("0x")} if e.instance_id else {}
+                ({"instance_id": e.instance_id.lower().removeprefix("0x")} if e.instance_id else {})
+                | ({"protocol": e.protocol} if e.protocol != "http1" else {})
             ),
         )
         for e in entries

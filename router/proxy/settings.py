@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from router.proxy.envoy.settings import EnvoyConfig
 from router.proxy.retry_settings import (
     DEFAULT_RETRY_ON,
     RetryBudgetConfig,
@@ -36,7 +37,9 @@ class UpstreamTLSConfig(Frozen):
 
 
 class ProxyConfig(Frozen):
-    engine: Literal["aiohttp", "fast"] = "fast"
+    engine: Literal["aiohttp", "fast", "envoy"] = "fast"
+    # The Envoy engine's own settings (docs/envoy.md); ignored by the Python engines.
+    envoy: EnvoyConfig = EnvoyConfig()
     # Processes serving the listener (SO_REUSEPORT), each a full router; "auto" = CPU cores.
     workers: int | Literal["auto"] = 1
     connect_timeout: PositiveDuration = 5.0

@@ -1,0 +1,340 @@
+"""`proxy.engine: envoy`: the router's control plane drives a local Envoy through files.
+
+On every snapshot the engine renders the resources (pure mapping in `resources.py`,
+`routes.py`, `listeners.py`) and replaces the changed files; Envoy picks each rename up
+by itself, so a change reaches it without a restart or a dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import socket
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from router.models import Replica
+from router.proxy.base import SnapshotSource
+from router.proxy.envoy import admin_api
+from router.proxy.envoy.bootstrap import bootstrap
+from router.proxy.envoy.files import ResourceFiles
+from router.proxy.envoy.listeners import Source, listeners, tls_secret
+from router.proxy.envoy.process import EnvoyProcess
+from router.proxy.envoy.resources import Json, clusters_and_endpoints
+from router.proxy.envoy.routes import all_routes
+from router.proxy.envoy.view import ConfigView
+from router.proxy.settings import ProxySettings
+
+if TYPE_CHECKING:
+    from router.proxy.envoy.xds import XdsServer
+from router.reach import ConnectTo
+from router.settings_types import split_host_port
+from router.snapshot import Snapshot, SnapshotListener
+
+log = logging.getLogger(__name__)
+VIEW_REFRESH_SECONDS = 1.0
+DNS_REFRESH_SECONDS = 30.0
+MetricsRender = Callable[[], Awaitable[tuple[bytes, str]]]
+ADS_SOURCE: Json = {"ads": {}, "resource_api_version": "V3"}
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class Dialer:
+    """Replica -> the IP and port Envoy dials (`connect_to` first, then DNS, cached)."""
+
+    def __init__(self, connect_to: ConnectTo) -> None:
+        self.connect_to = connect_to
+        self._resolved: dict[str, str] = {}
+
+    def __call__(self, replica: Replica) -> tuple[str, int] | None:
+        pinned = self.connect_to.lookup(replica.host)
+        if pinned is not None:
+            return pinned
+        if _is_ip(replica.host):
+            return replica.host, replica.port
+        ip = self._resolved.get(replica.host)
+        return None if ip is None else (ip, replica.port)
+
+    def unresolved(self, snapshot: Snapshot) -> set[str]:
+        return {
+            s.replica.host
+            for s in snapshot.statuses
+            if not self.connect_to.lookup(s.replica.host)
+            and not _is_ip(s.replica.host)
+            and s.replica.host not in self._resolved
+        }
+
+    async def resolve(self, hosts: set[str]) -> bool:
+        """Look `hosts` up; True when an address changed. A host that does not resolve
+        keeps its last address (or stays out of Envoy until it resolves)."""
+        loop = asyncio.get_running_loop()
+        changed = False
+        for host in sorted(hosts):
+            try:
+                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                log.warning("cannot resolve replica host %s: %s", host, exc)
+                continue
+            address = str(infos[0][4][0])
+            changed |= self._resolved.get(host) != address
+            self._resolved[host] = address
+        return changed
+
+    async def refresh(self) -> bool:
+        """Re-resolve every host seen so far (addresses behind a gateway name move)."""
+        return await self.resolve(set(self._resolved))
+
+
+def _bind_port(address: str) -> tuple[str, int]:
+    """A concrete port for `address` (port 0 -> a free one): Envoy keeps listener
+    addresses across updates, so the port must be chosen once, before the first start."""
+    host, port = split_host_port(address)
+    if port != 0:
+        return host, port
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return host, int(sock.getsockname()[1])
+
+
+class EnvoyEngine:
+    def __init__(
+        self,
+        config: ConfigView,
+        snapshots: SnapshotSource,
+        subscribe: Callable[[SnapshotListener], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        config_source: Callable[[], ConfigView] | None = None,
+    ) -> None:
+        # The app's current config, read at every publish: a reload that changes only
+        # routing reaches Envoy with the snapshot the new policy builds.
+        self._config = config
+        self._config_source = config_source
+        self._snapshots = snapshots
+        self._clock = clock
+        self._dialer = Dialer(ConnectTo(config.discovery.connect_to))
+        self._addresses: dict[str, tuple[str, int]] = {}
+        self.files: ResourceFiles | None = None
+        self.process: EnvoyProcess | None = None
+        self.published_version: int | None = None
+        self.endpoints_view: list[Json] = []
+        self.connections = (0, 0)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._temporary: tempfile.TemporaryDirectory[str] | None = None
+        self.xds: XdsServer | None = None
+        self._resolving: set[str] = set()
+        subscribe(self._on_snapshot)
+
+    @property
+    def config(self) -> ConfigView:
+        return self._config_source() if self._config_source is not None else self._config
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [self._addresses[n] for n in ("http", "https") if n in self._addresses]
+
+    def _directory(self) -> Path:
+        configured = self.config.proxy.envoy.config_dir
+        if configured is not None:
+            configured.mkdir(parents=True, exist_ok=True)
+            return configured
+        self._temporary = tempfile.TemporaryDirectory(prefix="phala-router-envoy-")
+        return Path(self._temporary.name)
+
+    async def start(self) -> None:
+        directory = self._directory()
+        self.files = ResourceFiles(directory)
+        if self.config.listen:
+            self._addresses["http"] = _bind_port(self.config.listen)
+        if self.config.listen_tls:
+            self._addresses["https"] = _bind_port(self.config.listen_tls.listen)
+        xds_listen = self.config.proxy.envoy.xds_listen
+        if xds_listen is not None:
+            from router.proxy.envoy.xds import XdsServer  # grpcio, only when serving xDS
+
+            self.xds = XdsServer(xds_listen)
+            await self.xds.start()
+        snapshot = self._snapshots()
+        await self._dialer.resolve(self._dialer.unresolved(snapshot))
+        self.publish(snapshot)
+        path = directory / "bootstrap.json"
+        document = bootstrap(
+            self.config.proxy.envoy.admin_listen,
+            self.files.source("listeners"),
+            self.files.source("clusters"),
+        )
+        path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+        self.process = EnvoyProcess(
+            self.config.proxy.envoy, path, drain_seconds=self.config.proxy.drain_timeout
+        )
+        await self.process.start()
+        self._spawn(self._refresh_view())
+        self._spawn(self._refresh_addresses())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _source(self, kind: str, name: str) -> Json:
+        assert self.files is not None
+        return self.files.source(kind, name)
+
+    def _https_port(self) -> int | None:
+        address = self._addresses.get("https")
+        return address[1] if address is not None else None
+
+    def render(self, snapshot: Snapshot, source: Source) -> dict[str, list[Json]]:
+        """Every resource for `snapshot`, by kind, with config sources from `source`."""
+        config = self.config
+        clusters, assignments = clusters_and_endpoints(
+            snapshot, config, self._dialer, lambda name: source("endpoints", name)
+        )
+        return {
+            "endpoints": assignments,
+            "clusters": clusters,
+            "routes": all_routes(snapshot, config, self._https_port()),
+            "secrets": tls_secret(config),
+            "listeners": listeners(config, self._addresses, source),
+        }
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """Write the resources for `snapshot`: endpoints before the clusters naming them,
+        clusters before the routes naming them, routes before listeners. Unchanged files
+        are left alone, so a membership change rewrites only load assignments."""
+        files = self.files
+        if files is None:
+            return
+        rendered = self.render(snapshot, files.source)
+        for kind in ("endpoints", "secrets"):
+            for resource in rendered[kind]:
+                files.write(kind, resource.get("name") or resource["cluster_name"], [resource])
+        files.write("clusters", "all", rendered["clusters"])
+        for route in rendered["routes"]:
+            files.write("routes", route["name"], [route])
+        files.write("listeners", "all", rendered["listeners"])
+        if self.xds is not None:
+            by_ads = self.render(snapshot, lambda kind, name: dict(ADS_SOURCE))
+            self.xds.update(r for kind in by_ads.values() for r in kind)
+        self.published_version = snapshot.version
+
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        # Publish at once (a membership change must not wait on DNS); replicas whose host
+        # has not resolved yet join when it does.
+        self.publish(snapshot)
+        missing = self._dialer.unresolved(snapshot) - self._resolving
+        if missing:
+            self._spawn(self._resolve_then_publish(missing))
+
+    async def _resolve_then_publish(self, hosts: set[str]) -> None:
+        self._resolving |= hosts
+        try:
+            if await self._dialer.resolve(hosts):
+                self.publish(self._snapshots())
+        finally:
+            self._resolving -= hosts
+
+    async def _refresh_addresses(self) -> None:
+        """Re-resolve replica host names now and then; publish when one moved."""
+        while True:
+            await asyncio.sleep(DNS_REFRESH_SECONDS)
+            if await self._dialer.refresh():
+                self.publish(self._snapshots())
+
+    def apply_config(self, config: ProxySettings) -> None:
+        """Push a reloaded config: the app's whole config is read through `config_source`
+        at each publish; listen addresses keep their first value."""
+        self._dialer = Dialer(ConnectTo(config.connect_to))
+        self.publish(self._snapshots())
+
+    async def _refresh_view(self) -> None:
+        """Keep Envoy's endpoint view for /status fresh (it is read synchronously)."""
+        async with aiohttp.ClientSession() as session:
+            while True:
+                process = self.process
+                if process is not None and process.admin_url and process.started.is_set():
+                    with contextlib.suppress(aiohttp.ClientError, ValueError):
+                        self.endpoints_view = await admin_api.read_endpoints(
+                            session, process.admin_url
+                        )
+                        self.connections = await admin_api.client_connections(
+                            session, process.admin_url
+                        )
+                await asyncio.sleep(VIEW_REFRESH_SECONDS)
+
+    def connection_counts(self) -> tuple[int, int]:
+        """(open, accepted) client connections as Envoy last reported them."""
+        return self.connections
+
+    def status_view(self) -> dict[str, Any]:
+        process = self.process
+        return {
+            "name": "envoy",
+            "pid": process.process.pid if process and process.process else None,
+            "restarts": process.restarts if process else 0,
+            "published_snapshot": self.published_version,
+            "endpoints": self.endpoints_view,
+        }
+
+    async def prometheus(self) -> str:
+        process = self.process
+        if process is None or process.admin_url is None:
+            return ""
+        async with aiohttp.ClientSession() as session:
+            return await admin_api.read_prometheus(session, process.admin_url)
+
+    def with_envoy_metrics(self, render: MetricsRender) -> MetricsRender:
+        """/metrics = the router's `router_*` series followed by Envoy's `envoy_*` ones
+        (both the Prometheus text format; the names cannot collide)."""
+
+        async def both() -> tuple[bytes, str]:
+            body, content_type = await render()
+            try:
+                envoy = await self.prometheus()
+            except (aiohttp.ClientError, OSError):
+                return body, content_type  # Envoy restarting: serve the router's own series
+            return body + envoy.encode(), content_type
+
+        return both
+
+    async def stop(self, grace: float) -> None:
+        """Drain Envoy's listeners, let in-flight requests finish (up to grace), stop."""
+        for task in list(self._tasks):
+            task.cancel()
+        process = self.process
+        if process is not None:
+            await process.drain_listeners()
+            await self._wait_idle(process, grace)
+            await process.stop(grace)
+        if self.xds is not None:
+            await self.xds.stop()
+        if self._temporary is not None:
+            self._temporary.cleanup()
+
+    async def _wait_idle(self, process: EnvoyProcess, grace: float) -> None:
+        if process.admin_url is None:
+            return
+        deadline = self._clock() + grace
+        async with aiohttp.ClientSession() as session:
+            while self._clock() < deadline:
+                try:
+                    if await admin_api.downstream_active(session, process.admin_url) == 0:
+                        return
+                except (aiohttp.ClientError, ValueError):
+                    return
+                await asyncio.sleep(0.05)

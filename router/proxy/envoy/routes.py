@@ -1,0 +1,319 @@
+"""Snapshot -> Envoy route configurations (RDS) as JSON-ready dicts. Pure.
+
+Two route configurations carry the trust rule: `trusted` serves peers in
+`proxy.trusted_proxies` (their forwarding and edge headers are believed) and `untrusted`
+everyone else (those headers are removed and the forwarding headers rewritten, and geo
+routing ignores country headers). The listener picks one by the peer's address.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from router.balancing.regions import country_table, normalise_region, region_coordinates
+from router.proxy.base import no_routable_error
+from router.proxy.envoy.resources import (
+    MAIN_CLUSTER,
+    Json,
+    duration,
+    geo_cluster,
+    geo_origins,
+    h2_upstream,
+    rank_regions,
+)
+from router.proxy.envoy.view import ConfigView
+from router.proxy.headers import FORWARDING, IDEMPOTENT, edge_names
+from router.snapshot import Snapshot
+
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+TRUSTED = "trusted"
+UNTRUSTED = "untrusted"
+NO_REPLICA_RETRY_AFTER = "5"
+# Envoy's own note of the client address; the replica gets X-Forwarded-For instead.
+ENVOY_ADDED = "x-envoy-external-address"
+# Connect failures never reached the replica: safe to retry for any method.
+CONNECT_RETRY_ON = "connect-failure,refused-stream"
+
+
+def _header(name: str, value: str, action: str = "OVERWRITE_IF_EXISTS_OR_ADD") -> Json:
+    return {"header": {"key": name, "value": value}, "append_action": action}
+
+
+# proxy.retry_on names -> Envoy retry_on tokens ("timeout": a per-try timeout, which Envoy
+# retries as a gateway error, and a read timeout, which it counts as a reset).
+_RETRY_TOKENS = {
+    "connect-failure": ("connect-failure", "refused-stream"),
+    "reset": ("reset",),
+    "gateway-error": ("gateway-error",),
+    "timeout": ("gateway-error", "reset"),
+    "retriable-status-codes": ("retriable-status-codes",),
+}
+
+
+def idempotent_retry_on(config: ConfigView) -> str:
+    """`proxy.retry_on` as Envoy's retry_on (connect-failure is always on)."""
+    names: tuple[str, ...] = config.proxy.retry_on
+    tokens: list[str] = []
+    for name in ("connect-failure", *names):
+        for token in _RETRY_TOKENS.get(name, ()):
+            if token not in tokens:
+                tokens.append(token)
+    return ",".join(tokens)
+
+
+def retry_policy(config: ConfigView, retry_on: str) -> Json:
+    policy: Json = {
+        "retry_on": retry_on,
+        "num_retries": config.proxy.retries,
+        # Each retry goes to a replica not tried yet for this request.
+        "retry_host_predicate": [
+            {
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {
+                    "@type": "type.googleapis.com/"
+                    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+                },
+            }
+        ],
+        "host_selection_retry_max_attempts": 5,
+    }
+    codes = config.proxy.retriable_status_codes
+    if codes and "retriable-status-codes" in retry_on:
+        policy["retriable_status_codes"] = list(codes)
+    per_try = config.proxy.per_try_timeout
+    if per_try is not None and retry_on != CONNECT_RETRY_ON:
+        policy["per_try_timeout"] = duration(per_try)
+    return policy
+
+
+def hash_policy(config: ConfigView) -> list[Json]:
+    """routing.sticky -> consistent-hash keys (the cluster uses Maglev or a ring hash)."""
+    sticky = config.routing.sticky
+    if sticky.mode == "cookie":
+        # Envoy sets the cookie itself when absent (a session cookie: ttl 0).
+        return [{"cookie": {"name": sticky.cookie_name, "ttl": "0s", "path": "/"}}]
+    if sticky.mode == "header":
+        return [{"header": {"header_name": sticky.header_name}}]
+    if sticky.mode == "ip":
+        return [{"connection_properties": {"source_ip": True}}]
+    return []
+
+
+def route_action(config: ConfigView, cluster: str, retry_on: str) -> Json:
+    action: Json = {
+        "cluster": cluster,
+        # Host (and with auto_sni the SNI) = the replica's own host name.
+        "auto_host_rewrite": True,
+        # response_timeout bounds the wait for the first byte and every gap after it;
+        # Envoy's idle timeout is that rule, its route timeout would cut long streams.
+        "timeout": "0s",
+        "idle_timeout": duration(config.proxy.response_timeout),
+        "retry_policy": retry_policy(config, retry_on),
+    }
+    hashes = hash_policy(config)
+    if hashes:
+        action["hash_policy"] = hashes
+    return action
+
+
+def _idempotent_match() -> Json:
+    methods = "|".join(sorted(IDEMPOTENT))
+    return {
+        "name": ":method",
+        "string_match": {"safe_regex": {"regex": f"^({methods})$"}},
+    }
+
+
+def _routes_to(config: ConfigView, cluster: str, headers: Sequence[Json]) -> list[Json]:
+    """Two routes to `cluster`: idempotent methods retry on more failures."""
+    return [
+        {
+            "match": {"prefix": "/", "headers": [*headers, _idempotent_match()]},
+            "route": route_action(config, cluster, idempotent_retry_on(config)),
+        },
+        {
+            "match": {"prefix": "/", "headers": list(headers)},
+            "route": route_action(config, cluster, CONNECT_RETRY_ON),
+        },
+    ]
+
+
+def _regex_of(values: Sequence[str]) -> str:
+    return "^(" + "|".join(sorted(values)) + ")$"
+
+
+def geo_routes(snapshot: Snapshot, config: ConfigView, *, trusted: bool) -> list[Json]:
+    """Per client-origin routes: the region hint (anyone), then country headers (trusted
+    peers only); GeoIP and latitude/longitude are not mapped (docs/envoy.md)."""
+    geo = config.routing.geo
+    origins = geo_origins(snapshot, config)
+    routes: list[Json] = []
+    for source in geo.client_location:
+        if source == "region_hint" and geo.region_hint_header and origins:
+            for origin in origins:
+                match = {
+                    "name": geo.region_hint_header,
+                    "string_match": {"exact": origin, "ignore_case": True},
+                }
+                routes += _routes_to(config, geo_cluster(origin), [match])
+        elif source == "country_header" and trusted and origins:
+            for origin, countries in _countries_by_origin(origins, config).items():
+                for header in geo.country_headers:
+                    match = {
+                        "name": header,
+                        "string_match": {
+                            "safe_regex": {"regex": _regex_of(countries)},
+                        },
+                    }
+                    routes += _routes_to(config, geo_cluster(origin), [match])
+    return routes
+
+
+def _countries_by_origin(origins: Sequence[str], config: ConfigView) -> dict[str, list[str]]:
+    """Each country goes to its nearest origin region (an approximation of the picker,
+    which ranks regions from the country's own coordinates)."""
+    grouped: dict[str, list[str]] = {}
+    for code, point in sorted(country_table().items()):
+        nearest = rank_regions(point, origins, config)[0]
+        grouped.setdefault(nearest, []).append(code)
+        grouped[nearest] += [code.lower()]
+    return grouped
+
+
+def _default_cluster(snapshot: Snapshot, config: ConfigView) -> str:
+    geo = config.routing.geo
+    if (
+        config.routing.policy == "geo"
+        and geo.default_region
+        and region_coordinates(geo.default_region, geo.regions) is not None
+    ):
+        return geo_cluster(normalise_region(geo.default_region))
+    return MAIN_CLUSTER
+
+
+def no_replica_route(snapshot: Snapshot) -> Json:
+    """The 503 naming replica states, answered by Envoy itself while nothing is routable."""
+    error = no_routable_error(snapshot)
+    return {
+        "match": {"prefix": "/"},
+        "direct_response": {
+            "status": 503,
+            "body": {"inline_string": json.dumps(error.body(), separators=(",", ":"))},
+        },
+        "response_headers_to_add": [
+            _header("Retry-After", NO_REPLICA_RETRY_AFTER),
+            _header("Content-Type", "application/json"),
+        ],
+    }
+
+
+def _hop_by_hop(snapshot: Snapshot) -> list[str]:
+    """Hop-by-hop headers Envoy forwards by itself; `TE: trailers` stays for gRPC."""
+    names = ["proxy-authorization", "proxy-connection", "keep-alive"]
+    return names if h2_upstream(snapshot) else [*names, "te"]
+
+
+def _header_rules(config: ConfigView, snapshot: Snapshot, *, trusted: bool, scheme: str) -> Json:
+    rules = _forwarding_rules(config, trusted=trusted, scheme=scheme)
+    rules["request_headers_to_remove"] = sorted(
+        {*rules["request_headers_to_remove"], *_hop_by_hop(snapshot)}
+    )
+    rules["response_headers_to_remove"] = ["proxy-authenticate", "keep-alive"]
+    return rules
+
+
+def _forwarding_rules(config: ConfigView, *, trusted: bool, scheme: str) -> Json:
+    if trusted:
+        return {
+            "request_headers_to_remove": [ENVOY_ADDED],
+            "request_headers_to_add": [
+                # The peer appended to what the trusted proxy sent (Envoy's own append is off).
+                _header(
+                    "X-Forwarded-For",
+                    "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%",
+                    "APPEND_IF_EXISTS_OR_ADD",
+                ),
+                _header("X-Forwarded-Proto", scheme, "ADD_IF_ABSENT"),
+                _header("X-Forwarded-Host", "%REQ(:AUTHORITY)%", "ADD_IF_ABSENT"),
+            ],
+        }
+    geo = config.routing.geo
+    edge = edge_names(
+        config.proxy.edge_headers, geo.country_headers, (geo.latitude_header, geo.longitude_header)
+    )
+    removed = sorted((edge | FORWARDING | {ENVOY_ADDED}) - {"x-forwarded-for"})
+    return {
+        "request_headers_to_remove": removed,
+        "request_headers_to_add": [
+            # Only the peer itself: what an untrusted client claims is dropped.
+            _header("X-Forwarded-For", "%DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT%"),
+            _header("X-Forwarded-Proto", scheme),
+            _header("X-Forwarded-Host", "%REQ(:AUTHORITY)%"),
+        ],
+    }
+
+
+def _redirect_to(https_port: int) -> Json:
+    """listen_tls.redirect_http: plain requests get a 308 to the same URL over https."""
+    return {
+        "match": {"prefix": "/"},
+        "redirect": {
+            "https_redirect": True,
+            "port_redirect": https_port,
+            "response_code": "PERMANENT_REDIRECT",
+        },
+    }
+
+
+def route_configuration(
+    name: str,
+    snapshot: Snapshot,
+    config: ConfigView,
+    *,
+    scheme: str = "http",
+    https_port: int | None = None,
+) -> Json:
+    """The route configuration `name` (trusted or untrusted peers, per listener scheme)."""
+    trusted = name.startswith(TRUSTED)
+    routes: list[Json]
+    tls = config.listen_tls
+    if scheme == "http" and tls is not None and tls.redirect_http and https_port is not None:
+        routes = [_redirect_to(https_port)]
+    elif not snapshot.routable:
+        routes = [no_replica_route(snapshot)]
+    else:
+        routes = geo_routes(snapshot, config, trusted=trusted) if _geo(config) else []
+        routes += _routes_to(config, _default_cluster(snapshot, config), [])
+    resource: Json = {
+        "@type": ROUTE_TYPE,
+        "name": name,
+        "virtual_hosts": [{"name": "replicas", "domains": ["*"], "routes": routes}],
+        **_header_rules(config, snapshot, trusted=trusted, scheme=scheme),
+    }
+    return resource
+
+
+def _geo(config: ConfigView) -> bool:
+    return config.routing.policy == "geo"
+
+
+def route_names(config: ConfigView) -> list[tuple[str, str]]:
+    """(route configuration name, scheme) for every listener and peer class."""
+    names: list[tuple[str, str]] = []
+    schemes = (["http"] if config.listen else []) + (["https"] if config.listen_tls else [])
+    for scheme in schemes:
+        names.append((f"{UNTRUSTED}-{scheme}", scheme))
+        if config.proxy.trusted_proxies:
+            names.append((f"{TRUSTED}-{scheme}", scheme))
+    return names
+
+
+def all_routes(
+    snapshot: Snapshot, config: ConfigView, https_port: int | None = None
+) -> list[dict[str, Any]]:
+    return [
+        route_configuration(name, snapshot, config, scheme=scheme, https_port=https_port)
+        for name, scheme in route_names(config)
+    ]
