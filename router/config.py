@@ -17,11 +17,19 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from router.apps.settings import (
+    APP_SECTIONS,
+    AppConfig,
+    app_names,
+    check_apps,
+    expand_apps,
+    name_apps_in,
+)
 from router.attestation.binding import unbound_problem
 from router.attestation.settings import AttestationConfig
 from router.balancing.settings import RoutingConfig
 from router.config_source import EnvOverrides, apply_env, load_yaml
-from router.discovery.settings import PhalaDiscoveryConfig
+from router.discovery.settings import DiscoveryConfig
 from router.dns.settings import DnsConfig
 from router.errors import ConfigError
 from router.health.settings import HealthConfig
@@ -43,6 +51,11 @@ from router.settings_types import (
     split_host_port,
 )
 
+_NO_APPS = (
+    "apps: the list is empty; list at least one app, or remove apps to serve one app "
+    "from the top-level sections"
+)
+
 
 class AdminConfig(Frozen):
     listen: HostPort = "127.0.0.1:9090"
@@ -58,53 +71,6 @@ class AdminConfig(Frozen):
                 f"admin.listen {self.listen!r} is not a loopback address: set admin.token_env "
                 "to the name of an environment variable holding an admin token"
             )
-        return self
-
-
-class StaticReplicaConfig(Frozen):
-    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-    url: str
-    region: str | None = None
-    weight: int = Field(100, ge=1, le=10000)
-    # The Phala instance id this replica's quote must name (attestation; 40 hex).
-    instance_id: str | None = Field(None, pattern=r"^(0x)?[0-9a-fA-F]{40}$")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
-            raise ValueError(
-                f"{value!r} is not an http(s) URL with a host, e.g. https://replica-1.example.com:443"
-            )
-        return value
-
-    @field_validator("region")
-    @classmethod
-    def _region(cls, value: str | None) -> str | None:
-        return value.strip().lower() if value else None
-
-
-class DiscoveryConfig(Frozen):
-    static: tuple[StaticReplicaConfig, ...] | None = None
-    phala: PhalaDiscoveryConfig | None = None
-    # Like curl --connect-to: dial this address for hosts matching the pattern, keeping the
-    # host name for the Host header and TLS SNI. Patterns are exact names or `*.suffix`.
-    connect_to: dict[str, HostPort] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> DiscoveryConfig:
-        if (self.static is None) == (self.phala is None):
-            raise ValueError("set exactly one of discovery.static (a list) or discovery.phala")
-        if self.static is not None:
-            ids = [r.id for r in self.static]
-            dupes = sorted({i for i in ids if ids.count(i) > 1})
-            if dupes:
-                raise ValueError(f"discovery.static has duplicate ids: {', '.join(dupes)}")
-        for pattern in self.connect_to:
-            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9._-]+", pattern):
-                raise ValueError(
-                    f"connect_to key {pattern!r} must be a host name or *.suffix, e.g. *.example.com"
-                )
         return self
 
 
@@ -258,11 +224,20 @@ class RouterConfig(Frozen):
     attestation: AttestationConfig = AttestationConfig()
     dns: DnsConfig = DnsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    # Several apps on the listener, chosen by Host (router/apps/). Unset: one implicit app
+    # made of the top-level sections. Set: the top-level discovery, health, attestation,
+    # routing and dns are defaults merged under each app's own, and the top-level fields
+    # hold the primary app's (the default app, else the first); see router/apps/views.py.
+    apps: tuple[AppConfig, ...] | None = None
 
     @model_validator(mode="after")
     def _some_listener(self) -> RouterConfig:
         if self.listen is None and self.listen_tls is None:
             raise ValueError("set listen, listen_tls, or both: the router needs a listener")
+        if self.apps is not None:
+            if not self.apps:
+                raise ValueError(_NO_APPS)
+            check_apps(self.apps)
         if self.discovery.static is not None:
             problem = unbound_problem(self.discovery.static, self.attestation)
             if problem:
@@ -322,10 +297,29 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> RouterC
         raise ConfigError("the config must be a YAML mapping of sections (listen, discovery, ...)")
     data = copy.deepcopy(data)  # overrides are applied to a copy: the caller's dict stays
     env = apply_env(data, os.environ if environ is None else environ)
+    several = "apps" in data
+    if data.get("apps") == []:
+        raise ConfigError(_NO_APPS)
+    names = app_names(data)
     try:
-        return RouterConfig.model_validate(data)
+        return RouterConfig.model_validate(_with_primary_app(expand_apps(data)))
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, env)) from None
+        message = format_validation_error(exc, env)
+        if several:  # the top-level sections mirror an app: report each problem once
+            lines = message.splitlines()
+            kept = [line for line in lines if not line.startswith(APP_SECTIONS)]
+            message = name_apps_in("\n".join(kept or lines), names)
+        raise ConfigError(message) from None
+
+
+def _with_primary_app(data: dict[str, Any]) -> dict[str, Any]:
+    """With `apps:`, the top-level app sections become the primary app's (already merged),
+    so code that serves one app reads a complete config."""
+    apps = data.get("apps")
+    if not isinstance(apps, list) or not apps or not all(isinstance(a, dict) for a in apps):
+        return data
+    primary = next((a for a in apps if a.get("default") is True), apps[0])
+    return {**data, **{k: copy.deepcopy(primary[k]) for k in APP_SECTIONS if k in primary}}
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> RouterConfig:
@@ -340,7 +334,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> R
 def redacted(config: RouterConfig) -> dict[str, Any]:
     """The effective config for display. Secrets are only ever env var names, but values of
     keys that look secret are masked anyway in case a later section adds one."""
-    data = config.model_dump(mode="json")
+    data = config_dump(config)
 
     def mask(node: Any) -> Any:
         if isinstance(node, dict):
@@ -356,3 +350,13 @@ def redacted(config: RouterConfig) -> dict[str, Any]:
 
     result: dict[str, Any] = mask(data)
     return result
+
+
+def config_dump(config: RouterConfig) -> dict[str, Any]:
+    """The config as JSON-able data, each setting once: with `apps:`, the top-level app
+    sections (a mirror of the primary app) are left out."""
+    data = config.model_dump(mode="json")
+    if config.apps is None:
+        data.pop("apps", None)
+        return data
+    return {k: v for k, v in data.items() if k not in APP_SECTIONS}

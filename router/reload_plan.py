@@ -30,6 +30,7 @@ RESTART_ONLY = (
     "attestation",
     "dns",
     "metrics",
+    "apps",  # several apps are served by a restarted router (router/apps/)
 )
 
 

@@ -34,7 +34,9 @@ def test_the_longest_wildcard_suffix_wins() -> None:
 
 
 def test_the_longest_path_prefix_wins_on_path_segment_boundaries() -> None:
-    apps = table({"api.example.com": "api", "api.example.com/v2": "v2", "api.example.com/v2/admin": "admin"})
+    apps = table(
+        {"api.example.com": "api", "api.example.com/v2": "v2", "api.example.com/v2/admin": "admin"}
+    )
     assert apps.lookup("api.example.com", "/v2/admin/users") == "admin"
     assert apps.lookup("api.example.com", "/v2/users") == "v2"
     assert apps.lookup("api.example.com", "/v2") == "v2"
@@ -78,7 +80,17 @@ def test_routes_are_parsed_and_normalised(text: str, route: HostRoute) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "https://api.example.com", "api.example.com:443", "*", "a.*.com", "*.*.com", "-a.com", "a b"]
+    "text",
+    [
+        "",
+        "https://api.example.com",
+        "api.example.com:443",
+        "*",
+        "a.*.com",
+        "*.*.com",
+        "-a.com",
+        "a b",
+    ],
 )
 def test_bad_routes_say_what_is_allowed(text: str) -> None:
     with pytest.raises(ValueError, match=r"host name|wildcard|required"):
@@ -87,11 +99,18 @@ def test_bad_routes_say_what_is_allowed(text: str) -> None:
 
 def test_two_apps_claiming_one_route_is_refused_naming_both() -> None:
     with pytest.raises(RouteConflict, match=r"api\.example\.com/v2.*\bone\b.*\btwo\b"):
-        HostTable([(parse_route("api.example.com/v2"), "one"), (parse_route("api.example.com/v2/"), "two")])
+        HostTable(
+            [
+                (parse_route("api.example.com/v2"), "one"),
+                (parse_route("api.example.com/v2/"), "two"),
+            ]
+        )
 
 
 def test_sni_reach_stops_at_a_catch_all() -> None:
-    apps = table({"api.example.com": "api", "api.example.com/v2": "v2", "*.example.com": "wild"}, "fallback")
+    apps = table(
+        {"api.example.com": "api", "api.example.com/v2": "v2", "*.example.com": "wild"}, "fallback"
+    )
     assert apps.reachable("api.example.com") == {"api", "v2"}
     assert apps.reachable("ui.example.com") == {"wild"}
     assert apps.reachable("other.org") == {"fallback"}
@@ -113,19 +132,27 @@ _routes = st.builds(
 _paths = st.sampled_from(["/", "/x", "/x/", "/x/y", "/x/y/z", "/xy", "/y?q", "/z"])
 
 
-def _reference(routes: dict[HostRoute, int], host: str, path: str, default: int | None) -> int | None:
+def _reference(
+    routes: dict[HostRoute, int], host: str, path: str, default: int | None
+) -> int | None:
     def prefix_ok(prefix: str) -> bool:
         return not prefix or path == prefix or path.startswith((prefix + "/", prefix + "?"))
 
     levels = [host] + ["*." + host.split(".", i)[i] for i in range(1, host.count(".") + 1)]
     for level in levels:
-        matches = [(len(r.prefix), app) for r, app in routes.items() if r.host == level and prefix_ok(r.prefix)]
+        matches = [
+            (len(r.prefix), app)
+            for r, app in routes.items()
+            if r.host == level and prefix_ok(r.prefix)
+        ]
         if matches:
             return max(matches)[1]
     return default
 
 
-@given(st.dictionaries(_routes, st.integers(0, 5), max_size=8), _names, _paths, st.none() | st.just(99))
+@given(
+    st.dictionaries(_routes, st.integers(0, 5), max_size=8), _names, _paths, st.none() | st.just(99)
+)
 def test_lookup_matches_the_precedence_rules(
     routes: dict[HostRoute, int], host: str, path: str, default: int | None
 ) -> None:
