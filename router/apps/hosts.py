@@ -104,6 +104,15 @@ class HostTable(Generic[T]):
         self._exact = _group((r.host, r.prefix, v) for r, v in owners.items() if not r.wildcard)
         self._wild = _group((r.host[2:], r.prefix, v) for r, v in owners.items() if r.wildcard)
 
+    def items(self) -> Iterable[tuple[HostRoute, T]]:
+        """Every route and its value, then the default (under an empty route)."""
+        for host, entries in self._exact.items():
+            yield from ((HostRoute(host, prefix), value) for prefix, value in entries)
+        for suffix, entries in self._wild.items():
+            yield from ((HostRoute("*." + suffix, prefix), value) for prefix, value in entries)
+        if self.default is not None:
+            yield HostRoute(""), self.default
+
     def lookup(self, host: str, path: str = "/") -> T | None:
         """The app for a normalised host name and a request path; None: no app, no default."""
         entries = self._exact.get(host)

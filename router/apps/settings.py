@@ -26,8 +26,6 @@ from router.settings_types import Frozen
 
 # The sections an app owns; the top-level ones of these names are every app's defaults.
 APP_SECTIONS = ("discovery", "health", "attestation", "routing", "dns")
-# The name the implicit app of a config without `apps:` goes by (status, metrics label).
-IMPLICIT_APP = "default"
 
 
 class AppConfig(Frozen):

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from router.apps import IMPLICIT_APP
 from router.apps.hosts import HostRoute, HostTable
-from router.apps.settings import APP_SECTIONS, IMPLICIT_APP
+from router.apps.settings import APP_SECTIONS
 from router.config import RouterConfig
 
 

@@ -10,6 +10,7 @@ import ssl
 
 from router.config import RouterConfig
 from router.proxy.admission import Admission
+from router.proxy.apps import AppDirectory
 from router.proxy.base import InFlightCounter, Observers, SnapshotSource, edge_headers
 from router.proxy.fast.pool import Pool
 from router.proxy.fast.server import ClientConnection, EngineCore
@@ -37,9 +38,11 @@ class FastEngine:
         *,
         reuse_port: bool = False,
         tls: ServerTLS | None = None,
+        apps: AppDirectory | None = None,
     ) -> None:
         self._config = config
-        self._snapshots = snapshots
+        # One app (the single-app layout) unless a directory of several is given.
+        self._apps = apps or AppDirectory.single(snapshots)
         self._observers = observers
         self._in_flight = in_flight
         self._reuse_port = reuse_port
@@ -68,7 +71,7 @@ class FastEngine:
         pool = self._new_pool(config)
         admission = Admission(proxy.max_connections, proxy.max_pending)
         core = EngineCore(
-            snapshots=self._snapshots,
+            apps=self._apps,
             observers=self._observers,
             in_flight=self._in_flight,
             trusted=TrustedProxies(proxy.trusted_proxies),

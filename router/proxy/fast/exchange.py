@@ -28,6 +28,7 @@ from router.errors import (
 )
 from router.models import Replica
 from router.proxy.admission import Claim
+from router.proxy.apps import AppEntry
 from router.proxy.base import RequestRecord, no_routable_error
 from router.proxy.fast import framing, rules, wire
 from router.proxy.fast.pool import Target, classify_dial_error
@@ -67,6 +68,7 @@ class Exchange(RetryingExchange):
     _fwd_block = b""
     slot: Claim | None = None
     holds_slot = False
+    app: AppEntry | None = None
 
     def __init__(
         self, client: ClientConnection, head: RequestHead | None, error: ProxyError | None = None
@@ -117,6 +119,11 @@ class Exchange(RetryingExchange):
             self.client.send([wire.redirect_to_https(head.host, head.target, https_port)])
             self._finish()
             return
+        try:  # before admission: a request for no app takes no slot and reaches no replica
+            self.app = core.apps.resolve(head.host, head.target, self.client.sni)
+        except ClientRequestError as exc:
+            self._fail(exc)
+            return
         if core.admission.try_acquire():  # the common case, without a Claim object
             self.holds_slot = True
         else:
@@ -131,8 +138,9 @@ class Exchange(RetryingExchange):
     def _admitted(self) -> None:
         head, core = self.head, self.core
         assert head is not None
+        assert self.app is not None
         peer, trusted = self.client.peer, self.client.trusted
-        snapshot = core.snapshots()
+        snapshot = self.app.snapshots()
         if not snapshot.routable:
             self._fail(no_routable_error(snapshot))
             return
@@ -168,7 +176,8 @@ class Exchange(RetryingExchange):
                 self.dialing = True
                 core.pool.connect(target, partial(self._dialled, target))
             return
-        self._fail(self.last_error or no_routable_error(core.snapshots()))
+        assert self.app is not None
+        self._fail(self.last_error or no_routable_error(self.app.snapshots()))
 
     def _dialled(
         self, target: Target, conn: UpstreamConnection | None, exc: BaseException | None
