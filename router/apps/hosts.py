@@ -63,12 +63,15 @@ def parse_route(text: str) -> HostRoute:
 
 def normalise_host(value: str) -> str:
     """A Host header or SNI name -> the name routes are keyed by (no port, lower case)."""
-    host = value.strip().lower()
-    if host.startswith("["):  # an IPv6 literal, maybe with a port
-        return host[: host.find("]") + 1] if "]" in host else host
-    if host.count(":") == 1:
-        host = host.partition(":")[0]
-    return host.rstrip(".")
+    host = value.lower()
+    if ":" in host:
+        if host.startswith("["):  # an IPv6 literal, maybe with a port
+            return host[: host.find("]") + 1] if "]" in host else host
+        if host.count(":") == 1:
+            host = host.partition(":")[0]
+    if host.endswith(".") or " " in host:
+        host = host.strip().rstrip(".")
+    return host
 
 
 def _prefix_matches(prefix: str, path: str) -> bool:
@@ -101,6 +104,13 @@ class HostTable(Generic[T]):
                 )
             owners[route] = value
         self.default = default
+        # Hosts served whole by one app (no prefixes): the common case, one dict get.
+        prefixed = {r.host for r in owners if r.prefix}
+        self._whole = {
+            r.host: v
+            for r, v in owners.items()
+            if not r.wildcard and not r.prefix and r.host not in prefixed
+        }
         self._exact = _group((r.host, r.prefix, v) for r, v in owners.items() if not r.wildcard)
         self._wild = _group((r.host[2:], r.prefix, v) for r, v in owners.items() if r.wildcard)
 
@@ -115,6 +125,9 @@ class HostTable(Generic[T]):
 
     def lookup(self, host: str, path: str = "/") -> T | None:
         """The app for a normalised host name and a request path; None: no app, no default."""
+        whole = self._whole.get(host)
+        if whole is not None:
+            return whole
         entries = self._exact.get(host)
         if entries is not None:
             found = _best(entries, path)
