@@ -17,15 +17,14 @@ from router import logs
 from router.cli_support import (
     APP_OPTION_HELP,
     EXIT_CONFIG,
-    catch_signals,
     fail,
     load_app_or_exit,
     load_or_exit,
     run_async,
-    wait_for_signal,
 )
 from router.config import redacted
 from router.errors import ConfigError
+from router.signals import catch_signals, wait_for_signal
 
 log_options = [
     click.option(
@@ -98,8 +97,8 @@ def serve(config_path: str, log_level: str, log_format: str, access_log: bool) -
 def check_config(config_path: str, as_json: bool) -> None:
     """Validate a config and print the effective config (secrets redacted)."""
     config = load_or_exit(config_path)
-    from router.app import policy_from_config
-    from router.apps.views import app_views
+    from router.app_views import app_views
+    from router.compose import policy_from_config
     from router.config_check import missing_secrets
 
     for view in app_views(config):
@@ -314,7 +313,8 @@ _add_subcommands()
 
 
 def _add_bench_commands() -> None:
-    """`phala-router bench ...` when the bench package is installed with the router."""
+    """`phala-router bench ...` when `bench` is importable: it is not installed with the
+    router (see pyproject.toml), so only when run with a source checkout on the path."""
     try:
         from bench.cli import bench_group
     except ImportError:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from router.apps.views import app_views, find_app, host_table
+from router.app_views import app_views, find_app, host_table
 from router.cli import main
 from router.config import load_config, parse_config
 from router.errors import ConfigError

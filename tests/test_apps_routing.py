@@ -21,6 +21,7 @@ import trustme
 from router.apps.hosts import parse_route
 from router.balancing.factory import make_picker_factory
 from router.balancing.settings import RoutingConfig
+from router.compose import proxy_settings
 from router.config import parse_config
 from router.discovery.static import replica_from_url
 from router.proxy.aiohttp_engine import AiohttpEngine
@@ -97,7 +98,9 @@ async def serving(engine: str, tmp_path: Path, default: str | None = None) -> As
         )
         tls = ServerTLS(cert, key)
         kind: Any = FastEngine if engine == "fast" else AiohttpEngine
-        server = kind(config, lambda: None, Observers(), in_flight, tls=tls, apps=apps)
+        server = kind(
+            proxy_settings(config), lambda: None, Observers(), in_flight, tls=tls, apps=apps
+        )
         await server.start()
         try:
             (_, tls_port), (_, port) = server.addresses
@@ -200,7 +203,7 @@ async def test_one_app_without_hosts_serves_every_host_as_before(
             environ={},
         )
         kind: Any = FastEngine if engine == "fast" else AiohttpEngine
-        server = kind(config, lambda: snapshot, Observers(), in_flight)
+        server = kind(proxy_settings(config), lambda: snapshot, Observers(), in_flight)
         await server.start()
         try:
             status, body = await ask(server.addresses[0][1], "whatever.example.org")

@@ -28,7 +28,8 @@ import pytest
 from router.balancing.round_robin import RoundRobin
 from router.dns.feed import RecordFeed
 from router.dns.settings import DnsConfig
-from router.dns.sinks import DnsPublisher, DnsSinkError, Rfc2136Sink, make_sinks
+from router.dns.sinks import DnsPublisher, Rfc2136Sink, make_sinks
+from router.errors import DnsSinkError
 from router.models import HealthView, Replica, ReplicaState
 from router.reconciler import Reconciler
 from router.snapshot import Policy

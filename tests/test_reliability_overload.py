@@ -10,7 +10,8 @@ import time
 import aiohttp
 import pytest
 
-from router.proxy.admission import Admission, Overloaded
+from router.errors import Overloaded
+from router.proxy.admission import Admission
 from tests.reliability_support import fleet, fleet_config
 from tests.support import eventually, running_router
 

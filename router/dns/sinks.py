@@ -39,14 +39,10 @@ from router.dns.feed import RecordFeed
 from router.dns.formats import render
 from router.dns.records import RecordSet, managed_names, select
 from router.dns.settings import DnsConfig, FileSinkConfig, Rfc2136SinkConfig
-from router.errors import ConfigError, RouterError
+from router.errors import ConfigError, DnsSinkError
 from router.settings_types import split_host_port
 
 log = logging.getLogger(__name__)
-
-
-class DnsSinkError(RouterError):
-    """A sink could not publish; the publisher logs it and retries."""
 
 
 class Sink(Protocol):
