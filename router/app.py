@@ -13,6 +13,8 @@ from typing import Any
 
 from router.access_log import AccessLog
 from router.admin import AdminServer
+from router.app_planes import AppPlane, PassiveByApp, app_directory, build_app_plane
+from router.app_views import app_views, primary_view
 from router.compose import (
     build_control_plane,
     health_session_factory,
@@ -100,10 +102,31 @@ class RouterApp:
         )
         if self.discovery is not None:
             self.metrics.watch_discovery(self.discovery)
+        # With `apps:`, every app but the primary one gets its own plane (app_planes.py).
+        views = app_views(config)
+        primary = primary_view(views)
+        self.app_name = primary.name
+        self.apps: list[AppPlane] = [
+            build_app_plane(
+                view,
+                self.in_flight,
+                environ=self._environ,
+                clock=clock,
+                trusted_simulator_keys=trusted_simulator_keys,
+            )
+            for view in views
+            if view is not primary
+        ]
+        directory = (
+            app_directory(primary, self._snapshot, self.apps) if config.apps is not None else None
+        )
+        passive: Any = (
+            PassiveByApp([self.health.passive, *(a.plane.health.passive for a in self.apps)])
+            if self.apps
+            else self.health.passive
+        )
         self.observers = Observers(
-            [self.metrics, self.health.passive]
-            if config.metrics.requests
-            else [self.health.passive]
+            [self.metrics, passive] if config.metrics.requests else [passive]
         )
         if access_log_enabled:
             self.observers.observers.append(AccessLog())
@@ -121,10 +144,16 @@ class RouterApp:
                 self.in_flight,
                 reuse_port=worker_count(config) > 1,
                 tls=self.tls,
+                apps=directory,
             )
         else:
             self.engine = AiohttpEngine(
-                proxy_settings(config), self._snapshot, self.observers, self.in_flight, tls=self.tls
+                proxy_settings(config),
+                self._snapshot,
+                self.observers,
+                self.in_flight,
+                tls=self.tls,
+                apps=directory,
             )
         self.admin = AdminServer(
             config.admin.listen, self, self._admin_token(), metrics=self.metrics.render_async
@@ -292,6 +321,8 @@ class RouterApp:
         self._spawn(self.history.run())
         if self.attestor is not None:
             self._spawn(self.attestor.run())
+        for app in self.apps:
+            await app.start(self._spawn)
         try:
             await self.engine.start()
         except OSError as exc:
@@ -386,6 +417,8 @@ class RouterApp:
             await self.attestor.aclose()
         if self.discovery is not None:
             await self.discovery.aclose()
+        for app in self.apps:
+            await app.stop()
         if self.dns is not None and self._admin_enabled:
             await self.dns.stop()
         if self._admin_enabled:

@@ -39,6 +39,11 @@ def app_views(config: RouterConfig) -> tuple[AppView, ...]:
     )
 
 
+def primary_view(views: tuple[AppView, ...]) -> AppView:
+    """The app the top-level config sections mirror: the default app, else the first."""
+    return next((view for view in views if view.default), views[0])
+
+
 def host_table(views: tuple[AppView, ...]) -> HostTable[str]:
     """Host and path -> app name, for the data plane."""
     default = next((view.name for view in views if view.default), None)

@@ -62,12 +62,6 @@ def serve(config_path: str, log_level: str, log_format: str, access_log: bool) -
     """Run the router until SIGTERM/SIGINT, then drain gracefully."""
     logs.configure(log_level, log_format, access_log)
     config = load_or_exit(config_path)
-    if config.apps is not None:
-        fail(
-            f"{config_path}: serve does not route by host yet; a config with apps: is "
-            "accepted by check-config, replicas --app, attest --app and dns render --app",
-            EXIT_CONFIG,
-        )
 
     from router.workers import WorkerLink, run_workers, worker_count
 

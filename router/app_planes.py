@@ -1,0 +1,131 @@
+"""Several apps in one router process: each app beyond the primary one gets its own control
+plane (discovery, health, attestation) and its own reconciler, built by the composition
+root from the app's view of the config, and the engines get one `AppDirectory` for all.
+
+The primary app (the default app, else the first) keeps the wiring `RouterApp` has always
+had (metrics, history, DNS, operator actions), so a config without `apps:` runs exactly as
+before. Each reconciler stays the single writer of its app's snapshot; an app's failure
+(a discovery outage, every replica down) changes no other app's snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from router.app_views import AppView
+from router.compose import ControlPlane, build_control_plane, policy_from_config
+from router.discovery.static import static_replicas
+from router.errors import DiscoveryAuthError, DiscoveryError
+from router.health.passive import PassiveDetector
+from router.models import Replica
+from router.proxy.apps import AppDirectory, AppEntry
+from router.proxy.base import InFlightCounter, SnapshotSource
+from router.reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppPlane:
+    """One app's control plane and the reconciler that alone publishes its snapshot."""
+
+    view: AppView
+    reconciler: Reconciler
+    plane: ControlPlane
+
+    @property
+    def name(self) -> str:
+        return self.view.name
+
+    def entry(self) -> AppEntry:
+        reconciler = self.reconciler
+        return AppEntry(self.name, lambda: reconciler.current)
+
+    async def start(self, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
+        """Static replicas or a first discovery pass, then the loops (as the primary app)."""
+        config = self.view.config
+        if config.discovery.static is not None:
+            self.plane.set_replicas(static_replicas(config.discovery.static))
+        discovery = self.plane.discovery
+        if discovery is not None:
+            try:
+                await discovery.first_pass()
+            except DiscoveryAuthError:
+                raise
+            except DiscoveryError as exc:
+                log.warning("app %s: first discovery pass failed (%s); retrying", self.name, exc)
+            spawn(discovery.run())
+        spawn(self.plane.health.run())
+        if self.plane.attestor is not None:
+            spawn(self.plane.attestor.run())
+
+    async def stop(self) -> None:
+        await self.plane.aclose()
+        self.reconciler.close()
+
+
+def build_app_plane(
+    view: AppView,
+    in_flight: InFlightCounter,
+    *,
+    environ: Mapping[str, str],
+    clock: Callable[[], float] = time.monotonic,
+    trusted_simulator_keys: frozenset[bytes] = frozenset(),
+) -> AppPlane:
+    reconciler = Reconciler(policy_from_config(view.config, environ), in_flight, clock=clock)
+    plane = build_control_plane(
+        view.config,
+        reconciler,
+        environ=environ,
+        clock=clock,
+        trusted_simulator_keys=trusted_simulator_keys,
+    )
+    return AppPlane(view, reconciler, plane)
+
+
+def app_directory(
+    primary: AppView, primary_source: SnapshotSource, others: list[AppPlane]
+) -> AppDirectory:
+    """Host -> app for the engines: every app's routes, the default app for the rest."""
+    entries = {primary.name: AppEntry(primary.name, primary_source)}
+    entries.update({p.name: p.entry() for p in others})
+    views = [primary, *(p.view for p in others)]
+    default = next((entries[v.name] for v in views if v.default), None)
+    return AppDirectory(
+        ((route, entries[view.name]) for view in views for route in view.routes), default
+    )
+
+
+class PassiveByApp:
+    """The data plane reports every upstream attempt once; this hands it to the passive
+    detector of the app that owns the replica (one dict get once the owner is known)."""
+
+    def __init__(self, detectors: list[PassiveDetector]) -> None:
+        self._detectors = detectors
+        self._owner: dict[str, PassiveDetector] = {}
+
+    def _owner_of(self, replica_id: str) -> PassiveDetector | None:
+        owner = self._owner.get(replica_id)
+        if owner is not None and owner.state(replica_id) is not None:
+            return owner
+        for detector in self._detectors:
+            if detector.state(replica_id) is not None:
+                if len(self._owner) > 100_000:  # replicas come and go: bound the cache
+                    self._owner.clear()
+                self._owner[replica_id] = detector
+                return detector
+        return None
+
+    def attempt_done(
+        self, replica: Replica, ok: bool, kind: str | None, status: int | None
+    ) -> None:
+        owner = self._owner_of(replica.id)
+        if owner is not None:
+            owner.attempt_done(replica, ok, kind, status)
+
+    def request_done(self, record: object) -> None:
+        return None
