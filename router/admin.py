@@ -39,7 +39,7 @@ class AdminBackend(Protocol):
     @property
     def ready(self) -> bool: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self, app: str | None = None) -> dict[str, Any]: ...
 
     def drain(self, replica_id: str, drained: bool) -> None: ...
 
@@ -132,7 +132,11 @@ class AdminServer:
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def _status(self, request: web.Request) -> web.Response:
-        document = {**self._backend.status(), "admin_actions": list(self.actions)}
+        app = request.query.get("app")
+        try:
+            document = {**self._backend.status(app), "admin_actions": list(self.actions)}
+        except LookupError:
+            return web.json_response({"error": "unknown_app", "app": app}, status=404)
         return web.json_response(document, dumps=lambda o: json.dumps(o, indent=1))
 
     async def _metrics_page(self, request: web.Request) -> web.Response:

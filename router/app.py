@@ -13,8 +13,7 @@ from typing import Any
 
 from router.access_log import AccessLog
 from router.admin import AdminServer
-from router.app_planes import AppPlane, PassiveByApp, app_directory, build_app_plane
-from router.app_views import app_views, primary_view
+from router.app_planes import OtherApps, app_summaries
 from router.compose import (
     build_control_plane,
     health_session_factory,
@@ -103,28 +102,16 @@ class RouterApp:
         if self.discovery is not None:
             self.metrics.watch_discovery(self.discovery)
         # With `apps:`, every app but the primary one gets its own plane (app_planes.py).
-        views = app_views(config)
-        primary = primary_view(views)
-        self.app_name = primary.name
-        self.apps: list[AppPlane] = [
-            build_app_plane(
-                view,
-                self.in_flight,
-                environ=self._environ,
-                clock=clock,
-                trusted_simulator_keys=trusted_simulator_keys,
-            )
-            for view in views
-            if view is not primary
-        ]
-        directory = (
-            app_directory(primary, self._snapshot, self.apps) if config.apps is not None else None
+        self.apps = OtherApps.build(
+            config,
+            self.in_flight,
+            self._snapshot,
+            self.health.passive,
+            environ=self._environ,
+            clock=clock,
+            trusted_simulator_keys=trusted_simulator_keys,
         )
-        passive: Any = (
-            PassiveByApp([self.health.passive, *(a.plane.health.passive for a in self.apps)])
-            if self.apps
-            else self.health.passive
-        )
+        directory, passive = self.apps.directory, self.apps.passive
         self.observers = Observers(
             [self.metrics, passive] if config.metrics.requests else [passive]
         )
@@ -202,29 +189,48 @@ class RouterApp:
     def ready(self) -> bool:
         return self._started and not self._draining and bool(self.reconciler.current.routable)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, app: str | None = None) -> dict[str, Any]:
+        """The /status document; with `apps:`, the primary app's at the top level plus a
+        summary of every app under `apps`, or (`app`) one app's. LookupError: no such app."""
+        primary = self._app_status(self.reconciler, self.health.view, self.config)
+        primary.update(self._router_facts())
+        document = self.history.annotate(self.metrics.annotate_status(primary))
+        if self.config.apps is None:
+            if app is not None and app != self.apps.primary:
+                raise LookupError(app)
+            return document
+        documents = {self.apps.primary: document}
+        for plane in self.apps.planes:
+            other = self._app_status(plane.reconciler, plane.plane.health.view, plane.view.config)
+            documents[plane.name] = self.metrics.annotate_status(other)
+        if app is not None:
+            if app not in documents:
+                raise LookupError(app)
+            return {**documents[app], "app": app}
+        return {**document, "app": self.apps.primary, "apps": app_summaries(self.config, documents)}
+
+    def _app_status(
+        self, reconciler: Reconciler, health: Any, config: RouterConfig
+    ) -> dict[str, Any]:
         now = self._clock()
         offset = time.time() - now
-        snapshot = self.reconciler.current
-        overrides = self.reconciler.overrides
-        document = status_document(
-            snapshot,
+        overrides = reconciler.overrides
+        return status_document(
+            reconciler.current,
             now=now,
             to_wall=lambda t: round(t + offset, 3),
-            health=self.health.view,
-            verdicts=self.reconciler.verdict_of,
+            health=health,
+            verdicts=reconciler.verdict_of,
             in_flight=self.in_flight,
             facts={
-                "app_id": _app_id(self.config),
-                "policy": self.config.routing.policy,
+                "app_id": _app_id(config),
+                "policy": config.routing.policy,
                 "ready": self.ready,
                 "draining": self._draining,
                 "drained": sorted(overrides.drained),
                 "active_limit": overrides.active_limit,
-                **self._router_facts(),
             },
         )
-        return self.history.annotate(self.metrics.annotate_status(document))
 
     def effective_config(self) -> dict[str, Any]:
         return redacted(self.config)
@@ -321,7 +327,7 @@ class RouterApp:
         self._spawn(self.history.run())
         if self.attestor is not None:
             self._spawn(self.attestor.run())
-        for app in self.apps:
+        for app in self.apps.planes:
             await app.start(self._spawn)
         try:
             await self.engine.start()
@@ -417,7 +423,7 @@ class RouterApp:
             await self.attestor.aclose()
         if self.discovery is not None:
             await self.discovery.aclose()
-        for app in self.apps:
+        for app in self.apps.planes:
             await app.stop()
         if self.dns is not None and self._admin_enabled:
             await self.dns.stop()

@@ -16,8 +16,9 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from router.app_views import AppView
+from router.app_views import AppView, app_views, primary_view
 from router.compose import ControlPlane, build_control_plane, policy_from_config
+from router.config import RouterConfig
 from router.discovery.static import static_replicas
 from router.errors import DiscoveryAuthError, DiscoveryError
 from router.health.passive import PassiveDetector
@@ -129,3 +130,68 @@ class PassiveByApp:
 
     def request_done(self, record: object) -> None:
         return None
+
+
+@dataclass
+class OtherApps:
+    """What `RouterApp` adds for a config with `apps:`: the planes of the apps other than
+    the primary one, the engines' directory and the passive-health observer."""
+
+    primary: str
+    planes: list[AppPlane]
+    directory: AppDirectory | None
+    passive: PassiveDetector | PassiveByApp
+
+    @classmethod
+    def build(
+        cls,
+        config: RouterConfig,
+        in_flight: InFlightCounter,
+        primary_source: SnapshotSource,
+        primary_passive: PassiveDetector,
+        *,
+        environ: Mapping[str, str],
+        clock: Callable[[], float],
+        trusted_simulator_keys: frozenset[bytes],
+    ) -> OtherApps:
+        views = app_views(config)
+        primary = primary_view(views)
+        planes = [
+            build_app_plane(
+                view,
+                in_flight,
+                environ=environ,
+                clock=clock,
+                trusted_simulator_keys=trusted_simulator_keys,
+            )
+            for view in views
+            if view is not primary
+        ]
+        directory = (
+            app_directory(primary, primary_source, planes) if config.apps is not None else None
+        )
+        passive: PassiveDetector | PassiveByApp = primary_passive
+        if planes:
+            passive = PassiveByApp([primary_passive, *(p.plane.health.passive for p in planes)])
+        return cls(primary.name, planes, directory, passive)
+
+
+def app_summaries(config: RouterConfig, documents: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """/status `apps`: each app's hosts, counts and replicas, in config order."""
+    summaries = []
+    for app in config.apps or ():
+        document = documents[app.name]
+        summaries.append(
+            {
+                "name": app.name,
+                "hosts": list(app.hosts),
+                "default": app.default,
+                "app_id": document["app_id"],
+                "policy": document["policy"],
+                "snapshot_version": document["snapshot_version"],
+                "replica_count": document["replica_count"],
+                "routable_count": document["routable_count"],
+                "replicas": document["replicas"],
+            }
+        )
+    return summaries

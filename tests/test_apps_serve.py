@@ -83,3 +83,27 @@ async def test_one_apps_replicas_all_failing_leave_the_other_serving(engine: str
         ui_statuses, api_statuses = await asyncio.gather(steady_ui(200), hammer_api(100))
         assert ui_statuses == [200] * 200  # 0 failed requests on the healthy app
         assert set(api_statuses) <= {502, 503}  # the failing app fails alone
+
+
+async def test_status_groups_replicas_by_app_and_answers_for_one_app() -> None:
+    async with (
+        running_replica("api-replica") as api,
+        running_replica("ui-replica") as ui,
+        running_router(
+            two_apps([f"http://127.0.0.1:{api.port}"], [f"http://127.0.0.1:{ui.port}"])
+        ) as router,
+        aiohttp.ClientSession() as client,
+    ):
+        async with client.get(router.admin_url + "/status") as response:
+            document = await response.json()
+        apps = {app["name"]: app for app in document["apps"]}
+        assert list(apps) == ["api", "ui"]
+        assert [r["id"] for r in apps["ui"]["replicas"]] == ["ui-0"]
+        assert apps["ui"]["hosts"] == ["ui.localhost"]
+        assert (apps["api"]["replica_count"], apps["ui"]["replica_count"]) == (1, 1)
+        async with client.get(router.admin_url + "/status?app=ui") as response:
+            one = await response.json()
+        assert (one["app"], [r["id"] for r in one["replicas"]]) == ("ui", ["ui-0"])
+        async with client.get(router.admin_url + "/status?app=web") as response:
+            assert response.status == 404
+            assert (await response.json())["error"] == "unknown_app"
