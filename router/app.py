@@ -249,14 +249,21 @@ class RouterApp:
             certificate_expires_at=self.tls.not_after if self.tls is not None else None,
         )
 
-    def drain(self, replica_id: str, drained: bool) -> None:
-        self.actions.drain(replica_id, drained)
+    def _actions_of(self, app: str | None) -> OperatorActions:
+        """The operator actions of one app (None: the primary); LookupError: no such app."""
+        if app is None or app == self.apps.primary:
+            return self.actions
+        plane = self.apps.plane(app)
+        return OperatorActions(plane.reconciler, plane.plane.health, WorkerLink())
 
-    def set_active_limit(self, count: int | None) -> None:
-        self.actions.set_active_limit(count)
+    def drain(self, replica_id: str, drained: bool, app: str | None = None) -> None:
+        self._actions_of(app).drain(replica_id, drained)
 
-    async def recheck(self, replica_id: str | None) -> None:
-        await self.actions.recheck(replica_id)
+    def set_active_limit(self, count: int | None, app: str | None = None) -> None:
+        self._actions_of(app).set_active_limit(count)
+
+    async def recheck(self, replica_id: str | None, app: str | None = None) -> None:
+        await self._actions_of(app).recheck(replica_id)
 
     def set_replicas(self, replicas: Sequence[Replica]) -> None:
         self.plane.set_replicas(replicas)

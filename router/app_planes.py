@@ -175,6 +175,12 @@ class OtherApps:
             passive = PassiveByApp([primary_passive, *(p.plane.health.passive for p in planes)])
         return cls(primary.name, planes, directory, passive)
 
+    def plane(self, name: str) -> AppPlane:
+        for plane in self.planes:
+            if plane.name == name:
+                return plane
+        raise LookupError(name)
+
 
 def app_summaries(config: RouterConfig, documents: Mapping[str, Any]) -> list[dict[str, Any]]:
     """/status `apps`: each app's hosts, counts and replicas, in config order."""

@@ -100,6 +100,11 @@ class RouterConfig(Frozen):
             if not self.apps:
                 raise ValueError(_NO_APPS)
             check_apps(self.apps)
+            if self.proxy.workers != 1:
+                raise ValueError(
+                    "apps: several apps are served by one process for now (operator actions "
+                    "on apps other than the primary reach one worker); set proxy.workers: 1"
+                )
         if self.discovery.static is not None:
             problem = unbound_problem(self.discovery.static, self.attestation)
             if problem:

@@ -119,6 +119,7 @@ def test_a_missing_app_id_is_reported_for_the_app_lacking_it() -> None:
             "apps[1] (UI app).name: String should match pattern",
         ),
         (lambda d: d.update(apps=[]), "apps: the list is empty"),
+        (lambda d: d.update(proxy={"workers": 2}), "set proxy.workers: 1"),
     ],
 )
 def test_rules_across_apps_are_explained(change: Any, expected: str) -> None:

@@ -107,3 +107,42 @@ async def test_status_groups_replicas_by_app_and_answers_for_one_app() -> None:
         async with client.get(router.admin_url + "/status?app=web") as response:
             assert response.status == 404
             assert (await response.json())["error"] == "unknown_app"
+
+
+async def test_operator_actions_name_the_app() -> None:
+    async with (
+        running_replica("api-replica") as api,
+        running_replica("ui-replica") as ui,
+        running_router(
+            two_apps([f"http://127.0.0.1:{api.port}"], [f"http://127.0.0.1:{ui.port}"])
+        ) as router,
+        aiohttp.ClientSession() as client,
+    ):
+        admin = router.admin_url
+        async with client.post(admin + "/admin/apps/ui/replicas/ui-0/drain") as response:
+            assert response.status == 200
+        async with client.get(admin + "/status?app=ui") as response:
+            assert (await response.json())["drained"] == ["ui-0"]
+        async with client.get(admin + "/status?app=api") as response:
+            assert (await response.json())["drained"] == []
+        # the drained app's only replica is out; the other app still serves
+        assert (await get(client, router.url + "/", "ui.localhost"))[0] == 503
+        assert await get(client, router.url + "/", "api.localhost") == (200, "api-replica")
+        async with client.post(admin + "/admin/apps/ui/replicas/ui-0/undrain") as response:
+            assert response.status == 200
+        assert await get(client, router.url + "/", "ui.localhost") == (200, "ui-replica")
+        async with client.post(
+            admin + "/admin/apps/ui/active-limit", json={"count": 1}
+        ) as response:
+            assert response.status == 200
+        async with client.post(admin + "/admin/apps/ui/recheck") as response:
+            assert response.status == 200
+        async with client.post(admin + "/admin/apps/web/recheck") as response:
+            assert (response.status, (await response.json())["error"]) == (404, "unknown_app")
+        async with client.post(admin + "/admin/apps/ui/replicas/api-0/drain") as response:
+            assert response.status == 404  # a replica of another app
+        # the old paths act on the primary app (the first, as none is the default)
+        async with client.post(admin + "/admin/replicas/api-0/drain") as response:
+            assert response.status == 200
+        async with client.get(admin + "/status?app=api") as response:
+            assert (await response.json())["drained"] == ["api-0"]
