@@ -44,7 +44,7 @@ class AppPlane:
 
     def entry(self) -> AppEntry:
         reconciler = self.reconciler
-        return AppEntry(self.name, lambda: reconciler.current)
+        return AppEntry(self.name, lambda: reconciler.current, self.view.max_connections)
 
     async def start(self, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         """Static replicas or a first discovery pass, then the loops (as the primary app)."""
@@ -92,7 +92,7 @@ def app_directory(
     primary: AppView, primary_source: SnapshotSource, others: list[AppPlane]
 ) -> AppDirectory:
     """Host -> app for the engines: every app's routes, the default app for the rest."""
-    entries = {primary.name: AppEntry(primary.name, primary_source)}
+    entries = {primary.name: AppEntry(primary.name, primary_source, primary.max_connections)}
     entries.update({p.name: p.entry() for p in others})
     views = [primary, *(p.view for p in others)]
     default = next((entries[v.name] for v in views if v.default), None)

@@ -146,3 +146,28 @@ async def test_operator_actions_name_the_app() -> None:
             assert response.status == 200
         async with client.get(admin + "/status?app=api") as response:
             assert (await response.json())["drained"] == ["api-0"]
+
+
+async def test_an_app_at_its_max_connections_gets_503_while_the_other_serves(engine: str) -> None:
+    async with (
+        running_replica("api-replica") as api,
+        running_replica("ui-replica") as ui,
+    ):
+        config = two_apps(
+            [f"http://127.0.0.1:{api.port}"],
+            [f"http://127.0.0.1:{ui.port}"],
+            proxy={"engine": engine, "retries": 0},
+        )
+        config["apps"][1]["max_connections"] = 1
+        async with running_router(config) as router, aiohttp.ClientSession() as client:
+            held = asyncio.create_task(get(client, router.url + "/slow", "ui.localhost"))
+            await asyncio.wait_for(ui.slow_started.wait(), 10)
+            async with client.get(router.url + "/", headers={"Host": "ui.localhost"}) as response:
+                assert response.status == 503
+                assert response.headers.get("Retry-After")
+                assert (await response.json())["app"] == "ui"
+            assert await get(client, router.url + "/", "api.localhost") == (200, "api-replica")
+            ui.release.set()
+            assert await held == (200, "ui-replica")
+            # the slot came back
+            assert await get(client, router.url + "/", "ui.localhost") == (200, "ui-replica")

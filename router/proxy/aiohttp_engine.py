@@ -265,8 +265,10 @@ class AiohttpEngine:
         try:
             path = validate_request(request, self._proxy.max_request_body)
             app = self._apps.resolve(request.headers.get("Host"), path, _sni(request))
-            async with self._admission.slot(self._proxy.connect_timeout):
-                response = await self._forward(request, path, app, (peer, trusted, client), outcome)
+            with app.slot():  # the app's own max_connections, then the listener's
+                async with self._admission.slot(self._proxy.connect_timeout):
+                    who = (peer, trusted, client)
+                    response = await self._forward(request, path, app, who, outcome)
         except ProxyError as exc:
             outcome.error = exc.code
             response = error_response(exc)

@@ -10,21 +10,52 @@ the SNI name can reach (`HostTable.reachable`), else 421 too.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Iterable, Iterator
 
 from router.apps import IMPLICIT_APP
 from router.apps.hosts import HostRoute, HostTable, normalise_host
-from router.errors import ClientRequestError
+from router.errors import ClientRequestError, Overloaded
 from router.proxy.base import SnapshotSource
 
 
-@dataclass(frozen=True, eq=False)
 class AppEntry:
-    """One app as the engines see it: its name (metrics, logs) and its current snapshot."""
+    """One app as the engines see it: its name, its current snapshot, and its own cap on
+    requests proxied at once (`apps[].max_connections`), so one app cannot take every
+    admission slot of the shared listener. Past the cap a request gets 503 at once."""
 
-    name: str
-    snapshots: SnapshotSource
+    __slots__ = ("active", "limit", "name", "snapshots")
+
+    def __init__(self, name: str, snapshots: SnapshotSource, limit: int | None = None) -> None:
+        self.name = name
+        self.snapshots = snapshots
+        self.limit = limit
+        self.active = 0
+
+    def claim(self) -> bool:
+        """Take one of this app's slots; False when all are in use."""
+        if self.limit is not None and self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+
+    def overloaded(self) -> Overloaded:
+        return Overloaded(
+            f"app {self.name} has {self.limit} requests in flight", app=self.name, limit=self.limit
+        )
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """For coroutine engines: hold one of this app's slots, or raise its 503."""
+        if not self.claim():
+            raise self.overloaded()
+        try:
+            yield
+        finally:
+            self.release()
 
 
 def misdirected(why: str) -> ClientRequestError:

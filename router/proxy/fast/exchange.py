@@ -63,6 +63,7 @@ class Exchange(RetryingExchange):
     slot: Claim | None = None
     holds_slot = False
     app: AppEntry | None = None
+    holds_app_slot = False
 
     def __init__(
         self, client: ClientConnection, head: RequestHead | None, error: ProxyError | None = None
@@ -118,6 +119,10 @@ class Exchange(RetryingExchange):
         except ClientRequestError as exc:
             self._fail(exc)
             return
+        if not self.app.claim():  # the app's own max_connections
+            self._fail(self.app.overloaded())
+            return
+        self.holds_app_slot = True
         if core.admission.try_acquire():  # the common case, without a Claim object
             self.holds_slot = True
         else:
@@ -452,6 +457,10 @@ class Exchange(RetryingExchange):
         self.body = []
         if self.holds_retry or self.try_timer is not None:
             self.retry_finished()
+        if self.holds_app_slot:
+            self.holds_app_slot = False
+            assert self.app is not None
+            self.app.release()
         if self.holds_slot:
             self.holds_slot = False
             self.core.admission.release()
