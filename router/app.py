@@ -13,12 +13,11 @@ from typing import Any
 
 from router.access_log import AccessLog
 from router.admin import AdminServer
-from router.app_planes import OtherApps, app_summaries
+from router.app_planes import OtherApps, app_summaries, engine_settings
 from router.compose import (
     build_control_plane,
     health_session_factory,
     policy_from_config,
-    proxy_settings,
 )
 from router.config import RouterConfig, load_config, redacted
 from router.discovery.static import static_replicas
@@ -125,7 +124,7 @@ class RouterApp:
         self.engine: Engine
         if config.proxy.engine == "fast":
             self.engine = FastEngine(
-                proxy_settings(config),
+                engine_settings(config),
                 self._snapshot,
                 self.observers,
                 self.in_flight,
@@ -135,7 +134,7 @@ class RouterApp:
             )
         else:
             self.engine = AiohttpEngine(
-                proxy_settings(config),
+                engine_settings(config),
                 self._snapshot,
                 self.observers,
                 self.in_flight,
@@ -294,7 +293,7 @@ class RouterApp:
         old, self.config = self.config, new
         plan = plan_reload(self._started_config, old, new)
         if {"proxy", "upstream", "health"} & set(plan.apply):  # health: passive.count_5xx
-            self.engine.apply_config(proxy_settings(new))
+            self.engine.apply_config(engine_settings(new))
         if self.tls is not None:
             self.tls.reload()  # SIGHUP also re-reads the certificate files, changed or not
         if "discovery.static" in plan.apply and new.discovery.static is not None:

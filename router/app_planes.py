@@ -10,6 +10,7 @@ before. Each reconciler stays the single writer of its app's snapshot; an app's 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.app_views import AppView, app_views, primary_view
-from router.compose import ControlPlane, build_control_plane, policy_from_config
+from router.compose import ControlPlane, build_control_plane, policy_from_config, proxy_settings
 from router.config import RouterConfig
 from router.discovery.static import static_replicas
 from router.errors import DiscoveryAuthError, DiscoveryError
@@ -25,6 +26,7 @@ from router.health.passive import PassiveDetector
 from router.models import Replica
 from router.proxy.apps import AppDirectory, AppEntry
 from router.proxy.base import InFlightCounter, SnapshotSource
+from router.proxy.settings import ProxySettings
 from router.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -201,3 +203,15 @@ def app_summaries(config: RouterConfig, documents: Mapping[str, Any]) -> list[di
             }
         )
     return summaries
+
+
+def engine_settings(config: RouterConfig) -> ProxySettings:
+    """The engine's slice; with `apps:`, its `connect_to` is every app's (the pools dial
+    any app's replicas; config validation refuses a pattern two apps map differently)."""
+    settings = proxy_settings(config)
+    if config.apps is None:
+        return settings
+    connect_to: dict[str, str] = {}
+    for app in config.apps:
+        connect_to.update(app.discovery.connect_to)
+    return dataclasses.replace(settings, connect_to=connect_to)

@@ -120,6 +120,13 @@ def test_a_missing_app_id_is_reported_for_the_app_lacking_it() -> None:
         ),
         (lambda d: d.update(apps=[]), "apps: the list is empty"),
         (lambda d: d.update(proxy={"workers": 2}), "set proxy.workers: 1"),
+        (
+            lambda d: [
+                app["discovery"].update(connect_to={"*.gw.example": f"127.0.0.{i + 1}:443"})
+                for i, app in enumerate(d["apps"])
+            ],
+            "'*.gw.example' is 127.0.0.1:443 in app api but 127.0.0.2:443 in app ui",
+        ),
     ],
 )
 def test_rules_across_apps_are_explained(change: Any, expected: str) -> None:

@@ -85,6 +85,16 @@ def check_apps(apps: tuple[AppConfig, ...]) -> None:
     defaults = [app.name for app in apps if app.default]
     if len(defaults) > 1:
         raise ValueError(f"apps: at most one app may be the default; got {', '.join(defaults)}")
+    dialled: dict[str, tuple[str, str]] = {}
+    for app in apps:
+        for pattern, address in app.discovery.connect_to.items():
+            other = dialled.setdefault(pattern, (app.name, address))
+            if other[1] != address:
+                raise ValueError(
+                    f"apps: discovery.connect_to {pattern!r} is {other[1]} in app {other[0]} "
+                    f"but {address} in app {app.name}; the listener's connections are shared, "
+                    "so one pattern must dial one address"
+                )
     try:
         HostTable((route, app.name) for app in apps for route in app.routes)
     except RouteConflict as exc:
