@@ -78,7 +78,8 @@ class RouterApp:
             policy_from_config(config, self._environ), self.in_flight, clock=clock
         )
         self.metrics.on_snapshot(self.reconciler.current)
-        self.reconciler.subscribe(self.metrics.on_snapshot)
+        if config.apps is None:  # with apps, OtherApps feeds every app's replicas
+            self.reconciler.subscribe(self.metrics.on_snapshot)
         self.history = StatusHistory(self.metrics.replica_totals, clock=clock)
         self.history.on_snapshot(self.reconciler.current)
         self.reconciler.subscribe(self.history.on_snapshot)
@@ -111,6 +112,8 @@ class RouterApp:
             trusted_simulator_keys=trusted_simulator_keys,
         )
         directory, passive = self.apps.directory, self.apps.passive
+        if config.apps is not None:
+            self.apps.feed_metrics(self.reconciler, self.metrics)
         self.observers = Observers(
             [self.metrics, passive] if config.metrics.requests else [passive]
         )

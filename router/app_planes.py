@@ -23,11 +23,14 @@ from router.config import RouterConfig
 from router.discovery.static import static_replicas
 from router.errors import DiscoveryAuthError, DiscoveryError
 from router.health.passive import PassiveDetector
+from router.metrics import Metrics
+from router.metrics_apps import merged_snapshot
 from router.models import Replica
 from router.proxy.apps import AppDirectory, AppEntry
 from router.proxy.base import InFlightCounter, SnapshotSource
 from router.proxy.settings import ProxySettings
 from router.reconciler import Reconciler
+from router.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +179,23 @@ class OtherApps:
         if planes:
             passive = PassiveByApp([primary_passive, *(p.plane.health.passive for p in planes)])
         return cls(primary.name, planes, directory, passive)
+
+    def feed_metrics(self, primary: Reconciler, metrics: Metrics) -> None:
+        """Metrics see every app's replicas, each labelled with its app."""
+        reconcilers = [(self.primary, primary), *((p.name, p.reconciler) for p in self.planes)]
+
+        def publish(_: Snapshot) -> None:
+            snapshots = [reconciler.current for _, reconciler in reconcilers]
+            metrics.app_of = {
+                status.replica.id: name
+                for (name, _), snapshot in zip(reconcilers, snapshots, strict=True)
+                for status in snapshot.statuses
+            }
+            metrics.on_snapshot(merged_snapshot(snapshots))
+
+        for _, reconciler in reconcilers:
+            reconciler.subscribe(publish)
+        publish(primary.current)
 
     def plane(self, name: str) -> AppPlane:
         for plane in self.planes:

@@ -171,3 +171,33 @@ async def test_an_app_at_its_max_connections_gets_503_while_the_other_serves(eng
             assert await held == (200, "ui-replica")
             # the slot came back
             assert await get(client, router.url + "/", "ui.localhost") == (200, "ui-replica")
+
+
+async def test_metrics_label_every_replica_series_with_its_app() -> None:
+    async with (
+        running_replica("api-replica") as api,
+        running_replica("ui-replica") as ui,
+        running_router(
+            two_apps([f"http://127.0.0.1:{api.port}"], [f"http://127.0.0.1:{ui.port}"])
+        ) as router,
+        aiohttp.ClientSession() as client,
+    ):
+        assert (await get(client, router.url + "/", "ui.localhost"))[0] == 200
+        assert (await get(client, router.url + "/", "api.localhost"))[0] == 200
+        async with client.get(router.admin_url + "/metrics") as response:
+            lines = (await response.text()).splitlines()
+
+        def series(name: str, replica: str) -> list[str]:
+            return [
+                line
+                for line in lines
+                if line.startswith(name + "{") and f'replica="{replica}"' in line
+            ]
+
+        for replica, app in (("ui-0", "ui"), ("api-0", "api")):
+            requests = series("router_requests_total", replica)
+            assert requests
+            assert all(f'app="{app}"' in line for line in requests)
+            states = series("router_replica_state", replica)
+            assert states
+            assert all(f'app="{app}"' in line for line in states)
