@@ -13,7 +13,7 @@ from typing import Any
 
 from router.access_log import AccessLog
 from router.admin import AdminServer
-from router.app_planes import OtherApps, app_summaries, engine_settings
+from router.app_planes import OtherApps, app_summaries, check_apps_reload, engine_settings
 from router.compose import (
     build_control_plane,
     health_session_factory,
@@ -198,10 +198,10 @@ class RouterApp:
         primary.update(self._router_facts())
         document = self.history.annotate(self.metrics.annotate_status(primary))
         if self.config.apps is None:
-            if app is not None and app != self.apps.primary:
+            if app is not None and app != self.apps.primary_name:
                 raise LookupError(app)
             return document
-        documents = {self.apps.primary: document}
+        documents = {self.apps.primary_name: document}
         for plane in self.apps.planes:
             other = self._app_status(plane.reconciler, plane.plane.health.view, plane.view.config)
             documents[plane.name] = self.metrics.annotate_status(other)
@@ -209,7 +209,11 @@ class RouterApp:
             if app not in documents:
                 raise LookupError(app)
             return {**documents[app], "app": app}
-        return {**document, "app": self.apps.primary, "apps": app_summaries(self.config, documents)}
+        return {
+            **document,
+            "app": self.apps.primary_name,
+            "apps": app_summaries(self.config, documents),
+        }
 
     def _app_status(
         self, reconciler: Reconciler, health: Any, config: RouterConfig
@@ -253,7 +257,7 @@ class RouterApp:
 
     def _actions_of(self, app: str | None) -> OperatorActions:
         """The operator actions of one app (None: the primary); LookupError: no such app."""
-        if app is None or app == self.apps.primary:
+        if app is None or app == self.apps.primary_name:
             return self.actions
         plane = self.apps.plane(app)
         return OperatorActions(plane.reconciler, plane.plane.health, WorkerLink())
@@ -290,13 +294,18 @@ class RouterApp:
             return ReloadResult(error=str(exc))
         try:
             policy = policy_from_config(new, self._environ)
+            check_apps_reload(self.config, new, self._environ)
         except ConfigError as exc:
             log.error("reload refused, still running the previous config:\n%s", exc)
             return ReloadResult(error=str(exc))
         old, self.config = self.config, new
         plan = plan_reload(self._started_config, old, new)
-        if {"proxy", "upstream", "health"} & set(plan.apply):  # health: passive.count_5xx
+        if {"proxy", "upstream", "health", "apps"} & set(plan.apply):  # health: count_5xx
             self.engine.apply_config(engine_settings(new))
+        if "apps" in plan.apply:
+            finish = self.apps.reload(new, self.engine.set_apps)
+            if finish is not None:
+                self._spawn(finish)
         if self.tls is not None:
             self.tls.reload()  # SIGHUP also re-reads the certificate files, changed or not
         if "discovery.static" in plan.apply and new.discovery.static is not None:
@@ -337,7 +346,7 @@ class RouterApp:
         if self.attestor is not None:
             self._spawn(self.attestor.run())
         for app in self.apps.planes:
-            await app.start(self._spawn)
+            await app.start()
         try:
             await self.engine.start()
         except OSError as exc:

@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.support import free_port, running_replica, running_router
+from tests.support import RouterHandle, eventually, free_port, running_replica, running_router
 
 
 def two_apps(api: list[str], ui: list[str], **sections: Any) -> dict[str, Any]:
@@ -32,6 +32,15 @@ def two_apps(api: list[str], ui: list[str], **sections: Any) -> dict[str, Any]:
     }
 
 
+async def routable(router: RouterHandle, *names: str) -> None:
+    """Until the named apps (all by default) passed their first health checks."""
+    app = router.app
+    reconcilers = {app.apps.primary_name: app.reconciler}
+    reconcilers.update({p.name: p.reconciler for p in app.apps.planes})
+    wanted = [reconcilers[n] for n in names] if names else list(reconcilers.values())
+    await eventually(lambda: all(r.current.routable for r in wanted), timeout=10)
+
+
 async def get(client: aiohttp.ClientSession, url: str, host: str) -> tuple[int, str]:
     async with client.get(url, headers={"Host": host}) as response:
         body = await response.json(content_type=None)
@@ -47,13 +56,15 @@ async def test_each_host_reaches_its_apps_replicas(engine: str) -> None:
                 [f"http://127.0.0.1:{api.port}"],
                 [f"http://127.0.0.1:{ui.port}"],
                 proxy={"engine": engine},
+                health={"enabled": False},  # only requests reach the replicas
             )
         ) as router,
         aiohttp.ClientSession() as client,
     ):
+        await routable(router)
         assert await get(client, router.url + "/", "api.localhost") == (200, "api-replica")
         assert await get(client, router.url + "/", "ui.localhost:8080") == (200, "ui-replica")
-        seen = api.hits + ui.hits  # health checks count too: compare around the request
+        seen = api.hits + ui.hits
         misdirected = await get(client, router.url + "/", "other.localhost")
         assert misdirected == (421, "misdirected_request")
         assert api.hits + ui.hits == seen
@@ -73,6 +84,7 @@ async def test_one_apps_replicas_all_failing_leave_the_other_serving(engine: str
         ) as router,
         aiohttp.ClientSession() as client,
     ):
+        await routable(router, "ui")
 
         async def steady_ui(count: int) -> list[int]:
             return [(await get(client, router.url + "/", "ui.localhost"))[0] for _ in range(count)]
@@ -94,6 +106,7 @@ async def test_status_groups_replicas_by_app_and_answers_for_one_app() -> None:
         ) as router,
         aiohttp.ClientSession() as client,
     ):
+        await routable(router)
         async with client.get(router.admin_url + "/status") as response:
             document = await response.json()
         apps = {app["name"]: app for app in document["apps"]}
@@ -118,6 +131,7 @@ async def test_operator_actions_name_the_app() -> None:
         ) as router,
         aiohttp.ClientSession() as client,
     ):
+        await routable(router)
         admin = router.admin_url
         async with client.post(admin + "/admin/apps/ui/replicas/ui-0/drain") as response:
             assert response.status == 200
@@ -160,6 +174,7 @@ async def test_an_app_at_its_max_connections_gets_503_while_the_other_serves(eng
         )
         config["apps"][1]["max_connections"] = 1
         async with running_router(config) as router, aiohttp.ClientSession() as client:
+            await routable(router)
             held = asyncio.create_task(get(client, router.url + "/slow", "ui.localhost"))
             await asyncio.wait_for(ui.slow_started.wait(), 10)
             async with client.get(router.url + "/", headers={"Host": "ui.localhost"}) as response:
@@ -182,6 +197,7 @@ async def test_metrics_label_every_replica_series_with_its_app() -> None:
         ) as router,
         aiohttp.ClientSession() as client,
     ):
+        await routable(router)
         assert (await get(client, router.url + "/", "ui.localhost"))[0] == 200
         assert (await get(client, router.url + "/", "api.localhost"))[0] == 200
         async with client.get(router.admin_url + "/metrics") as response:

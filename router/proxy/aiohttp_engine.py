@@ -154,6 +154,9 @@ class AiohttpEngine:
             max_headers=MAX_HEADER_COUNT + 1,
         )
 
+    def set_apps(self, apps: AppDirectory) -> None:
+        self._apps = apps
+
     def apply_config(self, config: ProxySettings) -> None:
         """Take a reloaded config. Listen addresses need a restart (the app says so); how
         replicas are reached changes by swapping in a new client session, and the old one

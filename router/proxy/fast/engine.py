@@ -117,6 +117,11 @@ class FastEngine:
         ):
             core.redirect_https_port = self._servers[0].sockets[0].getsockname()[1]
 
+    def set_apps(self, apps: AppDirectory) -> None:
+        self._apps = apps
+        if self._core is not None:
+            self._core.apps = apps
+
     def apply_config(self, config: ProxySettings) -> None:
         """A reload: limits, timeouts, trust and retries apply to the next requests; a change
         in how replicas are reached swaps in a new upstream pool (the old one closes after
