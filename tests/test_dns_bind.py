@@ -154,7 +154,7 @@ def bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            process.wait(5)  # SIGKILL cannot be ignored: a longer wait is a test failure
 
 
 def replica(n: int) -> Replica:

@@ -35,7 +35,7 @@ import dns.tsig
 import dns.tsigkeyring
 import dns.update
 
-from router.dns.feed import RecordFeed
+from router.dns.feed import RecordFeed, cancel_and_wait
 from router.dns.formats import render
 from router.dns.records import RecordSet, managed_names, select
 from router.dns.settings import DnsConfig, FileSinkConfig, Rfc2136SinkConfig
@@ -248,8 +248,7 @@ class DnsPublisher:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks.clear()
 
     def _on_records(self, records: RecordSet) -> None:
