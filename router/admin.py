@@ -39,13 +39,13 @@ class AdminBackend(Protocol):
     @property
     def ready(self) -> bool: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self, app: str | None = None) -> dict[str, Any]: ...
 
-    def drain(self, replica_id: str, drained: bool) -> None: ...
+    def drain(self, replica_id: str, drained: bool, app: str | None = None) -> None: ...
 
-    def set_active_limit(self, count: int | None) -> None: ...
+    def set_active_limit(self, count: int | None, app: str | None = None) -> None: ...
 
-    async def recheck(self, replica_id: str | None) -> None: ...
+    async def recheck(self, replica_id: str | None, app: str | None = None) -> None: ...
 
     def reload(self) -> Any:
         """Re-read the config; returns a dataclass with applied, restart_required, error."""
@@ -88,6 +88,12 @@ class AdminServer:
         app.router.add_post("/admin/replicas/{id}/recheck", self._recheck)
         app.router.add_post("/admin/recheck", self._recheck)
         app.router.add_post("/admin/active-limit", self._active_limit)
+        # The same actions for one app of several (the paths above act on the primary app).
+        app.router.add_post("/admin/apps/{app}/replicas/{id}/drain", self._drain)
+        app.router.add_post("/admin/apps/{app}/replicas/{id}/undrain", self._undrain)
+        app.router.add_post("/admin/apps/{app}/replicas/{id}/recheck", self._recheck)
+        app.router.add_post("/admin/apps/{app}/recheck", self._recheck)
+        app.router.add_post("/admin/apps/{app}/active-limit", self._active_limit)
         app.router.add_post("/admin/reload", self._reload)
         app.router.add_get("/admin/config", self._config)
         for method, path, handler in self.extra_routes:
@@ -132,7 +138,11 @@ class AdminServer:
         return web.json_response({"ready": ready}, status=200 if ready else 503)
 
     async def _status(self, request: web.Request) -> web.Response:
-        document = {**self._backend.status(), "admin_actions": list(self.actions)}
+        app = request.query.get("app")
+        try:
+            document = {**self._backend.status(app), "admin_actions": list(self.actions)}
+        except LookupError:
+            return web.json_response({"error": "unknown_app", "app": app}, status=404)
         return web.json_response(document, dumps=lambda o: json.dumps(o, indent=1))
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
@@ -145,9 +155,21 @@ class AdminServer:
             {"at": round(self._wall(), 3), "action": action, "target": target, "by": request.remote}
         )
 
+    def _app_named(self, request: web.Request) -> str | None:
+        """The app a path names (None: the primary app); 404 for an app not configured."""
+        app = request.match_info.get("app")
+        try:
+            self._backend.status(app)
+        except LookupError:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": "unknown_app", "app": app}),
+                content_type="application/json",
+            ) from None
+        return app
+
     def _known(self, request: web.Request) -> str:
         replica_id = request.match_info["id"]
-        ids = {r["id"] for r in self._backend.status()["replicas"]}
+        ids = {r["id"] for r in self._backend.status(self._app_named(request))["replicas"]}
         if replica_id not in ids:
             raise web.HTTPNotFound(
                 text=json.dumps({"error": "unknown_replica", "replica": replica_id}),
@@ -157,21 +179,21 @@ class AdminServer:
 
     async def _drain(self, request: web.Request) -> web.Response:
         replica_id = self._known(request)
-        self._backend.drain(replica_id, True)
+        self._backend.drain(replica_id, True, self._app_named(request))
         self._record(request, "drain", replica_id)
         log.info("admin: drained replica %s", replica_id)
         return web.json_response({"drained": replica_id})
 
     async def _undrain(self, request: web.Request) -> web.Response:
         replica_id = self._known(request)
-        self._backend.drain(replica_id, False)
+        self._backend.drain(replica_id, False, self._app_named(request))
         self._record(request, "undrain", replica_id)
         log.info("admin: undrained replica %s", replica_id)
         return web.json_response({"undrained": replica_id})
 
     async def _recheck(self, request: web.Request) -> web.Response:
         replica_id = self._known(request) if "id" in request.match_info else None
-        await self._backend.recheck(replica_id)
+        await self._backend.recheck(replica_id, self._app_named(request))
         self._record(request, "recheck", replica_id)
         log.info("admin: re-check of %s", replica_id or "all replicas")
         return web.json_response({"rechecked": replica_id or "all"})
@@ -187,6 +209,7 @@ class AdminServer:
         )
 
     async def _active_limit(self, request: web.Request) -> web.Response:
+        app = self._app_named(request)
         try:
             body = await request.json()
             count = body["count"]
@@ -202,7 +225,7 @@ class AdminServer:
                 },
                 status=400,
             )
-        self._backend.set_active_limit(count)
+        self._backend.set_active_limit(count, app)
         self._record(request, "active-limit", None if count is None else str(count))
         log.info("admin: active-limit set to %s", count)
         return web.json_response({"active_limit": count})

@@ -13,11 +13,11 @@ from typing import Any
 
 from router.access_log import AccessLog
 from router.admin import AdminServer, MetricsSource
+from router.app_planes import OtherApps, app_summaries, check_apps_reload, engine_settings
 from router.compose import (
     build_control_plane,
     health_session_factory,
     policy_from_config,
-    proxy_settings,
 )
 from router.config import RouterConfig, load_config, redacted
 from router.discovery.static import static_replicas
@@ -78,7 +78,8 @@ class RouterApp:
             policy_from_config(config, self._environ), self.in_flight, clock=clock
         )
         self.metrics.on_snapshot(self.reconciler.current)
-        self.reconciler.subscribe(self.metrics.on_snapshot)
+        if config.apps is None:  # with apps, OtherApps feeds every app's replicas
+            self.reconciler.subscribe(self.metrics.on_snapshot)
         self.history = StatusHistory(self.metrics.replica_totals, clock=clock)
         self.history.on_snapshot(self.reconciler.current)
         self.reconciler.subscribe(self.history.on_snapshot)
@@ -100,10 +101,21 @@ class RouterApp:
         )
         if self.discovery is not None:
             self.metrics.watch_discovery(self.discovery)
+        # With `apps:`, every app but the primary one gets its own plane (app_planes.py).
+        self.apps = OtherApps.build(
+            config,
+            self.in_flight,
+            self._snapshot,
+            self.health.passive,
+            environ=self._environ,
+            clock=clock,
+            trusted_simulator_keys=trusted_simulator_keys,
+        )
+        directory, passive = self.apps.directory, self.apps.passive
+        if config.apps is not None:
+            self.apps.feed_metrics(self.reconciler, self.metrics)
         self.observers = Observers(
-            [self.metrics, self.health.passive]
-            if config.metrics.requests
-            else [self.health.passive]
+            [self.metrics, passive] if config.metrics.requests else [passive]
         )
         if access_log_enabled:
             self.observers.observers.append(AccessLog())
@@ -115,12 +127,13 @@ class RouterApp:
         self.engine: Engine
         if config.proxy.engine == "fast":
             self.engine = FastEngine(
-                proxy_settings(config),
+                engine_settings(config),
                 self._snapshot,
                 self.observers,
                 self.in_flight,
                 reuse_port=worker_count(config) > 1,
                 tls=self.tls,
+                apps=directory,
             )
         elif config.proxy.engine == "envoy":
             from router.proxy.envoy.engine import EnvoyEngine  # only with the [envoy] extra
@@ -134,7 +147,12 @@ class RouterApp:
             )
         else:
             self.engine = AiohttpEngine(
-                proxy_settings(config), self._snapshot, self.observers, self.in_flight, tls=self.tls
+                engine_settings(config),
+                self._snapshot,
+                self.observers,
+                self.in_flight,
+                tls=self.tls,
+                apps=directory,
             )
         self.admin = AdminServer(
             config.admin.listen, self, self._admin_token(), metrics=self._metrics_render()
@@ -188,33 +206,56 @@ class RouterApp:
     def ready(self) -> bool:
         return self._started and not self._draining and bool(self.reconciler.current.routable)
 
-    def status(self) -> dict[str, Any]:
+    def status(self, app: str | None = None) -> dict[str, Any]:
+        """The /status document; with `apps:`, the primary app's at the top level plus a
+        summary of every app under `apps`, or (`app`) one app's. LookupError: no such app."""
+        primary = self._app_status(self.reconciler, self.health.view, self.config)
+        primary.update(self._router_facts())
+        engine_view = getattr(self.engine, "status_view", None)
+        if engine_view is not None:  # Envoy's own view of the endpoints, next to ours
+            primary["envoy"] = engine_view()
+        document = self.history.annotate(self.metrics.annotate_status(primary))
+        if self.config.apps is None:
+            if app is not None and app != self.apps.primary_name:
+                raise LookupError(app)
+            return document
+        documents = {self.apps.primary_name: document}
+        for plane in self.apps.planes:
+            other = self._app_status(plane.reconciler, plane.plane.health.view, plane.view.config)
+            documents[plane.name] = self.metrics.annotate_status(other)
+        if app is not None:
+            if app not in documents:
+                raise LookupError(app)
+            return {**documents[app], "app": app}
+        return {
+            **document,
+            "app": self.apps.primary_name,
+            "apps": app_summaries(self.config, documents),
+        }
+
+    def _app_status(
+        self, reconciler: Reconciler, health: Any, config: RouterConfig
+    ) -> dict[str, Any]:
         now = self._clock()
         offset = time.time() - now
-        snapshot = self.reconciler.current
-        overrides = self.reconciler.overrides
-        document = status_document(
-            snapshot,
+        overrides = reconciler.overrides
+        return status_document(
+            reconciler.current,
             now=now,
             to_wall=lambda t: round(t + offset, 3),
-            health=self.health.view,
-            verdicts=self.reconciler.verdict_of,
+            health=health,
+            verdicts=reconciler.verdict_of,
             in_flight=self.in_flight,
             facts={
-                "app_id": _app_id(self.config),
-                "policy": self.config.routing.policy,
+                "app_id": _app_id(config),
+                "policy": config.routing.policy,
                 "engine": self.config.proxy.engine,
                 "ready": self.ready,
                 "draining": self._draining,
                 "drained": sorted(overrides.drained),
                 "active_limit": overrides.active_limit,
-                **self._router_facts(),
             },
         )
-        engine_view = getattr(self.engine, "status_view", None)
-        if engine_view is not None:  # Envoy's own view of the endpoints, next to ours
-            document["envoy"] = engine_view()
-        return self.history.annotate(self.metrics.annotate_status(document))
 
     def effective_config(self) -> dict[str, Any]:
         return redacted(self.config)
@@ -233,14 +274,21 @@ class RouterApp:
             certificate_expires_at=self.tls.not_after if self.tls is not None else None,
         )
 
-    def drain(self, replica_id: str, drained: bool) -> None:
-        self.actions.drain(replica_id, drained)
+    def _actions_of(self, app: str | None) -> OperatorActions:
+        """The operator actions of one app (None: the primary); LookupError: no such app."""
+        if app is None or app == self.apps.primary_name:
+            return self.actions
+        plane = self.apps.plane(app)
+        return OperatorActions(plane.reconciler, plane.plane.health, WorkerLink())
 
-    def set_active_limit(self, count: int | None) -> None:
-        self.actions.set_active_limit(count)
+    def drain(self, replica_id: str, drained: bool, app: str | None = None) -> None:
+        self._actions_of(app).drain(replica_id, drained)
 
-    async def recheck(self, replica_id: str | None) -> None:
-        await self.actions.recheck(replica_id)
+    def set_active_limit(self, count: int | None, app: str | None = None) -> None:
+        self._actions_of(app).set_active_limit(count)
+
+    async def recheck(self, replica_id: str | None, app: str | None = None) -> None:
+        await self._actions_of(app).recheck(replica_id)
 
     def set_replicas(self, replicas: Sequence[Replica]) -> None:
         self.plane.set_replicas(replicas)
@@ -265,13 +313,18 @@ class RouterApp:
             return ReloadResult(error=str(exc))
         try:
             policy = policy_from_config(new, self._environ)
+            check_apps_reload(self.config, new, self._environ)
         except ConfigError as exc:
             log.error("reload refused, still running the previous config:\n%s", exc)
             return ReloadResult(error=str(exc))
         old, self.config = self.config, new
         plan = plan_reload(self._started_config, old, new)
-        if {"proxy", "upstream", "health"} & set(plan.apply):  # health: passive.count_5xx
-            self.engine.apply_config(proxy_settings(new))
+        if {"proxy", "upstream", "health", "apps"} & set(plan.apply):  # health: count_5xx
+            self.engine.apply_config(engine_settings(new))
+        if "apps" in plan.apply:
+            finish = self.apps.reload(new, self.engine.set_apps)
+            if finish is not None:
+                self._spawn(finish)
         if self.tls is not None:
             self.tls.reload()  # SIGHUP also re-reads the certificate files, changed or not
         if "discovery.static" in plan.apply and new.discovery.static is not None:
@@ -311,6 +364,8 @@ class RouterApp:
         self._spawn(self.history.run())
         if self.attestor is not None:
             self._spawn(self.attestor.run())
+        for app in self.apps.planes:
+            await app.start()
         try:
             await self.engine.start()
         except OSError as exc:
@@ -405,6 +460,8 @@ class RouterApp:
             await self.attestor.aclose()
         if self.discovery is not None:
             await self.discovery.aclose()
+        for app in self.apps.planes:
+            await app.stop()
         if self.dns is not None and self._admin_enabled:
             await self.dns.stop()
         if self._admin_enabled:

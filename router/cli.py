@@ -15,8 +15,10 @@ import yaml
 
 from router import logs
 from router.cli_support import (
+    APP_OPTION_HELP,
     EXIT_CONFIG,
     fail,
+    load_app_or_exit,
     load_or_exit,
     run_async,
 )
@@ -89,13 +91,16 @@ def serve(config_path: str, log_level: str, log_format: str, access_log: bool) -
 def check_config(config_path: str, as_json: bool) -> None:
     """Validate a config and print the effective config (secrets redacted)."""
     config = load_or_exit(config_path)
+    from router.app_views import app_views
     from router.compose import policy_from_config
     from router.config_check import missing_secrets
 
-    try:
-        policy_from_config(config)  # sticky keys and GeoIP files are checked here
-    except ConfigError as exc:
-        fail(f"invalid config {config_path}:\n{exc}", EXIT_CONFIG)
+    for view in app_views(config):
+        try:
+            policy_from_config(view.config)  # sticky keys and GeoIP files are checked here
+        except ConfigError as exc:
+            where = f"app {view.name}: " if config.apps is not None else ""
+            fail(f"invalid config {config_path}:\n{where}{exc}", EXIT_CONFIG)
     missing = missing_secrets(config, os.environ)
     if missing:
         fail(
@@ -197,10 +202,11 @@ def simulate(config_path: str, log_level: str, log_format: str, access_log: bool
 @main.command()
 @click.option("-c", "--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True)
-def replicas(config_path: str, as_json: bool) -> None:
+@click.option("--app", "app_name", default=None, help=APP_OPTION_HELP)
+def replicas(config_path: str, as_json: bool, app_name: str | None) -> None:
     """One discovery pass, printed as a table (or JSON)."""
     logs.configure("warning")
-    config = load_or_exit(config_path)
+    config = load_app_or_exit(config_path, app_name)
     from router.discovery.table import render_table, replica_rows
     from router.oneshot import discover_once
 
@@ -220,15 +226,20 @@ def replicas(config_path: str, as_json: bool) -> None:
     is_flag=True,
     help="print each replica's MRTD/RTMR0-2 as attestation.os_measurements entries",
 )
+@click.option("--app", "app_name", default=None, help=APP_OPTION_HELP)
 def attest(
-    config_path: str, replica_ids: tuple[str, ...], as_json: bool, measurements: bool
+    config_path: str,
+    replica_ids: tuple[str, ...],
+    as_json: bool,
+    measurements: bool,
+    app_name: str | None,
 ) -> None:
     """Attest the replicas now and print each verdict with its evidence.
 
     Exit codes: 0 every replica passed, 1 error, 2 bad config or attestation off,
     3 a replica failed (with --measurements: 0 whenever measurements were printed)."""
     logs.configure("warning")
-    config = load_or_exit(config_path)
+    config = load_app_or_exit(config_path, app_name)
     if not config.attestation.enabled:
         fail("attestation.mode is off in this config: set cloud, guest-agent or fresh", EXIT_CONFIG)
     from router.attestation import report

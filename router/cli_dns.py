@@ -15,7 +15,7 @@ from typing import cast
 import click
 
 from router import logs
-from router.cli_support import EXIT_CONFIG, fail, load_or_exit, run_async
+from router.cli_support import APP_OPTION_HELP, EXIT_CONFIG, fail, load_app_or_exit, run_async
 from router.config import RouterConfig
 from router.dns.settings import DnsConfig
 
@@ -63,12 +63,14 @@ def _dns_config(config: RouterConfig | None, name: str | None) -> DnsConfig:
     default=None,
     help="with --from-admin: the variable holding the admin token (default: admin.token_env)",
 )
+@click.option("--app", "app_name", default=None, help=APP_OPTION_HELP)
 def dns_render(
     config_path: str | None,
     fmt: str,
     name: str | None,
     admin_url: str | None,
     admin_token_env: str | None,
+    app_name: str | None,
 ) -> None:
     """Print the records (one discovery + health pass, or a running router's state).
 
@@ -81,7 +83,7 @@ def dns_render(
             "--from-admin http://127.0.0.1:9090 (a running router)",
             EXIT_CONFIG,
         )
-    config = load_or_exit(config_path) if config_path is not None else None
+    config = load_app_or_exit(config_path, app_name) if config_path is not None else None
     dns_config = _dns_config(config, name)
     from router.dns.formats import FormatName
     from router.dns.service import NO_ADDRESS_NOTE, render_from_admin, render_snapshot

@@ -45,6 +45,19 @@ def load_or_exit(path: str) -> RouterConfig:
         fail(hint or f"invalid config {path}:\n{exc}", EXIT_CONFIG)
 
 
+def load_app_or_exit(path: str, app: str | None) -> RouterConfig:
+    """The config of one app (`--app NAME`; may be left out when there is only one)."""
+    from router.app_views import find_app
+
+    try:
+        return find_app(load_or_exit(path), app).config
+    except ValueError as exc:
+        fail(f"{path}: {exc}", EXIT_CONFIG)
+
+
+APP_OPTION_HELP = "with several apps in the config: the app to act on"
+
+
 def run_async(main: Callable[[], Awaitable[Any]]) -> Any:
     """asyncio.run on uvloop when installed; RouterErrors become one clean line."""
     try:

@@ -16,6 +16,14 @@ from typing import Any
 
 from pydantic import ValidationError, field_validator, model_validator
 
+from router.apps.settings import (
+    APP_SECTIONS,
+    AppConfig,
+    app_names,
+    check_apps,
+    expand_apps,
+    name_apps_in,
+)
 from router.attestation.binding import unbound_problem
 from router.attestation.settings import AttestationConfig
 from router.balancing.settings import RoutingConfig
@@ -31,6 +39,11 @@ from router.settings_types import (
     HostPort,
     is_loopback,
     split_host_port,
+)
+
+_NO_APPS = (
+    "apps: the list is empty; list at least one app, or remove apps to serve one app "
+    "from the top-level sections"
 )
 
 
@@ -73,6 +86,11 @@ class RouterConfig(Frozen):
     attestation: AttestationConfig = AttestationConfig()
     dns: DnsConfig = DnsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    # Several apps on the listener, chosen by Host (router/apps/). Unset: one implicit app
+    # made of the top-level sections. Set: the top-level discovery, health, attestation,
+    # routing and dns are defaults merged under each app's own, and the top-level fields
+    # hold the primary app's (the default app, else the first); see router/app_views.py.
+    apps: tuple[AppConfig, ...] | None = None
 
     @model_validator(mode="after")
     def _h2_replicas_need_envoy(self) -> RouterConfig:
@@ -88,6 +106,20 @@ class RouterConfig(Frozen):
     def _some_listener(self) -> RouterConfig:
         if self.listen is None and self.listen_tls is None:
             raise ValueError("set listen, listen_tls, or both: the router needs a listener")
+        if self.apps is not None:
+            if not self.apps:
+                raise ValueError(_NO_APPS)
+            check_apps(self.apps)
+            if self.proxy.workers != 1:
+                raise ValueError(
+                    "apps: several apps are served by one process for now (operator actions "
+                    "on apps other than the primary reach one worker); set proxy.workers: 1"
+                )
+            if self.proxy.engine == "envoy":
+                raise ValueError(
+                    "apps: several apps are not mapped to Envoy virtual hosts yet; use "
+                    "proxy.engine: fast (or aiohttp) with apps, or one app with envoy"
+                )
         if self.discovery.static is not None:
             problem = unbound_problem(self.discovery.static, self.attestation)
             if problem:
@@ -111,10 +143,29 @@ def parse_config(data: Any, environ: Mapping[str, str] | None = None) -> RouterC
         raise ConfigError("the config must be a YAML mapping of sections (listen, discovery, ...)")
     data = copy.deepcopy(data)  # overrides are applied to a copy: the caller's dict stays
     env = apply_env(data, os.environ if environ is None else environ)
+    several = "apps" in data
+    if data.get("apps") == []:
+        raise ConfigError(_NO_APPS)
+    names = app_names(data)
     try:
-        return RouterConfig.model_validate(data)
+        return RouterConfig.model_validate(_with_primary_app(expand_apps(data)))
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, env)) from None
+        message = format_validation_error(exc, env)
+        if several:  # the top-level sections mirror an app: report each problem once
+            lines = message.splitlines()
+            kept = [line for line in lines if not line.startswith(APP_SECTIONS)]
+            message = name_apps_in("\n".join(kept or lines), names)
+        raise ConfigError(message) from None
+
+
+def _with_primary_app(data: dict[str, Any]) -> dict[str, Any]:
+    """With `apps:`, the top-level app sections become the primary app's (already merged),
+    so code that serves one app reads a complete config."""
+    apps = data.get("apps")
+    if not isinstance(apps, list) or not apps or not all(isinstance(a, dict) for a in apps):
+        return data
+    primary = next((a for a in apps if a.get("default") is True), apps[0])
+    return {**data, **{k: copy.deepcopy(primary[k]) for k in APP_SECTIONS if k in primary}}
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> RouterConfig:
@@ -129,7 +180,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> R
 def redacted(config: RouterConfig) -> dict[str, Any]:
     """The effective config for display. Secrets are only ever env var names, but values of
     keys that look secret are masked anyway in case a later section adds one."""
-    data = config.model_dump(mode="json")
+    data = config_dump(config)
 
     def mask(node: Any) -> Any:
         if isinstance(node, dict):
@@ -145,3 +196,13 @@ def redacted(config: RouterConfig) -> dict[str, Any]:
 
     result: dict[str, Any] = mask(data)
     return result
+
+
+def config_dump(config: RouterConfig) -> dict[str, Any]:
+    """The config as JSON-able data, each setting once: with `apps:`, the top-level app
+    sections (a mirror of the primary app) are left out."""
+    data = config.model_dump(mode="json")
+    if config.apps is None:
+        data.pop("apps", None)
+        return data
+    return {k: v for k, v in data.items() if k not in APP_SECTIONS}

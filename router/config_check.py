@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from router.config import RouterConfig
+from router.config import RouterConfig, config_dump
 from router.config_source import load_yaml
 from router.errors import ConfigError
 
@@ -34,7 +34,7 @@ def secret_variables(config: RouterConfig) -> Iterator[tuple[str, str]]:
             for index, item in enumerate(node):
                 yield from walk(item, f"{path}[{index}]")
 
-    yield from walk(config.model_dump(mode="json"), "")
+    yield from walk(config_dump(config), "")
 
 
 def missing_secrets(config: RouterConfig, environ: Mapping[str, str]) -> list[str]:

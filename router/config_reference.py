@@ -113,8 +113,15 @@ def _model_lines(model: type[BaseModel], indent: int, prefix: str = "") -> list[
     """The keys of `model` at `indent`; `prefix` is "# " inside a section shown commented."""
     comments = field_comments(model)
     out: list[str] = []
+    # Sections repeated from the top level (an app's discovery, health, ...) are not
+    # listed twice: one line points at the top-level section.
+    repeated = getattr(model, "SECTIONS_AS_TOP_LEVEL", ())
     for name, info in model.model_fields.items():
         comment = comments.get(name, "")
+        if name in repeated:
+            note = f"the keys of the top-level {name} section, merged over it"
+            out.append(_line(indent, f"{name}: {{}}", note, "# "))
+            continue
         default = info.get_default(call_default_factory=True)
         models = _models_in(info.annotation)
         if isinstance(default, BaseModel):

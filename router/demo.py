@@ -1,8 +1,10 @@
 """`phala-router demo`: the router in front of a simulated Phala Cloud, no account needed.
 
-Starts the simulator (4 replicas in 3 regions behind a TLS gateway, one of them stopped),
-then the router with `discovery.phala` pointed at it, prints where to look, and runs until
-Ctrl-C. Everything listens on 127.0.0.1 only.
+Two apps on one router, each in its own simulated cloud: `api` (4 replicas in 3 regions
+behind a TLS gateway, one of them stopped; the default app, so a bare 127.0.0.1 reaches it)
+and `ui` (2 replicas behind a plain-HTTP gateway), chosen by Host (`api.localhost`,
+`ui.localhost`). One Cloud API key serves both. Prints where to look and runs until Ctrl-C.
+Everything listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from typing import Any
 from router.app import RouterApp
 from router.config import parse_config
 from router.signals import wait_for_signal
-from router.simulator import Simulator, SimulatorConfig
+from router.simulator import SimReplicaConfig, Simulator, SimulatorConfig
 
 API_KEY_ENV = "PHALA_CLOUD_API_KEY"
+# The second app's simulated cloud: its own app id, so its instance ids differ from api's.
+UI_APP_ID = "app_" + "5e" * 20
 
 
 def _port_or_any(port: int) -> int:
@@ -31,8 +35,50 @@ def _port_or_any(port: int) -> int:
     return port
 
 
+def ui_simulator_config(api: SimulatorConfig, attestation: bool) -> SimulatorConfig:
+    """The `ui` app's cloud: two replicas, plain HTTP, the same Cloud API key as `api`."""
+    replicas = (
+        SimReplicaConfig(region="us-east", node="node-ui-1"),
+        SimReplicaConfig(region="eu-west", node="node-ui-2"),
+    )
+    return SimulatorConfig.model_validate(
+        {
+            "app_id": UI_APP_ID,
+            "app_name": "sim-ui",
+            "base_domain": "sim-ui.phala.local",  # api's connect_to covers *.sim.phala.local
+            "api_key": api.api_key,
+            "replicas": replicas,
+            "attestation": attestation,
+        }
+    )
+
+
+def demo_apps(sim: Simulator, ui: Simulator, attestation: str) -> list[dict[str, Any]]:
+    apps: list[dict[str, Any]] = [
+        {
+            "name": "api",
+            "hosts": ["api.localhost"],
+            "default": True,
+            "discovery": sim.discovery_section(API_KEY_ENV),
+        },
+        {"name": "ui", "hosts": ["ui.localhost"], "discovery": ui.discovery_section(API_KEY_ENV)},
+    ]
+    for app in apps:
+        app["discovery"]["phala"]["interval"] = "3s"
+    if attestation != "off":  # each app trusts its own cloud's quote signer
+        for app, cloud in zip(apps, (sim, ui), strict=True):
+            app["attestation"] = cloud.attestation_section(attestation, interval="30s")
+    return apps
+
+
 def demo_router_config(
-    sim: Simulator, *, port: int, admin_port: int, policy: str, attestation: str
+    sim: Simulator,
+    *,
+    port: int,
+    admin_port: int,
+    policy: str,
+    attestation: str,
+    ui: Simulator | None = None,
 ) -> dict[str, Any]:
     config: dict[str, Any] = {
         "listen": f"127.0.0.1:{port}",
@@ -45,12 +91,15 @@ def demo_router_config(
         "proxy": {"trusted_proxies": ["127.0.0.1/32"]},
     }
     config["discovery"]["phala"]["interval"] = "3s"
-    if attestation != "off":
+    if ui is not None:
+        del config["discovery"]  # each app names its own cloud
+        config["apps"] = demo_apps(sim, ui, attestation)
+    elif attestation != "off":
         config["attestation"] = sim.attestation_section(attestation, interval="30s")
     return config
 
 
-def banner(app: RouterApp, sim: Simulator) -> str:
+def banner(app: RouterApp, sim: Simulator, ui: Simulator | None = None) -> str:
     host, port = app.engine.addresses[0]
     router = f"http://{host}:{port}"
     admin = f"http://127.0.0.1:{app.admin.port}"
@@ -62,9 +111,15 @@ def banner(app: RouterApp, sim: Simulator) -> str:
             f"  status page   {admin}/status.html   (JSON: {admin}/status)",
             f"  metrics       {admin}/metrics",
             f"  simulator     {sim.control_url}/replicas   (Cloud API {sim.api_url})",
+            *(
+                [f"  ui simulator  {ui.control_url}/replicas   (Cloud API {ui.api_url})"]
+                if ui is not None
+                else []
+            ),
             "",
             "Try:",
             f"  for i in 1 2 3 4; do curl -s {router}/ | python3 -m json.tool | grep -E '\"(replica|region)\"'; done",
+            *(_app_lines(router, admin) if ui is not None else []),
             f"  curl -s {admin}/status | python3 -m json.tool | grep -E '\"(id|state|reason)\"'",
             f"  curl -s -X POST {sim.control_url}/replicas/<id>/stop      # watch it leave the rotation",
             f"  curl -si -H 'CF-IPCountry: DE' {router}/ | grep X-Router-Route   # --policy geo: eu-west",
@@ -73,6 +128,15 @@ def banner(app: RouterApp, sim: Simulator) -> str:
             "Ctrl-C to stop.",
         ]
     )
+
+
+def _app_lines(router: str, admin: str) -> list[str]:
+    """The two apps, by Host (curl >= 7.78 also resolves http://ui.localhost:PORT itself)."""
+    return [
+        f'  curl -s -H \'Host: api.localhost\' {router}/ | grep -o \'"replica": *"[^"]*"\'   # app api',
+        f'  curl -s -H \'Host: ui.localhost\' {router}/ | grep -o \'"replica": *"[^"]*"\'    # app ui',
+        f'  curl -s {admin}/status | python3 -c \'import json,sys; [print(a["name"], a["hosts"], a["routable_count"]) for a in json.load(sys.stdin)["apps"]]\'',
+    ]
 
 
 async def run_demo(
@@ -86,7 +150,9 @@ async def run_demo(
     ready: Callable[[RouterApp, Simulator], None] | None = None,
 ) -> None:
     sim = Simulator(SimulatorConfig.demo(tls=True, attestation=attestation != "off"))
+    ui = Simulator(ui_simulator_config(sim.config, attestation != "off"))
     await sim.start()
+    await ui.start()
     environ = {**os.environ, API_KEY_ENV: sim.config.api_key}
     config = parse_config(
         demo_router_config(
@@ -95,6 +161,7 @@ async def run_demo(
             admin_port=_port_or_any(admin_port),
             policy=policy,
             attestation=attestation,
+            ui=ui,
         ),
         environ,
     )
@@ -102,7 +169,7 @@ async def run_demo(
     try:
         await app.start()
         print(sim.banner())
-        print(banner(app, sim), flush=True)
+        print(banner(app, sim, ui), flush=True)
         if ready is not None:
             ready(app, sim)
         if stop is None:
@@ -111,4 +178,5 @@ async def run_demo(
             await stop.wait()
     finally:
         await app.stop(2)
+        await ui.stop()
         await sim.stop()

@@ -35,6 +35,7 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from router.metrics_apps import label_apps
 from router.metrics_families import (
     NO_REPLICA,
     ReplicaStats,
@@ -106,6 +107,8 @@ class Metrics:
         self._discovery_source: DiscoveryStats | None = None
         self.totals = RouterTotals()
         self.peers: ReportInbox | None = None  # worker 0 with proxy.workers > 1
+        # With `apps:`, replica id -> app: every per-replica series gets an `app` label.
+        self.app_of: Mapping[str, str] | None = None
         self._connections: Callable[[], tuple[int, int]] | None = None
         self._certificate_expiry: Callable[[], Mapping[str, float]] = dict
         self.registry = CollectorRegistry(auto_describe=False)
@@ -277,6 +280,8 @@ class Metrics:
     def families(self) -> list[Metric]:
         """Every family, with the other workers' counts added when there are any."""
         own = list(self.registry.collect())
+        if self.app_of is not None:
+            label_apps(own, self.app_of)
         if self.peers is None:
             return own
         merged = merge_families(own, self.peers.reports.values())

@@ -71,4 +71,6 @@ def plan_reload(started: RouterConfig, running: RouterConfig, new: RouterConfig)
         apply.append("health")
     if now.get("routing") != after.get("routing"):
         apply.append("routing")
+    if now.get("apps") != after.get("apps"):
+        apply.append("apps")  # router/app_planes.py: OtherApps.reload
     return ReloadPlan(apply, restart)

@@ -9,6 +9,7 @@ with a log line and the old certificate stays.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -19,10 +20,27 @@ from cryptography import x509
 log = logging.getLogger(__name__)
 
 
+# The server name a client sent (SNI), kept on its ssl.SSLObject by the context's callback:
+# the standard library offers no other way to read it on the server side.
+SNI_ATTRIBUTE = "phala_router_sni"
+
+
+def _remember_sni(ssl_object: object, name: str | None, _context: ssl.SSLContext) -> None:
+    with contextlib.suppress(AttributeError):
+        setattr(ssl_object, SNI_ATTRIBUTE, name)
+
+
+def server_name(ssl_object: object) -> str | None:
+    """The SNI a TLS client sent on this connection; None on plain HTTP or without SNI."""
+    name = getattr(ssl_object, SNI_ATTRIBUTE, None)
+    return name if isinstance(name, str) else None
+
+
 def _new_context() -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
+    context.sni_callback = _remember_sni
     return context
 
 

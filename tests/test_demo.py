@@ -39,6 +39,22 @@ async def test_demo_rotates_over_running_replicas_and_explains_the_stopped_one()
                 rows = (await resp.json())["replicas"]
         stopped = [r for r in rows if not r["routable"]]
         assert [r["reason"] for r in stopped] == ["platform:stopped"]
+        await two_apps_answer(app, url)
     finally:
         stop.set()
         await asyncio.wait_for(demo, 20)
+
+
+async def two_apps_answer(app: RouterApp, url: str) -> None:
+    """The demo's second app, ui, answers on the same listener for Host ui.localhost."""
+    (ui,) = app.apps.planes
+    await eventually(lambda: len(ui.reconciler.current.routable) == 2, timeout=20)
+    ui_ids = {s.replica.id for s in ui.reconciler.current.statuses}
+    api_ids = {s.replica.id for s in app.reconciler.current.statuses}
+    async with aiohttp.ClientSession() as client:
+        for host, ids in (("ui.localhost", ui_ids), ("api.localhost:8080", api_ids)):
+            async with client.get(url, headers={"Host": host}) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["replica"] in ids, host
+        async with client.get(url, headers={"Host": "other.example"}) as resp:
+            assert resp.status == 200  # api is the default app

@@ -49,6 +49,7 @@ from router.proxy.aiohttp_support import (
     validate_request,
 )
 from router.proxy.aiohttp_ws import WS_OWN_HEADERS, relay
+from router.proxy.apps import AppDirectory, AppEntry
 from router.proxy.base import (
     InFlightCounter,
     Observers,
@@ -71,7 +72,7 @@ from router.proxy.retry_budget import Retrier
 from router.proxy.settings import ProxySettings
 from router.reach import client_ssl_context, make_connector
 from router.settings_types import split_host_port
-from router.tls import ServerTLS
+from router.tls import ServerTLS, server_name
 
 log = logging.getLogger(__name__)
 # The failure kind outlier detection and the error metrics see for a per-try timeout.
@@ -88,6 +89,11 @@ def _attempt_error(exc: BaseException, replica: Replica) -> tuple[str, ProxyErro
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 
 
+def _sni(request: web.BaseRequest) -> str | None:
+    transport = request.transport
+    return server_name(transport.get_extra_info("ssl_object")) if transport is not None else None
+
+
 class AiohttpEngine:
     def __init__(
         self,
@@ -96,11 +102,13 @@ class AiohttpEngine:
         observers: Observers,
         in_flight: InFlightCounter,
         tls: ServerTLS | None = None,
+        apps: AppDirectory | None = None,
     ) -> None:
         self._config = config
         self._tls = tls
         self._proxy = config.proxy
-        self._snapshots = snapshots
+        # One app (the single-app layout) unless a directory of several is given.
+        self._apps = apps or AppDirectory.single(snapshots)
         self._observers = observers
         self._in_flight = in_flight
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
@@ -146,6 +154,9 @@ class AiohttpEngine:
             max_field_size=MAX_HEADER_BLOCK,
             max_headers=MAX_HEADER_COUNT + 1,
         )
+
+    def set_apps(self, apps: AppDirectory) -> None:
+        self._apps = apps
 
     def apply_config(self, config: ProxySettings) -> None:
         """Take a reloaded config. Listen addresses need a restart (the app says so); how
@@ -261,8 +272,11 @@ class AiohttpEngine:
             return response
         try:
             path = validate_request(request, self._proxy.max_request_body)
-            async with self._admission.slot(self._proxy.connect_timeout):
-                response = await self._forward(request, path, peer, trusted, client, outcome)
+            app = self._apps.resolve(request.headers.get("Host"), path, _sni(request))
+            with app.slot():  # the app's own max_connections, then the listener's
+                async with self._admission.slot(self._proxy.connect_timeout):
+                    who = (peer, trusted, client)
+                    response = await self._forward(request, path, app, who, outcome)
         except ProxyError as exc:
             outcome.error = exc.code
             response = error_response(exc)
@@ -301,12 +315,12 @@ class AiohttpEngine:
         self,
         request: web.BaseRequest,
         path: str,
-        peer: str,
-        trusted: bool,
-        client: str,
+        app: AppEntry,
+        who: tuple[str, bool, str],
         outcome: Outcome,
     ) -> web.StreamResponse:
-        snapshot = self._snapshots()
+        peer, trusted, client = who  # the peer, whether it is trusted, the client's address
+        snapshot = app.snapshots()
         if not snapshot.routable:
             raise no_routable_error(snapshot)
         ctx = RequestContext(

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from router.errors import NoRoutableReplica
 from router.models import Replica
 from router.proxy.settings import ProxySettings
 from router.snapshot import Snapshot
+
+if TYPE_CHECKING:  # proxy/apps.py imports this module for SnapshotSource
+    from router.proxy.apps import AppDirectory
 
 SnapshotSource = Callable[[], Snapshot]
 
@@ -112,6 +115,9 @@ class Engine(Protocol):
 
     def apply_config(self, config: ProxySettings) -> None:
         """Take a reloaded config (everything but the listen addresses)."""
+
+    def set_apps(self, apps: AppDirectory) -> None:
+        """Route the next requests with this host -> app directory (a reload of `apps:`)."""
 
     async def stop(self, grace: float) -> None:
         """Stop accepting, let in-flight requests finish for up to `grace` seconds, close."""

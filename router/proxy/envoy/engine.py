@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from router.models import Replica
+from router.proxy.apps import AppDirectory
 from router.proxy.base import SnapshotSource
 from router.proxy.envoy import admin_api
 from router.proxy.envoy.bootstrap import bootstrap
@@ -212,6 +213,11 @@ class EnvoyEngine:
             "secrets": tls_secret(config),
             "listeners": listeners(config, self._addresses, source),
         }
+
+    def set_apps(self, apps: AppDirectory) -> None:
+        """Config validation refuses `apps:` with this engine, so the directory is always the
+        one implicit app, which takes every Host: Envoy already routes it."""
+        del apps
 
     def publish(self, snapshot: Snapshot) -> None:
         """Write the resources for `snapshot`: endpoints before the clusters naming them,

@@ -9,6 +9,7 @@ import logging
 import ssl
 
 from router.proxy.admission import Admission
+from router.proxy.apps import AppDirectory
 from router.proxy.base import InFlightCounter, Observers, SnapshotSource
 from router.proxy.fast.pool import Pool
 from router.proxy.fast.server import ClientConnection, EngineCore
@@ -37,9 +38,11 @@ class FastEngine:
         *,
         reuse_port: bool = False,
         tls: ServerTLS | None = None,
+        apps: AppDirectory | None = None,
     ) -> None:
         self._config = config
-        self._snapshots = snapshots
+        # One app (the single-app layout) unless a directory of several is given.
+        self._apps = apps or AppDirectory.single(snapshots)
         self._observers = observers
         self._in_flight = in_flight
         self._reuse_port = reuse_port
@@ -68,7 +71,7 @@ class FastEngine:
         pool = self._new_pool(config)
         admission = Admission(proxy.max_connections, proxy.max_pending)
         core = EngineCore(
-            snapshots=self._snapshots,
+            apps=self._apps,
             observers=self._observers,
             in_flight=self._in_flight,
             trusted=TrustedProxies(proxy.trusted_proxies),
@@ -113,6 +116,11 @@ class FastEngine:
             and len(self._servers) == 2
         ):
             core.redirect_https_port = self._servers[0].sockets[0].getsockname()[1]
+
+    def set_apps(self, apps: AppDirectory) -> None:
+        self._apps = apps
+        if self._core is not None:
+            self._core.apps = apps
 
     def apply_config(self, config: ProxySettings) -> None:
         """A reload: limits, timeouts, trust and retries apply to the next requests; a change

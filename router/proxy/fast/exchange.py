@@ -27,6 +27,7 @@ from router.errors import (
 from router.failures import CONNECT, RESET, upstream_error
 from router.models import Replica
 from router.proxy.admission import Claim
+from router.proxy.apps import AppEntry
 from router.proxy.base import RequestRecord, no_routable_error
 from router.proxy.fast import framing, rules, wire
 from router.proxy.fast.pool import Target, classify_dial_error
@@ -61,6 +62,8 @@ class Exchange(RetryingExchange):
     _fwd_block = b""
     slot: Claim | None = None
     holds_slot = False
+    app: AppEntry | None = None
+    holds_app_slot = False
 
     def __init__(
         self,
@@ -117,6 +120,15 @@ class Exchange(RetryingExchange):
             self.client.send([wire.redirect_to_https(head.host, head.target, https_port)])
             self._finish()
             return
+        try:  # before admission: a request for no app takes no slot and reaches no replica
+            self.app = core.apps.resolve(head.host, head.target, self.client.sni)
+        except ClientRequestError as exc:
+            self._fail(exc)
+            return
+        if not self.app.claim():  # the app's own max_connections
+            self._fail(self.app.overloaded())
+            return
+        self.holds_app_slot = True
         if core.admission.try_acquire():  # the common case, without a Claim object
             self.holds_slot = True
         else:
@@ -131,8 +143,9 @@ class Exchange(RetryingExchange):
     def _admitted(self) -> None:
         head, core = self.head, self.core
         assert head is not None
+        assert self.app is not None
         peer, trusted = self.client.peer, self.client.trusted
-        snapshot = core.snapshots()
+        snapshot = self.app.snapshots()
         if not snapshot.routable:
             self._fail(no_routable_error(snapshot))
             return
@@ -168,7 +181,8 @@ class Exchange(RetryingExchange):
                 self.dialing = True
                 core.pool.connect(target, partial(self._dialled, target))
             return
-        self._fail(self.last_error or no_routable_error(core.snapshots()))
+        assert self.app is not None
+        self._fail(self.last_error or no_routable_error(self.app.snapshots()))
 
     def _dialled(
         self, target: Target, conn: UpstreamConnection | None, exc: BaseException | None
@@ -454,6 +468,10 @@ class Exchange(RetryingExchange):
         self.body = []
         if self.holds_retry or self.try_timer is not None:
             self.retry_finished()
+        if self.holds_app_slot:
+            self.holds_app_slot = False
+            assert self.app is not None
+            self.app.release()
         if self.holds_slot:
             self.holds_slot = False
             self.core.admission.release()

@@ -28,7 +28,8 @@ import httptools
 
 from router.errors import ClientRequestError, ProxyError
 from router.proxy.admission import Admission
-from router.proxy.base import InFlightCounter, Observers, SnapshotSource
+from router.proxy.apps import AppDirectory
+from router.proxy.base import InFlightCounter, Observers
 from router.proxy.fast import wire
 from router.proxy.fast.exchange import Exchange
 from router.proxy.fast.outbox import Writer
@@ -37,6 +38,7 @@ from router.proxy.fast.strict import RequestHead, bad_request, validate
 from router.proxy.fast.upstream import UpstreamConnection
 from router.proxy.headers import TrustedProxies
 from router.proxy.retry_budget import Retrier
+from router.tls import server_name
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,8 @@ _IDLE, _HEADER, _BODY, _TUNNEL = 1, 2, 3, 4
 class EngineCore:
     """What every connection of one engine shares."""
 
-    snapshots: SnapshotSource
+    # Host (and SNI) -> the app's snapshot source (router/proxy/apps.py).
+    apps: AppDirectory
     observers: Observers
     in_flight: InFlightCounter
     trusted: TrustedProxies
@@ -104,6 +107,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         self.peer = ""
         self.trusted = False
         self.scheme = "http"
+        self.sni: str | None = None  # the TLS server name the client sent
         self._body_parts: list[bytes] = []  # body bytes parsed in this read, not yet passed on
         # llhttp's body callback is the list's own append: a body of 1-byte chunks costs one
         # C call per chunk, and the request gets the read's bytes at once (_flush_body).
@@ -140,6 +144,8 @@ class ClientConnection(asyncio.Protocol, Writer):
         self.peer = peer[0] if isinstance(peer, tuple) else ""
         self.trusted = self.core.trusted.contains(self.peer)
         self.scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
+        if self.scheme == "https":
+            self.sni = server_name(transport.get_extra_info("ssl_object"))
         self.core.connections.add(self)
         self.core.all_closed.clear()
         self._arm(_IDLE, self.core.client_idle_timeout)
