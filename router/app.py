@@ -15,9 +15,10 @@ import aiohttp
 
 from router.access_log import AccessLog
 from router.admin import AdminServer
-from router.attestation.wiring import build_attestor
+from router.attestation.wiring import build_attestor, build_ratls_gate
 from router.balancing.factory import make_picker_factory
 from router.config import RouterConfig, load_config, redacted
+from router.connect_check import PeerCheck, upstream_context
 from router.discovery.phala import PhalaDiscovery
 from router.discovery.static import static_replicas
 from router.dns import DnsService
@@ -35,7 +36,7 @@ from router.snapshot import Overrides, Policy, Snapshot
 from router.status import router_facts, status_document
 from router.status_history import StatusHistory
 from router.tls import ServerTLS
-from router.upstream import ConnectTo, client_ssl_context
+from router.upstream import ConnectTo
 from router.worker_reports import ReportInbox, send_reports
 from router.workers import WorkerLink, worker_count
 
@@ -54,7 +55,7 @@ def policy_from_config(config: RouterConfig, environ: Mapping[str, str] | None =
         else frozenset(routing.compose_hashes),
         panic_threshold=config.health.panic_threshold,
         slow_start=config.health.slow_start,
-        attestation_required=config.attestation.enabled,
+        attestation_required=config.attestation.gated,
         attestation_max_age=config.attestation.effective_max_age,
     )
 
@@ -66,11 +67,15 @@ class ReloadResult:
     error: str | None = None
 
 
-def _health_session_factory(config: RouterConfig) -> Callable[[], aiohttp.ClientSession]:
-    """Health checks reach replicas exactly like traffic: same connect_to, TLS and SNI."""
-    tls = config.upstream_tls
-    context = client_ssl_context(tls.verify, tls.ca_file)
-    return lambda: make_health_session(config.discovery.connect_to, context, config.health)
+def _health_session_factory(
+    config: RouterConfig, peer_check: PeerCheck | None = None
+) -> Callable[[], aiohttp.ClientSession]:
+    """Health checks reach replicas exactly like traffic: same connect_to, TLS, SNI and
+    RA-TLS check."""
+    context = upstream_context(config)
+    return lambda: make_health_session(
+        config.discovery.connect_to, context, config.health, peer_check
+    )
 
 
 def _app_id(config: RouterConfig) -> str | None:
@@ -109,10 +114,18 @@ class RouterApp:
         self.history = StatusHistory(self.metrics.replica_totals, clock=clock)
         self.history.on_snapshot(self.reconciler.current)
         self.reconciler.subscribe(self.history.on_snapshot)
+        self.ratls_gate = build_ratls_gate(
+            config,
+            self._on_verdict,
+            environ=self._environ,
+            clock=clock,
+            trusted_simulator_keys=trusted_simulator_keys,
+        )
+        peer_check = self.ratls_gate.check if self.ratls_gate is not None else None
         self.health = HealthChecker(
             config.health,
             lambda rid, view, urgent: self.reconciler.set_health(rid, view, urgent=urgent),
-            _health_session_factory(config),
+            _health_session_factory(config, peer_check),
             clock=clock,
         )
         self.health.on_check = lambda rid, result: self.metrics.health_check(
@@ -129,7 +142,7 @@ class RouterApp:
             self.metrics.watch_discovery(self.discovery)
         self.attestor = build_attestor(
             config,
-            self._on_verdict,
+            self._on_verdict if self.ratls_gate is None else self.ratls_gate.attestor_verdict,
             environ=self._environ,
             clock=clock,
             trusted_simulator_keys=trusted_simulator_keys,
@@ -155,10 +168,16 @@ class RouterApp:
                 self.in_flight,
                 reuse_port=worker_count(config) > 1,
                 tls=self.tls,
+                peer_check=peer_check,
             )
         else:
             self.engine = AiohttpEngine(
-                config, self._snapshot, self.observers, self.in_flight, tls=self.tls
+                config,
+                self._snapshot,
+                self.observers,
+                self.in_flight,
+                tls=self.tls,
+                peer_check=peer_check,
             )
         self.admin = AdminServer(
             config.admin.listen, self, self._admin_token(), metrics=self.metrics.render_async
@@ -187,6 +206,9 @@ class RouterApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self._started = False
+
+    def _peer_check(self) -> PeerCheck | None:
+        return self.ratls_gate.check if self.ratls_gate is not None else None
 
     def _snapshot(self) -> Snapshot:
         return self.reconciler.current
@@ -270,6 +292,8 @@ class RouterApp:
 
     def set_replicas(self, replicas: Sequence[Replica]) -> None:
         """Every discovery result goes to the reconciler and to health checking."""
+        if self.ratls_gate is not None:
+            self.ratls_gate.update_replicas(replicas)  # before anything dials them
         self.reconciler.set_replicas(replicas)
         self.health.update_replicas(replicas)
         if self.attestor is not None:
@@ -308,7 +332,9 @@ class RouterApp:
             self.set_replicas(static_replicas(new.discovery.static))
         if "health" in plan.apply or "upstream" in plan.apply:
             reach = "upstream" in plan.apply
-            self.health.reconfigure(new.health, _health_session_factory(new) if reach else None)
+            self.health.reconfigure(
+                new.health, _health_session_factory(new, self._peer_check()) if reach else None
+            )
         if "routing" in plan.apply or "health" in plan.apply:
             self.reconciler.set_policy(policy)  # panic_threshold, slow_start live in health
         result = ReloadResult(applied=list(plan.apply), restart_required=plan.restart_required)

@@ -96,9 +96,19 @@ def make_connector(
     limit: int = 0,
     limit_per_host: int = 0,
     keepalive_timeout: float = 60.0,
+    peer_check: Any = None,
     **extra: Any,
 ) -> aiohttp.TCPConnector:
-    return aiohttp.TCPConnector(
+    """`peer_check` (a `router.connect_check.PeerCheck`) checks every new connection
+    before a request is written on it (RA-TLS)."""
+    if peer_check is not None:
+        from router.connect_check import CheckedConnector  # it builds on this module
+
+        extra["peer_check"] = peer_check
+        connector_class: type[aiohttp.TCPConnector] = CheckedConnector
+    else:
+        connector_class = aiohttp.TCPConnector
+    return connector_class(
         resolver=ConnectToResolver(ConnectTo(connect_to)),
         ssl=tls,
         limit=limit,

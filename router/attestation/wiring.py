@@ -10,6 +10,7 @@ import aiohttp
 import httpx
 
 from router.attestation.manager import Attestor
+from router.attestation.ratls_gate import RaTlsGate
 from router.config import RouterConfig
 from router.errors import ConfigError
 from router.models import AttestationVerdict
@@ -33,6 +34,39 @@ def cloud_client(config: RouterConfig, environ: Mapping[str, str]) -> httpx.Asyn
     )
 
 
+def _simulator_keys(config: RouterConfig, given: frozenset[bytes]) -> frozenset[bytes]:
+    cfg = config.attestation
+    keys = given | {bytes.fromhex(k) for k in cfg.simulator_public_keys}
+    if cfg.verifier == "insecure-simulator" and not keys:
+        raise ConfigError(
+            "attestation.simulator_public_keys: verifier insecure-simulator needs the simulator's "
+            "public key (printed by `phala-router simulate`)"
+        )
+    return frozenset(keys)
+
+
+def build_ratls_gate(
+    config: RouterConfig,
+    sink: Callable[[AttestationVerdict], None],
+    *,
+    environ: Mapping[str, str],
+    clock: Callable[[], float] = time.monotonic,
+    trusted_simulator_keys: frozenset[bytes] = frozenset(),
+) -> RaTlsGate | None:
+    """The RA-TLS gate when `attestation.connection: ra-tls`, else None."""
+    cfg = config.attestation
+    if not cfg.ra_tls:
+        return None
+    phala = config.discovery.phala
+    return RaTlsGate(
+        cfg,
+        phala.app_id if phala else None,
+        sink,
+        clock=clock,
+        trusted_simulator_keys=_simulator_keys(config, trusted_simulator_keys),
+    )
+
+
 def build_attestor(
     config: RouterConfig,
     sink: Callable[[AttestationVerdict], None],
@@ -50,12 +84,7 @@ def build_attestor(
             "attestation.mode: cloud reads quotes from the Cloud API and needs discovery.phala; "
             "with discovery.static use guest-agent or fresh"
         )
-    keys = trusted_simulator_keys | {bytes.fromhex(k) for k in cfg.simulator_public_keys}
-    if cfg.verifier == "insecure-simulator" and not keys:
-        raise ConfigError(
-            "attestation.simulator_public_keys: verifier insecure-simulator needs the simulator's "
-            "public key (printed by `phala-router simulate`)"
-        )
+    keys = _simulator_keys(config, trusted_simulator_keys)
     token = environ.get(cfg.fresh.token_env, "") if cfg.fresh.token_env else None
     if cfg.mode == "fresh" and cfg.fresh.token_env and not token:
         raise ConfigError(
@@ -78,6 +107,6 @@ def build_attestor(
         session=session,
         cloud=cloud_client(config, environ) if cfg.mode == "cloud" else None,
         clock=clock,
-        trusted_simulator_keys=frozenset(keys),
+        trusted_simulator_keys=keys,
         fresh_token=token,
     )

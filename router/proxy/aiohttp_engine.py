@@ -22,6 +22,7 @@ from yarl import URL
 from router import acme
 from router.balancing.base import RequestContext
 from router.config import RouterConfig
+from router.connect_check import PeerCheck, upstream_context
 from router.errors import (
     ClientRequestError,
     ProxyError,
@@ -67,7 +68,7 @@ from router.proxy.headers import (
 from router.proxy.retry import classify_client_error, retryable
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
-from router.upstream import client_ssl_context, make_connector
+from router.upstream import make_connector
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,11 @@ class AiohttpEngine:
         observers: Observers,
         in_flight: InFlightCounter,
         tls: ServerTLS | None = None,
+        peer_check: PeerCheck | None = None,
     ) -> None:
         self._config = config
         self._tls = tls
+        self._peer_check = peer_check
         self._proxy = config.proxy
         self._snapshots = snapshots
         self._observers = observers
@@ -115,11 +118,11 @@ class AiohttpEngine:
         return (len(server.connections) if server is not None else 0), self._accepted
 
     def _new_session(self) -> aiohttp.ClientSession:
-        tls = self._config.upstream_tls
         connector = make_connector(
             self._config.discovery.connect_to,
-            client_ssl_context(tls.verify, tls.ca_file),
+            upstream_context(self._config),
             keepalive_timeout=self._proxy.idle_timeout,
+            peer_check=self._peer_check,
         )
         return aiohttp.ClientSession(
             connector=connector,

@@ -9,6 +9,7 @@ import logging
 import ssl
 
 from router.config import RouterConfig
+from router.connect_check import PeerCheck, upstream_context
 from router.proxy.admission import Admission
 from router.proxy.base import InFlightCounter, Observers, SnapshotSource, edge_headers
 from router.proxy.fast.pool import Pool
@@ -16,7 +17,7 @@ from router.proxy.fast.server import ClientConnection, EngineCore
 from router.proxy.headers import TrustedProxies
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
-from router.upstream import ConnectTo, client_ssl_context
+from router.upstream import ConnectTo
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class FastEngine:
         *,
         reuse_port: bool = False,
         tls: ServerTLS | None = None,
+        peer_check: PeerCheck | None = None,
     ) -> None:
         self._config = config
         self._snapshots = snapshots
@@ -42,6 +44,7 @@ class FastEngine:
         self._in_flight = in_flight
         self._reuse_port = reuse_port
         self._tls = tls
+        self._peer_check = peer_check
         self._servers: list[asyncio.Server] = []
         self._core: EngineCore | None = None
         self._accepted = 0
@@ -149,13 +152,14 @@ class FastEngine:
             loop.call_later(proxy.drain_timeout, previous.close)
 
     def _new_pool(self, config: RouterConfig) -> Pool:
-        proxy, tls = config.proxy, config.upstream_tls
+        proxy = config.proxy
         return Pool(
             ConnectTo(config.discovery.connect_to),
-            client_ssl_context(tls.verify, tls.ca_file),
+            upstream_context(config),
             connect_timeout=proxy.connect_timeout,
             response_timeout=proxy.response_timeout,
             idle_timeout=proxy.idle_timeout,
+            peer_check=self._peer_check,
         )
 
     async def stop(self, grace: float) -> None:
