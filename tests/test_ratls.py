@@ -4,6 +4,7 @@ the embedded quote, the key binding, and the real dstack quote inside a certific
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from cryptography import x509
@@ -28,7 +29,7 @@ from router.attestation.ratls_cert import (
 )
 from router.attestation.simsig import public_key_bytes
 from router.simulator.quotes import simulated_os_measurement
-from router.simulator.ratls import Identity, SimCa, _builder, ra_tls_certificate
+from router.simulator.ratls import Behaviour, Identity, SimCa, _builder, ra_tls_certificate
 from tests.attestation_support import (
     DSTACK,
     DSTACK_APP_ID,
@@ -58,10 +59,14 @@ def expectation(identity: Identity = ME, **changes: object) -> Expectation:
     return Expectation(**values)  # type: ignore[arg-type]
 
 
-def leaf_der(behaviour: str = "ok", identity: Identity = ME) -> bytes:
+def leaf_der(behaviour: Behaviour = "ok", identity: Identity = ME) -> bytes:
     other = ec.generate_private_key(ec.SECP256R1()) if behaviour == "other_key" else None
     _, cert = ra_tls_certificate(
-        identity, QUOTE_KEY, SimCa(), behaviour=behaviour, bind_to=other  # type: ignore[arg-type]
+        identity,
+        QUOTE_KEY,
+        SimCa(),
+        behaviour=behaviour,
+        bind_to=other,
     )
     return cert.public_bytes(serialization.Encoding.DER)
 
@@ -84,7 +89,8 @@ def test_a_v0_certificate_of_this_replica_passes_with_every_check() -> None:
         verifier="insecure-simulator", trusted_simulator_keys=TRUSTED,
     )  # fmt: skip
     assert verdict.ok, verdict.detail
-    assert dict(verdict.checks)["os"] == "ok" and dict(verdict.checks)["instance"] == "ok"
+    assert dict(verdict.checks)["os"] == "ok"
+    assert dict(verdict.checks)["instance"] == "ok"
 
 
 def test_the_legacy_quote_and_event_log_extensions_are_read_too() -> None:
@@ -177,14 +183,10 @@ def test_the_real_dstack_quote_in_a_certificate_runs_dcap_and_fails_only_the_key
     assert verdict.tcb_status == "UpToDate"
     assert dict(verdict.checks)["instance"] == "ok"
     wrong = verify_certificate(
-        der, Expectation(**{**_fields(expect), "instance_id": "00" * 20}), replica_id="real",
+        der, replace(expect, instance_id="00" * 20), replica_id="real",
         collateral=collateral(DSTACK_COLLATERAL), now_unix=pinned_now(DSTACK_COLLATERAL), at=1.0,
     )  # fmt: skip
     assert wrong.reason == "ra_tls_wrong_instance"
-
-
-def _fields(expect: Expectation) -> dict[str, object]:
-    return {name: getattr(expect, name) for name in Expectation.__slots__}  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("legacy", [False, True])
