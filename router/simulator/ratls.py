@@ -6,7 +6,8 @@ TLS passthrough (the router dials it directly via `connect_to`; no one in betwee
 byte it received after each handshake, so a test can prove a refused peer got nothing. Its
 `behaviour` chooses the certificate (`ok`, `legacy` (.1/.2 extensions), `other_key` (the quote
 binds another key), `other_instance` (another instance's genuine certificate), `plain` (a
-CA-issued certificate without attestation: a man in the middle)); `rotate()` switches to a new
+CA-issued certificate without attestation: a man in the middle), `tampered` (one bit of the
+quote flipped)); `rotate()` switches to a new
 key and certificate for the next handshakes.
 """
 
@@ -26,9 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from router.attestation.ratls_cert import attestation_extensions, binding_report_data, spki_der
-from router.simulator.quotes import make_quote
+from router.simulator.quotes import flip_bit, make_quote
 
-Behaviour = Literal["ok", "legacy", "other_key", "other_instance", "plain"]
+Behaviour = Literal["ok", "legacy", "other_key", "other_instance", "plain", "tampered"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +106,8 @@ def ra_tls_certificate(
         quote, events = make_quote(
             identity.app_id, identity.instance_id, identity.compose_hash, report_data, key=quote_key
         )
+        if behaviour == "tampered":
+            quote = flip_bit(quote)  # one bit of report_data: the signature no longer holds
         for ext in attestation_extensions(quote, events, report_data, legacy=behaviour == "legacy"):
             builder = builder.add_extension(ext, critical=False)
     return key, builder.sign(ca.key, hashes.SHA256())
