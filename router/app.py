@@ -270,7 +270,7 @@ class RouterApp:
             addresses=self.engine.addresses,
             tls=self.tls is not None,
             workers=self._worker.count,
-            verifier=attestation.verifier if attestation.enabled else None,
+            verifier=attestation.verifier if attestation.gated else None,
             last_reload=self.last_reload,
             certificate_expires_at=self.tls.not_after if self.tls is not None else None,
         )

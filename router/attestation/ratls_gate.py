@@ -63,6 +63,11 @@ class RaTlsGate:
         wall_clock: Callable[[], float] = time.time,
         trusted_simulator_keys: frozenset[bytes] = frozenset(),
     ) -> None:
+        if cfg.verifier == "insecure-simulator":
+            log.warning(
+                "attestation.verifier is insecure-simulator: RA-TLS certificates with quotes "
+                "signed by the SIMULATOR's key are accepted; never use it in production."
+            )
         self._cfg = cfg
         self._app_id = app_id
         self._sink = sink

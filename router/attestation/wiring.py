@@ -12,9 +12,10 @@ import httpx
 from router.attestation.manager import Attestor
 from router.attestation.ratls_gate import RaTlsGate
 from router.config import RouterConfig
+from router.connect_check import upstream_context
 from router.errors import ConfigError
 from router.models import AttestationVerdict
-from router.upstream import client_ssl_context, make_connector
+from router.upstream import make_connector
 
 
 def cloud_client(config: RouterConfig, environ: Mapping[str, str]) -> httpx.AsyncClient | None:
@@ -93,11 +94,10 @@ def build_attestor(
         )
     session = None
     if cfg.mode in ("guest-agent", "fresh"):
-        tls = config.upstream_tls
+        # With ra-tls the replica's port ends TLS with its RA-TLS certificate (no CA name
+        # check possible); what is fetched there is a quote checked on its own.
         session = aiohttp.ClientSession(
-            connector=make_connector(
-                config.discovery.connect_to, client_ssl_context(tls.verify, tls.ca_file)
-            ),
+            connector=make_connector(config.discovery.connect_to, upstream_context(config)),
             auto_decompress=False,
         )
     return Attestor(
