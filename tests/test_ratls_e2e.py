@@ -1,6 +1,7 @@
 """`attestation.connection: ra-tls` end to end, in both engines: simulated RA-TLS replicas
-(their own key, a simulator-signed quote binding it) reached directly, as through the
-gateway's TLS passthrough. A refused peer receives no request byte after the handshake."""
+(their own key, a simulator-signed quote binding it) reached through a simulated gateway TLS
+passthrough (it routes by SNI and relays raw bytes). A refused peer receives no request byte
+after the handshake."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from router.attestation.simsig import public_key_bytes
+from router.simulator.passthrough import Passthrough
 from router.simulator.quotes import simulated_os_measurement
 from router.simulator.ratls import Behaviour, Identity, RaTlsServer, SimCa
 from tests.support import eventually, running_router, static_config
@@ -31,7 +33,10 @@ def identity(n: int) -> Identity:
 async def replicas(
     *specs: tuple[str, Behaviour], ca: SimCa | None = None
 ) -> AsyncIterator[list[RaTlsServer]]:
-    servers = []
+    servers: list[RaTlsServer] = []
+    routes: dict[str, int] = {}
+    gateway = Passthrough(routes)
+    await gateway.start()
     for n, (name, behaviour) in enumerate(specs, start=1):
         host = f"{identity(n).instance_id}-8443s.dstack.test"
         server = RaTlsServer(
@@ -39,10 +44,13 @@ async def replicas(
             impersonate=identity(99),
         )  # fmt: skip
         await server.start()
+        routes[host] = server.port
+        server.gateway_port = gateway.port
         servers.append(server)
     try:
         yield servers
     finally:
+        await gateway.stop()
         for server in servers:
             await server.stop()
 
@@ -62,7 +70,8 @@ def router_config(engine: str, servers: list[RaTlsServer], **attestation: Any) -
             **attestation,
         },
     )
-    config["discovery"]["connect_to"] = {s.host: f"127.0.0.1:{s.port}" for s in servers}
+    # Every replica host dials the passthrough, which picks the CVM by SNI.
+    config["discovery"]["connect_to"] = {s.host: f"127.0.0.1:{s.gateway_port}" for s in servers}
     return config
 
 

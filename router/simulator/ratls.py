@@ -181,6 +181,7 @@ class RaTlsServer:
         self.requests = 0
         self.received: list[bytes] = []
         self.port = 0
+        self.gateway_port = 0  # the passthrough that relays to it, when one does
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._server: asyncio.Server | None = None
         self.rotate(behaviour)
