@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -31,13 +32,13 @@ def identity(n: int) -> Identity:
 
 @asynccontextmanager
 async def replicas(
-    *specs: tuple[str, Behaviour], ca: SimCa | None = None
+    *specs: tuple[str, Behaviour], ca: SimCa | None = None, first: int = 1
 ) -> AsyncIterator[list[RaTlsServer]]:
     servers: list[RaTlsServer] = []
     routes: dict[str, int] = {}
     gateway = Passthrough(routes)
     await gateway.start()
-    for n, (name, behaviour) in enumerate(specs, start=1):
+    for n, (name, behaviour) in enumerate(specs, start=first):
         host = f"{identity(n).instance_id}-8443s.dstack.test"
         server = RaTlsServer(
             name, identity(n), QUOTE_KEY, behaviour=behaviour, ca=ca, host=host,
@@ -185,3 +186,25 @@ async def test_the_data_planes_connect_step_refuses_and_the_request_moves_on(eng
             assert a.requests == before
             found = await status_of(router.admin_url)
             assert "ra_tls_key_binding_mismatch" in found[a.identity.instance_id]["reason"]
+
+
+async def test_a_pinned_kms_root_checks_the_chain_and_the_key_provider(tmp_path: Path) -> None:
+    """`attestation.kms_root`: the chain must lead to the pinned root and the attested
+    key-provider event must name it. A replica with a valid quote under another CA is refused."""
+    kms = SimCa("simulated KMS root")
+    root = tmp_path / "kms-root.pem"
+    root.write_bytes(kms.pem())
+    async with (
+        replicas(("good", "ok"), ca=kms) as pinned,
+        replicas(("rogue", "ok"), first=7) as other,
+    ):
+        rogue = other[0]  # a valid quote for its own instance, under another CA
+        servers = [*pinned, rogue]
+        config = router_config("fast", servers, kms_root=str(root))
+        async with running_router(config) as router:
+            await eventually(lambda: pinned[0].requests > 0, timeout=10)
+            answers = await get_many(router.url, 4)
+            assert {body for _, body in answers} == {"replica good"}
+            found = await status_of(router.admin_url)
+            assert not found[rogue.identity.instance_id]["routable"]
+        assert rogue.bytes_after_handshake() == 0

@@ -4,6 +4,7 @@ attestation.interval, key rotation, and how RA-TLS verdicts join the Attestor's.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -99,3 +100,28 @@ async def test_a_changed_replica_record_drops_its_cached_verdicts() -> None:
     ratls.update_replicas([replace(REPLICA, compose_hash=ME.compose_hash)])
     await ratls.check("r1.test", 8443, first)
     assert ratls.verifications == 2
+
+
+async def test_with_a_pinned_kms_root_the_key_provider_must_name_it(tmp_path: Path) -> None:
+    root, other = SimCa("pinned KMS root"), SimCa("another KMS")
+    (tmp_path / "root.pem").write_bytes(root.pem())
+    cfg = AttestationConfig(
+        connection="ra-tls",
+        verifier="insecure-simulator",
+        app_id=ME.app_id,
+        allowed_compose_hashes=(ME.compose_hash,),
+        allowed_key_providers=("kms", "local"),
+        kms_root=tmp_path / "root.pem",
+    )
+    ratls = RaTlsGate(
+        cfg, None, lambda _: None,
+        trusted_simulator_keys=frozenset({public_key_bytes(QUOTE_KEY.public_key())}),
+    )  # fmt: skip
+    ratls.update_replicas([REPLICA])
+
+    def der(ca: SimCa) -> bytes:
+        _, cert = ra_tls_certificate(ME, QUOTE_KEY, ca)
+        return cert.public_bytes(serialization.Encoding.DER)
+
+    assert await ratls.check("r1.test", 8443, der(root)) is None
+    assert await ratls.check("r1.test", 8443, der(other)) == "ra_tls_kms_not_allowed"

@@ -103,9 +103,11 @@ def ra_tls_certificate(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         report_data = binding_report_data(spki)
+        # The issuing CA plays the KMS root: the key-provider event names its SPKI.
         quote, events = make_quote(
-            identity.app_id, identity.instance_id, identity.compose_hash, report_data, key=quote_key
-        )
+            identity.app_id, identity.instance_id, identity.compose_hash, report_data,
+            key=quote_key, kms_id=spki_der(ca.cert).hex(),
+        )  # fmt: skip
         if behaviour == "tampered":
             quote = flip_bit(quote)  # one bit of report_data: the signature no longer holds
         for ext in attestation_extensions(quote, events, report_data, legacy=behaviour == "legacy"):
