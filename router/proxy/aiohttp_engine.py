@@ -399,6 +399,10 @@ class AiohttpEngine:
             length = upstream.content_length
             if length is not None and "Transfer-Encoding" not in upstream.headers:
                 response.content_length = length
+            elif request.version < aiohttp.HttpVersion11 and _may_have_body(request, status):
+                # HTTP/1.0 has no chunked coding: the client learns where the body ends only
+                # from the close (aiohttp would keep a keep-alive connection open).
+                response.force_close()
             try:
                 await response.prepare(request)
             except ConnectionResetError:
@@ -454,3 +458,7 @@ class AiohttpEngine:
         outcome.status = 101
         await relay(client, upstream, self._proxy.idle_timeout)
         return client
+
+
+def _may_have_body(request: web.BaseRequest, status: int) -> bool:
+    return request.method != "HEAD" and status >= 200 and status not in (204, 304)

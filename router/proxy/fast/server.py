@@ -383,6 +383,12 @@ class ClientConnection(asyncio.Protocol, Writer):
             self.ignore_input = True
             if self.reading is exchange:
                 return  # keep reading the rest of the body; close when it ends
+            # Pipelined requests behind an answer that ends the connection are never served:
+            # drop them and close, rather than leave the connection hanging with no timer.
+            for queued in self.queue:
+                queued.client_gone()
+            self.queue.clear()
+            self.reading = None
             self._close_when_done()
             return
         if self._paused & _BACKLOG and len(self.queue) <= _MAX_QUEUE:
