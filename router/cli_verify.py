@@ -1,9 +1,14 @@
-"""`phala-router verify https://HOST[:PORT]`: verify a dstack RA-TLS endpoint (a router in a
-CVM, a replica's passthrough port, any app using dstack RA-TLS certificates) and print what
-was proven.
+"""The RA-TLS commands.
 
-Exit codes: 0 verified; 1 no TLS session (unreachable, handshake failed); 2 bad arguments
-(e.g. a measurements file that is not valid); 3 the session's attestation does not verify.
+`phala-router attested-tls` runs in the CVM next to the app: it serves an RA-TLS key from
+dstack and relays plain bytes to the app. Exit codes: 0 stopped, 1 no key from dstack or
+the port is taken, 2 bad arguments.
+
+`phala-router verify https://HOST[:PORT]` runs anywhere: it verifies a dstack RA-TLS endpoint
+(a router in a CVM, a replica's passthrough port, any app with dstack RA-TLS certificates)
+and prints what was proven. Exit codes: 0 verified; 1 no TLS session (unreachable, handshake
+failed); 2 bad arguments (e.g. a measurements file that is not valid); 3 the session's
+attestation does not verify.
 """
 
 from __future__ import annotations
@@ -112,3 +117,35 @@ def verify(
     else:
         click.echo("\n".join(remote.proven(verdict, url)))
     sys.exit(remote.EXIT_VERIFIED if verdict.ok else remote.EXIT_REFUSED)
+
+
+@click.command("attested-tls")
+@click.option("--listen", default="0.0.0.0:8443", show_default=True, help="the TLS port")
+@click.option("--upstream", required=True, help="the app's plain HTTP HOST:PORT, e.g. app:8080")
+@click.option("--renew", default="12h", show_default=True, help="get a new RA-TLS key this often")
+@click.option(
+    "--dstack-socket", default=None,
+    help="dstack guest agent socket (default: DSTACK_SIMULATOR_ENDPOINT, /var/run/dstack.sock, ...)",
+)  # fmt: skip
+def attested_tls(listen: str, upstream: str, renew: str, dstack_socket: str | None) -> None:
+    """Inside the CVM: end TLS with an RA-TLS key from dstack, relay plain bytes to the app.
+
+    Exit codes: 0 stopped, 1 no key from dstack or the port is taken, 2 bad arguments."""
+    import asyncio
+    import logging
+
+    from router.attested_tls import serve
+    from router.settings_types import parse_duration, split_host_port
+
+    try:
+        listen_at, app_at = split_host_port(listen), split_host_port(upstream)
+        every = parse_duration(renew)
+    except ValueError as exc:
+        fail(str(exc), 2)
+    logging.basicConfig(level=logging.INFO)
+    try:
+        asyncio.run(serve(listen_at, app_at, endpoint=dstack_socket, renew=every))
+    except KeyboardInterrupt:
+        pass
+    except Exception as exc:  # dstack unreachable, port taken: a message, not a traceback
+        fail(f"attested-tls: {exc}", 1)
