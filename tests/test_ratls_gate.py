@@ -12,6 +12,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from router.attestation.ratls_gate import RaTlsGate
 from router.attestation.settings import AttestationConfig
 from router.attestation.simsig import public_key_bytes
+from router.discovery.records import parse_cvms
+from router.discovery.settings import PhalaDiscoveryConfig
 from router.models import AttestationVerdict, Replica
 from router.simulator.quotes import simulated_os_measurement
 from router.simulator.ratls import Behaviour, Identity, SimCa, ra_tls_certificate
@@ -125,3 +127,17 @@ async def test_with_a_pinned_kms_root_the_key_provider_must_name_it(tmp_path: Pa
 
     assert await ratls.check("r1.test", 8443, der(root)) is None
     assert await ratls.check("r1.test", 8443, der(other)) == "ra_tls_kms_not_allowed"
+
+
+def test_discovery_with_tls_passthrough_addresses_the_cvm_port() -> None:
+    """`discovery.phala.tls_passthrough`: <instance_id>-<port>s.<base>, TLS ends in the CVM."""
+    record = {
+        "app_id": ME.app_id, "instance_id": ME.instance_id, "vm_uuid": "u1",
+        "status": "running", "in_progress": False,
+        "gateway": {"base_domain": "dstack-prod5.phala.network"},
+        "endpoints": [{"instance": f"https://{ME.instance_id}-8443.dstack-prod5.phala.network"}],
+    }  # fmt: skip
+    cfg = PhalaDiscoveryConfig(app_id=ME.app_id, port=8443, tls_passthrough=True)
+    (replica,) = parse_cvms([record], cfg)
+    assert replica.url == f"https://{ME.instance_id}-8443s.dstack-prod5.phala.network"
+    assert replica.port == 443

@@ -3,6 +3,7 @@ client and the trusted simulator keys. Kept apart so `serve`, `attest` and the d
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 
@@ -16,6 +17,8 @@ from router.connect_check import upstream_context
 from router.errors import ConfigError
 from router.models import AttestationVerdict
 from router.upstream import make_connector
+
+log = logging.getLogger(__name__)
 
 
 def cloud_client(config: RouterConfig, environ: Mapping[str, str]) -> httpx.AsyncClient | None:
@@ -59,6 +62,12 @@ def build_ratls_gate(
     if not cfg.ra_tls:
         return None
     phala = config.discovery.phala
+    if phala is not None and not phala.tls_passthrough:
+        log.warning(
+            "attestation.connection is ra-tls but discovery.phala.tls_passthrough is off: the "
+            "gateway ends TLS with its own certificate, so every replica will be refused "
+            "(ra_tls_no_attestation). Set tls_passthrough: true and publish an RA-TLS port."
+        )
     return RaTlsGate(
         cfg,
         phala.app_id if phala else None,
