@@ -81,7 +81,11 @@ class CheckedConnector(aiohttp.TCPConnector):
     async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
         proto = await super()._create_connection(req, traces, timeout)
         host, port = req.url.raw_host or "", req.url.port or 0
-        reason = await self._peer_check(host, port, peer_leaf(proto.transport))
+        try:
+            reason = await self._peer_check(host, port, peer_leaf(proto.transport))
+        except BaseException:
+            proto.close()
+            raise
         if reason is not None:
             proto.close()
             raise aiohttp.ClientConnectorSSLError(req.connection_key, PeerRefused(reason))

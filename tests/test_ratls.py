@@ -194,3 +194,13 @@ def test_the_quote_must_be_tdx(legacy: bool) -> None:
     sgx_like = b"\x03\x00\x02\x00" + bytes(4) + bytes(700)
     der = _cert_with(attestation_extensions(sgx_like, [], bytes(64), legacy=legacy))
     assert check(der) == "ra_tls_not_tdx"
+
+
+def test_bytes_that_are_no_certificate_fail_closed() -> None:
+    assert check(b"\x30\x03\x02\x01\x00") == "ra_tls_malformed_certificate"
+
+
+@given(st.binary(max_size=400))
+def test_any_attestation_payload_gives_a_reason_never_an_exception(payload: bytes) -> None:
+    der = _cert_with([x509.UnrecognizedExtension(OID_ATTESTATION, _octet_string(payload))])
+    assert check(der).startswith("ra_tls_")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from router.attestation.eventlog import DSTACK_RUNTIME_EVENT
@@ -203,9 +204,12 @@ def read_attestation(leaf_der: bytes) -> CertAttestation:
     `unsupported_format`, `malformed_attestation`, ...) when there is none to verify."""
     try:
         cert = x509.load_der_x509_certificate(leaf_der)
-    except ValueError:
-        raise AttestationError("malformed_certificate", "the peer certificate is not DER") from None
-    spki = spki_der(cert)
+        spki = spki_der(cert)
+        cert.extensions  # noqa: B018  parsed here: duplicate or malformed extensions raise
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise AttestationError(
+            "malformed_certificate", f"the peer certificate cannot be read: {exc}"
+        ) from None
     versioned = _extension(cert, OID_ATTESTATION)
     if versioned is not None:
         if not versioned:

@@ -112,7 +112,11 @@ class RaTlsGate:
         replica = self._by_address.get((host.lower().rstrip("."), port))
         if replica is None:
             return ra_tls_reason("unknown_replica")
-        verdict = await self.verify(replica, leaf_der)
+        try:
+            verdict = await self.verify(replica, leaf_der)
+        except Exception:  # a bug must refuse the connection, never admit it
+            log.exception("replica %s: RA-TLS check failed unexpectedly; refusing", replica.id)
+            return ra_tls_reason("internal_error")
         return None if verdict.ok else verdict.reason
 
     async def verify(self, replica: Replica, leaf_der: bytes | None) -> AttestationVerdict:

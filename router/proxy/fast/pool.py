@@ -158,7 +158,11 @@ class Pool:
         if self._peer_check is not None:
             # RA-TLS: the session must end in the attested replica before a byte is sent.
             _, host, port = target.key
-            reason = await self._peer_check(host, port, peer_leaf(conn.transport))
+            try:
+                reason = await self._peer_check(host, port, peer_leaf(conn.transport))
+            except BaseException:  # cancelled (pool closing): do not leak the connection
+                conn.close()
+                raise
             if reason is not None:
                 conn.close()
                 done(None, PeerRefused(reason))
