@@ -16,6 +16,7 @@ import aiohttp
 from router.access_log import AccessLog
 from router.admin import AdminServer
 from router.attestation.wiring import build_attestor, build_ratls_gate
+from router.attested_tls import DstackServerTLS
 from router.balancing.factory import make_picker_factory
 from router.config import RouterConfig, load_config, redacted
 from router.connect_check import PeerCheck, upstream_context
@@ -76,6 +77,17 @@ def _health_session_factory(
     return lambda: make_health_session(
         config.discovery.connect_to, context, config.health, peer_check
     )
+
+
+def _server_tls(config: RouterConfig) -> ServerTLS | None:
+    tls = config.listen_tls
+    if tls is None:
+        return None
+    if tls.ra_tls:
+        return DstackServerTLS(tls.dstack_socket, tls.ra_tls_renew)
+    if tls.cert_file is None or tls.key_file is None:  # the config refuses this already
+        raise ConfigError("listen_tls needs cert_file and key_file, or ra_tls: true")
+    return ServerTLS(tls.cert_file, tls.key_file)
 
 
 def _app_id(config: RouterConfig) -> str | None:
@@ -154,11 +166,7 @@ class RouterApp:
         )
         if access_log_enabled:
             self.observers.observers.append(AccessLog())
-        self.tls = (
-            ServerTLS(config.listen_tls.cert_file, config.listen_tls.key_file)
-            if config.listen_tls is not None
-            else None
-        )
+        self.tls = _server_tls(config)
         self.engine: Engine
         if config.proxy.engine == "fast":
             self.engine = FastEngine(
@@ -367,6 +375,8 @@ class RouterApp:
         self._spawn(self.history.run())
         if self.attestor is not None:
             self._spawn(self.attestor.run())
+        if isinstance(self.tls, DstackServerTLS):
+            await self.tls.refresh()  # the RA-TLS key before the listener opens
         try:
             await self.engine.start()
         except OSError as exc:

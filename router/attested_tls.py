@@ -19,6 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
+from router.tls import ServerTLS, new_server_context
+
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
@@ -129,3 +133,35 @@ async def serve(listen: tuple[str, int], upstream: tuple[str, int], **options: A
         await asyncio.Event().wait()
     finally:
         await sidecar.stop()
+
+
+class DstackServerTLS(ServerTLS):
+    """`listen_tls.ra_tls`: the router's own listener serves an RA-TLS key from dstack, so a
+    client can verify the router itself. Same interface as the file-based ServerTLS: one
+    context for the listener's life, a renewed key loaded into it for new handshakes."""
+
+    def __init__(self, endpoint: str | None, renew: float = DEFAULT_RENEW) -> None:
+        # No files to read: the key comes from dstack in refresh(), before the listener opens.
+        self.endpoint = endpoint
+        self.renew = renew
+        self.context = new_server_context()
+        self.not_after = None
+
+    async def refresh(self) -> None:
+        key, chain = await fetch_tls_key(self.endpoint)
+        load_key(self.context, key, chain)
+        self.not_after = x509.load_pem_x509_certificate(
+            chain[0].encode()
+        ).not_valid_after_utc.timestamp()
+        log.info("listen_tls: serving a new RA-TLS key from dstack")
+
+    def reload(self) -> bool:
+        return False  # nothing to re-read: the key is renewed on its own schedule
+
+    async def watch(self, interval: float = 0.0) -> None:
+        while True:
+            await asyncio.sleep(self.renew)
+            try:
+                await self.refresh()
+            except Exception as exc:  # keep serving the current key; try again next time
+                log.warning("listen_tls: RA-TLS key renewal failed (%s); keeping the key", exc)

@@ -19,7 +19,7 @@ from cryptography import x509
 log = logging.getLogger(__name__)
 
 
-def _new_context() -> ssl.SSLContext:
+def new_server_context() -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
@@ -30,7 +30,7 @@ class ServerTLS:
     def __init__(self, cert_file: Path, key_file: Path) -> None:
         self.cert_file = cert_file
         self.key_file = key_file
-        self.context = _new_context()
+        self.context = new_server_context()
         self.context.load_cert_chain(str(cert_file), str(key_file))
         self._stamp = self._mtimes()
         self.not_after = _not_after(cert_file)
@@ -49,7 +49,7 @@ class ServerTLS:
         """Load the files again; True when the served certificate changed."""
         self._stamp = self._mtimes()
         try:
-            _new_context().load_cert_chain(str(self.cert_file), str(self.key_file))
+            new_server_context().load_cert_chain(str(self.cert_file), str(self.key_file))
         except (OSError, ssl.SSLError) as exc:
             log.error(
                 "listen_tls: new certificate %s refused (%s); still serving the previous one",

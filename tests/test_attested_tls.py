@@ -15,8 +15,11 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from router.attestation import remote
+from router.attestation.claims import Expectation
 from router.attestation.simsig import public_key_bytes
 from router.attested_tls import AttestedTls
+from router.connect_check import ra_tls_context
 from router.simulator.quotes import simulated_os_measurement
 from router.simulator.ratls import Identity, SimCa, ra_tls_certificate
 from tests.support import eventually, running_router, static_config
@@ -54,28 +57,44 @@ async def serve(app: web.Application, site: type[web.BaseSite], **kw: Any) -> we
 
 
 @pytest.fixture
-async def sidecar() -> AsyncIterator[tuple[AttestedTls, int, FakeDstack]]:
-    async def hello(request: web.Request) -> web.Response:
-        return web.Response(text=f"app says hi to {request.path}")
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", hello)
-    app_runner = await serve(app, web.TCPSite, host="127.0.0.1", port=0)
-    app_port = app_runner.addresses[0][1]
+async def fake_dstack() -> AsyncIterator[tuple[str, FakeDstack]]:
     with tempfile.TemporaryDirectory(prefix="dstack", dir="/tmp") as folder:
         socket = Path(folder) / "dstack.sock"
         dstack = FakeDstack()
         dstack_app = web.Application()
         dstack_app.router.add_post("/GetTlsKey", dstack.get_tls_key)
-        dstack_runner = await serve(dstack_app, web.UnixSite, path=str(socket))
-        side = AttestedTls(("127.0.0.1", app_port), endpoint=str(socket), renew=3600)
-        port = await side.start("127.0.0.1", 0)
+        runner = await serve(dstack_app, web.UnixSite, path=str(socket))
         try:
-            yield side, port, dstack
+            yield str(socket), dstack
         finally:
-            await side.stop()
-            await dstack_runner.cleanup()
-            await app_runner.cleanup()
+            await runner.cleanup()
+
+
+@pytest.fixture
+async def plain_app() -> AsyncIterator[int]:
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text=f"app says hi to {request.path}")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", hello)
+    runner = await serve(app, web.TCPSite, host="127.0.0.1", port=0)
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def sidecar(
+    fake_dstack: tuple[str, FakeDstack], plain_app: int
+) -> AsyncIterator[tuple[AttestedTls, int, FakeDstack]]:
+    socket, dstack = fake_dstack
+    side = AttestedTls(("127.0.0.1", plain_app), endpoint=socket, renew=3600)
+    port = await side.start("127.0.0.1", 0)
+    try:
+        yield side, port, dstack
+    finally:
+        await side.stop()
 
 
 async def test_the_router_reaches_the_app_through_the_sidecars_attested_tls(
@@ -109,3 +128,36 @@ async def test_the_router_reaches_the_app_through_the_sidecars_attested_tls(
         await side.refresh()  # a renewed key: the next new connection is verified again
         await eventually(lambda: gate.verifications > before, timeout=10)
         assert await answered()
+
+
+async def test_a_router_with_listen_tls_ra_tls_can_be_verified_by_a_client(
+    fake_dstack: tuple[str, FakeDstack], plain_app: int
+) -> None:
+    """`listen_tls.ra_tls`: the router in a CVM serves dstack's RA-TLS key; what
+    `phala-router verify` runs proves the router's identity, and traffic flows over it."""
+    socket, dstack = fake_dstack
+    config = static_config(
+        [("app", f"http://127.0.0.1:{plain_app}")],
+        listen=None,
+        listen_tls={"listen": "127.0.0.1:0", "ra_tls": True, "dstack_socket": socket},
+        health={"interval": "0.2s", "healthy_threshold": 1},
+    )
+    async with running_router(config) as router:
+        port = router.app.engine.addresses[0][1]
+        endpoint = remote.Endpoint(HOST, port)
+        leaf = await remote.fetch_leaf(endpoint, 5.0, connect_host="127.0.0.1")
+        expect = Expectation(ME.app_id, ME.instance_id, frozenset({ME.compose_hash}))
+        verdict = await remote.verify_endpoint(
+            leaf, expect, None, verifier="insecure-simulator",
+            trusted_simulator_keys=frozenset({public_key_bytes(QUOTE_KEY.public_key())}),
+        )  # fmt: skip
+        assert verdict.ok, verdict.reason
+        assert dstack.requests[0]["usage_ra_tls"] is True
+        connector = aiohttp.TCPConnector(ssl=ra_tls_context())
+        async with aiohttp.ClientSession(connector=connector) as client:
+
+            async def answered() -> bool:
+                async with client.get(f"https://127.0.0.1:{port}/x") as response:
+                    return await response.text() == "app says hi to /x"
+
+            await eventually(answered, timeout=10)
