@@ -23,8 +23,8 @@ from typing import Any
 
 import aiohttp
 
-from router.config import RouterConfig
-from router.upstream import client_ssl_context
+from router.proxy.settings import UpstreamTLSConfig
+from router.reach import client_ssl_context
 
 # (replica host, port, leaf DER or None for plain TCP) -> None when attested, else a reason.
 PeerCheck = Callable[[str, int, bytes | None], Awaitable[str | None]]
@@ -51,12 +51,13 @@ def ra_tls_context(kms_root: Path | None = None) -> ssl.SSLContext:
     return context
 
 
-def upstream_context(config: RouterConfig) -> ssl.SSLContext:
+def upstream_context(
+    upstream_tls: UpstreamTLSConfig, ra_tls: bool = False, kms_root: Path | None = None
+) -> ssl.SSLContext:
     """The TLS context of every connection to replicas (traffic and health checks)."""
-    if config.attestation.ra_tls:
-        return ra_tls_context(config.attestation.kms_root)
-    tls = config.upstream_tls
-    return client_ssl_context(tls.verify, tls.ca_file)
+    if ra_tls:
+        return ra_tls_context(kms_root)
+    return client_ssl_context(upstream_tls.verify, upstream_tls.ca_file)
 
 
 def peer_leaf(transport: asyncio.BaseTransport | None) -> bytes | None:
