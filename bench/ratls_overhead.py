@@ -41,8 +41,8 @@ from router.attestation.ratls_cert import attestation_extensions
 from router.attestation.ratls_gate import RaTlsGate
 from router.attestation.settings import AttestationConfig
 from router.attestation.simsig import public_key_bytes
-from router.connect_check import peer_leaf, ra_tls_context
 from router.models import Replica
+from router.reach import peer_leaf, ra_tls_context
 from router.simulator.quotes import simulated_os_measurement
 from router.simulator.ratls import Identity, RaTlsServer, SimCa, ra_tls_certificate
 

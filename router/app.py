@@ -21,7 +21,6 @@ from router.compose import (
     proxy_settings,
 )
 from router.config import RouterConfig, load_config, redacted
-from router.connect_check import PeerCheck
 from router.discovery.static import static_replicas
 from router.dns.service import DnsService
 from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
@@ -32,7 +31,7 @@ from router.operator import OperatorActions
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers
 from router.proxy.fast import FastEngine
-from router.reach import ConnectTo
+from router.reach import ConnectTo, PeerCheck
 from router.reconciler import Reconciler
 from router.reload_plan import plan_reload
 from router.snapshot import Snapshot

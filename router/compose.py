@@ -19,7 +19,6 @@ from router.attestation.manager import Attestor
 from router.attestation.ratls_gate import RaTlsGate
 from router.balancing.factory import make_picker_factory
 from router.config import RouterConfig
-from router.connect_check import PeerCheck, upstream_context
 from router.discovery.phala import PhalaDiscovery
 from router.errors import ConfigError
 from router.health.active import HealthChecker
@@ -27,7 +26,7 @@ from router.health.probe import make_health_session
 from router.models import AttestationVerdict, Replica
 from router.proxy.headers import edge_names
 from router.proxy.settings import ProxySettings
-from router.reach import make_connector
+from router.reach import PeerCheck, make_connector, upstream_context
 from router.reconciler import Reconciler
 from router.snapshot import Policy
 

@@ -19,7 +19,7 @@ from router.attestation import remote
 from router.attestation.claims import Expectation
 from router.attestation.simsig import public_key_bytes
 from router.attested_tls import AttestedTls
-from router.connect_check import ra_tls_context
+from router.reach import ra_tls_context
 from router.simulator.quotes import simulated_os_measurement
 from router.simulator.ratls import Identity, SimCa, ra_tls_certificate
 from tests.support import eventually, running_router, static_config

@@ -20,9 +20,9 @@ from router.attestation.ratls import ra_tls_reason, verify_attestation
 from router.attestation.ratls_cert import read_attestation
 from router.attestation.report import verdict_to_dict
 from router.attestation.verify import Verifier
-from router.connect_check import peer_leaf, ra_tls_context
 from router.errors import AttestationError
 from router.models import AttestationVerdict
+from router.reach import peer_leaf, ra_tls_context
 
 EXIT_VERIFIED = 0
 EXIT_UNREACHABLE = 1  # no TLS session (DNS, connect, handshake)

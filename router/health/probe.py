@@ -45,7 +45,7 @@ def make_health_session(
     """
     keepalive = 2 * cfg.interval * (1 + cfg.interval_jitter_percent / 100) + cfg.timeout
     if peer_check is not None:
-        # RA-TLS (`peer_check`, a router.connect_check.PeerCheck): every probe dials and
+        # RA-TLS (`peer_check`, a router.reach.PeerCheck): every probe dials and
         # verifies a new session (cheap from the verdict cache), keeping the verdict fresh.
         keepalive = cfg.interval / 2
     connector = make_connector(

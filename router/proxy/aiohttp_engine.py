@@ -21,7 +21,6 @@ from yarl import URL
 
 from router import acme
 from router.balancing.base import RequestContext
-from router.connect_check import PeerCheck, upstream_context
 from router.errors import (
     ClientRequestError,
     ProxyError,
@@ -69,7 +68,7 @@ from router.proxy.headers import (
 from router.proxy.retry import RetryPolicy, classify_client_error
 from router.proxy.retry_budget import Retrier
 from router.proxy.settings import ProxySettings
-from router.reach import make_connector
+from router.reach import PeerCheck, make_connector, upstream_context
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
 

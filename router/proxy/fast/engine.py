@@ -8,7 +8,6 @@ import contextlib
 import logging
 import ssl
 
-from router.connect_check import PeerCheck, upstream_context
 from router.proxy.admission import Admission
 from router.proxy.base import InFlightCounter, Observers, SnapshotSource
 from router.proxy.fast.pool import Pool
@@ -17,7 +16,7 @@ from router.proxy.headers import TrustedProxies
 from router.proxy.retry import RetryPolicy
 from router.proxy.retry_budget import Retrier
 from router.proxy.settings import ProxySettings
-from router.reach import ConnectTo
+from router.reach import ConnectTo, PeerCheck, upstream_context
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
 

@@ -14,12 +14,11 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from router.connect_check import PeerCheck, PeerRefused, peer_leaf
 from router.failures import CONNECT, CONNECT_TIMEOUT, TLS
 from router.models import Replica
 from router.proxy.fast.outbox import Outbox
 from router.proxy.fast.upstream import PoolKey, UpstreamConnection
-from router.reach import ConnectTo
+from router.reach import ConnectTo, PeerCheck, PeerRefused, peer_leaf
 
 log = logging.getLogger(__name__)
 
