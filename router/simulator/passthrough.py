@@ -86,6 +86,8 @@ class Passthrough:
         self._open |= {writer, up_writer}
         try:
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        except asyncio.CancelledError:
+            pass  # the simulator is stopping: its relays end with it
         finally:
             self._open -= {writer, up_writer}
 
