@@ -14,6 +14,7 @@ from typing import Any
 from router.access_log import AccessLog
 from router.admin import AdminServer, MetricsSource
 from router.app_planes import OtherApps, app_summaries, check_apps_reload, engine_settings
+from router.attested_tls import DstackServerTLS
 from router.compose import (
     build_control_plane,
     health_session_factory,
@@ -30,7 +31,7 @@ from router.operator import OperatorActions
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers
 from router.proxy.fast import FastEngine
-from router.reach import ConnectTo
+from router.reach import ConnectTo, PeerCheck
 from router.reconciler import Reconciler
 from router.reload_plan import plan_reload
 from router.snapshot import Snapshot
@@ -48,6 +49,17 @@ class ReloadResult:
     applied: list[str] = field(default_factory=list)
     restart_required: list[str] = field(default_factory=list)
     error: str | None = None
+
+
+def _server_tls(config: RouterConfig) -> ServerTLS | None:
+    tls = config.listen_tls
+    if tls is None:
+        return None
+    if tls.ra_tls:
+        return DstackServerTLS(tls.dstack_socket, tls.ra_tls_renew)
+    if tls.cert_file is None or tls.key_file is None:  # the config refuses this already
+        raise ConfigError("listen_tls needs cert_file and key_file, or ra_tls: true")
+    return ServerTLS(tls.cert_file, tls.key_file)
 
 
 def _app_id(config: RouterConfig) -> str | None:
@@ -119,11 +131,9 @@ class RouterApp:
         )
         if access_log_enabled:
             self.observers.observers.append(AccessLog())
-        self.tls = (
-            ServerTLS(config.listen_tls.cert_file, config.listen_tls.key_file)
-            if config.listen_tls is not None
-            else None
-        )
+        self.tls = _server_tls(config)
+        self.ratls_gate = self.plane.ratls_gate
+        peer_check = self._peer_check()
         self.engine: Engine
         if config.proxy.engine == "fast":
             self.engine = FastEngine(
@@ -134,6 +144,7 @@ class RouterApp:
                 reuse_port=worker_count(config) > 1,
                 tls=self.tls,
                 apps=directory,
+                peer_check=peer_check,
             )
         elif config.proxy.engine == "envoy":
             from router.proxy.envoy.engine import EnvoyEngine  # only with the [envoy] extra
@@ -153,6 +164,7 @@ class RouterApp:
                 self.in_flight,
                 tls=self.tls,
                 apps=directory,
+                peer_check=peer_check,
             )
         self.admin = AdminServer(
             config.admin.listen, self, self._admin_token(), metrics=self._metrics_render()
@@ -269,7 +281,7 @@ class RouterApp:
             addresses=self.engine.addresses,
             tls=self.tls is not None,
             workers=self._worker.count,
-            verifier=attestation.verifier if attestation.enabled else None,
+            verifier=attestation.verifier if attestation.gated else None,
             last_reload=self.last_reload,
             certificate_expires_at=self.tls.not_after if self.tls is not None else None,
         )
@@ -289,6 +301,10 @@ class RouterApp:
 
     async def recheck(self, replica_id: str | None, app: str | None = None) -> None:
         await self._actions_of(app).recheck(replica_id)
+
+    def _peer_check(self) -> PeerCheck | None:
+        gate = self.plane.ratls_gate
+        return gate.check if gate is not None else None
 
     def set_replicas(self, replicas: Sequence[Replica]) -> None:
         self.plane.set_replicas(replicas)
@@ -331,7 +347,9 @@ class RouterApp:
             self.set_replicas(static_replicas(new.discovery.static))
         if "health" in plan.apply or "upstream" in plan.apply:
             reach = "upstream" in plan.apply
-            self.health.reconfigure(new.health, health_session_factory(new) if reach else None)
+            self.health.reconfigure(
+                new.health, health_session_factory(new, self._peer_check()) if reach else None
+            )
         if "routing" in plan.apply or "health" in plan.apply:
             self.reconciler.set_policy(policy)  # panic_threshold, slow_start live in health
         result = ReloadResult(applied=list(plan.apply), restart_required=plan.restart_required)
@@ -364,6 +382,8 @@ class RouterApp:
         self._spawn(self.history.run())
         if self.attestor is not None:
             self._spawn(self.attestor.run())
+        if isinstance(self.tls, DstackServerTLS):
+            await self.tls.refresh()  # the RA-TLS key before the listener opens
         for app in self.apps.planes:
             await app.start()
         try:

@@ -298,8 +298,11 @@ def _add_subcommands() -> None:
     """Command groups that live in their own modules (router/cli_*.py)."""
     from router.cli_config import config_schema
     from router.cli_dns import dns
+    from router.cli_verify import attested_tls, verify
 
     main.add_command(dns)
+    main.add_command(verify)
+    main.add_command(attested_tls)
     main.add_command(config_schema)
 
 

@@ -5,7 +5,9 @@ reconciler + health + attestation, health and verdicts -> reconciler) exists onc
 
 from __future__ import annotations
 
+import logging
 import os
+import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ import aiohttp
 import httpx
 
 from router.attestation.manager import Attestor
+from router.attestation.ratls_gate import RaTlsGate
 from router.balancing.factory import make_picker_factory
 from router.config import RouterConfig
 from router.discovery.phala import PhalaDiscovery
@@ -23,9 +26,11 @@ from router.health.probe import make_health_session
 from router.models import AttestationVerdict, Replica
 from router.proxy.headers import edge_names
 from router.proxy.settings import ProxySettings
-from router.reach import client_ssl_context, make_connector
+from router.reach import PeerCheck, make_connector, upstream_context
 from router.reconciler import Reconciler
 from router.snapshot import Policy
+
+log = logging.getLogger(__name__)
 
 
 def proxy_settings(config: RouterConfig) -> ProxySettings:
@@ -44,6 +49,8 @@ def proxy_settings(config: RouterConfig) -> ProxySettings:
             geo.country_headers,
             (geo.latitude_header, geo.longitude_header),
         ),
+        ra_tls=config.attestation.ra_tls,
+        kms_root=config.attestation.kms_root,
     )
 
 
@@ -59,16 +66,25 @@ def policy_from_config(config: RouterConfig, environ: Mapping[str, str] | None =
         else frozenset(routing.compose_hashes),
         panic_threshold=config.health.panic_threshold,
         slow_start=config.health.slow_start,
-        attestation_required=config.attestation.enabled,
+        attestation_required=config.attestation.gated,
         attestation_max_age=config.attestation.effective_max_age,
     )
 
 
-def health_session_factory(config: RouterConfig) -> Callable[[], aiohttp.ClientSession]:
-    """Health checks reach replicas exactly like traffic: same connect_to, TLS and SNI."""
-    tls = config.upstream_tls
-    context = client_ssl_context(tls.verify, tls.ca_file)
-    return lambda: make_health_session(config.discovery.connect_to, context, config.health)
+def _upstream_context(config: RouterConfig) -> ssl.SSLContext:
+    cfg = config.attestation
+    return upstream_context(config.upstream_tls, cfg.ra_tls, cfg.kms_root)
+
+
+def health_session_factory(
+    config: RouterConfig, peer_check: PeerCheck | None = None
+) -> Callable[[], aiohttp.ClientSession]:
+    """Health checks reach replicas exactly like traffic: same connect_to, TLS, SNI and
+    RA-TLS check."""
+    context = _upstream_context(config)
+    return lambda: make_health_session(
+        config.discovery.connect_to, context, config.health, peer_check
+    )
 
 
 def cloud_client(config: RouterConfig, environ: Mapping[str, str]) -> httpx.AsyncClient | None:
@@ -128,11 +144,10 @@ def build_attestor(
         )
     session = None
     if cfg.mode in ("guest-agent", "fresh"):
-        tls = config.upstream_tls
+        # With ra-tls the replica's port ends TLS with its RA-TLS certificate (no CA name
+        # check possible); what is fetched there is a quote checked on its own.
         session = aiohttp.ClientSession(
-            connector=make_connector(
-                config.discovery.connect_to, client_ssl_context(tls.verify, tls.ca_file)
-            ),
+            connector=make_connector(config.discovery.connect_to, _upstream_context(config)),
             auto_decompress=False,
         )
     phala = config.discovery.phala
@@ -148,6 +163,37 @@ def build_attestor(
     )
 
 
+def build_ratls_gate(
+    config: RouterConfig,
+    sink: Callable[[AttestationVerdict], None],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    trusted_simulator_keys: frozenset[bytes] = frozenset(),
+) -> RaTlsGate | None:
+    """The RA-TLS gate when `attestation.connection: ra-tls`, else None."""
+    cfg = config.attestation
+    if not cfg.ra_tls:
+        return None
+    keys = trusted_simulator_keys | {bytes.fromhex(k) for k in cfg.simulator_public_keys}
+    problem = _attestation_problem(config, keys)
+    if problem:
+        raise ConfigError(problem)
+    phala = config.discovery.phala
+    if phala is not None and not phala.tls_passthrough:
+        log.warning(
+            "attestation.connection is ra-tls but discovery.phala.tls_passthrough is off: the "
+            "gateway ends TLS with its own certificate, so every replica will be refused "
+            "(ra_tls_no_attestation). Set tls_passthrough: true and publish an RA-TLS port."
+        )
+    return RaTlsGate(
+        cfg,
+        phala.app_id if phala else None,
+        sink,
+        clock=clock,
+        trusted_simulator_keys=frozenset(keys),
+    )
+
+
 @dataclass
 class ControlPlane:
     """Discovery, health checking and attestation, each reporting to one reconciler by a
@@ -158,10 +204,15 @@ class ControlPlane:
     health: HealthChecker
     discovery: PhalaDiscovery | None
     attestor: Attestor | None
+    # attestation.connection: ra-tls: checks new upstream connections; joins its verdicts
+    # with the Attestor's before they reach the reconciler.
+    ratls_gate: RaTlsGate | None = None
     verdict_observers: list[Callable[[AttestationVerdict], None]] = field(default_factory=list)
 
     def set_replicas(self, replicas: Sequence[Replica]) -> None:
         """Every discovery result goes to the reconciler, health checking and attestation."""
+        if self.ratls_gate is not None:
+            self.ratls_gate.update_replicas(replicas)  # before anything dials them
         self.reconciler.set_replicas(replicas)
         self.health.update_replicas(replicas)
         if self.attestor is not None:
@@ -191,20 +242,27 @@ def build_control_plane(
 ) -> ControlPlane:
     """Wire discovery, health and attestation to `reconciler`. `discover=False` leaves the
     running discovery out (the one-shot commands discover once themselves)."""
+    # The gate reports like the Attestor, through the plane built next (late binding).
+    gate = build_ratls_gate(
+        config,
+        lambda verdict: plane.on_verdict(verdict),
+        clock=clock,
+        trusted_simulator_keys=trusted_simulator_keys,
+    )
     health = HealthChecker(
         config.health,
         lambda rid, view, urgent: reconciler.set_health(rid, view, urgent=urgent),
-        health_session_factory(config),
+        health_session_factory(config, gate.check if gate is not None else None),
         clock=clock,
     )
-    plane = ControlPlane(reconciler, health, None, None)
+    plane = ControlPlane(reconciler, health, None, None, ratls_gate=gate)
     if discover and config.discovery.phala is not None:
         plane.discovery = PhalaDiscovery(
             config.discovery.phala, plane.set_replicas, environ=environ, clock=clock
         )
     plane.attestor = build_attestor(
         config,
-        plane.on_verdict,
+        plane.on_verdict if plane.ratls_gate is None else plane.ratls_gate.attestor_verdict,
         environ=environ,
         clock=clock,
         trusted_simulator_keys=trusted_simulator_keys,

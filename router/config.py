@@ -120,6 +120,14 @@ class RouterConfig(Frozen):
                     "apps: several apps are not mapped to Envoy virtual hosts yet; use "
                     "proxy.engine: fast (or aiohttp) with apps, or one app with envoy"
                 )
+        if self.proxy.engine == "envoy" and (
+            self.attestation.connection == "ra-tls"
+            or (self.listen_tls is not None and self.listen_tls.ra_tls)
+        ):
+            raise ValueError(
+                "proxy.engine: envoy does not check RA-TLS certificates yet (attestation."
+                "connection: ra-tls, listen_tls.ra_tls): use proxy.engine: fast or aiohttp"
+            )
         if self.discovery.static is not None:
             problem = unbound_problem(self.discovery.static, self.attestation)
             if problem:

@@ -36,7 +36,7 @@ def server_name(ssl_object: object) -> str | None:
     return name if isinstance(name, str) else None
 
 
-def _new_context() -> ssl.SSLContext:
+def new_server_context() -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
@@ -48,7 +48,7 @@ class ServerTLS:
     def __init__(self, cert_file: Path, key_file: Path) -> None:
         self.cert_file = cert_file
         self.key_file = key_file
-        self.context = _new_context()
+        self.context = new_server_context()
         self.context.load_cert_chain(str(cert_file), str(key_file))
         self._stamp = self._mtimes()
         self.not_after = _not_after(cert_file)
@@ -67,7 +67,7 @@ class ServerTLS:
         """Load the files again; True when the served certificate changed."""
         self._stamp = self._mtimes()
         try:
-            _new_context().load_cert_chain(str(self.cert_file), str(self.key_file))
+            new_server_context().load_cert_chain(str(self.cert_file), str(self.key_file))
         except (OSError, ssl.SSLError) as exc:
             log.error(
                 "listen_tls: new certificate %s refused (%s); still serving the previous one",

@@ -84,6 +84,10 @@ def test_minimal_config_gets_safe_defaults() -> None:
             "upstream_tls.ca_file: '/nonexistent/ca.pem' is not a readable file",
         ),
         ([1, 2], "the config must be a YAML mapping"),
+        (
+            with_(proxy={"engine": "envoy"}, attestation={"connection": "ra-tls"}),
+            "proxy.engine: envoy does not check RA-TLS certificates yet",
+        ),
     ],
 )
 def test_bad_values_name_field_value_and_rule(data: Any, expected: str) -> None:

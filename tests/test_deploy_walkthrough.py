@@ -93,6 +93,7 @@ def test_walkthrough_config_steps_run_as_written(tmp_path: Path) -> None:
 
     loaded = load_config(config, {})
     assert loaded.listen_tls is not None
+    assert loaded.listen_tls.cert_file is not None
     assert loaded.listen_tls.cert_file.is_file()
     assert str(loaded.acme_webroot).endswith("/var/lib/phala-router/acme")
 

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from cryptography import x509
 from pydantic import Field, field_validator, model_validator
 
 from router.attestation.measurements import OsMeasurement, read_measurements_file
@@ -143,6 +144,12 @@ class AttestationConfig(Frozen):
     # With verifier insecure-simulator: the simulator public keys (hex, as printed by
     # `phala-router simulate`) whose signatures are accepted instead of Intel's.
     simulator_public_keys: tuple[str, ...] = ()
+    # `ra-tls`: every upstream TLS session must end in the attested replica: its leaf
+    # certificate's quote is verified before any request byte is written (`ratls.py`).
+    connection: Literal["any", "ra-tls"] = "any"
+    # PEM of the KMS root CA: with ra-tls the chain must lead to it and the attested
+    # key-provider event must name it. Unset: the quote alone authenticates the session.
+    kms_root: Path | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -229,9 +236,29 @@ class AttestationConfig(Frozen):
             )
         return self
 
+    @field_validator("kms_root")
+    @classmethod
+    def _kms_root(cls, value: Path | None) -> Path | None:
+        if value is None:
+            return value
+        try:
+            x509.load_pem_x509_certificate(value.read_bytes())
+        except (OSError, ValueError):
+            raise ValueError(f"{str(value)!r} is not a readable PEM certificate") from None
+        return value
+
     @property
     def enabled(self) -> bool:
         return self.mode != "off"
+
+    @property
+    def ra_tls(self) -> bool:
+        return self.connection == "ra-tls"
+
+    @property
+    def gated(self) -> bool:
+        """Replicas need a passing verdict: a mode is on, or RA-TLS connections are."""
+        return self.enabled or self.ra_tls
 
     @property
     def effective_max_age(self) -> float:

@@ -79,6 +79,8 @@ class Evidence:
     source: str = ""
     # The report_data the source says the quote carries (guest agent, quote server).
     report_data: bytes | None = None
+    # Which RTMRs the event log must replay to: an RA-TLS certificate carries RTMR3 only.
+    replay_imrs: tuple[int, ...] = (0, 1, 2, 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +230,7 @@ def verify_evidence(
             os_image_hash=_os_image_hash(evidence.vm_config, claims.os_image_hash),
             key_provider=claims.key_provider,
         )
-        bad = first_mismatch(events, quote.rtmrs)
+        bad = first_mismatch(events, quote.rtmrs, evidence.replay_imrs)
         if bad is not None:
             raise AttestationError(
                 f"rtmr_mismatch:{bad}",

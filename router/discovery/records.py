@@ -158,8 +158,9 @@ def _to_replica(f: _Fields, cfg: PhalaDiscoveryConfig) -> Replica:
     ident = f.instance_id or f.vm_uuid
     if not ident:
         raise _BadRecord("neither 'instance_id' nor 'vm_uuid' is set")
-    label = f"{f.instance_id or f.vm_uuid}-{cfg.port}"
-    host = _matching_host(f.instance_urls, f.instance_id, cfg.port)
+    suffix = "s" if cfg.tls_passthrough else ""  # the gateway relays TLS to the CVM
+    label = f"{f.instance_id or f.vm_uuid}-{cfg.port}{suffix}"
+    host = _matching_host(f.instance_urls, f.instance_id, cfg.port, suffix)
     if host is None:
         domain = f.base_domain or cfg.base_domain
         if not domain:
@@ -204,12 +205,14 @@ def _platform_status(f: _Fields) -> str:
     return status
 
 
-def _matching_host(urls: list[str], instance_id: str | None, port: int) -> str | None:
+def _matching_host(
+    urls: list[str], instance_id: str | None, port: int, suffix: str = ""
+) -> str | None:
     """The host of the record's own instance URL for this port, when it lists one."""
     if not instance_id:
         return None
-    wanted = {f"{instance_id}-{port}".lower()}
-    if port == 80:
+    wanted = {f"{instance_id}-{port}{suffix}".lower()}
+    if port == 80 and not suffix:
         wanted.add(instance_id.lower())  # the gateway's default port needs no suffix
     for url in urls:
         host = (urlsplit(url).hostname or "") if "://" in url else url.split("/")[0]

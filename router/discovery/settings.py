@@ -37,6 +37,9 @@ class PhalaDiscoveryConfig(Frozen):
     # The app's port on the replica: the URL is {scheme}://{instance_id}-{port}.{base_domain}.
     port: int = Field(80, ge=1, le=65535)
     scheme: Literal["https", "http"] = "https"
+    # Reach replicas through the gateway's TLS passthrough, {instance_id}-{port}s.{base}: TLS
+    # then ends inside the CVM (needed by attestation.connection: ra-tls).
+    tls_passthrough: bool = False
     interval: PositiveDuration = 15.0
     timeout: PositiveDuration = 10.0
     # Failed refreshes retry with jitter, backing off exponentially up to this. None (the

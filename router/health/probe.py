@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import aiohttp
 from yarl import URL
@@ -32,7 +33,10 @@ def health_url(replica: Replica, path: str) -> URL:
 
 
 def make_health_session(
-    connect_to: Mapping[str, str], tls: ssl.SSLContext, cfg: HealthConfig
+    connect_to: Mapping[str, str],
+    tls: ssl.SSLContext,
+    cfg: HealthConfig,
+    peer_check: Any = None,
 ) -> aiohttp.ClientSession:
     """A session of its own for checks (so probes never queue behind traffic), with the
     traffic's connect_to and TLS context. At most `max_concurrency` checks are on the wire
@@ -40,8 +44,16 @@ def make_health_session(
     new TCP/TLS handshake; aiohttp retries a GET once when a kept connection turns out stale.
     """
     keepalive = 2 * cfg.interval * (1 + cfg.interval_jitter_percent / 100) + cfg.timeout
+    if peer_check is not None:
+        # RA-TLS (`peer_check`, a router.reach.PeerCheck): every probe dials and
+        # verifies a new session (cheap from the verdict cache), keeping the verdict fresh.
+        keepalive = cfg.interval / 2
     connector = make_connector(
-        connect_to, tls, limit=cfg.max_concurrency, keepalive_timeout=keepalive
+        connect_to,
+        tls,
+        limit=cfg.max_concurrency,
+        keepalive_timeout=keepalive,
+        peer_check=peer_check,
     )
     return aiohttp.ClientSession(
         connector=connector,

@@ -70,7 +70,7 @@ from router.proxy.headers import (
 from router.proxy.retry import RetryPolicy, classify_client_error
 from router.proxy.retry_budget import Retrier
 from router.proxy.settings import ProxySettings
-from router.reach import client_ssl_context, make_connector
+from router.reach import PeerCheck, make_connector, upstream_context
 from router.settings_types import split_host_port
 from router.tls import ServerTLS, server_name
 
@@ -103,9 +103,11 @@ class AiohttpEngine:
         in_flight: InFlightCounter,
         tls: ServerTLS | None = None,
         apps: AppDirectory | None = None,
+        peer_check: PeerCheck | None = None,
     ) -> None:
         self._config = config
         self._tls = tls
+        self._peer_check = peer_check
         self._proxy = config.proxy
         # One app (the single-app layout) unless a directory of several is given.
         self._apps = apps or AppDirectory.single(snapshots)
@@ -138,11 +140,11 @@ class AiohttpEngine:
         return (len(server.connections) if server is not None else 0), self._accepted
 
     def _new_session(self) -> aiohttp.ClientSession:
-        tls = self._config.upstream_tls
         connector = make_connector(
             self._config.connect_to,
-            client_ssl_context(tls.verify, tls.ca_file),
+            upstream_context(self._config.upstream_tls, self._config.ra_tls, self._config.kms_root),
             keepalive_timeout=self._proxy.idle_timeout,
+            peer_check=self._peer_check,
         )
         return aiohttp.ClientSession(
             connector=connector,

@@ -139,19 +139,35 @@ class ListenTLSConfig(Frozen):
     """TLS on the router's own listener (in addition to, or instead of, `listen`)."""
 
     listen: HostPort
-    cert_file: Path
-    key_file: Path
+    # Required unless ra_tls.
+    cert_file: Path | None = None
+    key_file: Path | None = None
     # Answer plain-HTTP requests on `listen` with a redirect to https.
     redirect_http: bool = False
     # How often the certificate files are checked for changes (also reloaded on SIGHUP).
     reload_interval: PositiveDuration = 5.0
+    # In a CVM: serve an RA-TLS key from the dstack guest agent instead of files, so clients
+    # can verify the router (`phala-router verify`). Renewed every ra_tls_renew.
+    ra_tls: bool = False
+    ra_tls_renew: PositiveDuration = 43200.0
+    # The dstack socket (default: DSTACK_SIMULATOR_ENDPOINT, then /var/run/dstack.sock, ...).
+    dstack_socket: str | None = None
 
     @field_validator("cert_file", "key_file")
     @classmethod
-    def _exists(cls, value: Path) -> Path:
-        if not value.is_file():
+    def _exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
             raise ValueError(f"{str(value)!r} is not a readable file")
         return value
+
+    @model_validator(mode="after")
+    def _source(self) -> ListenTLSConfig:
+        if not self.ra_tls and (self.cert_file is None or self.key_file is None):
+            raise ValueError(
+                "listen_tls needs cert_file and key_file, or ra_tls: true (in a CVM: an RA-TLS "
+                "key from dstack)"
+            )
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,3 +185,7 @@ class ProxySettings:
     count_5xx: bool
     # Lower-case names removed from requests of untrusted peers (edge + geo headers).
     edge_headers: frozenset[str]
+    # attestation.connection: ra-tls: TLS to replicas is checked by the RA-TLS peer check
+    # (no host-name/CA check); kms_root, when pinned, is the only CA the chain may lead to.
+    ra_tls: bool = False
+    kms_root: Path | None = None

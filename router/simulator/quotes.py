@@ -139,12 +139,13 @@ def event_log_for(
     boot_image: str | None = None,
     key_provider_name: str = "kms",
     app_events: tuple[tuple[str, bytes], ...] = (),
+    kms_id: str = SIMULATED_KMS_ID,
 ) -> list[dict[str, Any]]:
     """The event log a dstack replica would return, in dstack's order. `boot_image` (by
     default `os_image_hash`) is what RTMR0-2 measure; RTMR3's os-image-hash event is only
     what guest code writes, so an evil OS can claim the victim's."""
-    kms_id = SIMULATED_KMS_ID if key_provider_name == "kms" else ""
-    key_provider = json.dumps({"name": key_provider_name, "id": kms_id}, separators=(",", ":"))
+    provider_id = kms_id if key_provider_name == "kms" else ""
+    key_provider = json.dumps({"name": key_provider_name, "id": provider_id}, separators=(",", ":"))
     runtime = [
         ("system-preparing", b""),
         ("app-id", bytes.fromhex(app_id)),
@@ -201,6 +202,7 @@ def make_quote(
     boot_image: str | None = None,
     key_provider_name: str = "kms",
     platform: Platform = Platform(),
+    kms_id: str = SIMULATED_KMS_ID,
 ) -> tuple[bytes, list[dict[str, Any]]]:
     """A simulator-signed TDX v4 quote and its event log (ids and hashes as hex strings).
 
@@ -214,6 +216,7 @@ def make_quote(
         os_image_hash=os_image_hash,
         boot_image=boot_image,
         key_provider_name=key_provider_name,
+        kms_id=kms_id,
     )
     rtmrs = replay_rtmrs(parse_event_log(events))
     mr_td = _mr_td(boot_image or os_image_hash)

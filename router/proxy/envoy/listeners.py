@@ -211,15 +211,17 @@ def listeners(
 
 
 def tls_secret(config: ConfigView) -> list[dict[str, Any]]:
-    if config.listen_tls is None:
+    tls = config.listen_tls
+    # Config validation refuses listen_tls.ra_tls (no certificate files) with this engine.
+    if tls is None or tls.cert_file is None or tls.key_file is None:
         return []
     return [
         {
             "@type": SECRET_TYPE,
             "name": TLS_SECRET,
             "tls_certificate": {
-                "certificate_chain": {"filename": str(config.listen_tls.cert_file.resolve())},
-                "private_key": {"filename": str(config.listen_tls.key_file.resolve())},
+                "certificate_chain": {"filename": str(tls.cert_file.resolve())},
+                "private_key": {"filename": str(tls.key_file.resolve())},
             },
         }
     ]

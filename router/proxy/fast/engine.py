@@ -17,7 +17,7 @@ from router.proxy.headers import TrustedProxies
 from router.proxy.retry import RetryPolicy
 from router.proxy.retry_budget import Retrier
 from router.proxy.settings import ProxySettings
-from router.reach import ConnectTo, client_ssl_context
+from router.reach import ConnectTo, PeerCheck, upstream_context
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
 
@@ -39,6 +39,7 @@ class FastEngine:
         reuse_port: bool = False,
         tls: ServerTLS | None = None,
         apps: AppDirectory | None = None,
+        peer_check: PeerCheck | None = None,
     ) -> None:
         self._config = config
         # One app (the single-app layout) unless a directory of several is given.
@@ -47,6 +48,7 @@ class FastEngine:
         self._in_flight = in_flight
         self._reuse_port = reuse_port
         self._tls = tls
+        self._peer_check = peer_check
         self._servers: list[asyncio.Server] = []
         self._core: EngineCore | None = None
         self._accepted = 0
@@ -165,10 +167,11 @@ class FastEngine:
         proxy, tls = config.proxy, config.upstream_tls
         return Pool(
             ConnectTo(config.connect_to),
-            client_ssl_context(tls.verify, tls.ca_file),
+            upstream_context(tls, config.ra_tls, config.kms_root),
             connect_timeout=proxy.connect_timeout,
             response_timeout=proxy.response_timeout,
             idle_timeout=proxy.idle_timeout,
+            peer_check=self._peer_check,
         )
 
     async def stop(self, grace: float) -> None:

@@ -18,7 +18,7 @@ from router.failures import CONNECT, CONNECT_TIMEOUT, TLS
 from router.models import Replica
 from router.proxy.fast.outbox import Outbox
 from router.proxy.fast.upstream import PoolKey, UpstreamConnection
-from router.reach import ConnectTo
+from router.reach import ConnectTo, PeerCheck, PeerRefused, peer_leaf
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Pool:
         response_timeout: float,
         idle_timeout: float,
         max_idle: int = 128,
+        peer_check: PeerCheck | None = None,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.outbox = Outbox(self.loop)
@@ -57,6 +58,7 @@ class Pool:
         self.response_timeout = response_timeout
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
+        self._peer_check = peer_check
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
         self._targets: dict[str, Target] = {}
         self._dials: set[asyncio.Task[None]] = set()
@@ -153,6 +155,18 @@ class Pool:
             log.warning("dialling %s failed: %r", target.key, exc)
             done(None, exc)
             return
+        if self._peer_check is not None:
+            # RA-TLS: the session must end in the attested replica before a byte is sent.
+            _, host, port = target.key
+            try:
+                reason = await self._peer_check(host, port, peer_leaf(conn.transport))
+            except BaseException:  # cancelled (pool closing): do not leak the connection
+                conn.close()
+                raise
+            if reason is not None:
+                conn.close()
+                done(None, PeerRefused(reason))
+                return
         done(conn, None)
 
     def close(self) -> None:
