@@ -62,7 +62,13 @@ class OptionalBuildExt(build_ext):
         return [path for path in super().get_outputs() if Path(path).exists()]
 
 
+# setup.py also runs for metadata only (egg_info, dist_info): translate just for builds.
+_BUILD_COMMANDS = {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install"}
+
+
 def _mypyc_extensions() -> list[Any]:
+    if not _BUILD_COMMANDS.intersection(sys.argv[1:]):
+        return []
     native = _native()
     if native.pure_requested():
         _say(f"{native.PURE_ENV} is set: installing pure Python")

@@ -167,8 +167,24 @@ def scaling_figure(sweeps: Sequence[Sweep], title: str = "phala-router scaling")
     return fig
 
 
-PROXY_TARGETS = {"fast": "phala-router (fast)", "haproxy": "HAProxy", "nginx": "nginx"}
-PROXY_COLORS = {"fast": "tab:blue", "haproxy": "tab:orange", "nginx": "tab:green"}
+PROXY_TARGETS = {
+    "fast": "phala-router (fast)",
+    "fast-pure": "phala-router (fast, pure Python)",
+    "fast-compiled": "phala-router (fast, compiled)",
+    "fast-compiled-w2": "phala-router (compiled, 2 workers)",
+    "haproxy": "HAProxy",
+    "nginx": "nginx",
+    "envoy": "Envoy",
+}
+PROXY_COLORS = {
+    "fast": "tab:blue",
+    "fast-pure": "tab:cyan",
+    "fast-compiled": "tab:blue",
+    "fast-compiled-w2": "tab:purple",
+    "haproxy": "tab:orange",
+    "nginx": "tab:green",
+    "envoy": "tab:red",
+}
 
 
 def proxy_rows(document: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:

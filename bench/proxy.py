@@ -7,6 +7,11 @@ Absolute numbers drift on shared VMs, ratios measured in the same round do not.
 
     python -m bench.proxy --rounds 3 --duration 5 --scenario small
     python -m bench.proxy --targets haproxy,fast --scenario 64k,post1m
+    python -m bench.proxy --targets haproxy,nginx,fast-pure,fast-compiled,fast-compiled-w2 \
+        --scenario small,64k,post1m,replicas1000,close
+
+`fast-pure` runs the router with PHALA_ROUTER_PURE=1 (the pure-Python twin), `fast-compiled`
+the mypyc-compiled hot path (it refuses to run when none is installed).
 
 Needs Debian's nginx, haproxy and wrk. Writes bench/results/proxy-<time>.{json,md}.
 Not a test: it measures and prints a table.
@@ -43,6 +48,7 @@ class Scenario:
     path: str
     wrk_script: str | None = None  # lua, for POST bodies
     replicas: int = 1
+    wrk_headers: tuple[str, ...] = ()
 
 
 SCENARIOS = {
@@ -55,6 +61,8 @@ SCENARIOS = {
         'wrk.headers["Content-Type"] = "application/octet-stream"\n',
     ),
     "replicas1000": Scenario("small GET, 1,000 replicas in the table", "/", replicas=1000),
+    # A new client connection per request: accept, parse, close every time.
+    "close": Scenario("small GET, keep-alive off", "/", wrk_headers=("Connection: close",)),
 }
 
 
@@ -246,6 +254,8 @@ def run_wrk(port: int, scenario: Scenario, seconds: float, work: Path) -> tuple[
         script = work / "post.lua"
         script.write_text(scenario.wrk_script)
         argv += ["-s", str(script)]
+    for header in scenario.wrk_headers:
+        argv += ["-H", header]
     argv.append(f"http://127.0.0.1:{port}{scenario.path}")
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -310,12 +320,27 @@ def target_argv(
         )
     )
     serve = [sys.executable, "-m", "bench.proxy", "--serve-router", str(conf)]
+    serve = build_env(name) + serve
     if "baseline" in name.split("-")[1:]:
         if baseline is None:
             raise SystemExit(f"{name}: pass --baseline-src DIR (a checkout to compare with)")
         # `python -m` puts the working directory first on sys.path: that checkout's router.
         return ["env", "-C", str(baseline), *serve]
     return serve
+
+
+def build_env(name: str) -> list[str]:
+    """`fast-pure`: PHALA_ROUTER_PURE=1; `fast-compiled`: the compiled hot path or stop."""
+    parts = name.split("-")[1:]
+    if "pure" in parts:
+        return ["env", "PHALA_ROUTER_PURE=1"]
+    if "compiled" in parts:
+        from router.native import build_kind
+
+        if build_kind() != "compiled":
+            raise SystemExit(f"{name}: no compiled hot path installed (pip install -e . with gcc)")
+        return ["env", "-u", "PHALA_ROUTER_PURE"]
+    return []
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -464,6 +489,12 @@ def main() -> None:
     text = markdown(report, args.reference)
     (RESULTS / f"proxy-{stamp}.md").write_text(text)
     print(text)
+    try:
+        from bench.plots import proxy_plot
+
+        proxy_plot(report, RESULTS / f"proxy-{stamp}.png")
+    except ImportError as exc:  # matplotlib is in the bench extra
+        print(f"no plot: {exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from router.health import HealthChecker, make_health_session
 from router.listen_errors import listen_error
 from router.metrics import Metrics, build_version
 from router.models import AttestationVerdict, Replica
+from router.native import build_description
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers
 from router.proxy.fast import FastEngine
@@ -243,6 +244,7 @@ class RouterApp:
         attestation = self.config.attestation
         return router_facts(
             version=build_version(),
+            build=build_description(),
             started_at=self.started_at,
             now=time.time(),
             addresses=self.engine.addresses,
