@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 ARGS ?=
 
-.PHONY: demo test lint fmt bench clean venv
+.PHONY: demo test lint fmt bench clean venv compiled
 
 $(DEMO_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,13 @@ COMPILED_TESTS := tests/test_fast_engine.py tests/test_fast_findings.py tests/te
 	tests/test_fast_rules.py tests/test_conformance.py tests/test_strictness.py \
 	tests/test_health_passive.py tests/test_balancing_least_request.py tests/test_native_build.py
 
+# Rebuild the compiled hot path when a compiled module's source changed since the build
+# (the extension files take precedence over the sources in an editable install).
+compiled: $(STAMP)
+	@if $(BIN)/python -c "import sys, router.native as n; sys.exit(not n.stale_modules())"; \
+	then echo "rebuilding the compiled hot path (sources changed)"; \
+	$(BIN)/pip install --quiet --no-deps -e .; fi
+
 lint: $(STAMP)
 	$(BIN)/ruff check router tests bench setup.py
 	$(BIN)/ruff format --check router tests bench setup.py
@@ -46,7 +53,7 @@ fmt: $(STAMP)
 test: lint
 	PHALA_ROUTER_PURE=1 $(BIN)/pytest -q
 	@if $(BIN)/python -c "import sys, router.native as n; sys.exit(n.build_kind() == 'pure')"; \
-	then $(BIN)/pytest -q $(COMPILED_TESTS); \
+	then $(MAKE) --no-print-directory compiled && $(BIN)/pytest -q $(COMPILED_TESTS); \
 	else echo "no compiled hot path installed: the pure run above is the only one"; fi
 
 bench: $(STAMP)

@@ -328,6 +328,7 @@ class RouterApp:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        log.info("hot path: %s", build_description())
         discovery = self.config.discovery
         if discovery.static is not None:
             self.set_replicas(static_replicas(discovery.static))

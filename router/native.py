@@ -89,6 +89,18 @@ def compiled_modules() -> list[str]:
     return compiled
 
 
+def stale_modules() -> list[str]:
+    """Compiled modules whose `.py` source changed after the build: in an editable install
+    the extension still wins, so the edit does not run until `pip install -e .` again."""
+    stale = []
+    for module in COMPILED_MODULES:
+        source = source_path(module)
+        for built in source.parent.glob(f"{source.stem}.*.so"):
+            if source.stat().st_mtime > built.stat().st_mtime:
+                stale.append(module)
+    return stale
+
+
 def build_kind() -> str:
     """`compiled`, `pure` or `mixed` (some modules compiled, some not)."""
     count = len(compiled_modules())
@@ -103,4 +115,6 @@ def build_description() -> str:
     if count == 0:
         why = f", {PURE_ENV}=1" if pure_requested() else ""
         return f"pure Python{why}"
-    return f"compiled (mypyc: {count} of {len(COMPILED_MODULES)} hot-path modules)"
+    stale = len(stale_modules())
+    warning = f"; {stale} stale, rebuild with pip install -e ." if stale else ""
+    return f"compiled (mypyc: {count} of {len(COMPILED_MODULES)} hot-path modules{warning})"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from router import native
+from router.config import parse_config
 from router.status import router_facts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +93,7 @@ def test_build_without_a_compiler_installs_pure_python() -> None:
     environ = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
     environ["CC"] = "/nonexistent/cc"
     done = subprocess.run(
-        [sys.executable, "setup.py", "build_ext", "--dry-run"],
+        [sys.executable, "setup.py", "build_ext", "--inplace"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -101,3 +102,10 @@ def test_build_without_a_compiler_installs_pure_python() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "no C compiler found: installing pure Python" in done.stderr
+
+
+def test_pure_switch_is_not_read_as_a_config_override() -> None:
+    """PHALA_ROUTER_* variables are config overrides; the build switch is not one."""
+    data = {"discovery": {"static": [{"id": "a", "url": "http://127.0.0.1:1"}]}}
+    config = parse_config(data, {native.PURE_ENV: "1"})
+    assert config.proxy.engine == "fast"
