@@ -369,27 +369,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     order = targets if round_no % 2 == 0 else targets[::-1]
                     got: dict[str, Sample] = {}
                     for name in order:
-                        port = free_port()
-                        argv = target_argv(
-                            name, work, port, upstream, scenario, args.workers, args.baseline_src
-                        )
-                        workers = target_workers(name, args.workers)
-                        # More workers than one get every core: they then share core 1
-                        # with wrk and the upstream, which the table must be read with.
-                        cores = (
-                            PROXY_CORE if workers == 1 or name in ("nginx", "haproxy") else "0,1"
-                        )
-                        with process(argv, port, cores) as proc:
-                            run_wrk(port, scenario, args.warmup, work)
-                            pids = tree_pids(proc.pid)
-                            cpu0 = cpu_seconds(pids)
-                            rps, p99 = run_wrk(port, scenario, args.duration, work)
-                            cpu = cpu_seconds(pids) - cpu0
-                            got[name] = Sample(
-                                rps, p99, cpu / max(rps * args.duration, 1) * 1e6, rss_mb(pids)
-                            )
+                        try:
+                            got[name] = measure_one(name, work, upstream, scenario, args)
+                        except (RuntimeError, subprocess.CalledProcessError) as exc:
+                            # One failed sample (a crash, wrk unable to connect on a busy
+                            # machine) must not lose the run: the round goes without it.
+                            print(f"  {scenario.name} round {round_no + 1} {name}: FAILED {exc}")
+                            continue
+                        sample = got[name]
                         print(
-                            f"  {scenario.name} round {round_no + 1} {name}: {rps:,.0f} req/s p99 {p99:.2f} ms"
+                            f"  {scenario.name} round {round_no + 1} {name}: "
+                            f"{sample.rps:,.0f} req/s p99 {sample.p99_ms:.2f} ms"
                         )
                     ref = got.get(args.reference)
                     for name, sample in got.items():
@@ -399,9 +389,42 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                             rows[name].p99_ratios.append(sample.p99_ms / ref.p99_ms)
                 report["scenarios"][key] = {
                     "name": scenario.name,
-                    "rows": [summarise(row) for row in rows.values()],
+                    "rows": [summarise(row) for row in rows.values() if row.samples],
                 }
+                save(report, args)  # after each scenario: a late failure keeps the rest
     return report
+
+
+def measure_one(
+    name: str, work: Path, upstream: int, scenario: Scenario, args: argparse.Namespace
+) -> Sample:
+    port = free_port()
+    argv = target_argv(name, work, port, upstream, scenario, args.workers, args.baseline_src)
+    workers = target_workers(name, args.workers)
+    # More workers than one get every core: they then share core 1 with wrk and the
+    # upstream, which the table must be read with.
+    cores = PROXY_CORE if workers == 1 or name in ("nginx", "haproxy") else "0,1"
+    with process(argv, port, cores) as proc:
+        run_wrk(port, scenario, args.warmup, work)
+        pids = tree_pids(proc.pid)
+        cpu0 = cpu_seconds(pids)
+        rps, p99 = run_wrk(port, scenario, args.duration, work)
+        cpu = cpu_seconds(pids) - cpu0
+        return Sample(rps, p99, cpu / max(rps * args.duration, 1) * 1e6, rss_mb(pids))
+
+
+def save(report: dict[str, Any], args: argparse.Namespace) -> None:
+    """Write bench/results/proxy-<stamp>.{json,md} (and .png with matplotlib)."""
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"proxy-{args.stamp}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    stem.with_suffix(".md").write_text(markdown(report, args.reference))
+    try:
+        from bench.plots import proxy_plot
+
+        proxy_plot(report, stem.with_suffix(".png"))
+    except ImportError as exc:  # matplotlib is in the bench extra
+        print(f"no plot: {exc}", file=sys.stderr)
 
 
 def summarise(row: Row) -> dict[str, Any]:
@@ -461,7 +484,7 @@ def serve_router(config_path: str) -> None:
     run_workers(worker_count(config), lambda worker: uvloop.run(main(worker)))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", default="nginx,haproxy,fast")
     parser.add_argument("--reference", default="haproxy")
@@ -478,23 +501,14 @@ def main() -> None:
         help="a checkout of the router (e.g. `git archive REV | tar -x -C DIR`) that targets "
         "named like `fast-baseline` run, to compare two versions in one run",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.serve_router:
         serve_router(args.serve_router)
         return
+    args.stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     report = measure(args)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    (RESULTS / f"proxy-{stamp}.json").write_text(json.dumps(report, indent=2))
-    text = markdown(report, args.reference)
-    (RESULTS / f"proxy-{stamp}.md").write_text(text)
-    print(text)
-    try:
-        from bench.plots import proxy_plot
-
-        proxy_plot(report, RESULTS / f"proxy-{stamp}.png")
-    except ImportError as exc:  # matplotlib is in the bench extra
-        print(f"no plot: {exc}", file=sys.stderr)
+    save(report, args)
+    print(markdown(report, args.reference))
 
 
 if __name__ == "__main__":
