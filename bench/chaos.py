@@ -126,9 +126,10 @@ async def replica_dies(seconds: float, clients: int) -> Row:
             )
 
 
-async def replica_hangs(seconds: float, clients: int) -> Row:
+async def replica_hangs(seconds: float, clients: int, per_try: str | None = None) -> Row:
     async with fleet(4, latency=0.005) as replicas:
-        config = fleet_config(replicas, proxy={"response_timeout": "1s"})
+        proxy = {"response_timeout": "1s", **({"per_try_timeout": per_try} if per_try else {})}
+        config = fleet_config(replicas, proxy=proxy)
         async with running_router(config) as router:
             log = AttemptLog()
             router.app.observers.observers.append(log)
@@ -142,11 +143,64 @@ async def replica_hangs(seconds: float, clients: int) -> Row:
             last = log.last_to(victim.name)
             victim.unhang()
             return row(
-                "replica hangs (1 of 4)",
+                f"replica hangs (1 of 4{f', per_try {per_try}' if per_try else ''})",
                 load,
                 None if last is None else last - at,
                 response_timeout_s=1.0,
                 timeouts=sum(1 for a in log.attempts if a.kind == "timeout"),
+                retries=router.app.metrics.retry_counts(),
+            )
+
+
+async def replica_answers_503(seconds: float, clients: int) -> Row:
+    """One replica starts answering 503 to requests (health checks still pass): gateway-error
+    retries move its idempotent requests, and passive detection ejects it."""
+    async with fleet(4, latency=0.005) as replicas:
+        async with running_router(fleet_config(replicas)) as router:
+            log = AttemptLog()
+            router.app.observers.observers.append(log)
+            await eventually(lambda: len(routable(router)) == 4)
+            victim = replicas[1]
+
+            async def busy() -> None:
+                victim.mode = "503"
+
+            load, at = await timed_run(router, seconds, clients, seconds / 3, busy)
+            last = log.last_to(victim.name)
+            return row(
+                "replica answers 503 (1 of 4)",
+                load,
+                None if last is None else last - at,
+                statuses=sorted({r.status for r in load.failures()}),
+                retries=router.app.metrics.retry_counts(),
+            )
+
+
+async def brown_out(seconds: float, clients: int, budget: bool = True) -> Row:
+    """Every replica answers 503 from a third of the run on (health checks still pass): the
+    retry budget caps the extra attempts instead of letting retries double the load
+    (`budget=False`: a budget too large to bind, for comparison)."""
+    unbounded = {"budget_percent": 100, "min_retry_concurrency": 1_000_000}
+    proxy = {} if budget else {"retry_budget": unbounded}
+    async with fleet(4, latency=0.005) as replicas:
+        async with running_router(fleet_config(replicas, proxy=proxy)) as router:
+            log = AttemptLog()
+            router.app.observers.observers.append(log)
+            await eventually(lambda: len(routable(router)) == 4)
+
+            async def busy() -> None:
+                for replica in replicas:
+                    replica.mode = "503"
+
+            load, at = await timed_run(router, seconds, clients, seconds / 3, busy)
+            during = [r for r in load.results if r.started >= at]
+            attempts = sum(1 for a in log.attempts if a.at >= at)
+            return row(
+                f"brown-out: every replica 503{'' if budget else ', no budget'}",
+                load,
+                requests_during=len(during),
+                attempts_per_request=round(attempts / max(len(during), 1), 3),
+                retries=router.app.metrics.retry_counts(),
             )
 
 
@@ -315,12 +369,17 @@ async def gateway_replica_dies(seconds: float, clients: int, tls: bool) -> Row:
                 load,
                 None if last is None else last - at,
                 statuses=sorted({r.status for r in load.failures()}),
+                retries=router.app.metrics.retry_counts(),
             )
 
 
 SCENARIOS: dict[str, Callable[[float, int], Awaitable[Row]]] = {
     "die": replica_dies,
     "hang": replica_hangs,
+    "hang-per-try": lambda s, c: replica_hangs(s, c, per_try="100ms"),
+    "busy-503": replica_answers_503,
+    "brownout": brown_out,
+    "brownout-nobudget": lambda s, c: brown_out(s, c, budget=False),
     "rolling": rolling_restart,
     "outage-500": lambda s, c: cloud_outage(s, c, "500"),
     "outage-timeout": lambda s, c: cloud_outage(s, c, "timeout"),

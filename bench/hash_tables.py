@@ -27,7 +27,8 @@ RENDEZVOUS_KEYS_AT_1000 = 10_000
 VARIANTS: dict[str, StickyConfig] = {
     "maglev (M=65,537)": StickyConfig(hash="maglev"),
     "maglev (M=655,373)": StickyConfig(hash="maglev", maglev_table_size=655_373),
-    "ring (65,536 points)": StickyConfig(hash="ring"),
+    "ring (<= 65,536 points)": StickyConfig(hash="ring"),
+    "ring (<= 655,360 points)": StickyConfig(hash="ring", ring_size=655_360),
     "rendezvous": StickyConfig(hash="rendezvous"),
 }
 

@@ -63,6 +63,9 @@ def access_fields(record: RequestRecord) -> dict[str, Any]:
         "upstream_seconds": _micro(record.upstream_seconds),
         "total_seconds": _micro(record.total_seconds),
         "retries": record.retries,
+        # Attempts given up for another replica, in order: replica:outcome.
+        "attempts": ",".join(f"{r}:{o}" for r, o in record.attempts) or None,
+        "retry_budget_exhausted": record.retry_budget_exhausted or None,
         "error": record.error,
         "route": record.explanation,
     }
@@ -122,6 +125,8 @@ _COMBINED_EXTRAS = (
     "upstream_seconds",
     "total_seconds",
     "retries",
+    "attempts",
+    "retry_budget_exhausted",
     "error",
     "route",
 )

@@ -25,6 +25,14 @@ from router.discovery.settings import PhalaDiscoveryConfig
 from router.dns.settings import DnsConfig
 from router.errors import ConfigError
 from router.health.settings import HealthConfig
+from router.proxy.retry_settings import (
+    DEFAULT_RETRY_ON,
+    RetryBudgetConfig,
+    RetryOn,
+    check_codes_enabled,
+    check_retry_on,
+    check_status_codes,
+)
 from router.settings_types import (
     Duration,
     EnvVarName,
@@ -125,6 +133,19 @@ class ProxyConfig(Frozen):
     # How long an idle keep-alive connection from a client is kept open (both engines).
     client_idle_timeout: PositiveDuration = 60.0
     retries: int = Field(2, ge=0, le=10)
+    # -- the retry policy (router/proxy/retry.py, docs/retries.md) --
+    # What moves an idempotent bodiless request to another replica (connect-failure moves
+    # any request and is always on); gateway-error is a 502, 503 or 504 from the replica.
+    retry_on: tuple[RetryOn, ...] = DEFAULT_RETRY_ON
+    # Statuses (400-599) retried like gateway errors when retry_on lists
+    # retriable-status-codes, e.g. [429].
+    retriable_status_codes: tuple[int, ...] = ()
+    # One attempt may wait this long for the response head before another replica is tried
+    # (while response_timeout, counted from the first attempt, has time left); unset: off.
+    per_try_timeout: PositiveDuration | None = None
+    # Retries in flight at most budget_percent of the requests in flight, at least
+    # min_retry_concurrency (Envoy's retry_budget); a refused retry returns the response.
+    retry_budget: RetryBudgetConfig = RetryBudgetConfig()
     max_request_body: int = Field(100 * 1024 * 1024, ge=0)
     trusted_proxies: tuple[str, ...] = ()
     drain_timeout: PositiveDuration = 30.0
@@ -159,6 +180,21 @@ class ProxyConfig(Frozen):
         if value == "auto" or (type(value) is int and 1 <= value <= 256):
             return value
         raise ValueError("must be a whole number from 1 to 256, or auto (one per CPU core)")
+
+    @field_validator("retry_on")
+    @classmethod
+    def _retry_on(cls, value: tuple[RetryOn, ...]) -> tuple[RetryOn, ...]:
+        return check_retry_on(value)
+
+    @field_validator("retriable_status_codes")
+    @classmethod
+    def _retriable_codes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        return check_status_codes(value)
+
+    @model_validator(mode="after")
+    def _codes_with_retry_on(self) -> ProxyConfig:
+        check_codes_enabled(self.retry_on, self.retriable_status_codes)
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod

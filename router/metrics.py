@@ -45,6 +45,7 @@ from router.metrics_families import (
 )
 from router.models import AttestationVerdict, Replica
 from router.proxy.base import RequestRecord
+from router.proxy.retry import retry_reason
 from router.snapshot import Snapshot
 from router.worker_reports import ReportInbox, encode_report, merge_families
 
@@ -95,6 +96,8 @@ class Metrics:
         self._known: frozenset[str] | None = None  # None until the first snapshot
         self._snapshot: Snapshot | None = None
         self._retries = 0
+        self._retry_reasons: dict[str, int] = {}  # retry_on name -> retries
+        self._budget_exhausted = 0
         # Rate samples for /status; the first is "nothing yet, at start", so a fresh page
         # shows the rate since start until a full window has passed.
         self._samples: deque[tuple[float, dict[str, tuple[int, int]]]] = deque([(clock(), {})])
@@ -158,11 +161,24 @@ class Metrics:
             histogram.sum += seconds_up
         if record.retries:
             self._retries += record.retries
+            reasons = self._retry_reasons
+            for _, outcome in record.attempts:
+                reason = retry_reason(outcome)
+                reasons[reason] = reasons.get(reason, 0) + 1
+        if record.retry_budget_exhausted:
+            self._budget_exhausted += 1
         totals = self.totals
         totals.bytes_in += record.bytes_in
         totals.bytes_out += record.bytes_out
         if record.error is not None:
             totals.failures[record.error] = totals.failures.get(record.error, 0) + 1
+
+    def retry_counts(self) -> dict[str, int]:
+        """Retries by reason, and `budget-exhausted`: refused retries (for reports)."""
+        counts = dict(sorted(self._retry_reasons.items()))
+        if self._budget_exhausted:
+            counts["budget-exhausted"] = self._budget_exhausted
+        return counts
 
     # -- control plane ----------------------------------------------------------------------
 
@@ -373,6 +389,21 @@ class _Collector:
         yield from replica_families(list(m._stats.values()), m._clock())
         yield CounterMetricFamily(
             "router_retries", "Upstream attempts beyond the first.", value=m._retries
+        )
+        by_reason = CounterMetricFamily(
+            "router_retries_by_reason",
+            "Retries by what the given-up attempt got, as proxy.retry_on names it "
+            "(connect-failure, reset, timeout, per-try-timeout, gateway-error, "
+            "retriable-status-codes).",
+            labels=["reason"],
+        )
+        for reason, n in sorted(m._retry_reasons.items()):
+            by_reason.add_metric([reason], n)
+        yield by_reason
+        yield CounterMetricFamily(
+            "router_retry_budget_exhausted",
+            "Retries refused by proxy.retry_budget: the response went back as it was.",
+            value=m._budget_exhausted,
         )
         refreshes = CounterMetricFamily(
             "router_discovery_refresh",

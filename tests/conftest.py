@@ -36,3 +36,18 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     assert socket.socket.__module__ == "socket", (
         "gevent has patched socket; do not import locust in tests"
     )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--deep",
+        action="store_true",
+        default=False,
+        help="property tests run many more examples (and shrink failures): for long runs",
+    )
+
+
+@pytest.fixture(scope="session")
+def deep(request: pytest.FixtureRequest) -> bool:
+    """Whether `--deep` was given: property tests scale their example counts by it."""
+    return bool(request.config.getoption("--deep"))

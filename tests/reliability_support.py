@@ -35,7 +35,9 @@ class FleetReplica:
 
     name: str
     latency: float = 0.0
-    mode: str = "up"  # "up" or "hang" (every request, health checks included, hangs)
+    # "up", "hang" (every request, health checks included, hangs) or "503" (requests other
+    # than health checks get a 503, as from an app under load or a gateway in front of it)
+    mode: str = "up"
     port: int = 0
     served: int = 0
     in_flight: int = 0
@@ -62,6 +64,9 @@ class FleetReplica:
             await self._release.wait()  # until killed or un-hung
         if request.path == "/health":
             return web.json_response({"ok": True, "replica": self.name})
+        if self.mode == "503":
+            await request.read()
+            return web.Response(status=503, text="busy")
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         if self.fleet_load is not None:

@@ -26,6 +26,8 @@ ACCESS_KEYS = BASE_KEYS | {
     "upstream_seconds",
     "total_seconds",
     "retries",
+    "attempts",
+    "retry_budget_exhausted",
     "bytes_in",
     "bytes_out",
     "client",

@@ -109,3 +109,33 @@ async def test_a_rolling_restart_behind_the_gateway_fails_no_idempotent_request(
         await roller
     assert load.failures() == [], load.failures()[:3]
     assert len({r.replica for r in load.results if r.replica}) == 4
+
+
+async def test_a_gateway_502_for_a_stopped_replica_is_retried_elsewhere(engine: str) -> None:
+    """Plain-HTTP gateway: once the replica is stopped, the gateway answers 502 for it. With
+    health checks and passive ejection off and discovery slow, the router keeps picking it,
+    so every idempotent request that lands there must be moved by the gateway-error rule."""
+    config_sim = SimulatorConfig.model_validate(
+        {"api_key": API_KEY, "tls": False, "replicas": [{"region": "us-east"}] * 2}
+    )
+    async with Simulator(config_sim) as sim:
+        config = config_for(sim, engine)
+        config["discovery"]["phala"]["interval"] = 3600
+        config["health"] = {"enabled": False, "passive": {"enabled": False}}
+        environ = {"PHALA_CLOUD_API_KEY": API_KEY}
+        async with running_router(config, environ=environ) as router:
+            log = AttemptLog()
+            router.app.observers.observers.append(log)
+            await eventually(lambda: len(routable(router)) == 2)
+            victim = sim.replicas[0].instance_id
+            await sim.stop_replica(victim)
+            load = await run_load(
+                router.url,
+                clients=2,
+                method_of=lambda n: IDEMPOTENT[n % 4],
+                until=lambda: False,
+                max_requests=40,
+            )
+    assert load.failures() == [], load.failures()[:3]
+    gateway_errors = [a for a in log.attempts if a.replica == victim and a.kind == "gateway_error"]
+    assert len(gateway_errors) >= 10  # about half the requests first went to the victim

@@ -1,12 +1,14 @@
 """Ring hash (Karger et al.; Envoy's `RING_HASH`): replicas own points on a 64-bit circle
 and a key goes to the first point at or after its hash.
 
-The ring holds about `size` points shared in proportion to weight (at least one per
-replica); a replica's points are a fixed sequence derived from a stable hash of its id, so
-a replica keeps its points while its weight holds. A lookup is a binary search, O(log
-points). Removing one of N replicas sends its keys to their ring successors; because the
-ring keeps its size, the others each gain a few points too, which moves about another 1/N
-of the keys. Balance improves with points per replica (spread ~ 1/sqrt(points)).
+The ring holds at most `size` points. A replica's points are a fixed sequence derived from
+a stable hash of its id, and how many it gets depends only on its weight (relative to the
+heaviest) and on N rounded up to a power of two, so removing one of N replicas leaves every
+other replica's points where they were and moves only the departed replica's keys (1/N) to
+their ring successors. (Envoy's ring rescales every host's points to keep the ring's size,
+which moves about another 1/N.) Only when N crosses a power of two do the counts change.
+A lookup is a binary search, O(log points). Balance improves with points per replica
+(spread ~ 1/sqrt(points)).
 
 Each point is one unsigned 64-bit word: the top 44 bits of its position and a 20-bit
 replica index, kept sorted in an array (8 bytes a point).
@@ -28,9 +30,11 @@ _POSITION_MASK = MASK64 ^ _INDEX_MASK
 
 
 def point_counts(weights: Sequence[float], size: int) -> list[int]:
-    """Points per replica: `size` shared by weight, at least one each."""
-    total = sum(max(w, 0.0) for w in weights) or float(len(weights))
-    return [max(1, round(size * max(w, 0.0) / total)) for w in weights]
+    """Points per replica, at least one each: a full-weight replica gets `size` divided by
+    N rounded up to a power of two, so the counts survive most membership changes."""
+    heaviest = max((max(w, 0.0) for w in weights), default=0.0) or 1.0
+    per_replica = max(1, size // (1 << max(len(weights) - 1, 0).bit_length()))
+    return [max(1, round(per_replica * max(w, 0.0) / heaviest)) for w in weights]
 
 
 class RingTable:

@@ -141,8 +141,8 @@ class StickyConfig(Frozen):
     # Unset: a random per-process key (cookies stop working across restarts and routers).
     key_env: EnvVarName | None = None
     # How `header` and `ip` keys are placed: maglev (O(1) lookup in a prebuilt table of
-    # `maglev_table_size` slots, a prime), ring (O(log n) on a ring of about `ring_size`
-    # points) or rendezvous (no table, O(replicas) per new key, exact 1/N remapping).
+    # `maglev_table_size` slots, a prime), ring (O(log n) on a ring of at most `ring_size`
+    # points; a full-weight replica holds ring_size / N rounded up to a power of two) or rendezvous (no table, O(replicas) per new key, exact 1/N remapping).
     hash: Literal["maglev", "ring", "rendezvous"] = "maglev"
     maglev_table_size: int = Field(65_537, ge=MIN_TABLE_SIZE, le=MAX_TABLE_SIZE)
     ring_size: int = Field(65_536, ge=MIN_TABLE_SIZE, le=MAX_TABLE_SIZE)

@@ -13,8 +13,8 @@ class PassiveConfig(Frozen):
     """Outlier detection from live traffic, with Envoy's semantics."""
 
     enabled: bool = True
-    # Failed upstream attempts in a row (connect error, reset, timeout; 5xx if count_5xx)
-    # that eject a replica.
+    # Failed upstream attempts in a row (connect error, reset, timeout, a gateway error or
+    # retried status per proxy.retry_on; any other 5xx if count_5xx) that eject a replica.
     consecutive_failures: int = Field(5, ge=1)
     count_5xx: bool = True
     # An ejection lasts base_ejection x the replica's ejection count, at most max_ejection.

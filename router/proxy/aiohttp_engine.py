@@ -26,9 +26,11 @@ from router.errors import (
     ClientRequestError,
     ProxyError,
     UpstreamProtocolError,
+    UpstreamTimeout,
 )
 from router.models import Replica
 from router.proxy.admission import Admission
+from router.proxy.aiohttp_retry import PerTryTimeout, RetryTrack, send_with_per_try
 from router.proxy.aiohttp_server import HeadTimedServer
 from router.proxy.aiohttp_support import (
     CLOSE_AFTER,
@@ -64,12 +66,22 @@ from router.proxy.headers import (
     forward_response_headers,
     request_id,
 )
-from router.proxy.retry import classify_client_error, retryable
+from router.proxy.retry import PER_TRY_TIMEOUT, RetryPolicy, classify_client_error
+from router.proxy.retry_budget import Retrier
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
 from router.upstream import client_ssl_context, make_connector
 
 log = logging.getLogger(__name__)
+# The failure kind outlier detection and the error metrics see for a per-try timeout.
+_OBSERVED = {PER_TRY_TIMEOUT: "timeout"}
+
+
+def _attempt_error(exc: BaseException, replica: Replica) -> tuple[str, ProxyError]:
+    """(kind, error) of a failed attempt, including the retry policy's per-try timeout."""
+    if isinstance(exc, PerTryTimeout):
+        return PER_TRY_TIMEOUT, UpstreamTimeout("per-try timeout", replica=replica.id)
+    return classify_client_error(exc, replica)
 
 
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
@@ -94,6 +106,8 @@ class AiohttpEngine:
         self._edge = edge_headers(config)
         self._timeout = client_timeout(config)
         self._admission = Admission(config.proxy.max_connections, config.proxy.max_pending)
+        admission = self._admission
+        self._retrier = Retrier(RetryPolicy.from_config(config.proxy), lambda: admission.active)
         self._closing: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.ServerRunner | None = None
@@ -151,6 +165,7 @@ class AiohttpEngine:
         self._edge = edge_headers(config)
         self._timeout = client_timeout(config)
         self._admission.configure(config.proxy.max_connections, config.proxy.max_pending)
+        self._retrier.configure(RetryPolicy.from_config(config.proxy))
         if reach_changed and self._session is not None:
             old, self._session = self._session, self._new_session()
             loop = asyncio.get_running_loop()
@@ -271,6 +286,8 @@ class AiohttpEngine:
                 bytes_out=outcome.bytes_out,
                 error=outcome.error,
                 explanation=outcome.explanation,
+                attempts=tuple(outcome.tried) if outcome.tried else (),
+                retry_budget_exhausted=outcome.retry_exhausted,
             )
         )
         return response
@@ -298,6 +315,103 @@ class AiohttpEngine:
             request.headers.get("Upgrade", "").lower() == "websocket"
             and "upgrade" in request.headers.get("Connection", "").lower()
         )
+        headers = self._upstream_headers(request, peer, trusted, is_ws)
+        has_body = request.body_exists
+        body = RequestBody(request, self._proxy.max_request_body, self._proxy.client_body_timeout)
+        track = RetryTrack(
+            self._retrier,
+            outcome,
+            self._retrier.candidates(snapshot.picker.candidates(ctx)),
+            idempotent=request.method in IDEMPOTENT and not has_body,
+        )
+        last_error: ProxyError | None = None
+        try:
+            for replica in track.candidates:
+                if outcome.attempts > self._proxy.retries:
+                    break
+                track.attempt_starting()
+                outcome.attempts += 1
+                outcome.replica = replica
+                url = URL(
+                    f"{replica.scheme}://{replica.authority}{replica.path_prefix}{path}",
+                    encoded=True,
+                )
+                attempt_started = time.monotonic()
+                got = await self._attempt(request, url, headers, body, replica, track, is_ws)
+                if isinstance(got, ProxyError):
+                    last_error = got
+                    continue
+                if isinstance(got, web.StreamResponse):  # a WebSocket, relayed to its end
+                    return got
+                outcome.upstream_seconds = time.monotonic() - attempt_started
+                outcome.explanation = ctx.explanation
+                return await self._stream_back(request, got, replica, outcome, ctx.response_headers)
+        finally:
+            outcome.bytes_in = body.size
+            track.finish()
+        raise last_error or no_routable_error(snapshot)
+
+    async def _attempt(
+        self,
+        request: web.BaseRequest,
+        url: URL,
+        headers: list[tuple[str, str]],
+        body: RequestBody,
+        replica: Replica,
+        track: RetryTrack,
+        is_ws: bool,
+    ) -> aiohttp.ClientResponse | web.StreamResponse | ProxyError:
+        """One upstream attempt: the response to relay (a WebSocket: already relayed), or
+        the error that moves the request to the next candidate (one that must not is raised)."""
+        policy = self._retrier.policy
+        self._in_flight.enter(replica.id)
+        try:
+            if is_ws:
+                return await self._websocket(request, url, headers, replica, track.outcome)
+            upstream = await send_with_per_try(
+                self._session_or_fail().request(
+                    request.method,
+                    url,
+                    headers=CIMultiDict(headers),
+                    data=body.chunks() if request.body_exists else None,
+                    allow_redirects=False,
+                    timeout=self._timeout,
+                ),
+                track,
+                policy.per_try_timeout,
+                self._proxy.response_timeout,
+                track.on_per_try_timeout,
+            )
+        except (TimeoutError, aiohttp.ClientError, OSError, PerTryTimeout) as exc:
+            if body.failure is not None:  # the client's fault, not the replica's
+                raise body.failure from exc
+            kind, error = _attempt_error(exc, replica)
+            self._observers.attempt_done(replica, False, _OBSERVED.get(kind, kind), None)
+            if policy.retryable(kind, sent=body.started, idempotent=track.idempotent):
+                track.give_up(replica, kind)
+                return error
+            raise error from exc
+        finally:
+            self._in_flight.leave(replica.id)
+        if (problem := response_problem(upstream)) is not None:
+            discard_connection(upstream)  # its framing is not trusted any more
+            self._observers.attempt_done(replica, False, "protocol", None)
+            log.debug("replica %s sent a bad response head: %s", replica.id, problem)
+            raise UpstreamProtocolError(problem, replica=replica.id)
+        status = upstream.status
+        if status in policy.statuses and track.on_status(
+            status, upstream.headers.get("Retry-After") if status == 503 else None, replica
+        ):
+            _, failure = policy.status_verdict(status, self._config.health.passive.count_5xx)
+            self._observers.attempt_done(replica, False, failure, status)
+            track.give_up(replica, str(status))
+            discard_connection(upstream)  # never relayed, and its connection is not reused
+            return UpstreamProtocolError(f"upstream answered {status}", replica=replica.id)
+        return upstream
+
+    def _upstream_headers(
+        self, request: web.BaseRequest, peer: str, trusted: bool, is_ws: bool
+    ) -> list[tuple[str, str]]:
         headers = forward_request_headers(
             request.headers.items(),
             peer=peer,
@@ -310,56 +424,7 @@ class AiohttpEngine:
         headers.append((REQUEST_ID, request[REQUEST_ID_KEY]))
         if is_ws:
             headers = [(k, v) for k, v in headers if k.lower() not in WS_OWN_HEADERS]
-        has_body = request.body_exists
-        body = RequestBody(request, self._proxy.max_request_body, self._proxy.client_body_timeout)
-        idempotent = request.method in IDEMPOTENT and not has_body
-        last_error: ProxyError | None = None
-        try:
-            for replica in snapshot.picker.candidates(ctx):
-                if outcome.attempts > self._proxy.retries:
-                    break
-                outcome.attempts += 1
-                outcome.replica = replica
-                url = URL(
-                    f"{replica.scheme}://{replica.authority}{replica.path_prefix}{path}",
-                    encoded=True,
-                )
-                attempt_started = time.monotonic()
-                self._in_flight.enter(replica.id)
-                try:
-                    if is_ws:
-                        return await self._websocket(request, url, headers, replica, outcome)
-                    upstream = await self._session_or_fail().request(
-                        request.method,
-                        url,
-                        headers=CIMultiDict(headers),
-                        data=body.chunks() if has_body else None,
-                        allow_redirects=False,
-                        timeout=self._timeout,
-                    )
-                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                    if body.failure is not None:  # the client's fault, not the replica's
-                        raise body.failure from exc
-                    kind, error = classify_client_error(exc, replica)
-                    self._observers.attempt_done(replica, False, kind, None)
-                    last_error = error
-                    if retryable(kind, sent=body.started, idempotent=idempotent):
-                        continue
-                    raise error from exc
-                finally:
-                    self._in_flight.leave(replica.id)
-                if (problem := response_problem(upstream)) is not None:
-                    discard_connection(upstream)  # its framing is not trusted any more
-                    self._observers.attempt_done(replica, False, "protocol", None)
-                    log.debug("replica %s sent a bad response head: %s", replica.id, problem)
-                    raise UpstreamProtocolError(problem, replica=replica.id)
-                outcome.upstream_seconds = time.monotonic() - attempt_started
-                ctx_headers = ctx.response_headers
-                outcome.explanation = ctx.explanation
-                return await self._stream_back(request, upstream, replica, outcome, ctx_headers)
-        finally:
-            outcome.bytes_in = body.size
-        raise last_error or no_routable_error(snapshot)
+        return headers
 
     def _session_or_fail(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -375,8 +440,9 @@ class AiohttpEngine:
         extra_headers: list[tuple[str, str]],
     ) -> web.StreamResponse:
         status = upstream.status
-        ok = status < 500 or not self._config.health.passive.count_5xx
-        self._observers.attempt_done(replica, ok, None if ok else "5xx", status)
+        count_5xx = self._config.health.passive.count_5xx
+        ok, kind = self._retrier.policy.status_verdict(status, count_5xx)
+        self._observers.attempt_done(replica, ok, kind, status)
         self._in_flight.enter(replica.id)
         try:
             response = RelayedResponse(
@@ -396,6 +462,10 @@ class AiohttpEngine:
             length = upstream.content_length
             if length is not None and "Transfer-Encoding" not in upstream.headers:
                 response.content_length = length
+            elif request.version < aiohttp.HttpVersion11 and _may_have_body(request, status):
+                # HTTP/1.0 has no chunked coding: the client learns where the body ends only
+                # from the close (aiohttp would keep a keep-alive connection open).
+                response.force_close()
             try:
                 await response.prepare(request)
             except ConnectionResetError:
@@ -451,3 +521,7 @@ class AiohttpEngine:
         outcome.status = 101
         await relay(client, upstream, self._proxy.idle_timeout)
         return client
+
+
+def _may_have_body(request: web.BaseRequest, status: int) -> bool:
+    return request.method != "HEAD" and status >= 200 and status not in (204, 304)

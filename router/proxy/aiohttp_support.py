@@ -214,8 +214,11 @@ class Outcome:
         "close_after",
         "error",
         "explanation",
+        "holds_retry",
         "replica",
+        "retry_exhausted",
         "status",
+        "tried",
         "upstream_seconds",
     )
 
@@ -229,3 +232,7 @@ class Outcome:
         self.error: str | None = None
         self.explanation = ""
         self.close_after = False  # end the client connection after this response
+        # The retry policy's bookkeeping (router/proxy/aiohttp_retry.py).
+        self.holds_retry = False
+        self.retry_exhausted = False
+        self.tried: list[tuple[str, str]] | None = None

@@ -69,6 +69,11 @@ class RequestRecord:
     bytes_out: int
     error: str | None = None
     explanation: str = ""
+    # Attempts that were given up for another replica: (replica id, outcome), where the
+    # outcome is a status ("503") or a failure kind (connect, reset, timeout, ...).
+    attempts: tuple[tuple[str, str], ...] = ()
+    # A retry was refused because the retry budget was spent (the response went back as is).
+    retry_budget_exhausted: bool = False
     # For the access log: read only when it is on (headers stay lazily decoded otherwise).
     host: str = ""
     query: str = ""

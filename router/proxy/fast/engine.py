@@ -14,6 +14,8 @@ from router.proxy.base import InFlightCounter, Observers, SnapshotSource, edge_h
 from router.proxy.fast.pool import Pool
 from router.proxy.fast.server import ClientConnection, EngineCore
 from router.proxy.headers import TrustedProxies
+from router.proxy.retry import RetryPolicy
+from router.proxy.retry_budget import Retrier
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
 from router.upstream import ConnectTo, client_ssl_context
@@ -64,6 +66,7 @@ class FastEngine:
     async def start(self) -> None:
         config, proxy = self._config, self._config.proxy
         pool = self._new_pool(config)
+        admission = Admission(proxy.max_connections, proxy.max_pending)
         core = EngineCore(
             snapshots=self._snapshots,
             observers=self._observers,
@@ -76,8 +79,9 @@ class FastEngine:
             idle_timeout=proxy.idle_timeout,
             header_timeout=proxy.client_header_timeout,
             body_timeout=proxy.client_body_timeout,
-            admission=Admission(proxy.max_connections, proxy.max_pending),
+            admission=admission,
             admission_wait=proxy.connect_timeout,
+            retrier=Retrier(RetryPolicy.from_config(proxy), lambda: admission.active),
             client_idle_timeout=proxy.client_idle_timeout,
             edge_headers=_edge_headers(config),
         )
@@ -121,6 +125,7 @@ class FastEngine:
             return
         core.trusted = TrustedProxies(proxy.trusted_proxies)
         core.retries = proxy.retries
+        core.retrier.configure(RetryPolicy.from_config(proxy))
         core.max_body = proxy.max_request_body
         core.count_5xx = config.health.passive.count_5xx
         core.idle_timeout = proxy.idle_timeout

@@ -31,10 +31,10 @@ from router.proxy.admission import Claim
 from router.proxy.base import RequestRecord, no_routable_error
 from router.proxy.fast import framing, rules, wire
 from router.proxy.fast.pool import Target, classify_dial_error
+from router.proxy.fast.retrying import RetryingExchange
 from router.proxy.fast.strict import RequestHead
 from router.proxy.fast.upstream import UpstreamConnection
 from router.proxy.headers import IDEMPOTENT
-from router.proxy.retry import retryable
 
 if TYPE_CHECKING:
     from router.proxy.fast.server import ClientConnection, EngineCore
@@ -49,7 +49,7 @@ _BACKLOG = 256 * 1024  # request body bytes buffered before the client is paused
 _UPGRADE_BACKLOG = 64 * 1024  # bytes after an Upgrade head held before the 101, at most
 
 
-class Exchange:
+class Exchange(RetryingExchange):
     # Per-request state; most fields start at these class-level defaults so that creating
     # an exchange (once per request) only sets what differs.
     conn: UpstreamConnection | None = None
@@ -89,6 +89,7 @@ class Exchange:
         self.out: list[bytes] = []
         self.tunnel_pending: list[bytes] = []
         self.client_ip = client.peer
+        # The picker's walk; wrapped in a retry_budget.Candidates at the first retry.
         self._candidates: Iterator[Replica] = _NO_CANDIDATES
         if head is None:
             self.body_complete = True
@@ -161,6 +162,8 @@ class Exchange:
         for replica in self._candidates:
             if self.attempts > core.retries:
                 break
+            if self.attempts:
+                self.hold_retry_token()
             self.attempts += 1
             self.replica = replica
             self.attempt_started = time.monotonic()
@@ -194,7 +197,8 @@ class Exchange:
             self.last_error = UpstreamConnectError(
                 _DIAL_MESSAGES[kind], replica=replica.id, cause=kind
             )
-            if retryable(kind, sent=self.sent, idempotent=self.idempotent):
+            if self.core.retrier.policy.retryable(kind, sent=self.sent, idempotent=self.idempotent):
+                self.note_attempt(kind)
                 self._try_next()
             else:
                 self._fail(self.last_error)
@@ -233,6 +237,8 @@ class Exchange:
         conn.send(buffers)
         if self.body_complete:
             conn.request_sent()
+        if self.core.retrier.policy.per_try_timeout is not None:
+            self.arm_per_try()
         if self.client.write_paused:
             conn.pause_reading()
 
@@ -300,11 +306,17 @@ class Exchange:
         assert replica is not None
         if status == 101 and head.upgrade is None:
             raise UpstreamProtocolError("101 without an upgrade request")
+        core = self.core
+        if status in core.retrier.policy.statuses and self.retry_response(status, headers):
+            return  # given up for another replica: nothing of it reaches the client
         self.upstream_seconds = time.monotonic() - self.attempt_started
-        observers = self.core.observers
+        observers = core.observers
         if observers.observers:
-            ok = status < 500 or not self.core.count_5xx
-            observers.attempt_done(replica, ok, None if ok else "5xx", status)
+            if status < 400:  # the common case, without a call
+                observers.attempt_done(replica, True, None, status)
+            else:
+                ok, kind = core.retrier.policy.status_verdict(status, core.count_5xx)
+                observers.attempt_done(replica, ok, kind, status)
         self.status = status
         conn = self.conn
         if conn is not None and headers == conn.last_raw:
@@ -395,7 +407,8 @@ class Exchange:
                     reason or "upstream closed or reset the connection", replica=replica.id
                 )
             self.last_error = error
-            if retryable(kind, sent=self.sent, idempotent=self.idempotent):
+            if self.core.retrier.policy.retryable(kind, sent=self.sent, idempotent=self.idempotent):
+                self.note_attempt(kind)
                 self._try_next()
             else:
                 self._fail(error)
@@ -451,6 +464,8 @@ class Exchange:
     def _finish(self, notify: bool = True) -> None:
         self.finished = True
         self.body = []
+        if self.holds_retry or self.try_timer is not None:
+            self.retry_finished()
         if self.holds_slot:
             self.holds_slot = False
             self.core.admission.release()
@@ -480,6 +495,8 @@ class Exchange:
                     bytes_out=self.bytes_out,
                     error=self.error_code,
                     explanation=self.ctx.explanation if self.ctx else "",
+                    attempts=tuple(self.tried) if self.tried else (),
+                    retry_budget_exhausted=self.retry_exhausted,
                 )
             )
         if notify:

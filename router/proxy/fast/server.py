@@ -36,6 +36,7 @@ from router.proxy.fast.pool import Pool
 from router.proxy.fast.strict import RequestHead, bad_request, validate
 from router.proxy.fast.upstream import UpstreamConnection
 from router.proxy.headers import TrustedProxies
+from router.proxy.retry_budget import Retrier
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class EngineCore:
     admission: Admission
     # How long a request may wait for an admission slot (the connect timeout, as aiohttp).
     admission_wait: float
+    retrier: Retrier
     # Set when listen_tls.redirect_http: plain-HTTP requests get a 308 to this https port.
     redirect_https_port: int | None = None
     # An idle keep-alive client connection is closed after this (proxy.client_idle_timeout).
@@ -383,6 +385,12 @@ class ClientConnection(asyncio.Protocol, Writer):
             self.ignore_input = True
             if self.reading is exchange:
                 return  # keep reading the rest of the body; close when it ends
+            # Pipelined requests behind an answer that ends the connection are never served:
+            # drop them and close, rather than leave the connection hanging with no timer.
+            for queued in self.queue:
+                queued.client_gone()
+            self.queue.clear()
+            self.reading = None
             self._close_when_done()
             return
         if self._paused & _BACKLOG and len(self.queue) <= _MAX_QUEUE:
