@@ -25,3 +25,7 @@ def scaling(args: tuple[str, ...]) -> None:
     from bench.scaling import main
 
     sys.exit(main(list(args), prog="phala-router bench scaling"))
+
+
+if __name__ == "__main__":
+    bench_group()

@@ -32,12 +32,13 @@ from aiohttp import web
 
 from bench.procs import rss_mib
 from router.balancing.round_robin import RoundRobin
-from router.health import HealthChecker, make_health_session
+from router.health.active import HealthChecker
+from router.health.probe import make_health_session
 from router.health.settings import HealthConfig
 from router.models import Replica
+from router.reach import ConnectTo, ConnectToResolver, client_ssl_context
 from router.reconciler import Reconciler
 from router.snapshot import Policy
-from router.upstream import ConnectTo, ConnectToResolver, client_ssl_context
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -27,9 +27,9 @@ from typing import Any
 from bench import hash_tables
 from router.balancing.base import Member, RequestContext
 from router.balancing.factory import make_picker_factory
+from router.balancing.locate import FastGeoIP, GeoIP
 from router.balancing.settings import RoutingConfig
 from router.balancing.sticky import sign_replica
-from router.geo import FastGeoIP, GeoIP
 from router.models import Replica
 
 SIZES = (3, 100, 1000)

@@ -7,57 +7,41 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from router.access_log import AccessLog
 from router.admin import AdminServer
-from router.attestation.wiring import build_attestor
-from router.balancing.factory import make_picker_factory
+from router.compose import (
+    build_control_plane,
+    health_session_factory,
+    policy_from_config,
+    proxy_settings,
+)
 from router.config import RouterConfig, load_config, redacted
-from router.discovery.phala import PhalaDiscovery
 from router.discovery.static import static_replicas
-from router.dns import DnsService
+from router.dns.service import DnsService
 from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
-from router.health import HealthChecker, make_health_session
 from router.listen_errors import listen_error
 from router.metrics import Metrics, build_version
-from router.models import AttestationVerdict, Replica
+from router.models import Replica
 from router.native import build_description
+from router.operator import OperatorActions
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers
 from router.proxy.fast import FastEngine
+from router.reach import ConnectTo
 from router.reconciler import Reconciler
 from router.reload_plan import plan_reload
-from router.snapshot import Overrides, Policy, Snapshot
+from router.snapshot import Snapshot
 from router.status import router_facts, status_document
 from router.status_history import StatusHistory
 from router.tls import ServerTLS
-from router.upstream import ConnectTo, client_ssl_context
 from router.worker_reports import ReportInbox, send_reports
 from router.workers import WorkerLink, worker_count
 
 log = logging.getLogger(__name__)
-
-
-def policy_from_config(config: RouterConfig, environ: Mapping[str, str] | None = None) -> Policy:
-    """The routing-relevant settings. Raises ConfigError (sticky key, GeoIP file)."""
-    routing = config.routing
-    return Policy(
-        picker_factory=make_picker_factory(
-            routing, environ=os.environ if environ is None else environ
-        ),
-        compose_hashes=None
-        if routing.compose_hashes is None
-        else frozenset(routing.compose_hashes),
-        panic_threshold=config.health.panic_threshold,
-        slow_start=config.health.slow_start,
-        attestation_required=config.attestation.enabled,
-        attestation_max_age=config.attestation.effective_max_age,
-    )
 
 
 @dataclass
@@ -67,19 +51,8 @@ class ReloadResult:
     error: str | None = None
 
 
-def _health_session_factory(config: RouterConfig) -> Callable[[], aiohttp.ClientSession]:
-    """Health checks reach replicas exactly like traffic: same connect_to, TLS and SNI."""
-    tls = config.upstream_tls
-    context = client_ssl_context(tls.verify, tls.ca_file)
-    return lambda: make_health_session(config.discovery.connect_to, context, config.health)
-
-
 def _app_id(config: RouterConfig) -> str | None:
     return config.discovery.phala.app_id if config.discovery.phala else None
-
-
-def _tls_listen(config: RouterConfig) -> str | None:
-    return config.listen_tls.listen if config.listen_tls else None
 
 
 class RouterApp:
@@ -110,31 +83,24 @@ class RouterApp:
         self.history = StatusHistory(self.metrics.replica_totals, clock=clock)
         self.history.on_snapshot(self.reconciler.current)
         self.reconciler.subscribe(self.history.on_snapshot)
-        self.health = HealthChecker(
-            config.health,
-            lambda rid, view, urgent: self.reconciler.set_health(rid, view, urgent=urgent),
-            _health_session_factory(config),
-            clock=clock,
-        )
-        self.health.on_check = lambda rid, result: self.metrics.health_check(
-            rid, result.ok, result.latency
-        )
-        self.discovery = (
-            PhalaDiscovery(
-                config.discovery.phala, self.set_replicas, environ=self._environ, clock=clock
-            )
-            if config.discovery.phala is not None
-            else None
-        )
-        if self.discovery is not None:
-            self.metrics.watch_discovery(self.discovery)
-        self.attestor = build_attestor(
+        self.plane = build_control_plane(
             config,
-            self._on_verdict,
+            self.reconciler,
             environ=self._environ,
             clock=clock,
             trusted_simulator_keys=trusted_simulator_keys,
         )
+        self.plane.verdict_observers.append(self.metrics.attestation_verdict)
+        self.health, self.discovery, self.attestor = (
+            self.plane.health,
+            self.plane.discovery,
+            self.plane.attestor,
+        )
+        self.health.on_check = lambda rid, result: self.metrics.health_check(
+            rid, result.ok, result.latency
+        )
+        if self.discovery is not None:
+            self.metrics.watch_discovery(self.discovery)
         self.observers = Observers(
             [self.metrics, self.health.passive]
             if config.metrics.requests
@@ -150,7 +116,7 @@ class RouterApp:
         self.engine: Engine
         if config.proxy.engine == "fast":
             self.engine = FastEngine(
-                config,
+                proxy_settings(config),
                 self._snapshot,
                 self.observers,
                 self.in_flight,
@@ -159,7 +125,7 @@ class RouterApp:
             )
         else:
             self.engine = AiohttpEngine(
-                config, self._snapshot, self.observers, self.in_flight, tls=self.tls
+                proxy_settings(config), self._snapshot, self.observers, self.in_flight, tls=self.tls
             )
         self.admin = AdminServer(
             config.admin.listen, self, self._admin_token(), metrics=self.metrics.render_async
@@ -167,6 +133,7 @@ class RouterApp:
         # With several worker processes only the first serves the admin listener.
         self._worker = worker or WorkerLink()
         self._admin_enabled = self._worker.serves_admin
+        self.actions = OperatorActions(self.reconciler, self.health, self._worker)
         self.dns = (
             DnsService(
                 config.dns,
@@ -191,10 +158,6 @@ class RouterApp:
 
     def _snapshot(self) -> Snapshot:
         return self.reconciler.current
-
-    def _on_verdict(self, verdict: AttestationVerdict) -> None:
-        self.metrics.attestation_verdict(verdict)
-        self.reconciler.set_verdict(verdict)
 
     def _admin_token(self) -> str | None:
         name = self.config.admin.token_env
@@ -224,9 +187,7 @@ class RouterApp:
             verdicts=self.reconciler.verdict_of,
             in_flight=self.in_flight,
             facts={
-                "app_id": self.config.discovery.phala.app_id
-                if self.config.discovery.phala
-                else None,
+                "app_id": _app_id(self.config),
                 "policy": self.config.routing.policy,
                 "ready": self.ready,
                 "draining": self._draining,
@@ -256,26 +217,16 @@ class RouterApp:
         )
 
     def drain(self, replica_id: str, drained: bool) -> None:
-        current = self.reconciler.overrides
-        ids = set(current.drained)
-        (ids.add if drained else ids.discard)(replica_id)
-        self.reconciler.set_overrides(Overrides(frozenset(ids), current.active_limit))
-        self._worker.publish(self.reconciler.overrides)
+        self.actions.drain(replica_id, drained)
 
     def set_active_limit(self, count: int | None) -> None:
-        current = self.reconciler.overrides
-        self.reconciler.set_overrides(Overrides(current.drained, count))
-        self._worker.publish(self.reconciler.overrides)
+        self.actions.set_active_limit(count)
 
     async def recheck(self, replica_id: str | None) -> None:
-        await self.health.check_now(replica_id)
+        await self.actions.recheck(replica_id)
 
     def set_replicas(self, replicas: Sequence[Replica]) -> None:
-        """Every discovery result goes to the reconciler and to health checking."""
-        self.reconciler.set_replicas(replicas)
-        self.health.update_replicas(replicas)
-        if self.attestor is not None:
-            self.attestor.update_replicas(replicas)
+        self.plane.set_replicas(replicas)
 
     def reload(self) -> ReloadResult:
         """Re-read the config file (SIGHUP, POST /admin/reload). A valid new config applies
@@ -303,14 +254,14 @@ class RouterApp:
         old, self.config = self.config, new
         plan = plan_reload(self._started_config, old, new)
         if {"proxy", "upstream", "health"} & set(plan.apply):  # health: passive.count_5xx
-            self.engine.apply_config(new)
+            self.engine.apply_config(proxy_settings(new))
         if self.tls is not None:
             self.tls.reload()  # SIGHUP also re-reads the certificate files, changed or not
         if "discovery.static" in plan.apply and new.discovery.static is not None:
             self.set_replicas(static_replicas(new.discovery.static))
         if "health" in plan.apply or "upstream" in plan.apply:
             reach = "upstream" in plan.apply
-            self.health.reconfigure(new.health, _health_session_factory(new) if reach else None)
+            self.health.reconfigure(new.health, health_session_factory(new) if reach else None)
         if "routing" in plan.apply or "health" in plan.apply:
             self.reconciler.set_policy(policy)  # panic_threshold, slow_start live in health
         result = ReloadResult(applied=list(plan.apply), restart_required=plan.restart_required)

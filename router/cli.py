@@ -16,14 +16,13 @@ import yaml
 from router import logs
 from router.cli_support import (
     EXIT_CONFIG,
-    catch_signals,
     fail,
     load_or_exit,
     run_async,
-    wait_for_signal,
 )
 from router.config import redacted
 from router.errors import ConfigError
+from router.signals import catch_signals, wait_for_signal
 
 log_options = [
     click.option(
@@ -108,7 +107,7 @@ def serve(config_path: str, log_level: str, log_format: str, access_log: bool) -
 def check_config(config_path: str, as_json: bool) -> None:
     """Validate a config and print the effective config (secrets redacted)."""
     config = load_or_exit(config_path)
-    from router.app import policy_from_config
+    from router.compose import policy_from_config
     from router.config_check import missing_secrets
 
     try:
@@ -315,7 +314,8 @@ _add_subcommands()
 
 
 def _add_bench_commands() -> None:
-    """`phala-router bench ...` when the bench package is installed with the router."""
+    """`phala-router bench ...` when `bench` is importable: it is not installed with the
+    router (see pyproject.toml), so only when run with a source checkout on the path."""
     try:
         from bench.cli import bench_group
     except ImportError:

@@ -83,10 +83,9 @@ def dns_render(
         )
     config = load_or_exit(config_path) if config_path is not None else None
     dns_config = _dns_config(config, name)
-    from router.dns import render_from_admin, render_snapshot
     from router.dns.formats import FormatName
-    from router.dns.service import NO_ADDRESS_NOTE
-    from router.upstream import ConnectTo
+    from router.dns.service import NO_ADDRESS_NOTE, render_from_admin, render_snapshot
+    from router.reach import ConnectTo
 
     connect_to = config.discovery.connect_to if config is not None else {}
     pinned = ConnectTo(connect_to).lookup if connect_to else None

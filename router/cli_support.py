@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn
@@ -64,20 +63,3 @@ def run_async(main: Callable[[], Awaitable[Any]]) -> Any:
         fail(str(exc))
     except KeyboardInterrupt:
         return None
-
-
-def catch_signals(on_hangup: Callable[[], object] | None = None) -> asyncio.Event:
-    """Set on SIGTERM/SIGINT; SIGHUP calls `on_hangup` (reload). Installed before startup so
-    a stop during startup still drains instead of killing the process."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if on_hangup is not None:
-        loop.add_signal_handler(signal.SIGHUP, on_hangup)
-    return stop
-
-
-async def wait_for_signal(on_hangup: Callable[[], object] | None = None) -> None:
-    """Until SIGTERM/SIGINT; SIGHUP calls `on_hangup` (reload) and keeps running."""
-    await catch_signals(on_hangup).wait()

@@ -1,4 +1,5 @@
-"""Where config data comes from: a strict YAML reader and `PHALA_ROUTER_*` overrides.
+"""Where config data comes from: a strict YAML reader and `PHALA_ROUTER_*` overrides, and
+how a validation error is told back (`format_validation_error`, shared with the simulator).
 
 Kept apart from the models (router/config.py) because both are about trusting input:
 YAML that repeats a key would silently keep the last value (the README's own deploy step
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from router.errors import ConfigError
 from router.native import PURE_ENV
@@ -164,3 +166,39 @@ def apply_env(data: dict[str, Any], environ: Mapping[str, str]) -> EnvOverrides:
         overrides.by_path[tuple(path)] = key
         overrides.values[key] = environ[key]
     return overrides
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item.startswith("function-") or item in {"tagged-union"}:
+            continue
+        else:
+            parts.append(("." if parts else "") + item)
+    return "".join(parts) or "(top level)"
+
+
+def format_validation_error(error: ValidationError, env: EnvOverrides | None = None) -> str:
+    """One line per problem: `dotted.path: message (got: value)`. A value that came from an
+    environment variable is never shown (it may be a secret in the wrong variable); the
+    variable is named instead."""
+    lines = []
+    for item in error.errors(include_url=False):
+        where = _format_location(tuple(item["loc"]))
+        variable = env.variable_for(tuple(item["loc"])) if env else None
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; config/reference.yaml lists every key)"
+        elif item["type"] == "missing":
+            message = "required but missing"
+        got = item.get("input")
+        shown = "" if item["type"] in {"missing", "extra_forbidden"} else f" (got: {got!r})"
+        if isinstance(got, dict | list):
+            shown = ""
+        if variable is not None:
+            shown = f" (set by environment variable {variable}; value not shown)"
+        lines.append(f"{where}: {message}{shown}")
+    text = "\n".join(lines)
+    return env.scrub(text) if env else text

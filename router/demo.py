@@ -15,6 +15,7 @@ from typing import Any
 
 from router.app import RouterApp
 from router.config import parse_config
+from router.signals import wait_for_signal
 from router.simulator import Simulator, SimulatorConfig
 
 API_KEY_ENV = "PHALA_CLOUD_API_KEY"
@@ -105,8 +106,6 @@ async def run_demo(
         if ready is not None:
             ready(app, sim)
         if stop is None:
-            from router.cli_support import wait_for_signal
-
             await wait_for_signal()
         else:
             await stop.wait()

@@ -6,8 +6,11 @@
     ├── DiscoveryError           the Cloud API failed or answered garbage (last good set kept)
     │   └── DiscoveryAuthError   401/403: the API key is wrong (names the env var)
     ├── AttestationError         a quote could not be fetched or verified (fail closed)
+    ├── DnsRenderError           `dns render` could not get its input (admin API, bad answer)
+    ├── DnsSinkError             a DNS sink could not publish (logged, retried)
     └── ProxyError               a request could not be served; carries its HTTP mapping
         ├── NoRoutableReplica    503 + Retry-After
+        ├── Overloaded           503 + Retry-After: every slot and queue place is taken
         ├── UpstreamConnectError 502 (nothing was sent: safe to retry anywhere)
         ├── UpstreamProtocolError 502 (bytes were sent: retry only idempotent requests)
         ├── UpstreamTimeout      504
@@ -49,6 +52,14 @@ class AttestationError(RouterError):
         self.detail = detail
 
 
+class DnsRenderError(RouterError):
+    """`dns render` could not get what it renders (admin API unreachable, bad answer)."""
+
+
+class DnsSinkError(RouterError):
+    """A sink could not publish; the publisher logs it and retries."""
+
+
 class ProxyError(RouterError):
     status = 502
     code = "bad_gateway"
@@ -64,6 +75,13 @@ class ProxyError(RouterError):
 class NoRoutableReplica(ProxyError):
     status = 503
     code = "no_healthy_replica"
+
+
+class Overloaded(ProxyError):
+    """Every slot is taken and the queue is full (or the wait for a slot ran out)."""
+
+    status = 503
+    code = "overloaded"
 
 
 class UpstreamConnectError(ProxyError):

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from router.access_log import AccessJsonFormatter, CombinedFormatter
+
 
 def rfc3339_utc(created: float) -> str:
     """`2026-12-02T06:08:15.123Z`: UTC, RFC 3339, milliseconds; the same in every log."""
@@ -69,8 +71,6 @@ def configure(
 ) -> None:
     """Log to stderr as `fmt`; the access log (when on) as `access` (text, json, combined),
     by default like the other lines."""
-    from router.access_log import AccessJsonFormatter, CombinedFormatter
-
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

@@ -9,12 +9,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from router.app import _health_session_factory, policy_from_config
-from router.attestation.wiring import build_attestor
+from router.compose import build_control_plane, policy_from_config
 from router.config import RouterConfig
 from router.discovery.phala import PhalaDiscovery
 from router.discovery.static import static_replicas
-from router.health import HealthChecker
 from router.models import AttestationVerdict, Replica
 from router.reconciler import Reconciler
 from router.snapshot import Snapshot
@@ -50,29 +48,20 @@ async def control_plane_pass(
         unknown = set(replica_ids) - {r.id for r in replicas}
         if unknown:
             raise LookupError(f"unknown replica id(s): {', '.join(sorted(unknown))}")
-    reconciler.set_replicas(replicas)
-    health = HealthChecker(
-        config.health,
-        lambda rid, view, urgent: reconciler.set_health(rid, view, urgent=urgent),
-        _health_session_factory(config),
-    )
-    health.update_replicas(replicas)
-    try:
-        await health.check_now()
-    finally:
-        await health.aclose()
-    verdicts: list[AttestationVerdict] = []
-    attestor = build_attestor(
+    plane = build_control_plane(
         config,
-        reconciler.set_verdict,
+        reconciler,
         environ=environ,
         trusted_simulator_keys=trusted_simulator_keys,
+        discover=False,
     )
-    if attestor is not None and attest is not False:
-        attestor.update_replicas(replicas)
-        try:
-            verdicts = await attestor.attest_now(replica_ids)
-        finally:
-            await attestor.aclose()
+    plane.set_replicas(replicas)
+    verdicts: list[AttestationVerdict] = []
+    try:
+        await plane.health.check_now()
+        if plane.attestor is not None and attest is not False:
+            verdicts = await plane.attestor.attest_now(replica_ids)
+    finally:
+        await plane.aclose()
     reconciler.rebuild(force=True)
     return PassResult(replicas, reconciler.current, verdicts)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from router.balancing.base import InFlight, Member, Picker, PickerFactory
-from router.balancing.settings import normalise_region
+from router.balancing.regions import normalise_region
 from router.models import AttestationVerdict, HealthView, Replica, ReplicaState
 
 SLOW_START_FLOOR = 0.1

@@ -8,8 +8,9 @@ from collections.abc import Mapping, Sequence
 
 from router.balancing.base import Member, Picker, PickerFactory, RequestContext
 from router.balancing.factory import make_picker_factory
+from router.balancing.locate import GeoIP
+from router.balancing.regions import Point
 from router.balancing.settings import RoutingConfig
-from router.geo import GeoIP, Point
 from router.models import Replica
 
 

@@ -23,10 +23,10 @@ from router.attestation.quote import fresh_report_data, parse_nonce
 from router.attestation.settings import AttestationConfig
 from router.balancing.round_robin import RoundRobin
 from router.models import AttestationVerdict, Replica
+from router.reach import client_ssl_context, make_connector
 from router.reconciler import Reconciler
 from router.simulator.quotes import FixedQuote, SimulatedQuotes, Tamper, make_quote
 from router.snapshot import Policy
-from router.upstream import client_ssl_context, make_connector
 from tests.support import eventually
 
 APP_ID = "a1" * 20

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from router.balancing.base import Member
 from router.balancing.geo import level_health, priority_loads
-from router.geo import Point
+from router.balancing.regions import Point
 from tests.balancing_support import (
     FakeGeoIP,
     count_regions,

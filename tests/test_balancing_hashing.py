@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from router.balancing.base import Member
 from router.balancing.geo import GeoPicker
 from router.balancing.keyhash import hash64
+from router.balancing.locate import Locator
 from router.balancing.maglev import MaglevTable
 from router.balancing.rendezvous import RendezvousTable
 from router.balancing.ring import RingTable
@@ -31,7 +32,6 @@ from router.balancing.settings import GeoConfig, StickyConfig
 from router.balancing.tables import KeyTable, KeyTables, make_table
 from router.config import parse_config
 from router.errors import ConfigError
-from router.geo import Locator
 from tests.balancing_support import FakeGeoIP, ctx, factory, members, replica
 
 TableMaker = Callable[[Sequence[str], Sequence[float]], KeyTable]

@@ -20,10 +20,10 @@ from router.balancing.base import RequestContext
 from router.balancing.round_robin import RoundRobin
 from router.discovery.phala import PhalaDiscovery
 from router.discovery.settings import PhalaDiscoveryConfig
+from router.reach import client_ssl_context, make_connector
 from router.reconciler import Reconciler
 from router.simulator import Simulator, SimulatorConfig
 from router.snapshot import Policy
-from router.upstream import client_ssl_context, make_connector
 from tests.support import eventually
 
 ENV = {"PHALA_CLOUD_API_KEY": "traffic-key"}

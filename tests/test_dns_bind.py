@@ -28,7 +28,8 @@ import pytest
 from router.balancing.round_robin import RoundRobin
 from router.dns.feed import RecordFeed
 from router.dns.settings import DnsConfig
-from router.dns.sinks import DnsPublisher, DnsSinkError, Rfc2136Sink, make_sinks
+from router.dns.sinks import DnsPublisher, Rfc2136Sink, make_sinks
+from router.errors import DnsSinkError
 from router.models import HealthView, Replica, ReplicaState
 from router.reconciler import Reconciler
 from router.snapshot import Policy
@@ -153,7 +154,7 @@ def bind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bind]:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
-            process.wait()
+            process.wait(5)  # SIGKILL cannot be ignored: a longer wait is a test failure
 
 
 def replica(n: int) -> Replica:

@@ -16,13 +16,12 @@ from aiohttp import web
 
 from router.balancing.round_robin import RoundRobin
 from router.dns.service import (
-    DnsRenderError,
     DnsService,
     render_from_admin,
     render_snapshot,
 )
 from router.dns.settings import DnsConfig
-from router.errors import ConfigError
+from router.errors import ConfigError, DnsRenderError
 from router.models import HealthView, Replica, ReplicaState
 from router.reconciler import Reconciler
 from router.snapshot import Policy

@@ -16,8 +16,8 @@ from router.balancing.round_robin import RoundRobin
 from router.dns.feed import RecordFeed
 from router.dns.records import RecordSet, ReplicaSets, build_records
 from router.dns.settings import DnsConfig, FileSinkConfig
-from router.dns.sinks import DnsPublisher, DnsSinkError, FileSink, make_sinks
-from router.errors import ConfigError
+from router.dns.sinks import DnsPublisher, FileSink, make_sinks
+from router.errors import ConfigError, DnsSinkError
 from router.models import HealthView, Replica, ReplicaState
 from router.reconciler import Reconciler
 from router.snapshot import Policy

@@ -13,7 +13,8 @@ import pydantic
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.app import RouterApp, policy_from_config
+from router.app import RouterApp
+from router.compose import policy_from_config
 from router.config import RouterConfig, load_config, parse_config, redacted
 from router.errors import ConfigError
 

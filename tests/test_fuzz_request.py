@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from tests.conftest import ENGINES
 from tests.support import running_router
 
+TRACEBACK = logging.Formatter("%(name)s %(levelname)s %(message)s")
+
 
 @dataclass
 class Live:
@@ -111,6 +113,7 @@ def exchange(live: Live, data: bytes) -> bytes:
 
 TOKENS = [b"GET", b"POST", b"PUT", b"HEAD", b"OPTIONS", b"DELETE", b"CONNECT", b"TRACE", b"PRI"]
 TARGETS = [
+    b"",  # empty: aiohttp once crashed on `CONNECT  \r\n\r\n`
     b"/",
     b"/a?b=c",
     b"*",
@@ -165,12 +168,16 @@ structured = st.builds(
 )
 @given(st.one_of(structured, st.binary(min_size=1, max_size=300)))
 def test_any_bytes_get_an_answer_or_a_close_never_a_500(live: Live, data: bytes) -> None:
+    logged_before = len(live.errors)
     answer = exchange(live, data)
     if answer:
         assert answer.startswith(b"HTTP/"), answer[:100]  # aiohttp echoes the version
         status = int(answer[9:12])
         assert status != 500, answer[:300]
-    assert live.errors == [], [r.getMessage() for r in live.errors]
     # And the router keeps serving.
     ok = exchange(live, b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
     assert ok.startswith(b"HTTP/1.1 200"), ok[:200]
+    # Only what was logged during this example, with its traceback: an error logged later
+    # (a dead task is reported when it is collected) must not be blamed on every later input.
+    logged = [TRACEBACK.format(r) for r in live.errors[logged_before:]]
+    assert logged == [], "\n".join(logged)

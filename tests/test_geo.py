@@ -8,19 +8,17 @@ from typing import Any
 
 import pytest
 
-from router.balancing.settings import GeoConfig, RoutingConfig
-from router.config import parse_config
-from router.errors import ConfigError
-from router.geo import (
-    FastGeoIP,
-    Locator,
-    MaxMindGeoIP,
+from router.balancing.locate import FastGeoIP, Locator, MaxMindGeoIP
+from router.balancing.regions import (
     Point,
     country_table,
     haversine_km,
     region_coordinates,
     region_table,
 )
+from router.balancing.settings import GeoConfig, RoutingConfig
+from router.config import parse_config
+from router.errors import ConfigError
 from tests.balancing_support import FakeGeoIP, ctx
 
 
@@ -240,7 +238,8 @@ def test_a_full_routing_section_parses() -> None:
 
 
 @pytest.mark.parametrize(
-    "module", ["router.geo", "router.balancing", "router.balancing.geo", "router.config"]
+    "module",
+    ["router.balancing.locate", "router.balancing", "router.balancing.geo", "router.config"],
 )
 def test_modules_import_on_their_own(module: str) -> None:
     # Import cycles only show when a module is imported first, in a fresh interpreter.

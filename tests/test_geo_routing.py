@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from router.balancing.factory import make_picker_factory
+from router.compose import proxy_settings
 from router.config import parse_config
 from router.discovery.static import replica_from_url
 from router.proxy.aiohttp_engine import AiohttpEngine
@@ -81,7 +82,9 @@ async def world(
         for name in ("fra-0", "fra-1", "iad-0", "iad-1", "sin-0", "sin-1"):
             replicas[name] = await stack.enter_async_context(running_replica(name))
         setup = World(replicas, routing, trusted)
-        engine = AiohttpEngine(setup.config, lambda: setup.snapshot, Observers(), setup.in_flight)
+        engine = AiohttpEngine(
+            proxy_settings(setup.config), lambda: setup.snapshot, Observers(), setup.in_flight
+        )
         await engine.start()
         try:
             host, port = engine.addresses[0]

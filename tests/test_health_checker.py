@@ -19,12 +19,13 @@ import trustme
 from aiohttp import web
 
 from router.balancing.round_robin import RoundRobin
-from router.health import HealthChecker, make_health_session
+from router.health.active import HealthChecker
+from router.health.probe import make_health_session
 from router.health.settings import HealthConfig
 from router.models import HealthView, Replica, ReplicaState
+from router.reach import client_ssl_context
 from router.reconciler import Reconciler
 from router.snapshot import Policy
-from router.upstream import client_ssl_context
 from tests.support import eventually
 
 FAST = HealthConfig(
@@ -326,11 +327,11 @@ async def test_only_running_replicas_are_checked_and_removed_ones_are_forgotten(
         w.start()
         await eventually(lambda: w.routable() == ["up"])
         assert set(server.hosts) == {"up.test"}
-        assert w.checker.details("booting") is None
+        assert w.checker.view("booting") is None
 
         w.set_replicas([replica("booting")])  # "up" removed, "booting" now running
-        assert w.checker.details("up") is None
-        assert w.checker.details("booting") is not None
+        assert w.checker.view("up") is None
+        assert w.checker.view("booting") is not None
         await eventually(lambda: w.routable() == ["booting"])
 
         # Stopped then running again: it starts over as pending, not as its old self.
@@ -348,18 +349,15 @@ async def test_details_explain_the_last_check_for_the_status_page(
         w.set_replicas([replica("a")])
         await w.checker.check_now("a")
         await w.checker.check_now("a")
-    details = w.checker.details("a")
-    assert details is not None
-    doc = details.as_dict()
-    assert doc["state"] == "unhealthy"
-    assert doc["consecutive_failures"] == 2
-    assert doc["last_check"]["status"] == 503
-    assert doc["last_check"]["error"] == "status 503"
-    assert doc["last_check"]["latency_ms"] >= 0
-    assert doc["ejections"] == 0
     view = w.checker.view("a")
     assert view is not None
-    assert view.last_check == details.last_check
+    assert view.state is ReplicaState.UNHEALTHY
+    assert view.last_check is not None
+    assert view.last_check.status == 503
+    assert view.last_check.error == "status 503"
+    assert view.last_check.latency is not None
+    assert view.last_check.latency >= 0
+    assert view.ejections == 0
 
 
 def test_disabled_active_checks_leave_replicas_routable_for_passive_checks() -> None:

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from router.balancing.round_robin import RoundRobin
-from router.health import HealthChecker
+from router.health.active import HealthChecker
 from router.health.settings import HealthConfig, PassiveConfig
 from router.models import CheckResult, HealthView, Replica, ReplicaState
 from router.reconciler import Reconciler
@@ -86,9 +86,9 @@ def test_successes_in_between_keep_a_replica_in() -> None:
 def test_ejection_ends_when_its_time_is_up_and_backs_off_on_repeat() -> None:
     h = Harness(3, base_ejection=30, max_ejection=50)
     h.fail("r0", 5)
-    details = h.checker.details("r0")
+    details = h.checker.view("r0")
     assert details is not None
-    assert details.state == "ejected"
+    assert "r0" not in h.routable()
     assert details.ejected_until == 1030
 
     h.clock.now = 1030
@@ -96,7 +96,7 @@ def test_ejection_ends_when_its_time_is_up_and_backs_off_on_repeat() -> None:
     assert h.routable() == ["r0", "r1", "r2"]
 
     h.fail("r0", 5)  # second ejection: 2 x 30 s, capped at 50 s
-    details = h.checker.details("r0")
+    details = h.checker.view("r0")
     assert details is not None
     assert details.ejections == 2
     assert details.ejected_until == 1080
@@ -154,14 +154,14 @@ def test_an_active_pass_after_the_time_is_up_clears_the_ejection(
     assert sum("r0 ejected for 30s" in r.getMessage() for r in caplog.records) == 1
     # An active check passing during the ejection does not end it...
     h.checker.apply_check("r0", CheckResult(at=1010, ok=True, status=200))
-    details = h.checker.details("r0")
+    details = h.checker.view("r0")
     assert details is not None
     assert details.ejected_until == 1030
     # ...one after the time is up does, and the ejection count is kept for backoff.
     h.clock.now = 1031
     h.checker.apply_check("r0", CheckResult(at=1031, ok=True, status=200))
-    details = h.checker.details("r0")
+    details = h.checker.view("r0")
     assert details is not None
     assert details.ejected_until is None
     assert details.ejections == 1
-    assert details.state == "healthy"
+    assert details.state is ReplicaState.HEALTHY

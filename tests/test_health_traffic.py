@@ -15,15 +15,17 @@ from typing import Any
 import aiohttp
 
 from router.balancing.round_robin import RoundRobin
+from router.compose import proxy_settings
 from router.config import parse_config
 from router.discovery.static import static_replicas
-from router.health import HealthChecker, make_health_session
+from router.health.active import HealthChecker
+from router.health.probe import make_health_session
 from router.models import HealthView
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import InFlightCounter, Observers
+from router.reach import client_ssl_context
 from router.reconciler import Reconciler
 from router.snapshot import Policy
-from router.upstream import client_ssl_context
 from tests.support import eventually, static_config
 
 
@@ -103,7 +105,7 @@ async def wired_router(
         rng=random.Random(2),
     )
     engine = AiohttpEngine(
-        config, lambda: reconciler.current, Observers([checker.passive]), in_flight
+        proxy_settings(config), lambda: reconciler.current, Observers([checker.passive]), in_flight
     )
     assert config.discovery.static is not None
     members = static_replicas(config.discovery.static)
@@ -149,9 +151,9 @@ async def test_a_resetting_replica_is_ejected_by_traffic_before_the_next_probe(
                     assert response.status == 200
             assert bad.traffic_hits == hits  # ejected: no more traffic at all
             assert bad.health_hits == probes_before  # traffic, not a probe, found it
-            details = checker.details("bad")
-            assert details is not None
-            assert details.ejections == 1
+            view = checker.view("bad")
+            assert view is not None
+            assert view.ejections == 1
 
 
 async def test_all_replicas_failing_gives_a_fast_503_naming_the_cause_when_panic_is_off(

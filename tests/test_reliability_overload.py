@@ -10,7 +10,8 @@ import time
 import aiohttp
 import pytest
 
-from router.proxy.admission import Admission, Overloaded
+from router.errors import Overloaded
+from router.proxy.admission import Admission
 from tests.reliability_support import fleet, fleet_config
 from tests.support import eventually, running_router
 
@@ -40,7 +41,9 @@ async def test_a_burst_beyond_capacity_is_bounded_and_refused_with_retry_after(
                 after = await _timed(client, f"{router.url}/work")
 
     assert liveness[0] == 200
-    assert liveness[1] < 0.25
+    # Answered before any proxied request (each waits 0.3 s on a replica) could finish: not
+    # queued behind the burst. Relative to the same run, not a constant, so load cannot fail it.
+    assert liveness[1] < min(a[1] for a in answers if a[0] == 200)
     ok = [a for a in answers if a[0] == 200]
     refused = [a for a in answers if a[0] != 200]
     assert {a[0] for a in refused} == {503}
@@ -48,7 +51,7 @@ async def test_a_burst_beyond_capacity_is_bounded_and_refused_with_retry_after(
     for _status, seconds, retry_after, body in refused:
         assert retry_after == "1"
         assert '"overloaded"' in body
-        assert seconds < 0.25  # refused at once, not after queueing
+        assert seconds < 1.0  # refused at once, not after queueing for connect_timeout (2 s)
     # Never more than max_connections on the replicas at once.
     assert replicas[0].fleet_load is not None
     assert replicas[0].fleet_load.peak <= 4
@@ -76,7 +79,8 @@ async def test_a_queued_request_waits_at_most_connect_timeout(engine: str) -> No
     for status, seconds, retry_after, _ in queued:
         assert status == 503
         assert retry_after == "1"
-        assert 0.15 < seconds < 0.6
+        assert seconds > 0.15  # queued for connect_timeout (200 ms) first
+        assert seconds < served[1]  # and refused before the busy slot (1 s replica) freed
 
 
 # -- the admission gate alone (no sockets) ---------------------------------------------------

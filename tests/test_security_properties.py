@@ -20,8 +20,9 @@ from click.testing import CliRunner
 
 from router.admin import AdminServer
 from router.cli import main
-from router.config import UpstreamTLSConfig, parse_config
+from router.config import parse_config
 from router.errors import ConfigError
+from router.proxy.settings import UpstreamTLSConfig
 from router.simulator import Simulator, SimulatorConfig
 from tests.support import eventually, free_port, running_replica, running_router, static_config
 

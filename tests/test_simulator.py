@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from router.errors import ConfigError
+from router.reach import client_ssl_context, make_connector
 from router.simulator import (
     SimReplica,
     SimReplicaConfig,
@@ -25,7 +26,6 @@ from router.simulator import (
     load_simulator_config,
     run_simulator,
 )
-from router.upstream import client_ssl_context, make_connector
 
 KEY = {"X-API-Key": "sim-api-key"}
 REPO = Path(__file__).resolve().parent.parent

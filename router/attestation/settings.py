@@ -13,22 +13,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
 from router.attestation.measurements import OsMeasurement, read_measurements_file
 from router.settings_types import Frozen, PositiveDuration
 
-TCB_STATUSES = (
-    "UpToDate",
-    "SWHardeningNeeded",
-    "ConfigurationNeeded",
-    "ConfigurationAndSWHardeningNeeded",
-    "OutOfDate",
-    "OutOfDateConfigurationNeeded",
-    "Revoked",
-)
+# The one list of Intel TCB statuses; the tuple is read from the type so they cannot drift
+# (a Literal type cannot be built from a runtime tuple, so it is the other way round).
 TcbStatus = Literal[
     "UpToDate",
     "SWHardeningNeeded",
@@ -38,6 +31,7 @@ TcbStatus = Literal[
     "OutOfDateConfigurationNeeded",
     "Revoked",
 ]
+TCB_STATUSES: tuple[TcbStatus, ...] = get_args(TcbStatus)
 
 DEFAULT_PCCS_URL = "https://pccs.phala.network"
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

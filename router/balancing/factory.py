@@ -17,11 +17,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from router.balancing.base import InFlight, Member, Picker, PickerFactory, RequestContext
 from router.balancing.geo import GeoPicker
 from router.balancing.group import FlatPicker, KeyedPicker
+from router.balancing.locate import GeoIP, Locator, open_geoip
 from router.balancing.settings import RoutingConfig
 from router.balancing.sticky import CookieSticky, KeyedSticky
 from router.balancing.tables import KeyTables
 from router.errors import ConfigError
-from router.geo import GeoIP, Locator, open_geoip
 from router.models import Replica
 
 log = logging.getLogger(__name__)

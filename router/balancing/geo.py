@@ -28,9 +28,10 @@ from dataclasses import dataclass
 from router.balancing.base import InFlight, Member, RequestContext
 from router.balancing.group import Group, Within
 from router.balancing.keyhash import unit_interval
-from router.balancing.settings import GeoConfig, normalise_region
+from router.balancing.locate import ClientLocation, Locator
+from router.balancing.regions import Point, haversine_km, normalise_region, region_coordinates
+from router.balancing.settings import GeoConfig
 from router.balancing.tables import KeyTables
-from router.geo import ClientLocation, Locator, Point, haversine_km, region_coordinates
 from router.models import Replica
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from router.balancing.regions import normalise_region, region_coordinates
 from router.settings_types import EnvVarName, Frozen
 
 LocationSource = Literal["region_hint", "latlon_header", "country_header", "geoip"]
@@ -34,11 +35,6 @@ def is_prime(value: int) -> bool:
             return False
         divisor += 2
     return True
-
-
-def normalise_region(name: str) -> str:
-    """Region ids are compared case-insensitively with `_` and `-` treated alike."""
-    return name.strip().lower().replace("_", "-")
 
 
 def _check_header(value: str | None) -> str | None:
@@ -120,9 +116,6 @@ class GeoConfig(Frozen):
     def _default_known(self) -> GeoConfig:
         if self.default_region is None:
             return self
-        # Imported here: router.geo imports this module for normalise_region.
-        from router.geo import region_coordinates
-
         if region_coordinates(self.default_region, self.regions) is None:
             raise ValueError(
                 f"default_region {self.default_region!r} has no known coordinates; "

@@ -1,4 +1,5 @@
-"""Config of Phala Cloud discovery (`discovery.phala:`)."""
+"""Config of discovery (`discovery:`): Phala Cloud (`discovery.phala`), a static list
+(`discovery.static`) and `connect_to`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from router.settings_types import EnvVarName, Frozen, PositiveDuration
+from router.settings_types import EnvVarName, Frozen, HostPort, PositiveDuration
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 
@@ -80,3 +81,50 @@ class PhalaDiscoveryConfig(Frozen):
         if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", name):
             raise ValueError(f"{value!r} is not a domain name, e.g. dstack-prod5.phala.network")
         return name
+
+
+class StaticReplicaConfig(Frozen):
+    id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+    url: str
+    region: str | None = None
+    weight: int = Field(100, ge=1, le=10000)
+    # The Phala instance id this replica's quote must name (attestation; 40 hex).
+    instance_id: str | None = Field(None, pattern=r"^(0x)?[0-9a-fA-F]{40}$")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", value):
+            raise ValueError(
+                f"{value!r} is not an http(s) URL with a host, e.g. https://replica-1.example.com:443"
+            )
+        return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        return value.strip().lower() if value else None
+
+
+class DiscoveryConfig(Frozen):
+    static: tuple[StaticReplicaConfig, ...] | None = None
+    phala: PhalaDiscoveryConfig | None = None
+    # Like curl --connect-to: dial this address for hosts matching the pattern, keeping the
+    # host name for the Host header and TLS SNI. Patterns are exact names or `*.suffix`.
+    connect_to: dict[str, HostPort] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DiscoveryConfig:
+        if (self.static is None) == (self.phala is None):
+            raise ValueError("set exactly one of discovery.static (a list) or discovery.phala")
+        if self.static is not None:
+            ids = [r.id for r in self.static]
+            dupes = sorted({i for i in ids if ids.count(i) > 1})
+            if dupes:
+                raise ValueError(f"discovery.static has duplicate ids: {', '.join(dupes)}")
+        for pattern in self.connect_to:
+            if not re.fullmatch(r"(\*\.)?[A-Za-z0-9._-]+", pattern):
+                raise ValueError(
+                    f"connect_to key {pattern!r} must be a host name or *.suffix, e.g. *.example.com"
+                )
+        return self

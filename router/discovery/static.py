@@ -7,7 +7,7 @@ from types import MappingProxyType
 
 from yarl import URL
 
-from router.config import StaticReplicaConfig
+from router.discovery.settings import StaticReplicaConfig
 from router.models import Replica
 
 

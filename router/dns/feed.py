@@ -37,6 +37,22 @@ class SnapshotSource(Protocol):
     def subscribe(self, listener: Callable[[Snapshot], None]) -> None: ...
 
 
+async def cancel_and_wait(task: asyncio.Task[None], deadline: float = 5.0) -> None:
+    """Cancel `task` and wait for it to end, cancelling again until it does.
+
+    On Python 3.11 `asyncio.wait_for` (which dnspython's queries use) swallows a cancellation
+    that lands just as its inner read completes, so one cancel() could leave a DNS loop
+    running and the caller waiting forever. Past `deadline` it gives up with an error."""
+    ends = time.monotonic() + deadline
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=min(0.5, max(0.0, ends - time.monotonic())))
+        if not task.done() and time.monotonic() >= ends:
+            raise RuntimeError(f"task {task.get_name()} did not stop within {deadline}s")
+    with contextlib.suppress(asyncio.CancelledError):
+        task.result()
+
+
 class RecordFeed:
     def __init__(
         self,
@@ -79,9 +95,7 @@ class RecordFeed:
     async def stop(self) -> None:
         self._stopped = True  # the reconciler has no unsubscribe: ignore later snapshots
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     # -- internals ------------------------------------------------------------------------

@@ -24,12 +24,8 @@ from router.dns.resolve import Pinned, make_resolver, merge, resolve_addresses
 from router.dns.server import DnsServer
 from router.dns.settings import DnsConfig
 from router.dns.sinks import DnsPublisher, make_sinks
-from router.errors import ConfigError, RouterError
+from router.errors import ConfigError, DnsRenderError
 from router.snapshot import Snapshot
-
-
-class DnsRenderError(RouterError):
-    """`dns render` could not get what it renders (admin API unreachable, bad answer)."""
 
 
 class DnsService:

@@ -35,18 +35,14 @@ import dns.tsig
 import dns.tsigkeyring
 import dns.update
 
-from router.dns.feed import RecordFeed
+from router.dns.feed import RecordFeed, cancel_and_wait
 from router.dns.formats import render
 from router.dns.records import RecordSet, managed_names, select
 from router.dns.settings import DnsConfig, FileSinkConfig, Rfc2136SinkConfig
-from router.errors import ConfigError, RouterError
+from router.errors import ConfigError, DnsSinkError
 from router.settings_types import split_host_port
 
 log = logging.getLogger(__name__)
-
-
-class DnsSinkError(RouterError):
-    """A sink could not publish; the publisher logs it and retries."""
 
 
 class Sink(Protocol):
@@ -252,8 +248,7 @@ class DnsPublisher:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks.clear()
 
     def _on_records(self, records: RecordSet) -> None:

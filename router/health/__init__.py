@@ -6,21 +6,6 @@
 - `active`: `HealthChecker`, the scheduler with bounded concurrency.
 - `passive`: `PassiveDetector`, fed by the data plane on every upstream attempt.
 
+Submodules are imported directly, so `state` stays free of network libraries.
 Panic mode and slow start are applied by `router.snapshot.build_snapshot` from the views.
 """
-
-from router.health.active import HealthChecker, HealthDetails, HealthSink
-from router.health.passive import CONNECT, RESET, STATUS_5XX, TIMEOUT, PassiveDetector
-from router.health.probe import make_health_session
-
-__all__ = [
-    "CONNECT",
-    "RESET",
-    "STATUS_5XX",
-    "TIMEOUT",
-    "HealthChecker",
-    "HealthDetails",
-    "HealthSink",
-    "PassiveDetector",
-    "make_health_session",
-]

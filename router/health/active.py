@@ -16,8 +16,6 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 
@@ -42,46 +40,6 @@ log = logging.getLogger(__name__)
 
 HealthSink = Callable[[str, HealthView, bool], None]
 SessionSource = aiohttp.ClientSession | Callable[[], aiohttp.ClientSession]
-
-
-@dataclass(frozen=True, slots=True)
-class HealthDetails:
-    """Everything the status page shows about one replica's health."""
-
-    replica_id: str
-    state: str
-    since: float | None  # when the active state last changed
-    last_check: CheckResult | None
-    consecutive_successes: int
-    consecutive_failures: int
-    traffic_failures: int  # consecutive failed live attempts
-    ejections: int
-    ejected_until: float | None
-    healthy_since: float | None
-    next_check_at: float | None
-
-    def as_dict(self) -> dict[str, Any]:
-        check = self.last_check
-        return {
-            "state": self.state,
-            "since": self.since,
-            "last_check": None
-            if check is None
-            else {
-                "at": check.at,
-                "ok": check.ok,
-                "status": check.status,
-                "error": check.error,
-                "latency_ms": None if check.latency is None else round(check.latency * 1000, 1),
-            },
-            "consecutive_successes": self.consecutive_successes,
-            "consecutive_failures": self.consecutive_failures,
-            "traffic_failures": self.traffic_failures,
-            "ejections": self.ejections,
-            "ejected_until": self.ejected_until,
-            "healthy_since": self.healthy_since,
-            "next_check_at": self.next_check_at,
-        }
 
 
 class HealthChecker:
@@ -223,32 +181,7 @@ class HealthChecker:
             return None
         return view_of(active, self.passive.state(replica_id) or OutlierState())
 
-    def details(self, replica_id: str) -> HealthDetails | None:
-        active = self._active.get(replica_id)
-        if active is None:
-            return None
-        outlier = self.passive.state(replica_id) or OutlierState()
-        view = view_of(active, outlier)
-        return HealthDetails(
-            replica_id=replica_id,
-            state=self._effective_state(view),
-            since=active.changed_at,
-            last_check=active.last_check,
-            consecutive_successes=active.successes,
-            consecutive_failures=active.failures,
-            traffic_failures=outlier.failures,
-            ejections=outlier.ejections,
-            ejected_until=outlier.ejected_until,
-            healthy_since=view.healthy_since,
-            next_check_at=self._due.get(replica_id),
-        )
-
     # -- internals ------------------------------------------------------------------------
-
-    def _effective_state(self, view: HealthView) -> str:
-        if view.ejected_until is not None and self._clock() < view.ejected_until:
-            return ReplicaState.EJECTED.value
-        return view.state.value
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 
+from router.failures import CONNECT, STATUS_5XX
 from router.health.settings import PassiveConfig
 from router.health.state import OutlierState, decay, may_eject, observe_traffic
 from router.models import Replica
@@ -19,9 +20,6 @@ log = logging.getLogger(__name__)
 
 # (replica_id, urgent): the outlier state of that replica changed.
 ChangeListener = Callable[[str, bool], None]
-
-# Failure kinds the proxy reports; only used to explain an ejection.
-CONNECT, RESET, TIMEOUT, STATUS_5XX = "connect", "reset", "timeout", "5xx"
 
 
 class PassiveDetector:

@@ -1,6 +1,6 @@
 """One active health check: an HTTP GET sent exactly like traffic, judged into a CheckResult.
 
-The session comes from `router.upstream.make_connector`, so the check uses the replica's
+The session comes from `router.reach.make_connector`, so the check uses the replica's
 host name for Host and TLS SNI, the same TLS verification and the same `connect_to`
 dial address as proxied requests: a check tests what traffic will see.
 """
@@ -17,7 +17,7 @@ from yarl import URL
 from router.health.settings import HealthConfig
 from router.health.state import Expectation, judge
 from router.models import CheckResult, Replica
-from router.upstream import make_connector
+from router.reach import make_connector
 
 # Enough for any health body; a bigger one is cut (and the connection not reused).
 MAX_BODY = 64 * 1024

@@ -14,16 +14,9 @@ from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 
-from router.errors import NoRoutableReplica, ProxyError
+from router.errors import NoRoutableReplica, Overloaded, ProxyError
 
 RETRY_AFTER_SECONDS = 1
-
-
-class Overloaded(ProxyError):
-    """Every slot is taken and the queue is full (or the wait for a slot ran out)."""
-
-    status = 503
-    code = "overloaded"
 
 
 def retry_after(error: ProxyError) -> str | None:

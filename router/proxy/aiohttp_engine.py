@@ -21,13 +21,13 @@ from yarl import URL
 
 from router import acme
 from router.balancing.base import RequestContext
-from router.config import RouterConfig
 from router.errors import (
     ClientRequestError,
     ProxyError,
     UpstreamProtocolError,
     UpstreamTimeout,
 )
+from router.failures import PER_TRY_TIMEOUT
 from router.models import Replica
 from router.proxy.admission import Admission
 from router.proxy.aiohttp_retry import PerTryTimeout, RetryTrack, send_with_per_try
@@ -54,7 +54,6 @@ from router.proxy.base import (
     Observers,
     RequestRecord,
     SnapshotSource,
-    edge_headers,
     no_routable_error,
 )
 from router.proxy.fast.wire import MAX_HEADER_BLOCK, MAX_HEADER_COUNT
@@ -66,11 +65,12 @@ from router.proxy.headers import (
     forward_response_headers,
     request_id,
 )
-from router.proxy.retry import PER_TRY_TIMEOUT, RetryPolicy, classify_client_error
+from router.proxy.retry import RetryPolicy, classify_client_error
 from router.proxy.retry_budget import Retrier
+from router.proxy.settings import ProxySettings
+from router.reach import client_ssl_context, make_connector
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
-from router.upstream import client_ssl_context, make_connector
 
 log = logging.getLogger(__name__)
 # The failure kind outlier detection and the error metrics see for a per-try timeout.
@@ -90,7 +90,7 @@ REQUEST_ID_KEY = web.RequestKey("request_id", str)
 class AiohttpEngine:
     def __init__(
         self,
-        config: RouterConfig,
+        config: ProxySettings,
         snapshots: SnapshotSource,
         observers: Observers,
         in_flight: InFlightCounter,
@@ -103,7 +103,7 @@ class AiohttpEngine:
         self._observers = observers
         self._in_flight = in_flight
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
-        self._edge = edge_headers(config)
+        self._edge = config.edge_headers
         self._timeout = client_timeout(config)
         self._admission = Admission(config.proxy.max_connections, config.proxy.max_pending)
         admission = self._admission
@@ -131,7 +131,7 @@ class AiohttpEngine:
     def _new_session(self) -> aiohttp.ClientSession:
         tls = self._config.upstream_tls
         connector = make_connector(
-            self._config.discovery.connect_to,
+            self._config.connect_to,
             client_ssl_context(tls.verify, tls.ca_file),
             keepalive_timeout=self._proxy.idle_timeout,
         )
@@ -146,23 +146,23 @@ class AiohttpEngine:
             max_headers=MAX_HEADER_COUNT + 1,
         )
 
-    def apply_config(self, config: RouterConfig) -> None:
+    def apply_config(self, config: ProxySettings) -> None:
         """Take a reloaded config. Listen addresses need a restart (the app says so); how
         replicas are reached changes by swapping in a new client session, and the old one
         closes once its in-flight requests had their drain time."""
         reach_changed = (
-            config.discovery.connect_to,
+            config.connect_to,
             config.upstream_tls,
             config.proxy.idle_timeout,
         ) != (
-            self._config.discovery.connect_to,
+            self._config.connect_to,
             self._config.upstream_tls,
             self._config.proxy.idle_timeout,
         )
         self._config = config
         self._proxy = config.proxy
         self._trusted = TrustedProxies(config.proxy.trusted_proxies)
-        self._edge = edge_headers(config)
+        self._edge = config.edge_headers
         self._timeout = client_timeout(config)
         self._admission.configure(config.proxy.max_connections, config.proxy.max_pending)
         self._retrier.configure(RetryPolicy.from_config(config.proxy))
@@ -402,7 +402,7 @@ class AiohttpEngine:
         if status in policy.statuses and track.on_status(
             status, upstream.headers.get("Retry-After") if status == 503 else None, replica
         ):
-            _, failure = policy.status_verdict(status, self._config.health.passive.count_5xx)
+            _, failure = policy.status_verdict(status, self._config.count_5xx)
             self._observers.attempt_done(replica, False, failure, status)
             track.give_up(replica, str(status))
             discard_connection(upstream)  # never relayed, and its connection is not reused
@@ -440,8 +440,7 @@ class AiohttpEngine:
         extra_headers: list[tuple[str, str]],
     ) -> web.StreamResponse:
         status = upstream.status
-        count_5xx = self._config.health.passive.count_5xx
-        ok, kind = self._retrier.policy.status_verdict(status, count_5xx)
+        ok, kind = self._retrier.policy.status_verdict(status, self._config.count_5xx)
         self._observers.attempt_done(replica, ok, kind, status)
         self._in_flight.enter(replica.id)
         try:

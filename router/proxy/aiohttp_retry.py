@@ -14,9 +14,9 @@ from typing import Any
 
 import aiohttp
 
+from router.failures import PER_TRY_TIMEOUT
 from router.models import Replica
 from router.proxy.aiohttp_support import Outcome
-from router.proxy.retry import PER_TRY_TIMEOUT
 from router.proxy.retry_budget import Candidates, Decision, Retrier
 
 

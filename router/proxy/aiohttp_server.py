@@ -9,6 +9,12 @@ head must complete within the head timeout, or it is answered 408 and the connec
 
 It reads two attributes of aiohttp's RequestHandler (`_waiter`: the handler is waiting for
 the next request; `_request_count`: requests parsed so far), present since aiohttp 3.8.
+
+It also refuses what aiohttp's C parser lets through without a request target
+(`CONNECT  \r\n\r\n`: llhttp accepts the empty target, aiohttp builds a message whose url is
+None, and building the request then raises AttributeError in aiohttp's connection task, so
+the client got no answer): such a message is queued as the parse error aiohttp answers 400,
+through its `_messages` queue and `_ErrInfo` entries (as its own data_received does).
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 REQUEST_TIMEOUT = (
     b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
@@ -45,6 +53,7 @@ class HeadTimedHandler(RequestHandler):
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
+        self._refuse_requests_without_target()
         if self._head_timer is not None and self._request_count != self._head_count:
             self._head_timer.cancel()  # the head it timed is complete
             self._head_timer = None
@@ -53,6 +62,21 @@ class HeadTimedHandler(RequestHandler):
         if data and self._head_timer is None and self._waiting_for_head():
             self._head_count = self._request_count
             self._head_timer = self._loop.call_later(self._head_timeout, self._head_expired)
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        answered = await super().finish_response(request, resp, start_time)
+        # Bytes held back behind a declined upgrade are parsed here, not in data_received.
+        self._refuse_requests_without_target()
+        return answered
+
+    def _refuse_requests_without_target(self) -> None:
+        queue = self._messages
+        for index, (message, _payload) in enumerate(queue):
+            if not isinstance(message, _ErrInfo) and message.url is None:
+                refused = BadHttpMessage("the request has no target")
+                queue[index] = (_ErrInfo(400, refused, refused.message), EMPTY_PAYLOAD)
 
     def _head_expired(self) -> None:
         self._head_timer = None

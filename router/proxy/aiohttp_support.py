@@ -15,11 +15,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
-from router.config import RouterConfig
 from router.errors import ClientRequestError, ProxyError
 from router.models import Replica
 from router.proxy.admission import retry_after
 from router.proxy.fast.wire import MAX_HEADER_BLOCK, MAX_HEADER_COUNT
+from router.proxy.settings import ProxySettings
 
 log = logging.getLogger("router.proxy.aiohttp_engine")
 
@@ -191,7 +191,7 @@ async def send_and_close(request: web.BaseRequest, response: web.StreamResponse)
     request.protocol.force_close()
 
 
-def client_timeout(config: RouterConfig) -> aiohttp.ClientTimeout:
+def client_timeout(config: ProxySettings) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(
         total=None,
         sock_connect=config.proxy.connect_timeout,

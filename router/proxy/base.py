@@ -6,24 +6,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from router.config import RouterConfig
 from router.errors import NoRoutableReplica
 from router.models import Replica
-from router.proxy.headers import edge_names
+from router.proxy.settings import ProxySettings
 from router.snapshot import Snapshot
 
 SnapshotSource = Callable[[], Snapshot]
-
-
-def edge_headers(config: RouterConfig) -> frozenset[str]:
-    """The headers removed from requests of untrusted peers: `proxy.edge_headers` plus the
-    geo routing headers (lower-case)."""
-    geo = config.routing.geo
-    return edge_names(
-        config.proxy.edge_headers,
-        geo.country_headers,
-        (geo.latitude_header, geo.longitude_header),
-    )
 
 
 def no_routable_error(snapshot: Snapshot) -> NoRoutableReplica:
@@ -122,7 +110,7 @@ class Engine(Protocol):
     def connection_counts(self) -> tuple[int, int]:
         """(open, accepted) client connections, for metrics."""
 
-    def apply_config(self, config: RouterConfig) -> None:
+    def apply_config(self, config: ProxySettings) -> None:
         """Take a reloaded config (everything but the listen addresses)."""
 
     async def stop(self, grace: float) -> None:

@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
-from router.errors import ProxyError, UpstreamConnectError, UpstreamProtocolError, UpstreamTimeout
+from router import failures
+from router.errors import ProxyError
+from router.failures import PER_TRY_TIMEOUT, PRE_SEND, upstream_error
 from router.models import Replica
 from router.proxy.retry_settings import (
     DEFAULT_RETRY_ON,
@@ -28,12 +30,7 @@ from router.proxy.retry_settings import (
 )
 
 if TYPE_CHECKING:
-    from router.config import ProxyConfig
-
-# Failures that happen before any byte of the request left: safe to retry for any method.
-PRE_SEND = frozenset({"connect", "tls", "connect_timeout"})
-# The outcome of an attempt abandoned because `proxy.per_try_timeout` passed.
-PER_TRY_TIMEOUT = "per_try_timeout"
+    from router.proxy.settings import ProxyConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +86,7 @@ class RetryPolicy:
         if status in self.statuses:
             return False, "gateway_error" if status in GATEWAY_STATUSES else "retriable_status"
         if status >= 500 and count_5xx:
-            return False, "5xx"
+            return False, failures.STATUS_5XX
         return True, None
 
 
@@ -107,20 +104,14 @@ def retry_reason(outcome: str) -> str:
 
 
 def classify_client_error(exc: BaseException, replica: Replica) -> tuple[str, ProxyError]:
-    """(kind, error) for one failed upstream attempt. kind: connect, tls, connect_timeout,
-    timeout, reset."""
+    """(kind, error) for one failed upstream attempt of the aiohttp client."""
+    kind = failures.RESET
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError):
-        return "tls", UpstreamConnectError("TLS handshake failed", replica=replica.id, cause="tls")
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return "connect_timeout", UpstreamConnectError(
-            "connect timed out", replica=replica.id, cause="connect_timeout"
-        )
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return "connect", UpstreamConnectError(
-            "connect failed", replica=replica.id, cause="connect"
-        )
-    if isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
-        return "timeout", UpstreamTimeout("upstream timed out", replica=replica.id)
-    return "reset", UpstreamProtocolError(
-        "upstream closed or reset the connection", replica=replica.id
-    )
+        kind = failures.TLS
+    elif isinstance(exc, aiohttp.ConnectionTimeoutError):
+        kind = failures.CONNECT_TIMEOUT
+    elif isinstance(exc, aiohttp.ClientConnectorError):
+        kind = failures.CONNECT
+    elif isinstance(exc, aiohttp.ServerTimeoutError | asyncio.TimeoutError):
+        kind = failures.TIMEOUT
+    return kind, upstream_error(kind, replica.id)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from router.config_source import format_validation_error, load_yaml
 from router.errors import ConfigError
 from router.simulator.cloud_api import API_MODES
 from router.simulator.core import Simulator
@@ -53,9 +54,6 @@ async def run_simulator(
 
 def load_simulator_config(path: str | Path) -> SimulatorConfig:
     """A simulator YAML file -> SimulatorConfig; ConfigError names each bad field."""
-    from router.config import format_validation_error
-    from router.config_source import load_yaml
-
     file = Path(path)
     try:
         data = load_yaml(file.read_text(encoding="utf-8"), str(file))

@@ -8,29 +8,29 @@ import contextlib
 import logging
 import ssl
 
-from router.config import RouterConfig
 from router.proxy.admission import Admission
-from router.proxy.base import InFlightCounter, Observers, SnapshotSource, edge_headers
+from router.proxy.base import InFlightCounter, Observers, SnapshotSource
 from router.proxy.fast.pool import Pool
 from router.proxy.fast.server import ClientConnection, EngineCore
 from router.proxy.headers import TrustedProxies
 from router.proxy.retry import RetryPolicy
 from router.proxy.retry_budget import Retrier
+from router.proxy.settings import ProxySettings
+from router.reach import ConnectTo, client_ssl_context
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
-from router.upstream import ConnectTo, client_ssl_context
 
 log = logging.getLogger(__name__)
 
 
-def _edge_headers(config: RouterConfig) -> frozenset[bytes]:
-    return frozenset(name.encode("latin-1") for name in edge_headers(config))
+def _edge_headers(config: ProxySettings) -> frozenset[bytes]:
+    return frozenset(name.encode("latin-1") for name in config.edge_headers)
 
 
 class FastEngine:
     def __init__(
         self,
-        config: RouterConfig,
+        config: ProxySettings,
         snapshots: SnapshotSource,
         observers: Observers,
         in_flight: InFlightCounter,
@@ -75,7 +75,7 @@ class FastEngine:
             pool=pool,
             retries=proxy.retries,
             max_body=proxy.max_request_body,
-            count_5xx=config.health.passive.count_5xx,
+            count_5xx=config.count_5xx,
             idle_timeout=proxy.idle_timeout,
             header_timeout=proxy.client_header_timeout,
             body_timeout=proxy.client_body_timeout,
@@ -114,7 +114,7 @@ class FastEngine:
         ):
             core.redirect_https_port = self._servers[0].sockets[0].getsockname()[1]
 
-    def apply_config(self, config: RouterConfig) -> None:
+    def apply_config(self, config: ProxySettings) -> None:
         """A reload: limits, timeouts, trust and retries apply to the next requests; a change
         in how replicas are reached swaps in a new upstream pool (the old one closes after
         the drain time, so requests on it finish)."""
@@ -127,7 +127,7 @@ class FastEngine:
         core.retries = proxy.retries
         core.retrier.configure(RetryPolicy.from_config(proxy))
         core.max_body = proxy.max_request_body
-        core.count_5xx = config.health.passive.count_5xx
+        core.count_5xx = config.count_5xx
         core.idle_timeout = proxy.idle_timeout
         core.client_idle_timeout = proxy.client_idle_timeout
         core.edge_headers = _edge_headers(config)
@@ -135,14 +135,14 @@ class FastEngine:
         core.admission.configure(proxy.max_connections, proxy.max_pending)
         core.admission_wait = proxy.connect_timeout
         reach = (
-            config.discovery.connect_to,
+            config.connect_to,
             config.upstream_tls,
             proxy.connect_timeout,
             proxy.response_timeout,
             proxy.idle_timeout,
         )
         before = (
-            old.discovery.connect_to,
+            old.connect_to,
             old.upstream_tls,
             old.proxy.connect_timeout,
             old.proxy.response_timeout,
@@ -153,10 +153,10 @@ class FastEngine:
             loop = asyncio.get_running_loop()
             loop.call_later(proxy.drain_timeout, previous.close)
 
-    def _new_pool(self, config: RouterConfig) -> Pool:
+    def _new_pool(self, config: ProxySettings) -> Pool:
         proxy, tls = config.proxy, config.upstream_tls
         return Pool(
-            ConnectTo(config.discovery.connect_to),
+            ConnectTo(config.connect_to),
             client_ssl_context(tls.verify, tls.ca_file),
             connect_timeout=proxy.connect_timeout,
             response_timeout=proxy.response_timeout,

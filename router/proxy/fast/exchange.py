@@ -22,10 +22,9 @@ from router.balancing.base import RequestContext
 from router.errors import (
     ClientRequestError,
     ProxyError,
-    UpstreamConnectError,
     UpstreamProtocolError,
-    UpstreamTimeout,
 )
+from router.failures import CONNECT, RESET, upstream_error
 from router.models import Replica
 from router.proxy.admission import Claim
 from router.proxy.base import RequestRecord, no_routable_error
@@ -39,11 +38,6 @@ from router.proxy.headers import IDEMPOTENT
 if TYPE_CHECKING:
     from router.proxy.fast.server import ClientConnection, EngineCore
 
-_DIAL_MESSAGES = {
-    "tls": "TLS handshake failed",
-    "connect_timeout": "connect timed out",
-    "connect": "connect failed",
-}
 _NO_CANDIDATES: Iterator[Replica] = iter(())
 _BACKLOG = 256 * 1024  # request body bytes buffered before the client is paused
 _UPGRADE_BACKLOG = 64 * 1024  # bytes after an Upgrade head held before the 101, at most
@@ -191,12 +185,10 @@ class Exchange(RetryingExchange):
             self.core.in_flight.leave(replica.id)
             return
         if conn is None:
-            kind = classify_dial_error(exc) if exc is not None else "connect"
+            kind = classify_dial_error(exc) if exc is not None else CONNECT
             self.core.observers.attempt_done(replica, False, kind, None)
             self.core.in_flight.leave(replica.id)
-            self.last_error = UpstreamConnectError(
-                _DIAL_MESSAGES[kind], replica=replica.id, cause=kind
-            )
+            self.last_error = upstream_error(kind, replica.id)
             if self.core.retrier.policy.retryable(kind, sent=self.sent, idempotent=self.idempotent):
                 self.note_attempt(kind)
                 self._try_next()
@@ -376,7 +368,7 @@ class Exchange(RetryingExchange):
     def upstream_upgraded(self, rest: bytes) -> None:
         conn = self.conn
         if self.status != 101 or conn is None or conn.transport is None:
-            self.upstream_failed("reset")
+            self.upstream_failed(RESET)
             return
         self.conn = None
         self.tunnelled = True
@@ -399,13 +391,7 @@ class Exchange(RetryingExchange):
         self.core.in_flight.leave(replica.id)
         if self.status is None:
             self.core.observers.attempt_done(replica, False, kind, None)
-            error: ProxyError
-            if kind == "timeout":
-                error = UpstreamTimeout("upstream timed out", replica=replica.id)
-            else:
-                error = UpstreamProtocolError(
-                    reason or "upstream closed or reset the connection", replica=replica.id
-                )
+            error = upstream_error(kind, replica.id, reason)
             self.last_error = error
             if self.core.retrier.policy.retryable(kind, sent=self.sent, idempotent=self.idempotent):
                 self.note_attempt(kind)
@@ -413,7 +399,7 @@ class Exchange(RetryingExchange):
             else:
                 self._fail(error)
             return
-        if self.until_eof and kind == "reset":
+        if self.until_eof and kind == RESET:
             self.close_after = True  # the close was the end of the body
             if self.chunked_out:
                 self.out.append(wire.LAST_CHUNK)

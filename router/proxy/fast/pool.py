@@ -14,10 +14,11 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from router.failures import CONNECT, CONNECT_TIMEOUT, TLS
 from router.models import Replica
 from router.proxy.fast.outbox import Outbox
 from router.proxy.fast.upstream import PoolKey, UpstreamConnection
-from router.upstream import ConnectTo
+from router.reach import ConnectTo
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +168,9 @@ class Pool:
 
 
 def classify_dial_error(exc: BaseException) -> str:
-    """connect, tls or connect_timeout, as `router.proxy.retry.PRE_SEND` knows them."""
+    """connect, tls or connect_timeout (`router.failures.PRE_SEND`)."""
     if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        return "tls"
+        return TLS
     if isinstance(exc, TimeoutError):
-        return "connect_timeout"
-    return "connect"
+        return CONNECT_TIMEOUT
+    return CONNECT

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from router.errors import ProxyError, UpstreamTimeout
+from router.failures import PER_TRY_TIMEOUT
 from router.models import Replica
-from router.proxy.retry import PER_TRY_TIMEOUT
 from router.proxy.retry_budget import Candidates
 
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
+from router.failures import RESET, TIMEOUT
 from router.proxy.fast import wire
 from router.proxy.fast.outbox import Writer
 from router.proxy.fast.rules import ResponseRules
@@ -171,7 +172,7 @@ class UpstreamConnection(asyncio.Protocol, Writer):
             return
         sink, self.sink = self.sink, None
         self.close()
-        sink.upstream_failed("timeout")
+        sink.upstream_failed(TIMEOUT)
 
     def pause_reading(self) -> None:
         """The client cannot take more: stop reading the response for now."""
@@ -266,7 +267,7 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         sink, self.sink = self.sink, None
         self.close()
         if sink is not None:
-            sink.upstream_failed("reset", reason)
+            sink.upstream_failed(RESET, reason)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
@@ -280,7 +281,7 @@ class UpstreamConnection(asyncio.Protocol, Writer):
             return
         sink, self.sink = self.sink, None
         if sink is not None:
-            sink.upstream_failed("reset", self._violation)
+            sink.upstream_failed(RESET, self._violation)
 
     def pause_writing(self) -> None:
         if self.tunnel is not None:

@@ -1,0 +1,33 @@
+"""What an operator changes on a running router: drain a replica, cap the active set,
+re-check now. Each change goes through the reconciler (an urgent rebuild, so the next
+request sees it) and, with several worker processes, to the other workers."""
+
+from __future__ import annotations
+
+from router.health.active import HealthChecker
+from router.reconciler import Reconciler
+from router.snapshot import Overrides
+from router.workers import WorkerLink
+
+
+class OperatorActions:
+    def __init__(self, reconciler: Reconciler, health: HealthChecker, worker: WorkerLink) -> None:
+        self._reconciler = reconciler
+        self._health = health
+        self._worker = worker
+
+    def drain(self, replica_id: str, drained: bool) -> None:
+        current = self._reconciler.overrides
+        ids = set(current.drained)
+        (ids.add if drained else ids.discard)(replica_id)
+        self._publish(Overrides(frozenset(ids), current.active_limit))
+
+    def set_active_limit(self, count: int | None) -> None:
+        self._publish(Overrides(self._reconciler.overrides.drained, count))
+
+    async def recheck(self, replica_id: str | None) -> None:
+        await self._health.check_now(replica_id)
+
+    def _publish(self, overrides: Overrides) -> None:
+        self._reconciler.set_overrides(overrides)
+        self._worker.publish(self._reconciler.overrides)
