@@ -52,9 +52,11 @@ fmt: $(STAMP)
 # Everything once on the pure-Python twin, then the engine suites on the compiled build
 # (when pip could compile it: without a C compiler there is only the pure one).
 test: lint
+	PHALA_ROUTER_PURE=1 $(BIN)/phala-router --version
 	PHALA_ROUTER_PURE=1 $(BIN)/pytest -q
 	@if $(BIN)/python -c "import sys, router.native as n; sys.exit(n.build_kind() == 'pure')"; \
-	then $(MAKE) --no-print-directory compiled && $(BIN)/pytest -q $(COMPILED_TESTS); \
+	then $(MAKE) --no-print-directory compiled && $(BIN)/phala-router --version \
+	&& $(BIN)/pytest -q $(COMPILED_TESTS); \
 	else echo "no compiled hot path installed: the pure run above is the only one"; fi
 
 bench: $(STAMP)
