@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -112,8 +112,7 @@ def client_requests(
         + (LOOKALIKE_TOKENS if lookalikes else [])
     )
     connection = draw(st.lists(st.sampled_from(pool), max_size=3, unique=True))
-    if {"keep-alive", "close"} <= set(connection):
-        connection.remove("keep-alive")  # contradictory: see test_keep_alive_and_close_means_close
+    # (`keep-alive, close` together means close: ClientRequest.closes says so.)
     upgrade = (upgrades or lookalikes) and draw(st.booleans())
     if upgrade and not upgrade_bodies and {t.strip().lower() for t in connection} & {"upgrade"}:
         framing, body = "none", b""  # an upgrade with a body has its own test
@@ -174,23 +173,6 @@ def known_gap(request: pytest.FixtureRequest, live: Live, gaps: dict[str, str]) 
         request.applymarker(pytest.mark.xfail(reason=gaps[live.engine], strict=False))
 
 
-FAST_FIX = "fixed on branch s15-fast"
-NEW_EXTRA_BYTES_GAP = (
-    "new: fast parses bytes after a complete response (same read) as further responses with "
-    "no request and pools the connection; a partial extra head is then relayed to the next "
-    "request with that request's response as its body (upstream.py data_received)"
-)
-NEW_KEEP_ALIVE_CLOSE_GAP = (
-    "new: an HTTP/1.0 request with `Connection: keep-alive, close` is kept alive "
-    "(llhttp's should_keep_alive ignores close for 1.0); RFC 9112 says close wins"
-)
-# Found by this suite, not in issue 15's list (reported to the lead).
-NEW_CLOSE_GAP = (
-    "new: fast closes the client connection after re-chunking a close-delimited answer, "
-    "without Connection: close; the client's next request is dropped (exchange.py upstream_failed)"
-)
-Check = Callable[[Live, bool], None]
-
 # -- the families -------------------------------------------------------------------------
 
 
@@ -199,35 +181,25 @@ def test_well_framed_requests_and_answers_keep_their_framing(live: Live, deep: b
     explore(live, deep, client_requests(scripts))
 
 
-def test_close_delimited_answers_end_only_their_own_response(
-    live: Live, deep: bool, request: pytest.FixtureRequest
-) -> None:
-    known_gap(request, live, {"fast": NEW_CLOSE_GAP})
+def test_close_delimited_answers_end_only_their_own_response(live: Live, deep: bool) -> None:
     explore(live, deep, client_requests(["close", "ok"]))
 
 
 def test_connection_tokens_that_only_look_like_upgrade_are_not_upgrades(
-    live: Live, deep: bool, request: pytest.FixtureRequest
+    live: Live, deep: bool
 ) -> None:
-    known_gap(request, live, {"fast": f"issue 15 finding 1: {FAST_FIX}"})
     requests = client_requests(["ok", "chunked"], upgrades=False, lookalikes=True)
     explore(live, deep, requests)
 
 
-def test_upgrade_requests_with_a_body_are_refused_or_framed(
-    live: Live, deep: bool, request: pytest.FixtureRequest
-) -> None:
-    known_gap(request, live, {"fast": f"issue 15 finding 1: {FAST_FIX}"})
+def test_upgrade_requests_with_a_body_are_refused_or_framed(live: Live, deep: bool) -> None:
     requests = client_requests(
         ["ok", "switch"], upgrade_bodies=True, framings=("length", "chunked")
     )
     explore(live, deep, requests)
 
 
-def test_response_trailers_stay_with_their_response(
-    live: Live, deep: bool, request: pytest.FixtureRequest
-) -> None:
-    known_gap(request, live, {"fast": f"issue 15 finding 2: {FAST_FIX}"})
+def test_response_trailers_stay_with_their_response(live: Live, deep: bool) -> None:
     explore(live, deep, client_requests(["trailers", "ok", "chunked"], upgrades=False))
 
 
@@ -236,18 +208,14 @@ def test_request_trailers_stay_with_their_request(live: Live, deep: bool) -> Non
     explore(live, deep, requests)
 
 
-def test_bad_status_lines_never_reach_a_client(
-    live: Live, deep: bool, request: pytest.FixtureRequest
-) -> None:
-    known_gap(request, live, {"fast": f"issue 15 finding 6: {FAST_FIX}"})
+def test_bad_status_lines_never_reach_a_client(live: Live, deep: bool) -> None:
     scripts = ["status_099", "status_99", "status_600", "status_garbage", "ok"]
     explore(live, deep, client_requests(scripts, upgrades=False))
 
 
 def test_bodies_on_bodiless_answers_and_extra_responses_are_not_relayed(
-    live: Live, deep: bool, request: pytest.FixtureRequest
+    live: Live, deep: bool
 ) -> None:
-    known_gap(request, live, {"fast": NEW_EXTRA_BYTES_GAP})
     scripts = [
         "empty_with_body",
         "not_modified_with_body",
@@ -260,20 +228,12 @@ def test_bodies_on_bodiless_answers_and_extra_responses_are_not_relayed(
 
 
 def test_close_delimited_answers_with_a_transfer_coding_end_properly(
-    live: Live, deep: bool, request: pytest.FixtureRequest
+    live: Live, deep: bool
 ) -> None:
-    known_gap(request, live, {"fast": f"issue 15 (also fix: Transfer-Encoding: gzip): {FAST_FIX}"})
     explore(live, deep, client_requests(["close_gzip", "ok"], upgrades=False))
 
 
-def test_everything_at_once(live: Live, deep: bool, request: pytest.FixtureRequest) -> None:
-    known_gap(
-        request,
-        live,
-        {
-            "fast": f"issue 15 findings 1, 2, 6, the gzip close ({FAST_FIX}) and the two new gaps above",
-        },
-    )
+def test_everything_at_once(live: Live, deep: bool) -> None:
     requests = client_requests(list(SCRIPTS), lookalikes=True, trailers=True, upgrade_bodies=True)
     explore(live, deep, requests, examples=40)
 
@@ -327,12 +287,9 @@ def test_a_close_delimited_answer_to_http10_ends_the_connection_with_requests_qu
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_keep_alive_and_close_together_mean_close(
-    engine: str, request: pytest.FixtureRequest
-) -> None:
-    """RFC 9112 9.3: `close` ends the connection whatever else Connection lists. llhttp
-    (under both engines) keeps an HTTP/1.0 `keep-alive, close` request alive."""
-    request.applymarker(pytest.mark.xfail(reason=NEW_KEEP_ALIVE_CLOSE_GAP, strict=False))
+def test_keep_alive_and_close_together_mean_close(engine: str) -> None:
+    """RFC 9112 9.3: `close` ends the connection whatever else Connection lists (llhttp,
+    under both engines, keeps an HTTP/1.0 `keep-alive, close` request alive by itself)."""
     raw = b"GET /t/tag-ka-0 HTTP/1.0\r\nHost: app.test\r\nX-Tag: tag-ka-0\r\nConnection: keep-alive, close\r\n\r\n"
 
     answer, closed = asyncio.run(send_and_read(engine, raw, b"tag=tag-ka-0"))

@@ -368,3 +368,118 @@ async def test_idle_upgraded_tunnel_is_closed_and_releases_its_slot() -> None:
         await wait_for(lambda: up.connections[0].closed.is_set())
         admission = router.app.engine._core.admission
         await wait_for(lambda: admission.active == 0)
+
+
+# -- found by the differential framing suite (tests/test_differential_framing.py) ----------
+
+
+async def test_close_delimited_answer_rechunked_for_http11_keeps_the_client_connection(
+    engine: str,
+) -> None:
+    """The replica's close ends its body; re-chunked, the last chunk ends it for an HTTP/1.1
+    client, whose connection stays open (the fast engine used to close it unannounced)."""
+
+    async def respond(rec: Recorded, head: bytes) -> bytes | None:
+        if target_of(head) != b"/unframed":
+            return ok(target_of(head))
+        assert rec.writer is not None
+        rec.writer.write(b"HTTP/1.1 200 OK\r\n\r\n/unframed")
+        await rec.writer.drain()
+        rec.writer.close()
+        return None
+
+    async with recording_upstream(respond) as up, router_to(up, engine) as router:
+        client = await RawClient.connect(router)
+        await client.send(b"GET /unframed HTTP/1.1\r\nHost: x\r\n\r\n")
+        response, body = await client.response()
+        assert body == b"/unframed"
+        assert header(response, b"connection") == []
+        await client.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await client.response())[1] == b"/next"
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [b"204 No Content", b"304 Not Modified", b"200 OK"],
+    ids=["204-with-body", "304-with-body", "unsolicited-response"],
+)
+async def test_bytes_after_a_complete_response_close_the_replica_connection(
+    engine: str, extra: bytes
+) -> None:
+    """Whatever follows the one response in the same read (a 204/304's body, a second
+    response) has no request: the next pipelined request must get its own answer on a fresh
+    replica connection, never the replica's extra bytes."""
+    forged = ok(b"/forged")
+
+    async def respond(rec: Recorded, head: bytes) -> bytes | None:
+        if target_of(head) != b"/first":
+            return ok(target_of(head))
+        if extra == b"200 OK":
+            return ok(b"/first") + forged
+        return b"HTTP/1.1 %s\r\nContent-Length: %d\r\n\r\n%s" % (extra, len(forged), forged)
+
+    async with recording_upstream(respond) as up, router_to(up, engine) as router:
+        client = await RawClient.connect(router)
+        await client.send(
+            b"GET /first HTTP/1.1\r\nHost: x\r\n\r\nGET /second HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        await client.response()
+        response, body = await client.response()
+        assert (response.status_code, body) == (200, b"/second")
+        assert len(up.connections) == 2
+        assert up.connections[0].closed.is_set()
+        client.close()
+
+
+async def read_until_closed_or(client: RawClient, end: bytes) -> bytes:
+    raw = b""
+    async with asyncio.timeout(3):
+        while not raw.endswith(end):
+            data = await client.reader.read(65536)
+            if not data:
+                break
+            raw += data
+    return raw
+
+
+async def test_router_errors_to_head_requests_have_no_body(engine: str) -> None:
+    """A response to HEAD never has a body (RFC 9110 9.3.2), the router's own 502 and 400
+    included: the body would be read as the start of the next response."""
+
+    async def respond(rec: Recorded, head: bytes) -> bytes | None:
+        if head.startswith(b"HEAD "):
+            return b"HTTP/1.1 99 X\r\nContent-Length: 0\r\n\r\n"
+        return ok(target_of(head))
+
+    async with recording_upstream(respond) as up, router_to(up, engine) as router:
+        client = await RawClient.connect(router)
+        await client.send(
+            b"HEAD /bad HTTP/1.1\r\nHost: x\r\n\r\nGET /after HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        raw = await read_until_closed_or(client, b"/after")
+        first, _, rest = raw.partition(b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 502 ")
+        assert rest.startswith(b"HTTP/1.1 200 ")
+        client.close()
+        # An upgrade with a body: fast refuses it (400); aiohttp frames and forwards it (502).
+        refused = await RawClient.connect(router)
+        await refused.send(
+            b"HEAD /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade, close\r\n"
+            b"Upgrade: websocket\r\nContent-Length: 2\r\n\r\nab"
+        )
+        first, _, rest = (await read_until_closed_or(refused, b"\0")).partition(b"\r\n\r\n")
+        assert first.startswith(b"HTTP/1.1 400 " if engine == "fast" else b"HTTP/1.1 502 ")
+        assert rest == b""
+
+
+async def test_http10_keep_alive_and_close_together_mean_close(engine: str) -> None:
+    """RFC 9112 9.3: `close` ends the connection whatever else Connection lists (llhttp, under
+    both engines, kept an HTTP/1.0 `keep-alive, close` request alive)."""
+    async with recording_upstream(echo_target) as up, router_to(up, engine) as router:
+        client = await RawClient.connect(router)
+        await client.send(b"GET /ka HTTP/1.0\r\nHost: x\r\nConnection: keep-alive, close\r\n\r\n")
+        raw = await read_until_closed_or(client, b"\0")
+        head, _, body = raw.partition(b"\r\n\r\n")
+        assert body == b"/ka"
+        assert b"keep-alive" not in head.lower()

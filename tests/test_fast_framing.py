@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from router.errors import ClientRequestError
+from router.errors import (
+    ClientRequestError,
+    NoRoutableReplica,
+    ProxyError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+)
+from router.proxy.fast import wire
 from router.proxy.fast.framing import response_framing
 from router.proxy.fast.strict import connection_tokens, validate
 
@@ -83,3 +90,32 @@ def test_an_upgrade_with_a_body_is_refused() -> None:
     with pytest.raises(ClientRequestError) as refused:
         _head(b"upgrade", [(b"Content-Length", b"3")], True)
     assert refused.value.status == 400
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+def test_a_close_token_wins_over_keep_alive(version: str) -> None:
+    """RFC 9112 9.3; llhttp reports HTTP/1.0 `keep-alive, close` as keep-alive."""
+    for value in (b"keep-alive, close", b"Close", b"x-foo , CLOSE"):
+        head = validate("GET", b"/", version, [(b"Host", b"x"), (b"Connection", value)], True)
+        assert not head.keep_alive
+    head = validate("GET", b"/", version, [(b"Host", b"x"), (b"Connection", b"keep-alive")], True)
+    assert head.keep_alive
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ClientRequestError(400, "bad_request"),
+        UpstreamProtocolError("bad status"),
+        NoRoutableReplica("none"),
+        UpstreamTimeout("slow"),
+    ],
+    ids=lambda e: str(e.status),
+)
+def test_router_errors_to_head_have_the_head_only(error: ProxyError) -> None:
+    """RFC 9110 9.3.2: the same head (Content-Length included), no body."""
+    whole = wire.error_response(error, close=False)
+    head_only = wire.error_response(error, close=False, head_only=True)
+    assert head_only.endswith(b"\r\n\r\n")
+    assert whole.startswith(head_only)
+    assert b"Content-Length: " in head_only

@@ -56,6 +56,7 @@ from router.proxy.base import (
     SnapshotSource,
     no_routable_error,
 )
+from router.proxy.fast.strict import connection_tokens
 from router.proxy.fast.wire import MAX_HEADER_BLOCK, MAX_HEADER_COUNT
 from router.proxy.headers import (
     IDEMPOTENT,
@@ -236,7 +237,11 @@ class AiohttpEngine:
         outcome = Outcome()
         # aiohttp's C parser carries a request's trailer fields over into the next request's
         # headers on the connection: after a chunked request, nothing more is read from it.
-        outcome.close_after = "Transfer-Encoding" in request.headers
+        # And `Connection: close` wins over keep-alive (RFC 9112 9.3); aiohttp's parser keeps
+        # an HTTP/1.0 `keep-alive, close` request alive.
+        outcome.close_after = "Transfer-Encoding" in request.headers or b"close" in (
+            connection_tokens(",".join(request.headers.getall("Connection", [])).encode("latin-1"))
+        )
         if self._acme_webroot is not None and not request.secure:
             challenge = acme.answer(self._acme_webroot, request.method, request.raw_path)
             if challenge is not None:  # ACME HTTP-01: answered here, never routed

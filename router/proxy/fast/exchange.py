@@ -72,9 +72,15 @@ class Exchange(RetryingExchange):
     holds_slot = False
 
     def __init__(
-        self, client: ClientConnection, head: RequestHead | None, error: ProxyError | None = None
+        self,
+        client: ClientConnection,
+        head: RequestHead | None,
+        error: ProxyError | None = None,
+        *,
+        head_only: bool = False,  # a refused head (None) that was a HEAD request
     ) -> None:
         self.client = client
+        self.head_only = head_only or (head is not None and head.method == "HEAD")
         self.core: EngineCore = client.core
         self.head = head
         self.error = error
@@ -400,9 +406,13 @@ class Exchange(RetryingExchange):
                 self._fail(error)
             return
         if self.until_eof and kind == RESET:
-            self.close_after = True  # the close was the end of the body
+            # The replica's close was the end of the body. Re-chunked for an HTTP/1.1 client,
+            # the last chunk ends it there and the client connection stays open; otherwise
+            # (HTTP/1.0) the head said Connection: close and the close ends the body.
             if self.chunked_out:
                 self.out.append(wire.LAST_CHUNK)
+            else:
+                self.close_after = True
             self.flush()
             self._finish()
             return
@@ -442,9 +452,10 @@ class Exchange(RetryingExchange):
         self.status = error.status
         if not self.body_complete or isinstance(error, ClientRequestError) or self.client.draining:
             self.close_after = True
-        self.client.send(
-            [wire.error_response(error, close=self.close_after, request_id=self.request_id)]
+        answer = wire.error_response(
+            error, close=self.close_after, request_id=self.request_id, head_only=self.head_only
         )
+        self.client.send([answer])
         self._finish()
 
     def _finish(self, notify: bool = True) -> None:

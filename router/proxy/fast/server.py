@@ -122,6 +122,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         self._header_bytes = 0
         self._in_head = False
         self._heads_begun = 0  # messages begun on this connection
+        self._head_method = False  # the request being read is a HEAD (its refusal has no body)
         self._head_received = 0  # bytes received into the head being parsed (upper bound)
         self._read_body = 0  # body bytes passed on during this read
         self._last_key: object = None
@@ -266,11 +267,13 @@ class ClientConnection(asyncio.Protocol, Writer):
         self._headers = []
         self._header_bytes = 0
         self._in_head = True
+        self._head_method = False
         if not self.queue:
             self._arm(_HEADER, self.core.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_method = self.parser.get_method() == b"HEAD"  # known once the URL is
         if len(self._url) > wire.MAX_REQUEST_LINE:
             raise ClientRequestError(414, "uri_too_long", f"limit {wire.MAX_REQUEST_LINE} bytes")
 
@@ -373,7 +376,7 @@ class ClientConnection(asyncio.Protocol, Writer):
             exchange.client_failed(error)
             self._close_when_done()
             return
-        exchange = Exchange(self, None, error)
+        exchange = Exchange(self, None, error, head_only=self._head_method)
         self.queue.append(exchange)
         if len(self.queue) == 1:
             exchange.start()

@@ -12,6 +12,9 @@ A request is an upgrade only when `Connection` has the token `upgrade` (comma-se
 trimmed, case-insensitive), `Upgrade` is present, and llhttp agrees it upgraded; if the two
 readings differ, or an upgrade request carries a body, the request is refused (400): the
 bytes after it could otherwise be read as another request by a server that does not switch.
+
+A `close` token in `Connection` ends the connection after the response whatever else it
+lists (RFC 9112 section 9.3), for HTTP/1.0 too (llhttp lets `keep-alive, close` keep it).
 """
 
 from __future__ import annotations
@@ -124,8 +127,12 @@ def validate(
             expect_continue = value.lower() == b"100-continue"
     if hosts > 1 or (hosts == 0 and version == "1.1"):
         raise bad_request("exactly one Host header is required", "bad_host")
-    if upgrade is not None and b"upgrade" not in connection_tokens(connection):
+    tokens = connection_tokens(connection)
+    if upgrade is not None and b"upgrade" not in tokens:
         upgrade = None
+    if b"close" in tokens:
+        # RFC 9112 9.3: close wins over keep-alive (llhttp keeps HTTP/1.0 `keep-alive, close`).
+        keep_alive = False
     if (upgrade is not None) != llhttp_upgrade:
         raise bad_request("ambiguous protocol upgrade", "bad_upgrade")
     if upgrade is not None and (chunked or content_length):

@@ -80,6 +80,7 @@ class UpstreamConnection(asyncio.Protocol, Writer):
     __slots__ = (
         "_body_parts",
         "_close_pending",
+        "_completed",
         "_deadline",
         "_head_received",
         "_headers",
@@ -123,6 +124,10 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         self.on_body: Callable[[bytes], None] = self._body_parts.append
         self.parser = httptools.HttpResponseParser(self)
         self.sink: ResponseSink | None = None
+        # The request whose response completed in this read: told only once the whole read
+        # is parsed, so the connection cannot be pooled (and handed to the next request)
+        # while bytes after that response are still being read.
+        self._completed: ResponseSink | None = None
         self.tunnel: TunnelClient | None = None  # after a 101: raw bytes go to this client
         self.reusable = True
         self.read_paused = False
@@ -224,7 +229,11 @@ class UpstreamConnection(asyncio.Protocol, Writer):
             self._fail(self._violation or "upstream sent a malformed response")
         finally:
             self._skip = False
-        if self.sink is not None:
+        completed, self._completed = self._completed, None
+        if completed is not None:
+            # reusable is False by now if anything followed the response in this read.
+            completed.response_done()
+        elif self.sink is not None:
             self.sink.flush()  # one write for everything this read produced
 
     def _count_head_bytes(self, data: bytes, was_in_head: bool) -> None:
@@ -352,7 +361,8 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         self._message_complete()
 
     def _message_complete(self) -> None:
-        sink, self.sink = self.sink, None
+        """The response is complete; the request hears it at the end of this read
+        (data_received). Any response begun after it in the same read has no request
+        (on_message_begin refuses it), so the connection is closed, never pooled."""
+        self._completed, self.sink = self.sink, None
         self._deadline = 0.0
-        if sink is not None:
-            sink.response_done()

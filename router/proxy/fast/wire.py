@@ -71,8 +71,11 @@ def chunk(data: bytes) -> list[bytes]:
     return [b"%x\r\n" % len(data), data, CRLF]
 
 
-def error_response(error: ProxyError, *, close: bool, request_id: str = "") -> bytes:
-    """The same JSON body and status the aiohttp engine sends for this error."""
+def error_response(
+    error: ProxyError, *, close: bool, request_id: str = "", head_only: bool = False
+) -> bytes:
+    """The same JSON body and status the aiohttp engine sends for this error; to a HEAD
+    request the same head without the body (RFC 9110 9.3.2: a response to HEAD has none)."""
     body = json.dumps(error.body()).encode()
     head = [
         status_line(error.status),
@@ -86,7 +89,8 @@ def error_response(error: ProxyError, *, close: bool, request_id: str = "") -> b
     if close:
         head.append(b"Connection: close\r\n")
     head.append(CRLF)
-    head.append(body)
+    if not head_only:
+        head.append(body)
     return b"".join(head)
 
 
