@@ -167,8 +167,24 @@ def scaling_figure(sweeps: Sequence[Sweep], title: str = "phala-router scaling")
     return fig
 
 
-PROXY_TARGETS = {"fast": "phala-router (fast)", "haproxy": "HAProxy", "nginx": "nginx"}
-PROXY_COLORS = {"fast": "tab:blue", "haproxy": "tab:orange", "nginx": "tab:green"}
+PROXY_TARGETS = {
+    "fast": "phala-router (fast)",
+    "fast-pure": "phala-router (fast, pure Python)",
+    "fast-compiled": "phala-router (fast, compiled)",
+    "fast-compiled-w2": "phala-router (compiled, 2 workers)",
+    "haproxy": "HAProxy",
+    "nginx": "nginx",
+    "envoy": "Envoy",
+}
+PROXY_COLORS = {
+    "fast": "tab:blue",
+    "fast-pure": "tab:cyan",
+    "fast-compiled": "tab:blue",
+    "fast-compiled-w2": "tab:purple",
+    "haproxy": "tab:orange",
+    "nginx": "tab:green",
+    "envoy": "tab:red",
+}
 
 
 def proxy_rows(document: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -191,15 +207,16 @@ def proxy_figure(document: dict[str, Any]) -> Any:
     table = proxy_rows(document)
     scenarios = list(table)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11.5, 4.4))
-    width = 0.8 / len(PROXY_TARGETS)
-    for offset, (target, name) in enumerate(PROXY_TARGETS.items()):
+    present = {t: n for t, n in PROXY_TARGETS.items() if any(t in table[s] for s in scenarios)}
+    width = 0.8 / max(len(present), 1)
+    for offset, (target, name) in enumerate(present.items()):
         xs, rps, p99, low, high = [], [], [], [], []
         for i, scenario in enumerate(scenarios):
             row = table[scenario].get(target)
             if row is None:
                 continue
             samples = [s["rps"] for s in row.get("samples", [])] or [row["rps"]]
-            xs.append(i + (offset - (len(PROXY_TARGETS) - 1) / 2) * width)
+            xs.append(i + (offset - (len(present) - 1) / 2) * width)
             rps.append(row["rps"])
             low.append(row["rps"] - min(samples))
             high.append(max(samples) - row["rps"])
@@ -248,12 +265,17 @@ def load_sweeps(path: Path) -> list[Sweep]:
     return sweeps
 
 
+def _compares(targets: set[str]) -> bool:
+    """HAProxy, nginx and at least one build of the router measured side by side."""
+    return {"haproxy", "nginx"} <= targets and any(t.startswith("fast") for t in targets)
+
+
 def comparisons(results: Path = RESULTS) -> list[Path]:
     """Proxy result files that compare the router with both HAProxy and nginx."""
     found = []
     for path in sorted(results.glob("proxy-*.json")):
         rows = proxy_rows(json.loads(path.read_text()))
-        if any(set(PROXY_TARGETS) <= set(r) for r in rows.values()):
+        if any(_compares(set(r)) for r in rows.values()):
             found.append(path)
     return found
 

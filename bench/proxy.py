@@ -10,6 +10,11 @@ Absolute numbers drift on shared VMs, ratios measured in the same round do not.
 
     python -m bench.proxy --rounds 3 --duration 5 --scenario small
     python -m bench.proxy --targets haproxy,fast --scenario 64k,post1m
+    python -m bench.proxy --targets haproxy,nginx,fast-pure,fast-compiled,fast-compiled-w2 \
+        --scenario small,64k,post1m,replicas1000,close
+
+`fast-pure` runs the router with PHALA_ROUTER_PURE=1 (the pure-Python twin), `fast-compiled`
+the mypyc-compiled hot path (it refuses to run when none is installed).
 
 Needs Debian's nginx, haproxy and wrk. Writes bench/results/proxy-<time>.{json,md}.
 Not a test: it measures and prints a table.
@@ -47,6 +52,7 @@ class Scenario:
     wrk_script: str | None = None  # lua, for POST bodies
     replicas: int = 1
     h2: bool = False  # HTTP/2 with prior knowledge (h2c), driven by h2load instead of wrk
+    wrk_headers: tuple[str, ...] = ()
 
 
 SCENARIOS = {
@@ -60,6 +66,8 @@ SCENARIOS = {
     ),
     "replicas1000": Scenario("small GET, 1,000 replicas in the table", "/", replicas=1000),
     "small-h2": Scenario("small GET over h2c (h2load -c50 -m1)", "/", h2=True),
+    # A new client connection per request: accept, parse, close every time.
+    "close": Scenario("small GET, keep-alive off", "/", wrk_headers=("Connection: close",)),
 }
 # Targets that accept HTTP/2 from clients (the Python engines speak HTTP/1.1 only).
 H2_TARGETS = ("nginx", "haproxy", "envoy")
@@ -258,6 +266,8 @@ def run_wrk(port: int, scenario: Scenario, seconds: float, work: Path) -> tuple[
         script = work / "post.lua"
         script.write_text(scenario.wrk_script)
         argv += ["-s", str(script)]
+    for header in scenario.wrk_headers:
+        argv += ["-H", header]
     argv.append(f"http://127.0.0.1:{port}{scenario.path}")
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -340,12 +350,27 @@ def target_argv(
         )
     )
     serve = [sys.executable, "-m", "bench.proxy", "--serve-router", str(conf)]
+    serve = build_env(name) + serve
     if "baseline" in name.split("-")[1:]:
         if baseline is None:
             raise SystemExit(f"{name}: pass --baseline-src DIR (a checkout to compare with)")
         # `python -m` puts the working directory first on sys.path: that checkout's router.
         return ["env", "-C", str(baseline), *serve]
     return serve
+
+
+def build_env(name: str) -> list[str]:
+    """`fast-pure`: PHALA_ROUTER_PURE=1; `fast-compiled`: the compiled hot path or stop."""
+    parts = name.split("-")[1:]
+    if "pure" in parts:
+        return ["env", "PHALA_ROUTER_PURE=1"]
+    if "compiled" in parts:
+        from router.native import build_kind
+
+        if build_kind() != "compiled":
+            raise SystemExit(f"{name}: no compiled hot path installed (pip install -e . with gcc)")
+        return ["env", "-u", "PHALA_ROUTER_PURE"]
+    return []
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -379,27 +404,17 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     for name in order:
                         if scenario.h2 and not name.startswith(H2_TARGETS):
                             continue  # speaks HTTP/1.1 only
-                        port = free_port()
-                        argv = target_argv(
-                            name, work, port, upstream, scenario, args.workers, args.baseline_src
-                        )
-                        workers = target_workers(name, args.workers)
-                        # More workers than one get every core: they then share core 1
-                        # with wrk and the upstream, which the table must be read with.
-                        cores = (
-                            PROXY_CORE if workers == 1 or name in ("nginx", "haproxy") else "0,1"
-                        )
-                        with process(argv, port, cores) as proc:
-                            run_load(port, scenario, args.warmup, work)
-                            pids = tree_pids(proc.pid)
-                            cpu0 = cpu_seconds(pids)
-                            rps, p99 = run_load(port, scenario, args.duration, work)
-                            cpu = cpu_seconds(pids) - cpu0
-                            got[name] = Sample(
-                                rps, p99, cpu / max(rps * args.duration, 1) * 1e6, rss_mb(pids)
-                            )
+                        try:
+                            got[name] = measure_one(name, work, upstream, scenario, args)
+                        except (RuntimeError, subprocess.CalledProcessError) as exc:
+                            # One failed sample (a crash, wrk unable to connect on a busy
+                            # machine) must not lose the run: the round goes without it.
+                            print(f"  {scenario.name} round {round_no + 1} {name}: FAILED {exc}")
+                            continue
+                        sample = got[name]
                         print(
-                            f"  {scenario.name} round {round_no + 1} {name}: {rps:,.0f} req/s p99 {p99:.2f} ms"
+                            f"  {scenario.name} round {round_no + 1} {name}: "
+                            f"{sample.rps:,.0f} req/s p99 {sample.p99_ms:.2f} ms"
                         )
                     ref = got.get(args.reference)
                     for name, sample in got.items():
@@ -411,7 +426,40 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     "name": scenario.name,
                     "rows": [summarise(row) for row in rows.values() if row.samples],
                 }
+                save(report, args)  # after each scenario: a late failure keeps the rest
     return report
+
+
+def measure_one(
+    name: str, work: Path, upstream: int, scenario: Scenario, args: argparse.Namespace
+) -> Sample:
+    port = free_port()
+    argv = target_argv(name, work, port, upstream, scenario, args.workers, args.baseline_src)
+    workers = target_workers(name, args.workers)
+    # More workers than one get every core: they then share core 1 with wrk and the
+    # upstream, which the table must be read with.
+    cores = PROXY_CORE if workers == 1 or name in ("nginx", "haproxy") else "0,1"
+    with process(argv, port, cores) as proc:
+        run_load(port, scenario, args.warmup, work)
+        pids = tree_pids(proc.pid)
+        cpu0 = cpu_seconds(pids)
+        rps, p99 = run_load(port, scenario, args.duration, work)
+        cpu = cpu_seconds(pids) - cpu0
+        return Sample(rps, p99, cpu / max(rps * args.duration, 1) * 1e6, rss_mb(pids))
+
+
+def save(report: dict[str, Any], args: argparse.Namespace) -> None:
+    """Write bench/results/proxy-<stamp>.{json,md} (and .png with matplotlib)."""
+    RESULTS.mkdir(exist_ok=True)
+    stem = RESULTS / f"proxy-{args.stamp}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    stem.with_suffix(".md").write_text(markdown(report, args.reference))
+    try:
+        from bench.plots import proxy_plot
+
+        proxy_plot(report, stem.with_suffix(".png"))
+    except ImportError as exc:  # matplotlib is in the bench extra
+        print(f"no plot: {exc}", file=sys.stderr)
 
 
 def summarise(row: Row) -> dict[str, Any]:
@@ -471,7 +519,7 @@ def serve_router(config_path: str) -> None:
     run_workers(worker_count(config), lambda worker: uvloop.run(main(worker)))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--targets", default="nginx,haproxy,fast")
     parser.add_argument("--reference", default="haproxy")
@@ -488,17 +536,14 @@ def main() -> None:
         help="a checkout of the router (e.g. `git archive REV | tar -x -C DIR`) that targets "
         "named like `fast-baseline` run, to compare two versions in one run",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.serve_router:
         serve_router(args.serve_router)
         return
+    args.stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     report = measure(args)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    (RESULTS / f"proxy-{stamp}.json").write_text(json.dumps(report, indent=2))
-    text = markdown(report, args.reference)
-    (RESULTS / f"proxy-{stamp}.md").write_text(text)
-    print(text)
+    save(report, args)
+    print(markdown(report, args.reference))
 
 
 if __name__ == "__main__":

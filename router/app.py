@@ -27,6 +27,7 @@ from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
 from router.listen_errors import listen_error
 from router.metrics import Metrics, build_version
 from router.models import Replica
+from router.native import build_description
 from router.operator import OperatorActions
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers
@@ -276,6 +277,7 @@ class RouterApp:
         attestation = self.config.attestation
         return router_facts(
             version=build_version(),
+            build=build_description(),
             started_at=self.started_at,
             now=time.time(),
             addresses=self.engine.addresses,
@@ -367,6 +369,7 @@ class RouterApp:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        log.info("hot path: %s", build_description())
         discovery = self.config.discovery
         if discovery.static is not None:
             self.set_replicas(static_replicas(discovery.static))

@@ -49,8 +49,26 @@ def with_logging(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib import metadata
+
+    from router.native import build_description
+
+    click.echo(f"phala-router, version {metadata.version('phala-router')}, {build_description()}")
+    ctx.exit()
+
+
 @click.group()
-@click.version_option(package_name="phala-router")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Show the version and which build (compiled or pure Python) runs, and exit.",
+)
 def main() -> None:
     """A health- and attestation-aware router in front of Phala Cloud app replicas."""
 

@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from router.errors import ConfigError
+from router.native import PURE_ENV
 
 ENV_PREFIX = "PHALA_ROUTER_"
 
@@ -129,6 +130,7 @@ def override_variables(data: Any, environ: Mapping[str, str]) -> list[str]:
         for key in environ
         if key.startswith(ENV_PREFIX)
         and key != ENV_PREFIX
+        and key != PURE_ENV  # a build switch (router/native.py), not a config key
         and key not in secrets
         and not is_service_link(key)
     )

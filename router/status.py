@@ -94,6 +94,7 @@ def status_document(
 def router_facts(
     *,
     version: str,
+    build: str,
     started_at: float,
     now: float,
     addresses: Sequence[tuple[str, int]],
@@ -103,11 +104,13 @@ def router_facts(
     last_reload: Mapping[str, Any] | None,
     certificate_expires_at: float | None,
 ) -> dict[str, Any]:
-    """Who is answering: version, uptime, listeners (the TLS one first when there is one),
+    """Who is answering: version, build, uptime, listeners (the TLS one first when there is one),
     workers, the attestation verifier, the last reload and the certificate's expiry."""
     scheme = "https" if tls else "http"
     return {
         "version": version,
+        # Which hot path runs: compiled (mypyc) or pure Python (router.native).
+        "build": build,
         "started_at": round(started_at, 3),
         "uptime_seconds": round(now - started_at, 3),
         "listeners": [

@@ -21,6 +21,13 @@ async def client() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say which hot path these tests exercise (`make test` runs both)."""
+    from router.native import build_description
+
+    return f"phala-router hot path: {build_description()}"
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Fail loudly if anything imported gevent's monkey-patching into the test process
     (e.g. importing locust): asyncio's sockets and TLS would then break at random."""

@@ -21,6 +21,7 @@ from bench.plots import (
     main,
     merged,
     proxy_figure,
+    proxy_rows,
     scaling_figure,
 )
 
@@ -84,10 +85,12 @@ def test_proxy_comparison_from_the_committed_results(tmp_path: Path) -> None:
     figure = proxy_figure(document)
     throughput, p99 = figure.axes
     names = [t.get_text() for t in throughput.get_legend().get_texts()]
-    assert names == ["phala-router (fast)", "HAProxy", "nginx"]
+    assert {"HAProxy", "nginx"} <= set(names)
+    assert names[0].startswith("phala-router")
     scenarios = len(throughput.get_xticks())
     assert scenarios >= 2
-    assert len(throughput.patches) == len(p99.patches) == 3 * scenarios
+    bars = sum(len(rows) for rows in proxy_rows(document).values())
+    assert len(throughput.patches) == len(p99.patches) == bars
     out = tmp_path / "proxy.png"
     assert main(["proxy", "-o", str(out), *map(str, files)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")

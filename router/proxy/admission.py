@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from types import TracebackType
 
 from router.errors import NoRoutableReplica, Overloaded, ProxyError
 
@@ -97,13 +97,9 @@ class Admission:
     def release(self) -> None:
         self._release()
 
-    @asynccontextmanager
-    async def slot(self, wait: float) -> AsyncIterator[None]:
-        await self._acquire(wait)
-        try:
-            yield
-        finally:
-            self._release()
+    def slot(self, wait: float) -> AdmissionSlot:
+        """`async with admission.slot(wait):` holds one slot for the block."""
+        return AdmissionSlot(self, wait)
 
     async def _acquire(self, wait: float) -> None:
         if self.active < self.max_active and not self._waiters:
@@ -206,3 +202,23 @@ class Claim:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+class AdmissionSlot:
+    """One slot held for an `async with` block (a class, not an async generator, so that
+    mypyc can compile this module)."""
+
+    def __init__(self, admission: Admission, wait: float) -> None:
+        self._admission = admission
+        self._wait = wait
+
+    async def __aenter__(self) -> None:
+        await self._admission._acquire(self._wait)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._admission._release()

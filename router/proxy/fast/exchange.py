@@ -54,8 +54,17 @@ class Exchange(RetryingExchange):
     upstream_seconds: float | None = None
     last_error: ProxyError | None = None
     error_code: str | None = None
-    dialing = sent = finished = chunked_out = until_eof = tunnelled = False
-    attempts = buffered = bytes_in = bytes_out = tunnel_buffered = 0
+    dialing = False
+    sent = False
+    finished = False
+    chunked_out = False
+    until_eof = False
+    tunnelled = False
+    attempts = 0
+    buffered = 0
+    bytes_in = 0
+    bytes_out = 0
+    tunnel_buffered = 0
     attempt_started = 0.0
     request_id = ""
     _rid_line = b""
