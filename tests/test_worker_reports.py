@@ -78,6 +78,14 @@ async def test_two_workers_serve_one_metrics_and_status(
         admin = f"http://127.0.0.1:{admin_port}"
         try:
             await eventually(lambda: _ready(client, admin), timeout=20, interval=0.2)
+
+            async def both_reporting() -> bool:
+                # A worker starts reporting after its listener is open: until then the
+                # kernel gives every connection to the worker already listening.
+                async with client.get(f"{admin}/metrics") as resp:
+                    return value(parse(await resp.text()), "router_workers_reporting") == 2
+
+            await eventually(both_reporting, timeout=20, interval=0.2)
             sent = 60
             for _ in range(sent):  # a new connection each: the kernel spreads them
                 async with aiohttp.ClientSession() as one:
