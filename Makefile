@@ -19,6 +19,9 @@ $(DEMO_STAMP): pyproject.toml
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	# setup.py runs in this venv too (make compiled, the build tests): its setuptools must
+	# read pyproject.toml's SPDX license string, which setuptools < 77 refuses.
+	$(BIN)/pip install --quiet --upgrade 'setuptools>=77,<100'
 	$(BIN)/pip install --quiet -e '.[dev,bench,quote-server,envoy]'
 	touch $(STAMP) $(DEMO_STAMP)
 
