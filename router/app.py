@@ -60,7 +60,7 @@ def _server_tls(config: RouterConfig) -> ServerTLS | None:
         return DstackServerTLS(tls.dstack_socket, tls.ra_tls_renew)
     if tls.cert_file is None or tls.key_file is None:  # the config refuses this already
         raise ConfigError("listen_tls needs cert_file and key_file, or ra_tls: true")
-    return ServerTLS(tls.cert_file, tls.key_file)
+    return ServerTLS(tls.cert_file, tls.key_file, config.listen_certificates())
 
 
 def _app_id(config: RouterConfig) -> str | None:

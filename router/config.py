@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError, field_validator, model_validator
 
+from router.apps.certificates import ServedCertificate, served_certificates
 from router.apps.settings import (
     APP_SECTIONS,
     AppConfig,
@@ -142,6 +143,33 @@ class RouterConfig(Frozen):
             if problem:
                 raise ValueError(problem)
         return self
+
+    @model_validator(mode="after")
+    def _certificates_by_host(self) -> RouterConfig:
+        wanted = any(app.tls is not None for app in self.apps or ())
+        if self.listen_tls is not None:
+            wanted = wanted or bool(self.listen_tls.certificates)
+        if not wanted:
+            return self
+        if self.listen_tls is None or self.listen_tls.ra_tls:
+            raise ValueError(
+                "apps[].tls: certificates by host name are served on listen_tls with "
+                "cert_file and key_file (the default certificate); set listen_tls"
+            )
+        if self.proxy.engine == "envoy":
+            raise ValueError(
+                "listen_tls.certificates and apps[].tls are not mapped to Envoy yet: use "
+                "proxy.engine: fast or aiohttp, or one certificate (listen_tls.cert_file)"
+            )
+        self.listen_certificates()  # raises for a host name with two certificates
+        return self
+
+    def listen_certificates(self) -> tuple[ServedCertificate, ...]:
+        """The certificates listen_tls chooses by SNI (beyond its default cert_file)."""
+        if self.listen_tls is None:
+            return ()
+        apps = [(a.name, [r.host for r in a.routes], a.tls) for a in self.apps or ()]
+        return served_certificates(self.listen_tls.certificates, apps)
 
     @field_validator("acme_webroot")
     @classmethod
