@@ -16,6 +16,7 @@ import trustme
 
 from router.config import parse_config
 from router.errors import ConfigError
+from router.reload_plan import plan_reload
 from tests.support import eventually, running_replica, running_router
 from tests.test_tls_listener import write_pair
 
@@ -217,3 +218,19 @@ def test_an_apps_certificate_needs_a_tls_listener_and_hosts(tmp_path: Path) -> N
         parse_config({"apps": [app]})
     with pytest.raises(ConfigError, match="tls but no hosts"):
         parse_config({"apps": [{**app, "hosts": [], "default": True}]})
+
+
+def test_changing_an_apps_certificate_on_reload_says_a_restart_applies_it(
+    tmp_path: Path,
+) -> None:
+    ca = trustme.CA()
+    started = parse_config(config_with_certificates(ca, tmp_path, "fast", 1, 2))
+    moved = config_with_certificates(ca, tmp_path, "fast", 1, 2)
+    moved["apps"][1]["hosts"] = ["ui.example.com", "www.example.com"]
+    plan = plan_reload(started, started, parse_config(moved))
+    assert "apps[].tls" in plan.restart_required
+    assert "apps" in plan.apply  # the routes themselves move live
+    same = plan_reload(
+        started, started, parse_config(config_with_certificates(ca, tmp_path, "fast", 1, 2))
+    )
+    assert "apps[].tls" not in same.restart_required
