@@ -123,6 +123,7 @@ class RouterApp:
             environ=self._environ,
             clock=clock,
             trusted_simulator_keys=trusted_simulator_keys,
+            primary_check=self._peer_check(),
         )
         directory, passive = self.apps.directory, self.apps.passive
         if config.apps is not None:
@@ -134,7 +135,8 @@ class RouterApp:
             self.observers.observers.append(AccessLog())
         self.tls = _server_tls(config)
         self.ratls_gate = self.plane.ratls_gate
-        peer_check = self._peer_check()
+        # With apps, each app's RA-TLS check travels with its entry in the directory.
+        peer_check = self._peer_check() if config.apps is None else None
         self.engine: Engine
         if config.proxy.engine == "fast":
             self.engine = FastEngine(

@@ -121,15 +121,6 @@ class RouterConfig(Frozen):
                     "apps: several apps are not mapped to Envoy virtual hosts yet; use "
                     "proxy.engine: fast (or aiohttp) with apps, or one app with envoy"
                 )
-            ra_tls = [app.name for app in self.apps if app.attestation.connection == "ra-tls"]
-            if ra_tls:
-                # The connection check knows one app's replicas: refuse rather than let
-                # another app's connections go unchecked.
-                raise ValueError(
-                    f"apps: attestation.connection: ra-tls is set for {', '.join(ra_tls)}; "
-                    "RA-TLS connections are checked for a single app only for now: serve "
-                    "that app from its own router, or use attestation.connection: any"
-                )
         if self.proxy.engine == "envoy" and (
             self.attestation.connection == "ra-tls"
             or (self.listen_tls is not None and self.listen_tls.ra_tls)

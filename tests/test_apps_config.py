@@ -125,12 +125,6 @@ def test_a_missing_app_id_is_reported_for_the_app_lacking_it() -> None:
             "several apps are not mapped to Envoy virtual hosts yet",
         ),
         (
-            lambda d: d["apps"][1].update(
-                attestation={"connection": "ra-tls", "allow_unbound": True}
-            ),
-            "RA-TLS connections are checked for a single app only for now",
-        ),
-        (
             lambda d: [
                 app["discovery"].update(connect_to={"*.gw.example": f"127.0.0.{i + 1}:443"})
                 for i, app in enumerate(d["apps"])
