@@ -111,11 +111,6 @@ class RouterConfig(Frozen):
             if not self.apps:
                 raise ValueError(_NO_APPS)
             check_apps(self.apps)
-            if self.proxy.workers != 1:
-                raise ValueError(
-                    "apps: several apps are served by one process for now (operator actions "
-                    "on apps other than the primary reach one worker); set proxy.workers: 1"
-                )
             if self.proxy.engine == "envoy":
                 raise ValueError(
                     "apps: several apps are not mapped to Envoy virtual hosts yet; use "
