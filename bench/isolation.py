@@ -8,8 +8,8 @@ service time), and two load loops of `--clients` each, one per app, all in this 
 127.0.0.1. Each loop is paced to at most `--rps` requests per second (each client waits out
 its share of the period after an answer), so A's clients send no more when A fails fast than
 when it serves: B then competes with the same offered load in every case. Each run starts
-fresh (router and replicas) and lasts `--seconds`; a quarter of the way in, A's fault starts
-and lasts to the end:
+fresh (router and replicas) and lasts `--seconds`; half way in, A's fault starts and lasts
+to the end:
 
 - baseline: no fault (A healthy and loaded too);
 - A dead: every A replica's port closes and its connections are reset;
@@ -17,10 +17,13 @@ and lasts to the end:
 - A 503: every A request but health checks gets 503.
 
 For B: requests, failed requests (any non-2xx or connection failure), p50 and p99 over the
-whole run, and p99 / baseline p99 of the same repeat (the runs are interleaved per repeat so
-machine noise hits each case alike; the table shows the median over repeats). A's own
-counts are printed for context. Prints a table and writes bench/results/isolation.json.
-Absolute latencies include the load loop's own CPU on a shared machine: compare the ratio.
+whole run, p99 / baseline p99 of the same repeat (the runs are interleaved per repeat so
+machine noise hits each case alike), and p99 of the requests B sent after the fault began
+over p99 of those before it, in the same run (seconds apart on the same router: the least
+noisy comparison on a shared machine; the baseline row's value is that ratio with no fault,
+the noise floor). The table shows medians over repeats; A's own counts are for context.
+Prints a table and writes bench/results/isolation.json. Absolute latencies include the load
+loop's own CPU on a shared machine: compare the ratios.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ class Run:
     b_failed: int
     b_p50_ms: float
     b_p99_ms: float
+    b_p99_after_over_before: float
     a_requests: int
     a_failed: int
 
@@ -147,9 +151,12 @@ async def one_run(
                     on_result=pace,
                 )
 
+        fault_at: list[float] = []
+
         async def break_a() -> None:
+            await asyncio.sleep(seconds / 2)  # the run's schedule, not a wait
+            fault_at.append(time.monotonic())
             if fault is not None:
-                await asyncio.sleep(seconds / 4)  # the run's schedule, not a wait
                 await fault(a_replicas)
 
         a_load, b_load, _ = await asyncio.gather(load(HOSTS["a"]), load(HOSTS["b"]), break_a())
@@ -162,9 +169,19 @@ async def one_run(
         b_failed=len(b_load.failures()),
         b_p50_ms=round(b_load.latency_p(0.50) * 1000, 2),
         b_p99_ms=round(b_load.latency_p(0.99) * 1000, 2),
+        b_p99_after_over_before=round(_after_over_before(b_load, fault_at[0]), 3),
         a_requests=len(a_load.results),
         a_failed=len(a_load.failures()),
     )
+
+
+def _after_over_before(load: Load, at: float) -> float:
+    """p99 of the requests sent from `at` on over p99 of those sent before it."""
+    before, after = Load(), Load()
+    for result in load.results:
+        (after if result.started >= at else before).results.append(result)
+    first = before.latency_p(0.99)
+    return after.latency_p(0.99) / first if first else 0.0
 
 
 def summary(runs: list[Run]) -> list[dict[str, Any]]:
@@ -184,6 +201,9 @@ def summary(runs: list[Run]) -> list[dict[str, Any]]:
                 "b_p50_ms": statistics.median(r.b_p50_ms for r in mine),
                 "b_p99_ms": statistics.median(r.b_p99_ms for r in mine),
                 "b_p99_vs_baseline": round(statistics.median(ratios), 3) if ratios else None,
+                "b_p99_after_over_before": statistics.median(
+                    r.b_p99_after_over_before for r in mine
+                ),
                 "a_requests": int(statistics.median(r.a_requests for r in mine)),
                 "a_failed": int(statistics.median(r.a_failed for r in mine)),
             }
@@ -194,18 +214,20 @@ def summary(runs: list[Run]) -> list[dict[str, Any]]:
 def table(rows: list[dict[str, Any]], repeats: int) -> str:
     head = (
         f"{'case':<10} {'B req':>7} {'B failed':>8} {'B p50 ms':>9} {'B p99 ms':>9} "
-        f"{'B p99/base':>10} {'A req':>7} {'A failed':>8}"
+        f"{'B p99/base':>10} {'B p99 after/before':>18} {'A req':>7} {'A failed':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         ratio = "-" if r["b_p99_vs_baseline"] is None else f"{r['b_p99_vs_baseline']:.2f}"
         lines.append(
             f"{r['case']:<10} {r['b_requests']:>7} {r['b_failed']:>8} {r['b_p50_ms']:>9.2f} "
-            f"{r['b_p99_ms']:>9.2f} {ratio:>10} {r['a_requests']:>7} {r['a_failed']:>8}"
+            f"{r['b_p99_ms']:>9.2f} {ratio:>10} {r['b_p99_after_over_before']:>18.2f} "
+            f"{r['a_requests']:>7} {r['a_failed']:>8}"
         )
     lines.append(
         f"(medians over {repeats} repeat(s); B failed is the sum over all repeats; "
-        "B p99/base is against the baseline run of the same repeat)"
+        "B p99/base is against the baseline run of the same repeat; after/before splits "
+        "each run at the fault)"
     )
     return "\n".join(lines)
 

@@ -104,6 +104,7 @@ class ServerTLS:
 
     # Certificates chosen by SNI; none by default (and for DstackServerTLS).
     _by_host: tuple[_CertificateFiles, ...] = ()
+    _first_hosts: tuple[str, ...] = ()  # each one's first host name: its metric label
 
     def __init__(
         self, cert_file: Path, key_file: Path, by_host: Sequence[ServedCertificate] = ()
@@ -113,6 +114,7 @@ class ServerTLS:
         self.context = self._default.context
         self.not_after = self._default.not_after
         self._by_host = tuple(_CertificateFiles(c.label, c.cert_file, c.key_file) for c in by_host)
+        self._first_hosts = tuple(c.hosts[0] for c in by_host)
         routes = [
             (parse_route(host), files)
             for served, files in zip(by_host, self._by_host, strict=True)
@@ -139,18 +141,10 @@ class ServerTLS:
         """When each served certificate expires (Unix time), keyed by listener name ("tls",
         then "tls:HOST" by the first host name of each certificate chosen by SNI)."""
         out = {"tls": self.not_after} if self.not_after is not None else {}
-        if not self._by_host:
-            return out
-        for files, served in zip(self._by_host, self._served_hosts(), strict=True):
+        for files, host in zip(self._by_host, self._first_hosts, strict=True):
             if files.not_after is not None:
-                out[f"tls:{served}"] = files.not_after
+                out[f"tls:{host}"] = files.not_after
         return out
-
-    def _served_hosts(self) -> list[str]:
-        first: dict[int, str] = {}
-        for route, files in self._table.items():
-            first.setdefault(id(files), route.host)
-        return [first.get(id(files), files.label) for files in self._by_host]
 
     def reload(self) -> bool:
         """Load every file again; True when the default certificate loaded."""

@@ -122,6 +122,12 @@ async def test_sni_picks_each_apps_certificate_and_the_default_serves_the_rest(
         }
         for sni, names in expected.items():
             assert await served_names(port, ca, sni) == names, sni
+        assert sorted(r.app.tls.expiry()) == [
+            "tls",
+            "tls:*.docs.example.com",
+            "tls:api.example.com",
+            "tls:ui.example.com",
+        ]
         # a verifying client completes a request to each app under its own certificate
         for host, replica in [("api.example.com", b'"api"'), ("ui.example.com", b'"ui"')]:
             status, body = await get_over_tls(port, ca, host)
