@@ -35,7 +35,7 @@ from router.proxy.fast import FastEngine
 from router.reach import ConnectTo, PeerCheck
 from router.reconciler import Reconciler
 from router.reload_plan import plan_reload
-from router.snapshot import Snapshot
+from router.snapshot import Overrides, Snapshot
 from router.status import router_facts, status_document
 from router.status_history import StatusHistory
 from router.tls import ServerTLS
@@ -60,7 +60,7 @@ def _server_tls(config: RouterConfig) -> ServerTLS | None:
         return DstackServerTLS(tls.dstack_socket, tls.ra_tls_renew)
     if tls.cert_file is None or tls.key_file is None:  # the config refuses this already
         raise ConfigError("listen_tls needs cert_file and key_file, or ra_tls: true")
-    return ServerTLS(tls.cert_file, tls.key_file)
+    return ServerTLS(tls.cert_file, tls.key_file, config.listen_certificates())
 
 
 def _app_id(config: RouterConfig) -> str | None:
@@ -123,6 +123,7 @@ class RouterApp:
             environ=self._environ,
             clock=clock,
             trusted_simulator_keys=trusted_simulator_keys,
+            primary_check=self._peer_check(),
         )
         directory, passive = self.apps.directory, self.apps.passive
         if config.apps is not None:
@@ -134,7 +135,8 @@ class RouterApp:
             self.observers.observers.append(AccessLog())
         self.tls = _server_tls(config)
         self.ratls_gate = self.plane.ratls_gate
-        peer_check = self._peer_check()
+        # With apps, each app's RA-TLS check travels with its entry in the directory.
+        peer_check = self._peer_check() if config.apps is None else None
         self.engine: Engine
         if config.proxy.engine == "fast":
             self.engine = FastEngine(
@@ -293,7 +295,14 @@ class RouterApp:
         if app is None or app == self.apps.primary_name:
             return self.actions
         plane = self.apps.plane(app)
-        return OperatorActions(plane.reconciler, plane.plane.health, WorkerLink())
+        return OperatorActions(plane.reconciler, plane.plane.health, self._worker, app)
+
+    def _apply_app_overrides(self, app: str, overrides: Overrides) -> None:
+        """Another app's drain or active limit, forwarded by worker 0."""
+        try:
+            self.apps.plane(app).reconciler.set_overrides(overrides)
+        except LookupError:  # e.g. worker 0 reloaded an app this worker does not run yet
+            log.warning("worker overrides for app %s ignored: no such app here", app)
 
     def drain(self, replica_id: str, drained: bool, app: str | None = None) -> None:
         self._actions_of(app).drain(replica_id, drained)
@@ -400,7 +409,7 @@ class RouterApp:
                 "router.workers.run_workers: serving with one process",
                 workers,
             )
-        self._worker.listen(self.reconciler.set_overrides)
+        self._worker.listen(self.reconciler.set_overrides, self._apply_app_overrides)
         self._start_reports()
         if self._admin_enabled:
             try:

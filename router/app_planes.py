@@ -31,6 +31,7 @@ from router.models import Replica
 from router.proxy.apps import AppDirectory, AppEntry
 from router.proxy.base import InFlightCounter, SnapshotSource
 from router.proxy.settings import ProxySettings
+from router.reach import AttestedReach, PeerCheck, upstream_context
 from router.reconciler import Reconciler
 from router.snapshot import Snapshot
 
@@ -58,7 +59,9 @@ class AppPlane:
         of requests in flight (max_connections) survives directory swaps."""
         if self._entry is None:
             reconciler = self.reconciler
-            self._entry = AppEntry(self.name, lambda: reconciler.current)
+            gate = self.plane.ratls_gate
+            attested = attested_reach(self.view, gate.check if gate is not None else None)
+            self._entry = AppEntry(self.name, lambda: reconciler.current, attested=attested)
         self._entry.limit = self.view.max_connections
         return self._entry
 
@@ -99,6 +102,16 @@ class AppPlane:
                 await task
         await self.plane.aclose()
         self.reconciler.close()
+
+
+def attested_reach(view: AppView, check: PeerCheck | None) -> AttestedReach | None:
+    """With `apps:`, how the engines reach an app with `attestation.connection: ra-tls`:
+    its own gate's check on connections of its own (None: the app has no RA-TLS)."""
+    if check is None:
+        return None
+    config = view.config
+    context = upstream_context(config.upstream_tls, True, config.attestation.kms_root)
+    return AttestedReach(view.name, check, context)
 
 
 def build_app_plane(
@@ -202,7 +215,10 @@ class OtherApps:
         environ: Mapping[str, str],
         clock: Callable[[], float],
         trusted_simulator_keys: frozenset[bytes],
+        primary_check: PeerCheck | None = None,
     ) -> OtherApps:
+        """`primary_check`: the primary app's RA-TLS gate check, if it has one."""
+
         def build_plane(view: AppView) -> AppPlane:
             return build_app_plane(
                 view,
@@ -215,7 +231,9 @@ class OtherApps:
         views = app_views(config)
         primary = primary_view(views)
         planes = [build_plane(view) for view in views if view is not primary]
-        entry = AppEntry(primary.name, primary_source)
+        entry = AppEntry(
+            primary.name, primary_source, attested=attested_reach(primary, primary_check)
+        )
         directory = app_directory(primary, entry, planes) if config.apps is not None else None
         passive: PassiveDetector | PassiveByApp = primary_passive
         if config.apps is not None:
@@ -328,14 +346,16 @@ def app_summaries(config: RouterConfig, documents: Mapping[str, Any]) -> list[di
 
 def engine_settings(config: RouterConfig) -> ProxySettings:
     """The engine's slice; with `apps:`, its `connect_to` is every app's (the pools dial
-    any app's replicas; config validation refuses a pattern two apps map differently)."""
+    any app's replicas; config validation refuses a pattern two apps map differently), and
+    the shared pools dial without RA-TLS."""
     settings = proxy_settings(config)
     if config.apps is None:
         return settings
     connect_to: dict[str, str] = {}
     for app in config.apps:
         connect_to.update(app.discovery.connect_to)
-    return dataclasses.replace(settings, connect_to=connect_to)
+    # An app's RA-TLS travels with its AppEntry (attested_reach), not in the shared pools.
+    return dataclasses.replace(settings, connect_to=connect_to, ra_tls=False, kms_root=None)
 
 
 def check_apps_reload(running: RouterConfig, new: RouterConfig, environ: Mapping[str, str]) -> None:

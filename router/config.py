@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError, field_validator, model_validator
 
+from router.apps.certificates import ServedCertificate, served_certificates
 from router.apps.settings import (
     APP_SECTIONS,
     AppConfig,
@@ -110,24 +111,10 @@ class RouterConfig(Frozen):
             if not self.apps:
                 raise ValueError(_NO_APPS)
             check_apps(self.apps)
-            if self.proxy.workers != 1:
-                raise ValueError(
-                    "apps: several apps are served by one process for now (operator actions "
-                    "on apps other than the primary reach one worker); set proxy.workers: 1"
-                )
             if self.proxy.engine == "envoy":
                 raise ValueError(
                     "apps: several apps are not mapped to Envoy virtual hosts yet; use "
                     "proxy.engine: fast (or aiohttp) with apps, or one app with envoy"
-                )
-            ra_tls = [app.name for app in self.apps if app.attestation.connection == "ra-tls"]
-            if ra_tls:
-                # The connection check knows one app's replicas: refuse rather than let
-                # another app's connections go unchecked.
-                raise ValueError(
-                    f"apps: attestation.connection: ra-tls is set for {', '.join(ra_tls)}; "
-                    "RA-TLS connections are checked for a single app only for now: serve "
-                    "that app from its own router, or use attestation.connection: any"
                 )
         if self.proxy.engine == "envoy" and (
             self.attestation.connection == "ra-tls"
@@ -142,6 +129,33 @@ class RouterConfig(Frozen):
             if problem:
                 raise ValueError(problem)
         return self
+
+    @model_validator(mode="after")
+    def _certificates_by_host(self) -> RouterConfig:
+        wanted = any(app.tls is not None for app in self.apps or ())
+        if self.listen_tls is not None:
+            wanted = wanted or bool(self.listen_tls.certificates)
+        if not wanted:
+            return self
+        if self.listen_tls is None or self.listen_tls.ra_tls:
+            raise ValueError(
+                "apps[].tls: certificates by host name are served on listen_tls with "
+                "cert_file and key_file (the default certificate); set listen_tls"
+            )
+        if self.proxy.engine == "envoy":
+            raise ValueError(
+                "listen_tls.certificates and apps[].tls are not mapped to Envoy yet: use "
+                "proxy.engine: fast or aiohttp, or one certificate (listen_tls.cert_file)"
+            )
+        self.listen_certificates()  # raises for a host name with two certificates
+        return self
+
+    def listen_certificates(self) -> tuple[ServedCertificate, ...]:
+        """The certificates listen_tls chooses by SNI (beyond its default cert_file)."""
+        if self.listen_tls is None:
+            return ()
+        apps = [(a.name, [r.host for r in a.routes], a.tls) for a in self.apps or ()]
+        return served_certificates(self.listen_tls.certificates, apps)
 
     @field_validator("acme_webroot")
     @classmethod

@@ -1,10 +1,10 @@
 """`phala-router demo`: the router in front of a simulated Phala Cloud, no account needed.
 
-Two apps on one router, each in its own simulated cloud: `api` (4 replicas in 3 regions
-behind a TLS gateway, one of them stopped; the default app, so a bare 127.0.0.1 reaches it)
-and `ui` (2 replicas behind a plain-HTTP gateway), chosen by Host (`api.localhost`,
-`ui.localhost`). One Cloud API key serves both. Prints where to look and runs until Ctrl-C.
-Everything listens on 127.0.0.1 only.
+Two apps on one router, both in one simulated cloud (one Cloud API, one TLS gateway, one
+API key): `api` (4 replicas in 3 regions, one of them stopped; the default app, so a bare
+127.0.0.1 reaches it) and `ui` (2 replicas), chosen by Host (`api.localhost`,
+`ui.localhost`). Prints where to look and runs until Ctrl-C. Everything listens on
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any
 from router.app import RouterApp
 from router.config import parse_config
 from router.signals import wait_for_signal
-from router.simulator import SimReplicaConfig, Simulator, SimulatorConfig
+from router.simulator import SimAppConfig, SimReplicaConfig, Simulator, SimulatorConfig
 
 API_KEY_ENV = "PHALA_CLOUD_API_KEY"
-# The second app's simulated cloud: its own app id, so its instance ids differ from api's.
+# The second app of the demo's cloud: its own app id, so its instance ids differ from api's.
 UI_APP_ID = "app_" + "5e" * 20
 
 
@@ -35,51 +35,37 @@ def _port_or_any(port: int) -> int:
     return port
 
 
-def ui_simulator_config(api: SimulatorConfig, attestation: bool) -> SimulatorConfig:
-    """The `ui` app's cloud: two replicas, plain HTTP, the same Cloud API key as `api`."""
-    replicas = (
-        SimReplicaConfig(region="us-east", node="node-ui-1"),
-        SimReplicaConfig(region="eu-west", node="node-ui-2"),
+def demo_simulator_config(attestation: bool) -> SimulatorConfig:
+    """The demo's cloud: api's 4 replicas (SimulatorConfig.demo) and ui's 2, one gateway."""
+    ui = SimAppConfig(
+        app_id=UI_APP_ID,
+        app_name="sim-ui",
+        replicas=(
+            SimReplicaConfig(region="us-east", node="node-ui-1"),
+            SimReplicaConfig(region="eu-west", node="node-ui-2"),
+        ),
     )
-    return SimulatorConfig.model_validate(
-        {
-            "app_id": UI_APP_ID,
-            "app_name": "sim-ui",
-            "base_domain": "sim-ui.phala.local",  # api's connect_to covers *.sim.phala.local
-            "api_key": api.api_key,
-            "replicas": replicas,
-            "attestation": attestation,
-        }
-    )
+    return SimulatorConfig.demo(tls=True, attestation=attestation, apps=(ui,))
 
 
-def demo_apps(sim: Simulator, ui: Simulator, attestation: str) -> list[dict[str, Any]]:
+def demo_apps(sim: Simulator, attestation: str) -> list[dict[str, Any]]:
+    """api (the simulator's first app) and ui, each discovered by its own app_id."""
     apps: list[dict[str, Any]] = [
-        {
-            "name": "api",
-            "hosts": ["api.localhost"],
-            "default": True,
-            "discovery": sim.discovery_section(API_KEY_ENV),
-        },
-        {"name": "ui", "hosts": ["ui.localhost"], "discovery": ui.discovery_section(API_KEY_ENV)},
+        {"name": "api", "hosts": ["api.localhost"], "default": True},
+        {"name": "ui", "hosts": ["ui.localhost"]},
     ]
-    for app in apps:
-        app["discovery"]["phala"]["interval"] = "3s"
-    if attestation != "off":  # each app trusts its own cloud's quote signer
-        for app, cloud in zip(apps, (sim, ui), strict=True):
-            app["attestation"] = cloud.attestation_section(attestation, interval="30s")
+    for app, app_id in zip(apps, sim.app_ids, strict=True):
+        app["discovery"] = {"phala": {"app_id": app_id}}
+        if attestation != "off":  # the same quote signer; each app's quotes name its app_id
+            app["attestation"] = sim.attestation_section(attestation, app_id=app_id, interval="30s")
     return apps
 
 
 def demo_router_config(
-    sim: Simulator,
-    *,
-    port: int,
-    admin_port: int,
-    policy: str,
-    attestation: str,
-    ui: Simulator | None = None,
+    sim: Simulator, *, port: int, admin_port: int, policy: str, attestation: str
 ) -> dict[str, Any]:
+    """One router for every app of `sim`: the top-level discovery (API URL, key, gateway)
+    is every app's default; each app adds its app_id."""
     config: dict[str, Any] = {
         "listen": f"127.0.0.1:{port}",
         "admin": {"listen": f"127.0.0.1:{admin_port}"},
@@ -91,15 +77,14 @@ def demo_router_config(
         "proxy": {"trusted_proxies": ["127.0.0.1/32"]},
     }
     config["discovery"]["phala"]["interval"] = "3s"
-    if ui is not None:
-        del config["discovery"]  # each app names its own cloud
-        config["apps"] = demo_apps(sim, ui, attestation)
+    if len(sim.app_ids) > 1:
+        config["apps"] = demo_apps(sim, attestation)
     elif attestation != "off":
         config["attestation"] = sim.attestation_section(attestation, interval="30s")
     return config
 
 
-def banner(app: RouterApp, sim: Simulator, ui: Simulator | None = None) -> str:
+def banner(app: RouterApp, sim: Simulator) -> str:
     host, port = app.engine.addresses[0]
     router = f"http://{host}:{port}"
     admin = f"http://127.0.0.1:{app.admin.port}"
@@ -111,15 +96,10 @@ def banner(app: RouterApp, sim: Simulator, ui: Simulator | None = None) -> str:
             f"  status page   {admin}/status.html   (JSON: {admin}/status)",
             f"  metrics       {admin}/metrics",
             f"  simulator     {sim.control_url}/replicas   (Cloud API {sim.api_url})",
-            *(
-                [f"  ui simulator  {ui.control_url}/replicas   (Cloud API {ui.api_url})"]
-                if ui is not None
-                else []
-            ),
             "",
             "Try:",
             f"  for i in 1 2 3 4; do curl -s {router}/ | python3 -m json.tool | grep -E '\"(replica|region)\"'; done",
-            *(_app_lines(router, admin) if ui is not None else []),
+            *(_app_lines(router, admin) if len(sim.app_ids) > 1 else []),
             f"  curl -s {admin}/status | python3 -m json.tool | grep -E '\"(id|state|reason)\"'",
             f"  curl -s -X POST {sim.control_url}/replicas/<id>/stop      # watch it leave the rotation",
             f"  curl -si -H 'CF-IPCountry: DE' {router}/ | grep X-Router-Route   # --policy geo: eu-west",
@@ -149,10 +129,8 @@ async def run_demo(
     stop: asyncio.Event | None = None,
     ready: Callable[[RouterApp, Simulator], None] | None = None,
 ) -> None:
-    sim = Simulator(SimulatorConfig.demo(tls=True, attestation=attestation != "off"))
-    ui = Simulator(ui_simulator_config(sim.config, attestation != "off"))
+    sim = Simulator(demo_simulator_config(attestation != "off"))
     await sim.start()
-    await ui.start()
     environ = {**os.environ, API_KEY_ENV: sim.config.api_key}
     config = parse_config(
         demo_router_config(
@@ -161,7 +139,6 @@ async def run_demo(
             admin_port=_port_or_any(admin_port),
             policy=policy,
             attestation=attestation,
-            ui=ui,
         ),
         environ,
     )
@@ -169,7 +146,7 @@ async def run_demo(
     try:
         await app.start()
         print(sim.banner())
-        print(banner(app, sim, ui), flush=True)
+        print(banner(app, sim), flush=True)
         if ready is not None:
             ready(app, sim)
         if stop is None:
@@ -178,5 +155,4 @@ async def run_demo(
             await stop.wait()
     finally:
         await app.stop(2)
-        await ui.stop()
         await sim.stop()

@@ -11,10 +11,18 @@ from router.workers import WorkerLink
 
 
 class OperatorActions:
-    def __init__(self, reconciler: Reconciler, health: HealthChecker, worker: WorkerLink) -> None:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        health: HealthChecker,
+        worker: WorkerLink,
+        app: str | None = None,
+    ) -> None:
+        """`app`: the app these act on, named to the other workers (None: the primary)."""
         self._reconciler = reconciler
         self._health = health
         self._worker = worker
+        self._app = app
 
     def drain(self, replica_id: str, drained: bool) -> None:
         current = self._reconciler.overrides
@@ -30,4 +38,4 @@ class OperatorActions:
 
     def _publish(self, overrides: Overrides) -> None:
         self._reconciler.set_overrides(overrides)
-        self._worker.publish(self._reconciler.overrides)
+        self._worker.publish(self._reconciler.overrides, self._app)

@@ -12,6 +12,7 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -140,6 +141,19 @@ class UpstreamTLS(Protocol):
 
 
 PeerCheck = Callable[[str, int, bytes | None], Awaitable[str | None]]
+
+
+@dataclass(frozen=True, eq=False)
+class AttestedReach:
+    """How one app's replicas are reached under `attestation.connection: ra-tls` when
+    several apps share the engine: that app's gate checks each new connection, with a TLS
+    context that checks no host name (the quote does). The engines key the app's upstream
+    connections by this object (identity), so a connection checked for one app, or made for
+    an app without RA-TLS, is never handed to another app's requests."""
+
+    app: str
+    check: PeerCheck
+    tls: ssl.SSLContext
 
 
 class PeerRefused(ssl.SSLError):

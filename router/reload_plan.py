@@ -49,6 +49,15 @@ def _without(data: dict[str, Any], section: str) -> dict[str, Any]:
     return part
 
 
+def _app_certificates(config: RouterConfig) -> list[tuple[str, tuple[str, ...], str, str]]:
+    """What the apps' certificates serve: their hosts and files (not their index)."""
+    return [
+        (c.label.partition(" ")[2], c.hosts, str(c.cert_file), str(c.key_file))
+        for c in config.listen_certificates()
+        if c.label.startswith("apps[")
+    ]
+
+
 @dataclass(frozen=True)
 class ReloadPlan:
     # Parts to apply now, in order: proxy, upstream, discovery.static, health, routing.
@@ -59,6 +68,8 @@ class ReloadPlan:
 def plan_reload(started: RouterConfig, running: RouterConfig, new: RouterConfig) -> ReloadPlan:
     first, now, after = (c.model_dump(mode="json") for c in (started, running, new))
     restart = [key for key in RESTART_ONLY if _get(first, key) != _get(after, key)]
+    if _app_certificates(started) != _app_certificates(new):
+        restart.append("apps[].tls")  # the listener's certificates, like listen_tls
     apply: list[str] = []
     if _without(now, "proxy") != _without(after, "proxy"):
         apply.append("proxy")

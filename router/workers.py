@@ -4,7 +4,8 @@ Each worker is a whole router (its own event loop, discovery, health checks, sna
 upstream pools) and the kernel spreads connections over them with SO_REUSEPORT. Nothing on
 the request path is shared, so nothing needs locks or IPC per request. What must agree
 across workers is what an operator changes at run time: worker 0 alone serves the admin
-listener and forwards every override (drain, active limit) to the others over a pipe. In
+listener and forwards every override (drain, active limit; with `apps:`, naming the app) to
+the others over a pipe. In
 the other direction, each worker reports its counters to worker 0 once a second over a
 second pipe, so /metrics and /status count all workers (see `router.worker_reports`).
 
@@ -56,17 +57,29 @@ class WorkerLink:
     def serves_admin(self) -> bool:
         return self.index == 0
 
-    def publish(self, overrides: Overrides) -> None:
-        line = json.dumps(
-            {"drained": sorted(overrides.drained), "active_limit": overrides.active_limit}
-        ).encode()
+    def publish(self, overrides: Overrides, app: str | None = None) -> None:
+        """Send `overrides` to the other workers; `app`: of that app (`apps:`), None: of the
+        primary (or only) app."""
+        message: dict[str, object] = {
+            "drained": sorted(overrides.drained),
+            "active_limit": overrides.active_limit,
+        }
+        if app is not None:
+            message["app"] = app
+        line = json.dumps(message).encode()
         for fd in self.outboxes:
             try:
                 os.write(fd, line + b"\n")
             except OSError as exc:  # that worker is gone; the others still get it
                 log.warning("could not forward overrides to a worker: %s", exc)
 
-    def listen(self, apply: Callable[[Overrides], None]) -> None:
+    def listen(
+        self,
+        apply: Callable[[Overrides], None],
+        apply_to_app: Callable[[str, Overrides], None] | None = None,
+    ) -> None:
+        """Apply what worker 0 publishes: the primary app's overrides with `apply`, another
+        app's with `apply_to_app(name, overrides)`."""
         if self.inbox is None:
             return
         inbox = self.inbox
@@ -83,7 +96,12 @@ class WorkerLink:
             *lines, self._buffer = (self._buffer + data).split(b"\n")
             for line in lines:
                 message = json.loads(line)
-                apply(Overrides(frozenset(message["drained"]), message["active_limit"]))
+                overrides = Overrides(frozenset(message["drained"]), message["active_limit"])
+                app = message.get("app")
+                if app is None:
+                    apply(overrides)
+                elif apply_to_app is not None:
+                    apply_to_app(app, overrides)
 
         asyncio.get_running_loop().add_reader(inbox, readable)
 

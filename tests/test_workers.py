@@ -59,3 +59,22 @@ def test_run_workers_runs_each_index_once_and_stops_the_others(tmp_path: Path) -
         os.close(ready_write)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["worker-0", "worker-1", "worker-2"]
     assert time.monotonic() - started < 10
+
+
+async def test_another_apps_overrides_reach_another_worker_by_name() -> None:
+    read, write = os.pipe()
+    leader = WorkerLink(0, 2, outboxes=(write,))
+    follower = WorkerLink(1, 2, inbox=read)
+    primary: list[Overrides] = []
+    by_app: list[tuple[str, Overrides]] = []
+    follower.listen(primary.append, lambda app, overrides: by_app.append((app, overrides)))
+    try:
+        leader.publish(Overrides(frozenset({"ui-0"}), None), "ui")
+        leader.publish(Overrides(frozenset({"api-1"}), 2))
+        await eventually(lambda: len(primary) + len(by_app) == 2)
+    finally:
+        follower.close()
+        os.close(read)
+        os.close(write)
+    assert by_app == [("ui", Overrides(frozenset({"ui-0"}), None))]
+    assert primary == [Overrides(frozenset({"api-1"}), 2)]

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
+from router.apps.certificates import CertificatePair
 from router.apps.hosts import HostRoute, HostTable, RouteConflict, parse_route
 from router.attestation.binding import unbound_problem
 from router.attestation.settings import AttestationConfig
@@ -43,6 +44,9 @@ class AppConfig(Frozen):
     # Requests of this app proxied at once (its share of proxy.max_connections); unset: no
     # limit of its own, so one app may take every slot.
     max_connections: int | None = Field(None, ge=1)
+    # The certificate listen_tls serves to clients whose SNI is one of this app's host names
+    # ({cert_file, key_file}); unset: listen_tls.certificates or its cert_file serve them.
+    tls: CertificatePair | None = None
     discovery: DiscoveryConfig
     health: HealthConfig = HealthConfig()
     attestation: AttestationConfig = AttestationConfig()
@@ -64,6 +68,11 @@ class AppConfig(Frozen):
             raise ValueError(
                 f"app {self.name!r} has no hosts: list its host names in hosts "
                 "(e.g. [api.example.com]) or make it the default app (default: true)"
+            )
+        if self.tls is not None and not self.hosts:
+            raise ValueError(
+                f"app {self.name!r} has tls but no hosts: its certificate would be chosen by no "
+                "SNI; list its hosts, or serve the default app with listen_tls.cert_file"
             )
         if self.discovery.static is not None:
             problem = unbound_problem(self.discovery.static, self.attestation)

@@ -70,7 +70,7 @@ from router.proxy.headers import (
 from router.proxy.retry import RetryPolicy, classify_client_error
 from router.proxy.retry_budget import Retrier
 from router.proxy.settings import ProxySettings
-from router.reach import PeerCheck, make_connector, upstream_context
+from router.reach import AttestedReach, PeerCheck, make_connector, upstream_context
 from router.settings_types import split_host_port
 from router.tls import ServerTLS, server_name
 
@@ -121,6 +121,8 @@ class AiohttpEngine:
         self._retrier = Retrier(RetryPolicy.from_config(config.proxy), lambda: admission.active)
         self._closing: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
+        # Apps with attestation.connection: ra-tls: one session each (AttestedReach).
+        self._attested_sessions: dict[AttestedReach, aiohttp.ClientSession] = {}
         self._runner: web.ServerRunner | None = None
         self._sites: list[web.TCPSite] = []
         self._https_port: int | None = None
@@ -139,12 +141,15 @@ class AiohttpEngine:
         server = self._runner.server if self._runner is not None else None
         return (len(server.connections) if server is not None else 0), self._accepted
 
-    def _new_session(self) -> aiohttp.ClientSession:
+    def _new_session(self, attested: AttestedReach | None = None) -> aiohttp.ClientSession:
+        config = self._config
         connector = make_connector(
-            self._config.connect_to,
-            upstream_context(self._config.upstream_tls, self._config.ra_tls, self._config.kms_root),
+            config.connect_to,
+            attested.tls
+            if attested is not None
+            else upstream_context(config.upstream_tls, config.ra_tls, config.kms_root),
             keepalive_timeout=self._proxy.idle_timeout,
-            peer_check=self._peer_check,
+            peer_check=attested.check if attested is not None else self._peer_check,
         )
         return aiohttp.ClientSession(
             connector=connector,
@@ -159,6 +164,14 @@ class AiohttpEngine:
 
     def set_apps(self, apps: AppDirectory) -> None:
         self._apps = apps
+        live = {entry.attested for entry in apps.entries}
+        for attested in [a for a in self._attested_sessions if a not in live]:
+            self._close_later(self._attested_sessions.pop(attested))
+
+    def _close_later(self, session: aiohttp.ClientSession) -> None:
+        """Close a replaced session once its in-flight requests had their drain time."""
+        loop = asyncio.get_running_loop()
+        self._closing.add(loop.create_task(close_later(session, self._proxy.drain_timeout)))
 
     def apply_config(self, config: ProxySettings) -> None:
         """Take a reloaded config. Listen addresses need a restart (the app says so); how
@@ -182,8 +195,9 @@ class AiohttpEngine:
         self._retrier.configure(RetryPolicy.from_config(config.proxy))
         if reach_changed and self._session is not None:
             old, self._session = self._session, self._new_session()
-            loop = asyncio.get_running_loop()
-            self._closing.add(loop.create_task(close_later(old, config.proxy.drain_timeout)))
+            self._close_later(old)
+            for attested in list(self._attested_sessions):  # made again on first use
+                self._close_later(self._attested_sessions.pop(attested))
 
     async def start(self) -> None:
         self._session = self._new_session()
@@ -236,6 +250,8 @@ class AiohttpEngine:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+        for session in self._attested_sessions.values():
+            await session.close()
         for task in self._closing:
             task.cancel()
 
@@ -346,6 +362,7 @@ class AiohttpEngine:
             idempotent=request.method in IDEMPOTENT and not has_body,
         )
         last_error: ProxyError | None = None
+        session = self._session_for(app)
         try:
             for replica in track.candidates:
                 if outcome.attempts > self._proxy.retries:
@@ -358,7 +375,9 @@ class AiohttpEngine:
                     encoded=True,
                 )
                 attempt_started = time.monotonic()
-                got = await self._attempt(request, url, headers, body, replica, track, is_ws)
+                got = await self._attempt(
+                    request, url, headers, body, replica, track, (session, is_ws)
+                )
                 if isinstance(got, ProxyError):
                     last_error = got
                     continue
@@ -380,17 +399,19 @@ class AiohttpEngine:
         body: RequestBody,
         replica: Replica,
         track: RetryTrack,
-        is_ws: bool,
+        via: tuple[aiohttp.ClientSession, bool],
     ) -> aiohttp.ClientResponse | web.StreamResponse | ProxyError:
         """One upstream attempt: the response to relay (a WebSocket: already relayed), or
-        the error that moves the request to the next candidate (one that must not is raised)."""
+        the error that moves the request to the next candidate (one that must not is raised).
+        `via`: the app's upstream session, and whether this is a WebSocket upgrade."""
         policy = self._retrier.policy
+        session, is_ws = via
         self._in_flight.enter(replica.id)
         try:
             if is_ws:
-                return await self._websocket(request, url, headers, replica, track.outcome)
+                return await self._websocket(session, request, url, headers, replica, track.outcome)
             upstream = await send_with_per_try(
-                self._session_or_fail().request(
+                session.request(
                     request.method,
                     url,
                     headers=CIMultiDict(headers),
@@ -451,6 +472,17 @@ class AiohttpEngine:
         if self._session is None:
             raise RuntimeError("engine not started")
         return self._session
+
+    def _session_for(self, app: AppEntry) -> aiohttp.ClientSession:
+        """The shared session, or the app's own under RA-TLS (checked by its gate)."""
+        attested = app.attested
+        if attested is None:
+            return self._session_or_fail()
+        session = self._attested_sessions.get(attested)
+        if session is None:
+            session = self._new_session(attested)
+            self._attested_sessions[attested] = session
+        return session
 
     async def _stream_back(
         self,
@@ -517,6 +549,7 @@ class AiohttpEngine:
 
     async def _websocket(
         self,
+        session: aiohttp.ClientSession,
         request: web.BaseRequest,
         url: URL,
         headers: list[tuple[str, str]],
@@ -528,7 +561,7 @@ class AiohttpEngine:
             for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")
             if p.strip()
         ]
-        upstream = await self._session_or_fail().ws_connect(
+        upstream = await session.ws_connect(
             url, headers=CIMultiDict(headers), protocols=protocols, autoclose=False, autoping=False
         )
         self._observers.attempt_done(replica, True, None, 101)

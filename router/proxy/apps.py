@@ -17,20 +17,31 @@ from router.apps import IMPLICIT_APP
 from router.apps.hosts import HostRoute, HostTable, normalise_host
 from router.errors import ClientRequestError, Overloaded
 from router.proxy.base import SnapshotSource
+from router.reach import AttestedReach
 
 
 class AppEntry:
     """One app as the engines see it: its name, its current snapshot, and its own cap on
     requests proxied at once (`apps[].max_connections`), so one app cannot take every
-    admission slot of the shared listener. Past the cap a request gets 503 at once."""
+    admission slot of the shared listener. Past the cap a request gets 503 at once. With
+    RA-TLS (`attested`) its upstream connections are its own."""
 
-    __slots__ = ("active", "limit", "name", "snapshots")
+    __slots__ = ("active", "attested", "limit", "name", "snapshots")
 
-    def __init__(self, name: str, snapshots: SnapshotSource, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        snapshots: SnapshotSource,
+        limit: int | None = None,
+        attested: AttestedReach | None = None,
+    ) -> None:
         self.name = name
         self.snapshots = snapshots
         self.limit = limit
         self.active = 0
+        # attestation.connection: ra-tls for this app: its replicas are dialled and checked
+        # this way, on connections no other app shares. None: the engine's shared pools.
+        self.attested = attested
 
     def claim(self) -> bool:
         """Take one of this app's slots; False when all are in use."""

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from router.apps.certificates import HostCertificate
 from router.proxy.envoy.settings import EnvoyConfig
 from router.proxy.retry_settings import (
     DEFAULT_RETRY_ON,
@@ -152,6 +153,10 @@ class ListenTLSConfig(Frozen):
     ra_tls_renew: PositiveDuration = 43200.0
     # The dstack socket (default: DSTACK_SIMULATOR_ENDPOINT, then /var/run/dstack.sock, ...).
     dstack_socket: str | None = None
+    # More certificates, chosen by the client's SNI; cert_file serves every other name and
+    # clients without SNI. E.g. [{hosts: [api.example.com], cert_file: ..., key_file: ...}].
+    # Each file is watched and reloaded like cert_file. (apps[].tls adds one per app.)
+    certificates: tuple[HostCertificate, ...] = ()
 
     @field_validator("cert_file", "key_file")
     @classmethod
@@ -166,6 +171,11 @@ class ListenTLSConfig(Frozen):
             raise ValueError(
                 "listen_tls needs cert_file and key_file, or ra_tls: true (in a CVM: an RA-TLS "
                 "key from dstack)"
+            )
+        if self.ra_tls and self.certificates:
+            raise ValueError(
+                "listen_tls.certificates needs certificate files: with ra_tls the listener "
+                "serves the dstack RA-TLS key for every name"
             )
         return self
 

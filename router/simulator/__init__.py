@@ -19,6 +19,7 @@ from router.simulator.core import Simulator
 from router.simulator.settings import (
     AttestationKnob,
     ReplicaPatch,
+    SimAppConfig,
     SimReplicaConfig,
     SimulatorConfig,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "AttestationKnob",
     "QuoteProvider",
     "ReplicaPatch",
+    "SimAppConfig",
     "SimReplica",
     "SimReplicaConfig",
     "Simulator",

@@ -47,21 +47,25 @@ def cloud_api_app(ctx: SimContext) -> web.Application:
             return web.json_response({"unexpected": True, "items": "not a list"})
         return await handler(request)
 
-    def check_app(request: web.Request) -> None:
-        if request.match_info["app_id"].lower().removeprefix("app_") != ctx.app_id:
+    def check_app(request: web.Request) -> str:
+        """The app_id of the path, one of the apps this cloud hosts; 404 otherwise."""
+        app_id = request.match_info["app_id"].lower().removeprefix("app_")
+        if app_id not in ctx.apps:
             raise web.HTTPNotFound(
                 text='{"detail": "App not found", "error_code": "NOT_FOUND"}',
                 content_type="application/json",
             )
+        return app_id
 
     async def list_cvms(request: web.Request) -> web.StreamResponse:
-        check_app(request)
+        app_id = check_app(request)
         version = request.headers.get("X-Phala-Version")
-        return web.json_response(records.cvm_list(ctx, version))
+        return web.json_response(records.cvm_list(ctx, version, app_id))
 
     async def get_app(request: web.Request) -> web.StreamResponse:
-        check_app(request)
-        return web.json_response(records.app_document(ctx, request.headers.get("X-Phala-Version")))
+        app_id = check_app(request)
+        version = request.headers.get("X-Phala-Version")
+        return web.json_response(records.app_document(ctx, version, app_id))
 
     async def status_batch(request: web.Request) -> web.StreamResponse:
         try:
@@ -76,8 +80,8 @@ def cloud_api_app(ctx: SimContext) -> web.Application:
         return web.json_response(records.batch_status(ctx, uuids))
 
     async def app_attestations(request: web.Request) -> web.StreamResponse:
-        check_app(request)
-        return web.json_response(records.app_attestations(ctx))
+        app_id = check_app(request)
+        return web.json_response(records.app_attestations(ctx, app_id))
 
     async def cvm_attestation(request: web.Request) -> web.StreamResponse:
         replica = ctx.find(request.match_info["cvm_id"])

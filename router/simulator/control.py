@@ -62,7 +62,9 @@ def control_app(sim: Simulator) -> web.Application:
         return web.json_response([r.describe() for r in sim.replicas])
 
     async def add(request: web.Request) -> web.StreamResponse:
-        replica = await sim.add_replica(SimReplicaConfig.model_validate(await body(request)))
+        config = SimReplicaConfig.model_validate(await body(request))
+        # ?app_id=: a replica of another app this cloud hosts (default: the first app)
+        replica = await sim.add_replica(config, app_id=request.query.get("app_id"))
         return web.json_response(replica.describe(), status=201)
 
     async def show(request: web.Request) -> web.StreamResponse:

@@ -64,6 +64,7 @@ class Simulator:
             tls=cfg.tls,
             shared_backend=TokenBucket(cfg.shared_backend_rps) if cfg.shared_backend_rps else None,
             fresh_path=cfg.fresh_path,
+            apps={cfg.app_id: cfg.app_name, **{a.app_id: a.app_name for a in cfg.apps}},
         )
         key = load_or_create_key(cfg.quote_key_file) if cfg.quote_key_file else new_key()
         # Always made (the key is cheap) so the public key is known before start; plugged
@@ -91,6 +92,9 @@ class Simulator:
         self._control_port = await self._serve(control_app(self), cfg.control_port)
         for replica_cfg in cfg.replicas:
             await self.add_replica(replica_cfg)
+        for app in cfg.apps:
+            for replica_cfg in app.replicas:
+                await self.add_replica(replica_cfg, app_id=app.app_id)
         self.started = True
         log.info(
             "simulator up: Cloud API %s, gateway %s, control %s, %d replica(s)",
@@ -174,11 +178,26 @@ class Simulator:
             return "127.0.0.1"
         return f"[{host}]" if ":" in host else host
 
-    def discovery_section(self, api_key_env: str = "PHALA_CLOUD_API_KEY") -> dict[str, Any]:
-        """A router `discovery:` config section pointing at this simulator."""
+    @property
+    def app_ids(self) -> list[str]:
+        """Every app this cloud hosts, the first one (`config.app_id`) first."""
+        return list(self.ctx.apps)
+
+    def _app(self, app_id: str | None) -> str:
+        """`app_id` normalised (None: the first app); ValueError for an app not hosted here."""
+        found = self.config.app_id if app_id is None else app_id.lower().removeprefix("app_")
+        if found not in self.ctx.apps:
+            raise ValueError(f"this simulator hosts no app {app_id!r}; it hosts {self.app_ids}")
+        return found
+
+    def discovery_section(
+        self, api_key_env: str = "PHALA_CLOUD_API_KEY", app_id: str | None = None
+    ) -> dict[str, Any]:
+        """A router `discovery:` config section pointing at this simulator, for one of its
+        apps (None: the first)."""
         return {
             "phala": {
-                "app_id": self.config.app_id,
+                "app_id": self._app(app_id),
                 "api_url": self.api_url,
                 "api_key_env": api_key_env,
                 "port": self.config.app_port,
@@ -207,13 +226,16 @@ class Simulator:
         """Whether replicas answer attestation requests with simulated quotes."""
         return self.ctx.quote_provider is not None
 
-    def attestation_section(self, mode: str = "fresh", **fields: Any) -> dict[str, Any]:
-        """A router `attestation:` section that trusts this simulator's quotes."""
+    def attestation_section(
+        self, mode: str = "fresh", *, app_id: str | None = None, **fields: Any
+    ) -> dict[str, Any]:
+        """A router `attestation:` section that trusts this simulator's quotes, for one of
+        its apps (None: the first)."""
         section: dict[str, Any] = {
             "mode": mode,
             "verifier": "insecure-simulator",
             "simulator_public_keys": [self.quote_public_key.hex()],
-            "app_id": self.config.app_id,
+            "app_id": self._app(app_id),
             # The simulated dstack image's MRTD/RTMR0-2: an evil-OS replica fails `os`.
             "os_measurements": [simulated_os_measurement()],
             **fields,
@@ -249,14 +271,15 @@ class Simulator:
     def url_of(self, ident: str, port: int | None = None) -> str:
         return f"{self.scheme}://{self.host_of(ident, port)}"
 
-    async def add_replica(self, cfg: SimReplicaConfig | None = None, **fields: Any) -> SimReplica:
-        """Adds a replica (config fields as keywords, or a SimReplicaConfig); it listens
-        unless its status says it is stopped."""
+    async def add_replica(
+        self, cfg: SimReplicaConfig | None = None, *, app_id: str | None = None, **fields: Any
+    ) -> SimReplica:
+        """Adds a replica of the app `app_id` (None: the first app), with config fields as
+        keywords or a SimReplicaConfig; it listens unless its status says it is stopped."""
         cfg = cfg or SimReplicaConfig(**fields)
+        app = self._app(app_id)
         self._seq += 1
-        replica = SimReplica.from_config(
-            cfg, self.config.app_id, self.config.app_name, self._seq, self.config.seed
-        )
+        replica = SimReplica.from_config(cfg, app, self.ctx.apps[app], self._seq, self.config.seed)
         if replica.instance_id in self.ctx.replicas:
             raise ValueError(f"replica {replica.instance_id} already exists")
         servers = ReplicaServers(replica, self.ctx, self.config.host)
@@ -346,7 +369,7 @@ class Simulator:
         gateway_host, gateway_port = self.gateway_address.rsplit(":", 1)
         default_port = 443 if self.config.tls else 80
         lines = [
-            f"Phala Cloud simulator for app {self.config.app_id}",
+            f"Phala Cloud simulator for app {', app '.join(self.app_ids)}",
             f"  Cloud API   {self.api_url}   (X-API-Key: {self.config.api_key})",
             f"  gateway     {self.gateway_address}   ({self.scheme}, *.{self.config.base_domain})",
             f"  control     {self.control_url}/replicas",
@@ -366,8 +389,9 @@ class Simulator:
         lines.append("replicas:")
         for r in self.replicas:
             state = r.status + (" (in progress)" if r.in_progress else "")
+            app = f" (app {self.ctx.apps[r.app_id]})" if len(self.ctx.apps) > 1 else ""
             lines.append(
-                f"  {r.instance_id}  {r.region:<14} {state:<10} {self.url_of(r.instance_id)}"
+                f"  {r.instance_id}  {r.region:<14} {state:<10} {self.url_of(r.instance_id)}{app}"
             )
         if self.replicas:
             host = self.host_of(self.replicas[0].instance_id)
@@ -385,6 +409,7 @@ class Simulator:
     def summary(self) -> dict[str, Any]:
         return {
             "app_id": self.config.app_id,
+            "apps": self.ctx.apps,
             "api_url": self.api_url,
             "gateway": self.gateway_address,
             "connect_to": self.connect_to,

@@ -68,8 +68,8 @@ class Gateway:
         port_text = port_text.rstrip("sg")  # s/g suffixes: TLS passthrough / gRPC; same app
         port = int(port_text) if port_text.isdigit() else 80
         replica = self.ctx.replicas.get(ident)
-        if replica is None and ident == self.ctx.app_id:
-            replica = self._any_running()
+        if replica is None and ident in self.ctx.apps:
+            replica = self._any_running(ident)
         if replica is None:
             return None
         if port == self.ctx.app_port:
@@ -78,8 +78,8 @@ class Gateway:
             return replica, replica.agent_port
         return None
 
-    def _any_running(self) -> SimReplica | None:
-        running = [r for r in self.ctx.replicas.values() if r.up and r.mode == "up"]
+    def _any_running(self, app_id: str) -> SimReplica | None:
+        running = [r for r in self.ctx.replicas_of(app_id) if r.up and r.mode == "up"]
         return running[next(self._rotation) % len(running)] if running else None
 
     def track(self, transport: asyncio.Transport, alive: bool) -> None:

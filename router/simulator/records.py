@@ -17,19 +17,27 @@ LEGACY_VERSION = "2025-10-28"
 OS_IMAGE_HASH = hashlib.sha256(b"sim-dstack-os-0.5").hexdigest()
 
 
+def _app_of(replica: SimReplica, ctx: SimContext) -> tuple[str, str]:
+    """(app_id, app name) of the app a replica belongs to."""
+    app_id = replica.app_id or ctx.app_id
+    return app_id, ctx.apps.get(app_id, ctx.app_name)
+
+
 def urls(replica: SimReplica, ctx: SimContext) -> dict[str, str]:
     scheme = "https" if ctx.tls else "http"
+    app_id, _ = _app_of(replica, ctx)
     return {
-        "app": f"{scheme}://{ctx.app_id}-{ctx.app_port}.{ctx.base_domain}",
+        "app": f"{scheme}://{app_id}-{ctx.app_port}.{ctx.base_domain}",
         "instance": f"{scheme}://{ctx.host_of(replica, ctx.app_port)}",
     }
 
 
 def cvm_record(replica: SimReplica, ctx: SimContext) -> dict[str, Any]:
+    app_id, name = _app_of(replica, ctx)
     return {
         "id": replica.cvm_id,
-        "name": ctx.app_name,
-        "app_id": ctx.app_id,
+        "name": name,
+        "app_id": app_id,
         "vm_uuid": replica.vm_uuid,
         "instance_id": replica.instance_id,
         "status": replica.status,
@@ -46,16 +54,17 @@ def cvm_record(replica: SimReplica, ctx: SimContext) -> dict[str, Any]:
 
 
 def legacy_record(replica: SimReplica, ctx: SimContext) -> dict[str, Any]:
+    app_id, name = _app_of(replica, ctx)
     return {
         "hosted": {
             "id": replica.vm_uuid,
-            "name": ctx.app_name,
-            "app_id": ctx.app_id,
+            "name": name,
+            "app_id": app_id,
             "instance_id": replica.instance_id,
             "status": replica.status,
             "app_url": urls(replica, ctx)["app"],
         },
-        "name": ctx.app_name,
+        "name": name,
         "node": {"id": replica.node_id, "name": replica.node, "region_identifier": replica.region},
         "status": replica.status,
         "in_progress": replica.in_progress,
@@ -65,17 +74,17 @@ def legacy_record(replica: SimReplica, ctx: SimContext) -> dict[str, Any]:
     }
 
 
-def cvm_list(ctx: SimContext, version: str | None) -> list[dict[str, Any]]:
+def cvm_list(ctx: SimContext, version: str | None, app_id: str) -> list[dict[str, Any]]:
     build = legacy_record if version == LEGACY_VERSION else cvm_record
-    return [build(r, ctx) for r in ctx.replicas.values()]
+    return [build(r, ctx) for r in ctx.replicas_of(app_id)]
 
 
-def app_document(ctx: SimContext, version: str | None) -> dict[str, Any]:
-    cvms = cvm_list(ctx, version)
+def app_document(ctx: SimContext, version: str | None, app_id: str) -> dict[str, Any]:
+    cvms = cvm_list(ctx, version, app_id)
     return {
-        "id": hashlib.sha256(ctx.app_id.encode()).hexdigest()[:20],
-        "name": ctx.app_name,
-        "app_id": ctx.app_id,
+        "id": hashlib.sha256(app_id.encode()).hexdigest()[:20],
+        "name": ctx.apps.get(app_id, ctx.app_name),
+        "app_id": app_id,
         "cvms": cvms,
         "cvm_count": len(cvms),
     }
@@ -131,9 +140,9 @@ def _known_compose(replica: SimReplica) -> str | None:
     return replica.app_compose if sha256_hex(replica.app_compose) == replica.compose_hash else None
 
 
-def app_attestations(ctx: SimContext) -> dict[str, Any]:
+def app_attestations(ctx: SimContext, app_id: str) -> dict[str, Any]:
     instances = []
-    for replica in ctx.replicas.values():
+    for replica in ctx.replicas_of(app_id):
         quote, event_log = _quote(replica, ctx, stored_report_data(replica))
         instances.append(
             {
@@ -145,7 +154,7 @@ def app_attestations(ctx: SimContext) -> dict[str, Any]:
                 "error": None if quote else _no_quote_reason(replica),
             }
         )
-    return {"app_id": ctx.app_id, "name": ctx.app_name, "instances": instances}
+    return {"app_id": app_id, "name": ctx.apps.get(app_id, ctx.app_name), "instances": instances}
 
 
 def _no_quote_reason(replica: SimReplica) -> str:
@@ -157,7 +166,7 @@ def _no_quote_reason(replica: SimReplica) -> str:
 def cvm_attestation(replica: SimReplica, ctx: SimContext) -> dict[str, Any]:
     quote, event_log = _quote(replica, ctx, stored_report_data(replica))
     return {
-        "name": ctx.app_name,
+        "name": _app_of(replica, ctx)[1],
         "is_online": replica.up,
         "is_public": True,
         "error": None,
@@ -171,10 +180,11 @@ def cvm_attestation(replica: SimReplica, ctx: SimContext) -> dict[str, Any]:
 def guest_info(replica: SimReplica, ctx: SimContext) -> dict[str, Any]:
     """The guest agent's `/prpc/Info` answer; dstack sends tcb_info as a JSON string."""
     _, event_log = _quote(replica, ctx, stored_report_data(replica))
+    app_id, name = _app_of(replica, ctx)
     return {
-        "app_id": ctx.app_id,
+        "app_id": app_id,
         "instance_id": replica.instance_id,
-        "app_name": ctx.app_name,
+        "app_name": name,
         "compose_hash": replica.compose_hash,
         "os_image_hash": OS_IMAGE_HASH,
         "device_id": hashlib.sha256(replica.node.encode()).hexdigest(),

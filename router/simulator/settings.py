@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from router.discovery.settings import normalise_app_id
 from router.settings_types import Duration, Frozen
@@ -71,6 +71,20 @@ class SimReplicaConfig(Frozen):
         return value.strip()
 
 
+class SimAppConfig(Frozen):
+    """Another app of the same simulated cloud: its own app_id and replicas, served by the
+    same Cloud API (and API key), gateway and quote signer."""
+
+    app_id: str
+    app_name: str = "sim-app"
+    replicas: tuple[SimReplicaConfig, ...] = (SimReplicaConfig(),)
+
+    @field_validator("app_id", mode="before")
+    @classmethod
+    def _app_id(cls, value: object) -> str:
+        return normalise_app_id(value)
+
+
 class SimulatorConfig(Frozen):
     app_id: str = DEFAULT_APP_ID
     app_name: str = "sim-app"
@@ -97,6 +111,10 @@ class SimulatorConfig(Frozen):
     # A PEM EC P-256 key to sign quotes with, created when missing, so the public key to
     # trust stays the same across runs; unset = a new key every run.
     quote_key_file: Path | None = None
+    # More apps in the same cloud, e.g. [{app_id: app_5e5e..., app_name: ui, replicas: [...]}]:
+    # the Cloud API answers for each app_id with its own replicas. `app_id` and `replicas`
+    # above are the first app.
+    apps: tuple[SimAppConfig, ...] = ()
 
     @classmethod
     def demo(cls, **fields: object) -> SimulatorConfig:
@@ -113,6 +131,14 @@ class SimulatorConfig(Frozen):
     @classmethod
     def _app_id(cls, value: object) -> str:
         return normalise_app_id(value)
+
+    @model_validator(mode="after")
+    def _apps_distinct(self) -> SimulatorConfig:
+        ids = [self.app_id, *(app.app_id for app in self.apps)]
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
+        if repeated:
+            raise ValueError(f"apps: each app_id must be unique; repeated: {', '.join(repeated)}")
+        return self
 
     @field_validator("quote_key_file")
     @classmethod

@@ -1,4 +1,4 @@
-"""What the simulated Phala Cloud knows: its app and each replica's live, mutable state.
+"""What the simulated Phala Cloud knows: its apps and each replica's live, mutable state.
 
 The Cloud API, the gateway, the replicas' servers and the control API all read these
 objects, so a knob turned at run time takes effect on the next request.
@@ -70,6 +70,8 @@ class SimReplica:
     instance_type: str
     rng: random.Random
     attestation: AttestationKnob = "ok"
+    app_id: str = ""  # the app this CVM belongs to (the simulator may host several)
+    app_name: str = ""
     created_at: float = field(default_factory=time.time)
     app_port: int | None = None  # the local port of its app server while up
     agent_port: int | None = None  # the local port of its guest agent while up
@@ -106,6 +108,8 @@ class SimReplica:
             instance_type=cfg.instance_type,
             rng=random.Random(seed * 1_000_003 + seq),
             attestation=cfg.attestation,
+            app_id=app_id,
+            app_name=app_name,
         )
 
     @property
@@ -126,6 +130,7 @@ class SimReplica:
         """The control API's view of this replica."""
         return {
             "instance_id": self.instance_id,
+            "app_id": self.app_id,
             "vm_uuid": self.vm_uuid,
             "region": self.region,
             "node": self.node,
@@ -185,9 +190,15 @@ class SimContext:
     api_mode: str = "ok"  # set by break_api
     api_unblocked: asyncio.Event = field(default_factory=asyncio.Event)
     api_requests: int = 0
+    # Every app this cloud hosts: app_id -> app name (the first is app_id/app_name).
+    apps: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.api_unblocked.set()
+        self.apps.setdefault(self.app_id, self.app_name)
+
+    def replicas_of(self, app_id: str) -> list[SimReplica]:
+        return [r for r in self.replicas.values() if (r.app_id or self.app_id) == app_id]
 
     def host_of(self, replica: SimReplica, port: int) -> str:
         return f"{replica.instance_id}-{port}.{self.base_domain}"

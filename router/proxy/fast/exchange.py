@@ -171,7 +171,8 @@ class Exchange(RetryingExchange):
         self._try_next()
 
     def _try_next(self) -> None:
-        core = self.core
+        core, app = self.core, self.app
+        assert app is not None
         for replica in self._candidates:
             if self.attempts > core.retries:
                 break
@@ -182,7 +183,7 @@ class Exchange(RetryingExchange):
             self.attempt_started = time.monotonic()
             in_flight = core.in_flight
             in_flight[replica.id] = in_flight.get(replica.id, 0) + 1  # InFlightCounter.enter
-            target = core.pool.target(replica)
+            target = core.pool.target(replica, app.attested)
             conn = core.pool.acquire(target)
             if conn is not None:
                 self._send(conn, target)
@@ -190,8 +191,7 @@ class Exchange(RetryingExchange):
                 self.dialing = True
                 core.pool.connect(target, partial(self._dialled, target))
             return
-        assert self.app is not None
-        self._fail(self.last_error or no_routable_error(self.app.snapshots()))
+        self._fail(self.last_error or no_routable_error(app.snapshots()))
 
     def _dialled(
         self, target: Target, conn: UpstreamConnection | None, exc: BaseException | None

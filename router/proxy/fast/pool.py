@@ -18,7 +18,7 @@ from router.failures import CONNECT, CONNECT_TIMEOUT, TLS
 from router.models import Replica
 from router.proxy.fast.outbox import Outbox
 from router.proxy.fast.upstream import PoolKey, UpstreamConnection
-from router.reach import ConnectTo, PeerCheck, PeerRefused, peer_leaf
+from router.reach import AttestedReach, ConnectTo, PeerCheck, PeerRefused, peer_leaf
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ class Target:
     server_hostname: str | None
     prefix: bytes  # the replica's path prefix
     host_line: bytes  # b"Host: authority\r\n"
+    # Checks a new connection before a byte is sent (RA-TLS); None: no check.
+    peer_check: PeerCheck | None
 
 
 class Pool:
@@ -61,28 +63,52 @@ class Pool:
         self._peer_check = peer_check
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
         self._targets: dict[str, Target] = {}
+        self._attested_targets: dict[tuple[str, AttestedReach], Target] = {}
         self._dials: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
 
-    def target(self, replica: Replica) -> Target:
+    def target(self, replica: Replica, attested: AttestedReach | None = None) -> Target:
+        """How to reach `replica`; with `attested` (an app's RA-TLS), on that app's own
+        connections, dialled with its context and checked by its gate."""
+        if attested is not None:
+            return self._attested_target(replica, attested)
         target = self._targets.get(replica.url)
         if target is None:
-            dial = self._connect_to.lookup(replica.host) or (replica.host, replica.port)
-            https = replica.scheme == "https"
-            target = Target(
-                key=(replica.scheme, replica.host.lower(), replica.port),
-                dial_host=dial[0],
-                dial_port=dial[1],
-                tls=self._tls if https else None,
-                server_hostname=replica.host if https else None,
-                prefix=replica.path_prefix.encode("latin-1"),
-                host_line=f"Host: {replica.authority}\r\n".encode("latin-1"),
-            )
+            target = self._new_target(replica, self._tls, self._peer_check, None)
             if len(self._targets) > 65536:
                 self._targets.clear()  # replicas churned: rebuild lazily
             self._targets[replica.url] = target
         return target
+
+    def _attested_target(self, replica: Replica, attested: AttestedReach) -> Target:
+        target = self._attested_targets.get((replica.url, attested))
+        if target is None:
+            target = self._new_target(replica, attested.tls, attested.check, attested)
+            if len(self._attested_targets) > 65536:
+                self._attested_targets.clear()
+            self._attested_targets[(replica.url, attested)] = target
+        return target
+
+    def _new_target(
+        self,
+        replica: Replica,
+        tls: ssl.SSLContext,
+        check: PeerCheck | None,
+        attested: AttestedReach | None,
+    ) -> Target:
+        dial = self._connect_to.lookup(replica.host) or (replica.host, replica.port)
+        https = replica.scheme == "https"
+        return Target(
+            key=(replica.scheme, replica.host.lower(), replica.port, attested),
+            dial_host=dial[0],
+            dial_port=dial[1],
+            tls=tls if https else None,
+            server_hostname=replica.host if https else None,
+            prefix=replica.path_prefix.encode("latin-1"),
+            host_line=f"Host: {replica.authority}\r\n".encode("latin-1"),
+            peer_check=check,
+        )
 
     def acquire(self, target: Target) -> UpstreamConnection | None:
         idle = self._idle.get(target.key)
@@ -155,11 +181,12 @@ class Pool:
             log.warning("dialling %s failed: %r", target.key, exc)
             done(None, exc)
             return
-        if self._peer_check is not None:
+        check = target.peer_check
+        if check is not None:
             # RA-TLS: the session must end in the attested replica before a byte is sent.
-            _, host, port = target.key
+            _, host, port, _ = target.key
             try:
-                reason = await self._peer_check(host, port, peer_leaf(conn.transport))
+                reason = await check(host, port, peer_leaf(conn.transport))
             except BaseException:  # cancelled (pool closing): do not leak the connection
                 conn.close()
                 raise

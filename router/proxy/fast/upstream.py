@@ -26,13 +26,16 @@ from router.failures import RESET, TIMEOUT
 from router.proxy.fast import wire
 from router.proxy.fast.outbox import Writer
 from router.proxy.fast.rules import ResponseRules
+from router.reach import AttestedReach
 
 if TYPE_CHECKING:
     from router.proxy.fast.pool import Pool
 
 log = logging.getLogger(__name__)
 
-PoolKey = tuple[str, str, int]
+# (scheme, host, port, the app's RA-TLS reach or None): connections are reused only
+# within one key, so an app's RA-TLS-checked connections stay its own.
+PoolKey = tuple[str, str, int, AttestedReach | None]
 
 
 class ResponseSink(Protocol):
