@@ -8,33 +8,26 @@ import logging
 import os
 import time
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from router.access_log import AccessLog
 from router.admin import AdminServer, MetricsSource
-from router.app_planes import OtherApps, app_summaries, check_apps_reload, engine_settings
+from router.app_planes import OtherApps, app_summaries
+from router.app_views import app_views, primary_view
 from router.attested_tls import DstackServerTLS
-from router.compose import (
-    build_control_plane,
-    health_session_factory,
-    policy_from_config,
-)
-from router.config import RouterConfig, load_config, redacted
+from router.compose import EngineWiring, build_app_control, build_dns, build_engine
+from router.config import RouterConfig, redacted
 from router.discovery.static import static_replicas
-from router.dns.service import DnsService
 from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
 from router.listen_errors import listen_error
 from router.metrics import Metrics, build_version
 from router.models import Replica
 from router.native import build_description
 from router.operator import OperatorActions
-from router.proxy.aiohttp_engine import AiohttpEngine
-from router.proxy.base import Engine, InFlightCounter, Observers
-from router.proxy.fast import FastEngine
-from router.reach import ConnectTo, PeerCheck
+from router.proxy.base import InFlightCounter, Observers
+from router.reach import PeerCheck
 from router.reconciler import Reconciler
-from router.reload_plan import plan_reload
+from router.reload import LiveParts, Reloader, ReloadResult
 from router.snapshot import Snapshot
 from router.status import router_facts, status_document
 from router.status_history import StatusHistory
@@ -43,13 +36,6 @@ from router.worker_reports import ReportInbox, send_reports
 from router.workers import WorkerLink, worker_count
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ReloadResult:
-    applied: list[str] = field(default_factory=list)
-    restart_required: list[str] = field(default_factory=list)
-    error: str | None = None
 
 
 def _server_tls(config: RouterConfig) -> ServerTLS | None:
@@ -79,122 +65,99 @@ class RouterApp:
         trusted_simulator_keys: frozenset[bytes] = frozenset(),
         worker: WorkerLink | None = None,
     ) -> None:
-        self.config = config
-        # What the listeners and engine run with: restart-only keys are compared with it.
-        self._started_config = config
         self.config_path = config_path
         self._environ = os.environ if environ is None else environ
         self._clock = clock
         self.in_flight = InFlightCounter()
         self.metrics = Metrics(self.in_flight, clock=clock)
-        self.reconciler = Reconciler(
-            policy_from_config(config, self._environ), self.in_flight, clock=clock
+        self._build_control(config, trusted_simulator_keys)
+        self.observers = Observers(
+            [self.metrics, self.apps.passive] if config.metrics.requests else [self.apps.passive]
         )
+        if access_log_enabled:
+            self.observers.observers.append(AccessLog())
+        self.tls = _server_tls(config)
+        self.ratls_gate = self.plane.ratls_gate
+        self.engine = build_engine(
+            config,
+            EngineWiring(
+                self._snapshot,
+                self.observers,
+                self.in_flight,
+                self.reconciler.subscribe,
+                lambda: self.config,
+                self.apps.directory,
+                self.tls,
+                self._peer_check(),
+            ),
+            clock,
+        )
+        # With several worker processes only the first serves the admin listener.
+        self._worker = worker or WorkerLink()
+        self._admin_enabled = self._worker.serves_admin
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reloader = Reloader(
+            config,
+            LiveParts(self.engine, self.apps, self.plane, self.tls, self._spawn),
+            config_path=config_path,
+            environ=self._environ,
+            on_done=self.metrics.reload_done,
+        )
+        self.actions = OperatorActions(self.reconciler, self.health, self._worker, self._reloader)
+        self.admin = AdminServer(
+            config.admin.listen, self, self._admin_token(), metrics=self._metrics_render()
+        )
+        self.dns = build_dns(config, self.reconciler, self._environ)
+        self.metrics.watch_connections(self.engine.connection_counts)
+        if self.tls is not None:
+            self.metrics.watch_certificates(self.tls.expiry)
+        self.started_at = time.time()
+        self._draining = False
+        self._started = False
+
+    def _build_control(self, config: RouterConfig, simulator_keys: frozenset[bytes]) -> None:
+        """The primary app's control plane with metrics and history listening, then (with
+        `apps:`) every other app's (app_planes.py)."""
+        primary = primary_view(app_views(config))
+        self.plane = build_app_control(
+            config,
+            self.in_flight,
+            app=primary.name if config.apps is not None else None,
+            environ=self._environ,
+            clock=self._clock,
+            trusted_simulator_keys=simulator_keys,
+        )
+        self.reconciler = self.plane.reconciler
         self.metrics.on_snapshot(self.reconciler.current)
         if config.apps is None:  # with apps, OtherApps feeds every app's replicas
             self.reconciler.subscribe(self.metrics.on_snapshot)
-        self.history = StatusHistory(self.metrics.replica_totals, clock=clock)
+        self.history = StatusHistory(self.metrics.replica_totals, clock=self._clock)
         self.history.on_snapshot(self.reconciler.current)
         self.reconciler.subscribe(self.history.on_snapshot)
-        self.plane = build_control_plane(
-            config,
-            self.reconciler,
-            environ=self._environ,
-            clock=clock,
-            trusted_simulator_keys=trusted_simulator_keys,
-        )
         self.plane.verdict_observers.append(self.metrics.attestation_verdict)
-        self.health, self.discovery, self.attestor = (
-            self.plane.health,
-            self.plane.discovery,
-            self.plane.attestor,
-        )
+        self.health, self.discovery = self.plane.health, self.plane.discovery
+        self.attestor = self.plane.attestor
         self.health.on_check = lambda rid, result: self.metrics.health_check(
             rid, result.ok, result.latency
         )
         if self.discovery is not None:
             self.metrics.watch_discovery(self.discovery)
-        # With `apps:`, every app but the primary one gets its own plane (app_planes.py).
         self.apps = OtherApps.build(
             config,
             self.in_flight,
             self._snapshot,
             self.health.passive,
             environ=self._environ,
-            clock=clock,
-            trusted_simulator_keys=trusted_simulator_keys,
+            clock=self._clock,
+            trusted_simulator_keys=simulator_keys,
         )
-        directory, passive = self.apps.directory, self.apps.passive
         if config.apps is not None:
             self.apps.feed_metrics(self.reconciler, self.metrics)
-        self.observers = Observers(
-            [self.metrics, passive] if config.metrics.requests else [passive]
-        )
-        if access_log_enabled:
-            self.observers.observers.append(AccessLog())
-        self.tls = _server_tls(config)
-        self.ratls_gate = self.plane.ratls_gate
-        peer_check = self._peer_check()
-        self.engine: Engine
-        if config.proxy.engine == "fast":
-            self.engine = FastEngine(
-                engine_settings(config),
-                self._snapshot,
-                self.observers,
-                self.in_flight,
-                reuse_port=worker_count(config) > 1,
-                tls=self.tls,
-                apps=directory,
-                peer_check=peer_check,
-            )
-        elif config.proxy.engine == "envoy":
-            from router.proxy.envoy.engine import EnvoyEngine  # only with the [envoy] extra
 
-            self.engine = EnvoyEngine(
-                config,
-                self._snapshot,
-                self.reconciler.subscribe,
-                clock=clock,
-                config_source=lambda: self.config,
-            )
-        else:
-            self.engine = AiohttpEngine(
-                engine_settings(config),
-                self._snapshot,
-                self.observers,
-                self.in_flight,
-                tls=self.tls,
-                apps=directory,
-                peer_check=peer_check,
-            )
-        self.admin = AdminServer(
-            config.admin.listen, self, self._admin_token(), metrics=self._metrics_render()
-        )
-        # With several worker processes only the first serves the admin listener.
-        self._worker = worker or WorkerLink()
-        self._admin_enabled = self._worker.serves_admin
-        self.actions = OperatorActions(self.reconciler, self.health, self._worker)
-        self.dns = (
-            DnsService(
-                config.dns,
-                self.reconciler,
-                app_id=_app_id(config),
-                pinned=ConnectTo(config.discovery.connect_to).lookup
-                if config.discovery.connect_to
-                else None,
-                environ=self._environ,
-            )
-            if DnsService.wanted(config.dns)
-            else None
-        )
-        self.metrics.watch_connections(self.engine.connection_counts)
-        if self.tls is not None:
-            self.metrics.watch_certificates(self.tls.expiry)
-        self.started_at = time.time()
-        self.last_reload: dict[str, Any] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._draining = False
-        self._started = False
+    @property
+    def config(self) -> RouterConfig:
+        """The running config (replaced by a successful reload)."""
+        return self._reloader.config
 
     def _metrics_render(self) -> MetricsSource:
         """The /metrics body: with Envoy as the engine, Envoy's own series follow ours."""
@@ -284,7 +247,7 @@ class RouterApp:
             tls=self.tls is not None,
             workers=self._worker.count,
             verifier=attestation.verifier if attestation.gated else None,
-            last_reload=self.last_reload,
+            last_reload=self._reloader.last_reload,
             certificate_expires_at=self.tls.not_after if self.tls is not None else None,
         )
 
@@ -312,59 +275,8 @@ class RouterApp:
         self.plane.set_replicas(replicas)
 
     def reload(self) -> ReloadResult:
-        """Re-read the config file (SIGHUP, POST /admin/reload). A valid new config applies
-        without dropping connections; an invalid one is refused and the running one stays."""
-        result = self._reload()
-        self.metrics.reload_done(result.error)
-        self.last_reload = {"at": round(time.time(), 3), "error": result.error}
-        return result
-
-    def _reload(self) -> ReloadResult:
-        if self.config_path is None:
-            return ReloadResult(
-                error="no config file to reload (the router was started from a dict)"
-            )
-        try:
-            new = load_config(self.config_path, self._environ)
-        except ConfigError as exc:
-            log.error("reload refused, still running the previous config:\n%s", exc)
-            return ReloadResult(error=str(exc))
-        try:
-            policy = policy_from_config(new, self._environ)
-            check_apps_reload(self.config, new, self._environ)
-        except ConfigError as exc:
-            log.error("reload refused, still running the previous config:\n%s", exc)
-            return ReloadResult(error=str(exc))
-        old, self.config = self.config, new
-        plan = plan_reload(self._started_config, old, new)
-        if {"proxy", "upstream", "health", "apps"} & set(plan.apply):  # health: count_5xx
-            self.engine.apply_config(engine_settings(new))
-        if "apps" in plan.apply:
-            finish = self.apps.reload(new, self.engine.set_apps)
-            if finish is not None:
-                self._spawn(finish)
-        if self.tls is not None:
-            self.tls.reload()  # SIGHUP also re-reads the certificate files, changed or not
-        if "discovery.static" in plan.apply and new.discovery.static is not None:
-            self.set_replicas(static_replicas(new.discovery.static))
-        if "health" in plan.apply or "upstream" in plan.apply:
-            reach = "upstream" in plan.apply
-            self.health.reconfigure(
-                new.health, health_session_factory(new, self._peer_check()) if reach else None
-            )
-        if "routing" in plan.apply or "health" in plan.apply:
-            self.reconciler.set_policy(policy)  # panic_threshold, slow_start live in health
-        result = ReloadResult(applied=list(plan.apply), restart_required=plan.restart_required)
-        if result.restart_required:
-            log.warning(
-                "reload: %s differ from the running process and take effect only after a restart",
-                ", ".join(result.restart_required),
-            )
-        log.info(
-            "reload: %s",
-            f"applied {', '.join(result.applied)}" if result.applied else "no change to apply",
-        )
-        return result
+        """Re-read the config file (SIGHUP, POST /admin/reload); see `reload.py`."""
+        return self.actions.reload()
 
     # -- lifecycle ------------------------------------------------------------------------
 

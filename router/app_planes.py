@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.app_views import AppView, app_views, primary_view
-from router.compose import ControlPlane, build_control_plane, policy_from_config, proxy_settings
+from router.compose import ControlPlane, build_app_control, policy_from_config
 from router.config import RouterConfig
 from router.discovery.static import static_replicas
 from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
@@ -30,7 +30,6 @@ from router.metrics_apps import merged_snapshot
 from router.models import Replica
 from router.proxy.apps import AppDirectory, AppEntry
 from router.proxy.base import InFlightCounter, SnapshotSource
-from router.proxy.settings import ProxySettings
 from router.reconciler import Reconciler
 from router.snapshot import Snapshot
 
@@ -109,15 +108,15 @@ def build_app_plane(
     clock: Callable[[], float] = time.monotonic,
     trusted_simulator_keys: frozenset[bytes] = frozenset(),
 ) -> AppPlane:
-    reconciler = Reconciler(policy_from_config(view.config, environ), in_flight, clock=clock)
-    plane = build_control_plane(
+    plane = build_app_control(
         view.config,
-        reconciler,
+        in_flight,
+        app=view.name,
         environ=environ,
         clock=clock,
         trusted_simulator_keys=trusted_simulator_keys,
     )
-    return AppPlane(view, reconciler, plane)
+    return AppPlane(view, plane.reconciler, plane)
 
 
 def app_directory(
@@ -324,18 +323,6 @@ def app_summaries(config: RouterConfig, documents: Mapping[str, Any]) -> list[di
             }
         )
     return summaries
-
-
-def engine_settings(config: RouterConfig) -> ProxySettings:
-    """The engine's slice; with `apps:`, its `connect_to` is every app's (the pools dial
-    any app's replicas; config validation refuses a pattern two apps map differently)."""
-    settings = proxy_settings(config)
-    if config.apps is None:
-        return settings
-    connect_to: dict[str, str] = {}
-    for app in config.apps:
-        connect_to.update(app.discovery.connect_to)
-    return dataclasses.replace(settings, connect_to=connect_to)
 
 
 def check_apps_reload(running: RouterConfig, new: RouterConfig, environ: Mapping[str, str]) -> None:

@@ -5,11 +5,12 @@ reconciler + health + attestation, health and verdicts -> reconciler) exists onc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -17,20 +18,39 @@ import httpx
 
 from router.attestation.manager import Attestor
 from router.attestation.ratls_gate import RaTlsGate
+from router.balancing.base import InFlight
 from router.balancing.factory import make_picker_factory
 from router.config import RouterConfig
 from router.discovery.phala import PhalaDiscovery
+from router.dns.service import DnsService
 from router.errors import ConfigError
 from router.health.active import HealthChecker
 from router.health.probe import make_health_session
 from router.models import AttestationVerdict, Replica
+from router.proxy.aiohttp_engine import AiohttpEngine
+from router.proxy.apps import AppDirectory
+from router.proxy.base import Engine, InFlightCounter, Observers, SnapshotSource
+from router.proxy.fast import FastEngine
 from router.proxy.headers import edge_names
 from router.proxy.settings import ProxySettings
-from router.reach import PeerCheck, make_connector, upstream_context
+from router.reach import ConnectTo, PeerCheck, make_connector, upstream_context
 from router.reconciler import Reconciler
-from router.snapshot import Policy
+from router.snapshot import Policy, SnapshotListener
+from router.tls import ServerTLS
+from router.workers import worker_count
 
 log = logging.getLogger(__name__)
+
+
+def _every_connect_to(config: RouterConfig) -> dict[str, str]:
+    """With `apps:`, every app's `connect_to` (the pools dial any app's replicas; config
+    validation refuses a pattern two apps map differently)."""
+    if config.apps is None:
+        return dict(config.discovery.connect_to)
+    connect_to: dict[str, str] = {}
+    for app in config.apps:
+        connect_to.update(app.discovery.connect_to)
+    return connect_to
 
 
 def proxy_settings(config: RouterConfig) -> ProxySettings:
@@ -39,7 +59,7 @@ def proxy_settings(config: RouterConfig) -> ProxySettings:
     return ProxySettings(
         proxy=config.proxy,
         upstream_tls=config.upstream_tls,
-        connect_to=config.discovery.connect_to,
+        connect_to=_every_connect_to(config),
         listen=config.listen,
         listen_tls=config.listen_tls,
         acme_webroot=config.acme_webroot,
@@ -268,3 +288,104 @@ def build_control_plane(
         trusted_simulator_keys=trusted_simulator_keys,
     )
     return plane
+
+
+@contextlib.contextmanager
+def naming_app(app: str | None) -> Iterator[None]:
+    """A ConfigError raised while building one app's parts names the app (None: the
+    single-app layout, where there is no name to give)."""
+    try:
+        yield
+    except ConfigError as exc:
+        if app is None:
+            raise
+        raise ConfigError(f"app {app}: {exc}") from None
+
+
+def build_app_control(
+    config: RouterConfig,
+    in_flight: InFlight,
+    *,
+    app: str | None,
+    environ: Mapping[str, str],
+    clock: Callable[[], float] = time.monotonic,
+    trusted_simulator_keys: frozenset[bytes] = frozenset(),
+) -> ControlPlane:
+    """One app's reconciler and control plane (`config`: the app's view), as `serve` and
+    `check-config` build them; a ConfigError names the app."""
+    with naming_app(app):
+        reconciler = Reconciler(policy_from_config(config, environ), in_flight, clock=clock)
+        return build_control_plane(
+            config,
+            reconciler,
+            environ=environ,
+            clock=clock,
+            trusted_simulator_keys=trusted_simulator_keys,
+        )
+
+
+def build_dns(
+    config: RouterConfig, reconciler: Reconciler, environ: Mapping[str, str]
+) -> DnsService | None:
+    """The DNS feed, sinks and server of the primary app, when `dns:` asks for any."""
+    if not DnsService.wanted(config.dns):
+        return None
+    phala = config.discovery.phala
+    connect_to = config.discovery.connect_to
+    return DnsService(
+        config.dns,
+        reconciler,
+        app_id=phala.app_id if phala else None,
+        pinned=ConnectTo(connect_to).lookup if connect_to else None,
+        environ=environ,
+    )
+
+
+@dataclass
+class EngineWiring:
+    """What an engine reads and reports to, besides its settings."""
+
+    snapshots: SnapshotSource
+    observers: Observers
+    in_flight: InFlightCounter
+    subscribe: Callable[[SnapshotListener], None]  # the Envoy engine follows snapshots
+    running_config: Callable[[], RouterConfig]  # the Envoy engine rereads it on reload
+    apps: AppDirectory | None = None
+    tls: ServerTLS | None = None
+    peer_check: PeerCheck | None = None
+
+
+def build_engine(
+    config: RouterConfig, wiring: EngineWiring, clock: Callable[[], float] = time.monotonic
+) -> Engine:
+    """The engine `proxy.engine` names, with its slice of the config."""
+    if config.proxy.engine == "envoy":
+        from router.proxy.envoy.engine import EnvoyEngine  # only with the [envoy] extra
+
+        return EnvoyEngine(
+            config,
+            wiring.snapshots,
+            wiring.subscribe,
+            clock=clock,
+            config_source=wiring.running_config,
+        )
+    if config.proxy.engine == "fast":
+        return FastEngine(
+            proxy_settings(config),
+            wiring.snapshots,
+            wiring.observers,
+            wiring.in_flight,
+            reuse_port=worker_count(config) > 1,
+            tls=wiring.tls,
+            apps=wiring.apps,
+            peer_check=wiring.peer_check,
+        )
+    return AiohttpEngine(
+        proxy_settings(config),
+        wiring.snapshots,
+        wiring.observers,
+        wiring.in_flight,
+        tls=wiring.tls,
+        apps=wiring.apps,
+        peer_check=wiring.peer_check,
+    )

@@ -1,20 +1,29 @@
 """What an operator changes on a running router: drain a replica, cap the active set,
-re-check now. Each change goes through the reconciler (an urgent rebuild, so the next
-request sees it) and, with several worker processes, to the other workers."""
+re-check now, reload the config. Each replica change goes through the reconciler (an
+urgent rebuild, so the next request sees it) and, with several worker processes, to the
+other workers; a reload is `reload.Reloader`'s, router-wide."""
 
 from __future__ import annotations
 
 from router.health.active import HealthChecker
 from router.reconciler import Reconciler
+from router.reload import Reloader, ReloadResult
 from router.snapshot import Overrides
 from router.workers import WorkerLink
 
 
 class OperatorActions:
-    def __init__(self, reconciler: Reconciler, health: HealthChecker, worker: WorkerLink) -> None:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        health: HealthChecker,
+        worker: WorkerLink,
+        reloader: Reloader | None = None,  # None: one app's actions (a reload is router-wide)
+    ) -> None:
         self._reconciler = reconciler
         self._health = health
         self._worker = worker
+        self._reloader = reloader
 
     def drain(self, replica_id: str, drained: bool) -> None:
         current = self._reconciler.overrides
@@ -27,6 +36,12 @@ class OperatorActions:
 
     async def recheck(self, replica_id: str | None) -> None:
         await self._health.check_now(replica_id)
+
+    def reload(self) -> ReloadResult:
+        """Re-read the config file and apply what can change live (see `reload.py`)."""
+        if self._reloader is None:
+            return ReloadResult(error="reload applies to the whole router, not to one app")
+        return self._reloader.reload()
 
     def _publish(self, overrides: Overrides) -> None:
         self._reconciler.set_overrides(overrides)
