@@ -11,7 +11,7 @@ from collections.abc import Coroutine, Mapping, Sequence
 from typing import Any
 
 from router.access_log import AccessLog
-from router.admin import AdminServer, MetricsSource
+from router.admin import AdminServer, MetricsSource, admin_token
 from router.app_planes import OtherApps, app_summaries
 from router.app_views import app_views, primary_view
 from router.attested_tls import DstackServerTLS
@@ -25,7 +25,6 @@ from router.models import Replica
 from router.native import build_description
 from router.operator import OperatorActions
 from router.proxy.base import InFlightCounter, Observers
-from router.reach import PeerCheck
 from router.reconciler import Reconciler
 from router.reload import LiveParts, Reloader, ReloadResult
 from router.snapshot import Snapshot
@@ -46,11 +45,11 @@ def _server_tls(config: RouterConfig) -> ServerTLS | None:
         return DstackServerTLS(tls.dstack_socket, tls.ra_tls_renew)
     if tls.cert_file is None or tls.key_file is None:  # the config refuses this already
         raise ConfigError("listen_tls needs cert_file and key_file, or ra_tls: true")
-    return ServerTLS(tls.cert_file, tls.key_file)
-
-
-def _app_id(config: RouterConfig) -> str | None:
-    return config.discovery.phala.app_id if config.discovery.phala else None
+    try:
+        return ServerTLS(tls.cert_file, tls.key_file)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        problem = f"listen_tls: cannot load {tls.cert_file} and {tls.key_file}: {exc}"
+        raise ConfigError(problem) from None
 
 
 class RouterApp:
@@ -88,7 +87,7 @@ class RouterApp:
                 lambda: self.config,
                 self.apps.directory,
                 self.tls,
-                self._peer_check(),
+                self.ratls_gate.check if self.ratls_gate is not None else None,
             ),
             clock,
         )
@@ -105,7 +104,10 @@ class RouterApp:
         )
         self.actions = OperatorActions(self.reconciler, self.health, self._worker, self._reloader)
         self.admin = AdminServer(
-            config.admin.listen, self, self._admin_token(), metrics=self._metrics_render()
+            config.admin.listen,
+            self,
+            admin_token(config.admin.token_env, self._environ),
+            metrics=self._metrics_render(),
         )
         self.dns = build_dns(config, self.reconciler, self._environ)
         self.metrics.watch_connections(self.engine.connection_counts)
@@ -167,15 +169,6 @@ class RouterApp:
     def _snapshot(self) -> Snapshot:
         return self.reconciler.current
 
-    def _admin_token(self) -> str | None:
-        name = self.config.admin.token_env
-        if name is None:
-            return None
-        token = self._environ.get(name)
-        if not token:
-            raise ConfigError(f"admin.token_env: environment variable {name} is not set or empty")
-        return token
-
     # -- AdminBackend ---------------------------------------------------------------------
 
     @property
@@ -223,7 +216,7 @@ class RouterApp:
             verdicts=reconciler.verdict_of,
             in_flight=self.in_flight,
             facts={
-                "app_id": _app_id(config),
+                "app_id": config.discovery.phala.app_id if config.discovery.phala else None,
                 "policy": config.routing.policy,
                 "engine": self.config.proxy.engine,
                 "ready": self.ready,
@@ -266,10 +259,6 @@ class RouterApp:
 
     async def recheck(self, replica_id: str | None, app: str | None = None) -> None:
         await self._actions_of(app).recheck(replica_id)
-
-    def _peer_check(self) -> PeerCheck | None:
-        gate = self.plane.ratls_gate
-        return gate.check if gate is not None else None
 
     def set_replicas(self, replicas: Sequence[Replica]) -> None:
         self.plane.set_replicas(replicas)
@@ -353,6 +342,13 @@ class RouterApp:
         if self.config.listen_tls is not None:
             listeners.append(("listen_tls.listen", self.config.listen_tls.listen))
         return listeners
+
+    async def discard(self) -> None:
+        """Release what the constructor opened, for a router that never starts
+        (`check-config` builds one to find what would stop `serve`)."""
+        await self.plane.aclose()
+        for app in self.apps.planes:
+            await app.plane.aclose()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))
