@@ -17,6 +17,7 @@ from router.app_views import app_views, primary_view
 from router.attested_tls import DstackServerTLS
 from router.compose import EngineWiring, build_app_control, build_dns, build_engine
 from router.config import RouterConfig, redacted
+from router.discovery.shared import CloudPolls
 from router.discovery.static import static_replicas
 from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
 from router.listen_errors import listen_error
@@ -121,6 +122,8 @@ class RouterApp:
         """The primary app's control plane with metrics and history listening, then (with
         `apps:`) every other app's (app_planes.py)."""
         primary = primary_view(app_views(config))
+        # Apps that send the same Cloud API request share one poll (discovery/shared.py).
+        polls = CloudPolls(environ=self._environ)
         self.plane = build_app_control(
             config,
             self.in_flight,
@@ -128,6 +131,7 @@ class RouterApp:
             environ=self._environ,
             clock=self._clock,
             trusted_simulator_keys=simulator_keys,
+            polls=polls,
         )
         self.reconciler = self.plane.reconciler
         self.metrics.on_snapshot(self.reconciler.current)
@@ -152,6 +156,7 @@ class RouterApp:
             environ=self._environ,
             clock=self._clock,
             trusted_simulator_keys=simulator_keys,
+            polls=polls,
         )
         if config.apps is not None:
             self.apps.feed_metrics(self.reconciler, self.metrics)

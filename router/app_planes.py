@@ -22,6 +22,7 @@ from typing import Any
 from router.app_views import AppView, app_views, primary_view
 from router.compose import ControlPlane, build_app_control, policy_from_config
 from router.config import RouterConfig
+from router.discovery.shared import CloudPolls
 from router.discovery.static import static_replicas
 from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
 from router.health.passive import PassiveDetector
@@ -107,6 +108,7 @@ def build_app_plane(
     environ: Mapping[str, str],
     clock: Callable[[], float] = time.monotonic,
     trusted_simulator_keys: frozenset[bytes] = frozenset(),
+    polls: CloudPolls | None = None,
 ) -> AppPlane:
     plane = build_app_control(
         view.config,
@@ -115,6 +117,7 @@ def build_app_plane(
         environ=environ,
         clock=clock,
         trusted_simulator_keys=trusted_simulator_keys,
+        polls=polls,
     )
     return AppPlane(view, plane.reconciler, plane)
 
@@ -201,6 +204,7 @@ class OtherApps:
         environ: Mapping[str, str],
         clock: Callable[[], float],
         trusted_simulator_keys: frozenset[bytes],
+        polls: CloudPolls | None = None,
     ) -> OtherApps:
         def build_plane(view: AppView) -> AppPlane:
             return build_app_plane(
@@ -209,6 +213,7 @@ class OtherApps:
                 environ=environ,
                 clock=clock,
                 trusted_simulator_keys=trusted_simulator_keys,
+                polls=polls,
             )
 
         views = app_views(config)

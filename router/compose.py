@@ -22,6 +22,7 @@ from router.balancing.base import InFlight
 from router.balancing.factory import make_picker_factory
 from router.config import RouterConfig
 from router.discovery.phala import PhalaDiscovery
+from router.discovery.shared import CloudPolls
 from router.dns.service import DnsService
 from router.errors import ConfigError
 from router.health.active import HealthChecker
@@ -259,9 +260,11 @@ def build_control_plane(
     clock: Callable[[], float] = time.monotonic,
     trusted_simulator_keys: frozenset[bytes] = frozenset(),
     discover: bool = True,
+    polls: CloudPolls | None = None,
 ) -> ControlPlane:
     """Wire discovery, health and attestation to `reconciler`. `discover=False` leaves the
-    running discovery out (the one-shot commands discover once themselves)."""
+    running discovery out (the one-shot commands discover once themselves). Apps built
+    with the same `polls` share one Cloud API poll per distinct request."""
     # The gate reports like the Attestor, through the plane built next (late binding).
     gate = build_ratls_gate(
         config,
@@ -277,8 +280,13 @@ def build_control_plane(
     )
     plane = ControlPlane(reconciler, health, None, None, ratls_gate=gate)
     if discover and config.discovery.phala is not None:
+        phala = config.discovery.phala
         plane.discovery = PhalaDiscovery(
-            config.discovery.phala, plane.set_replicas, environ=environ, clock=clock
+            phala,
+            plane.set_replicas,
+            environ=environ,
+            clock=clock,
+            poll=polls.poll_for(phala) if polls is not None else None,
         )
     plane.attestor = build_attestor(
         config,
@@ -310,6 +318,7 @@ def build_app_control(
     environ: Mapping[str, str],
     clock: Callable[[], float] = time.monotonic,
     trusted_simulator_keys: frozenset[bytes] = frozenset(),
+    polls: CloudPolls | None = None,
 ) -> ControlPlane:
     """One app's reconciler and control plane (`config`: the app's view), as `serve` and
     `check-config` build them; a ConfigError names the app."""
@@ -321,6 +330,7 @@ def build_app_control(
             environ=environ,
             clock=clock,
             trusted_simulator_keys=trusted_simulator_keys,
+            polls=polls,
         )
 
 
