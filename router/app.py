@@ -15,7 +15,8 @@ from router.admin import AdminServer, MetricsSource, admin_token
 from router.app_planes import OtherApps, app_summaries
 from router.app_views import app_views, primary_view
 from router.attested_tls import DstackServerTLS
-from router.compose import EngineWiring, build_app_control, build_dns, build_engine
+from router.compose import build_app_control, build_dns
+from router.compose_engine import EngineWiring, build_engine
 from router.config import RouterConfig, redacted
 from router.discovery.shared import CloudPolls
 from router.discovery.static import static_replicas
@@ -32,7 +33,7 @@ from router.snapshot import Snapshot
 from router.status import router_facts, status_document
 from router.status_history import StatusHistory
 from router.tls import ServerTLS
-from router.worker_reports import ReportInbox, send_reports
+from router.worker_reports import start_reports
 from router.workers import WorkerLink, worker_count
 
 log = logging.getLogger(__name__)
@@ -307,7 +308,8 @@ class RouterApp:
                 workers,
             )
         self._worker.listen(self.reconciler.set_overrides)
-        self._start_reports()
+        # Workers > 0 report their counters to worker 0, which merges them.
+        self.metrics.peers = start_reports(self._worker, self.metrics.report_line, self._spawn)
         if self._admin_enabled:
             try:
                 await self.admin.start()
@@ -331,15 +333,6 @@ class RouterApp:
             if self._admin_enabled
             else "worker 0",
         )
-
-    def _start_reports(self) -> None:
-        """Workers > 0 report their counters to worker 0, which merges them."""
-        link = self._worker
-        if link.report_out is not None:
-            self._spawn(send_reports(link.report_out, self.metrics.report_line))
-        elif link.report_ins:
-            self.metrics.peers = ReportInbox()
-            self.metrics.peers.listen(link.report_ins)
 
     def _proxy_listeners(self) -> list[tuple[str, str]]:
         """(config key, HOST:PORT) of the traffic listeners, for a bind error message."""
@@ -392,10 +385,7 @@ class RouterApp:
                 in_flight,
                 cut,
             )
-        if self.attestor is not None:
-            await self.attestor.aclose()
-        if self.discovery is not None:
-            await self.discovery.aclose()
+        await self.plane.aclose()  # health checks, attestation, discovery
         for app in self.apps.planes:
             await app.stop()
         if self.dns is not None and self._admin_enabled:

@@ -1,7 +1,10 @@
 """The composition root: the one place that reads the whole `RouterConfig` and hands each
 part its slice. `serve` (`RouterApp`), the one-shot commands (`replicas`, `attest`,
 `dns render`) and `check-config` build the control plane here, so its wiring (discovery ->
-reconciler + health + attestation, health and verdicts -> reconciler) exists once."""
+reconciler + health + attestation, health and verdicts -> reconciler) exists once: per app
+(`build_app_control`, whose errors name the app), with one Cloud API poll per distinct
+request (`CloudPolls`), and the DNS publisher. The engine is built by its data-plane half,
+`compose_engine.py`."""
 
 from __future__ import annotations
 
@@ -28,17 +31,11 @@ from router.errors import ConfigError
 from router.health.active import HealthChecker
 from router.health.probe import make_health_session
 from router.models import AttestationVerdict, Replica
-from router.proxy.aiohttp_engine import AiohttpEngine
-from router.proxy.apps import AppDirectory
-from router.proxy.base import Engine, InFlightCounter, Observers, SnapshotSource
-from router.proxy.fast import FastEngine
 from router.proxy.headers import edge_names
 from router.proxy.settings import ProxySettings
 from router.reach import ConnectTo, PeerCheck, make_connector, upstream_context
 from router.reconciler import Reconciler
-from router.snapshot import Policy, SnapshotListener
-from router.tls import ServerTLS
-from router.workers import worker_count
+from router.snapshot import Policy
 
 log = logging.getLogger(__name__)
 
@@ -348,54 +345,4 @@ def build_dns(
         app_id=phala.app_id if phala else None,
         pinned=ConnectTo(connect_to).lookup if connect_to else None,
         environ=environ,
-    )
-
-
-@dataclass
-class EngineWiring:
-    """What an engine reads and reports to, besides its settings."""
-
-    snapshots: SnapshotSource
-    observers: Observers
-    in_flight: InFlightCounter
-    subscribe: Callable[[SnapshotListener], None]  # the Envoy engine follows snapshots
-    running_config: Callable[[], RouterConfig]  # the Envoy engine rereads it on reload
-    apps: AppDirectory | None = None
-    tls: ServerTLS | None = None
-    peer_check: PeerCheck | None = None
-
-
-def build_engine(
-    config: RouterConfig, wiring: EngineWiring, clock: Callable[[], float] = time.monotonic
-) -> Engine:
-    """The engine `proxy.engine` names, with its slice of the config."""
-    if config.proxy.engine == "envoy":
-        from router.proxy.envoy.engine import EnvoyEngine  # only with the [envoy] extra
-
-        return EnvoyEngine(
-            config,
-            wiring.snapshots,
-            wiring.subscribe,
-            clock=clock,
-            config_source=wiring.running_config,
-        )
-    if config.proxy.engine == "fast":
-        return FastEngine(
-            proxy_settings(config),
-            wiring.snapshots,
-            wiring.observers,
-            wiring.in_flight,
-            reuse_port=worker_count(config) > 1,
-            tls=wiring.tls,
-            apps=wiring.apps,
-            peer_check=wiring.peer_check,
-        )
-    return AiohttpEngine(
-        proxy_settings(config),
-        wiring.snapshots,
-        wiring.observers,
-        wiring.in_flight,
-        tls=wiring.tls,
-        apps=wiring.apps,
-        peer_check=wiring.peer_check,
     )
