@@ -100,7 +100,7 @@ class RouterApp:
         self._reloader = Reloader(
             config,
             LiveParts(self.engine, self.apps, self.plane, self.tls, self._spawn),
-            config_path=config_path,
+            config_path=lambda: self.config_path,
             environ=self._environ,
             on_done=self.metrics.reload_done,
         )

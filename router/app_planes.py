@@ -324,6 +324,7 @@ def app_summaries(config: RouterConfig, documents: Mapping[str, Any]) -> list[di
                 "snapshot_version": document["snapshot_version"],
                 "replica_count": document["replica_count"],
                 "routable_count": document["routable_count"],
+                "drained": document["drained"],
                 "replicas": document["replicas"],
             }
         )

@@ -50,7 +50,7 @@ class Reloader:
         config: RouterConfig,
         parts: LiveParts,
         *,
-        config_path: str | None,
+        config_path: Callable[[], str | None],  # read at each reload: it may be set later
         environ: Mapping[str, str],
         on_done: Callable[[str | None], None] = lambda _error: None,
     ) -> None:
@@ -70,12 +70,13 @@ class Reloader:
         return result
 
     def _reload(self) -> ReloadResult:
-        if self._config_path is None:
+        path = self._config_path()
+        if path is None:
             return ReloadResult(
                 error="no config file to reload (the router was started from a dict)"
             )
         try:
-            new = load_config(self._config_path, self._environ)
+            new = load_config(path, self._environ)
             policy = policy_from_config(new, self._environ)
             check_apps_reload(self.config, new, self._environ)
         except ConfigError as exc:
