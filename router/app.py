@@ -72,27 +72,7 @@ class RouterApp:
         self.in_flight = InFlightCounter()
         self.metrics = Metrics(self.in_flight, clock=clock)
         self._build_control(config, trusted_simulator_keys)
-        self.observers = Observers(
-            [self.metrics, self.apps.passive] if config.metrics.requests else [self.apps.passive]
-        )
-        if access_log_enabled:
-            self.observers.observers.append(AccessLog())
-        self.tls = _server_tls(config)
-        self.ratls_gate = self.plane.ratls_gate
-        self.engine = build_engine(
-            config,
-            EngineWiring(
-                self._snapshot,
-                self.observers,
-                self.in_flight,
-                self.reconciler.subscribe,
-                lambda: self.config,
-                self.apps.directory,
-                self.tls,
-                self.ratls_gate.check if self.ratls_gate is not None else None,
-            ),
-            clock,
-        )
+        self._build_data_plane(config, access_log_enabled)
         # With several worker processes only the first serves the admin listener.
         self._worker = worker or WorkerLink()
         self._admin_enabled = self._worker.serves_admin
@@ -161,6 +141,30 @@ class RouterApp:
         )
         if config.apps is not None:
             self.apps.feed_metrics(self.reconciler, self.metrics)
+
+    def _build_data_plane(self, config: RouterConfig, access_log_enabled: bool) -> None:
+        """The observers, the listener's TLS and the engine, reading the apps' snapshots."""
+        self.observers = Observers(
+            [self.metrics, self.apps.passive] if config.metrics.requests else [self.apps.passive]
+        )
+        if access_log_enabled:
+            self.observers.observers.append(AccessLog())
+        self.tls = _server_tls(config)
+        self.ratls_gate = self.plane.ratls_gate
+        self.engine = build_engine(
+            config,
+            EngineWiring(
+                self._snapshot,
+                self.observers,
+                self.in_flight,
+                self.reconciler.subscribe,
+                lambda: self.config,
+                self.apps.directory,
+                self.tls,
+                self.ratls_gate.check if self.ratls_gate is not None else None,
+            ),
+            self._clock,
+        )
 
     @property
     def config(self) -> RouterConfig:
