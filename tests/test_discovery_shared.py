@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from router.app import RouterApp
+from router.config import load_config
 from router.discovery.phala import PhalaDiscovery
 from router.discovery.settings import PhalaDiscoveryConfig
 from router.discovery.shared import CloudPolls
@@ -119,3 +123,29 @@ async def test_concurrent_refreshes_of_two_apps_share_one_request(sim: Simulator
         await first.aclose()
         await second.aclose()
     assert len(polls) == 0  # the last app out closed the poll
+
+
+async def test_a_reload_adds_an_app_to_the_running_poll_and_removes_one_from_it(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "router.yaml"
+    path.write_text(yaml.safe_dump(apps_on(sim, app("api", {}), app("ui", {}))))
+    router = RouterApp(load_config(path, ENV), config_path=str(path), environ=ENV)
+    await router.start()
+    try:
+        api = router.discovery
+        assert api is not None
+        await eventually(lambda: api.refresh_results["ok"] >= 3)
+        # "ui" leaves, "admin" (the same request, another port) joins the poll "api" runs.
+        path.write_text(yaml.safe_dump(apps_on(sim, app("api", {}), app("admin", {"port": 9443}))))
+        assert router.reload().error is None
+        await eventually(lambda: [p.name for p in router.apps.planes] == ["admin"])
+        admin = router.apps.plane("admin").plane.discovery
+        assert admin is not None
+        start_requests, start_rounds = sim.ctx.api_requests, api.refresh_results["ok"]
+        await eventually(lambda: admin.refresh_results["ok"] >= 5)
+        rounds = api.refresh_results["ok"] - start_rounds
+        assert rounds <= sim.ctx.api_requests - start_requests <= rounds + 1
+        assert all("-9443" in r.host for r in admin.replicas or ())
+    finally:
+        await router.stop(0.5)
