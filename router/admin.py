@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -22,6 +22,7 @@ from aiohttp import web
 
 from router import status_page
 from router.admin_guard import refusal
+from router.errors import ConfigError
 from router.settings_types import split_host_port
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/status.html"})
 MetricsSource = Callable[[], Awaitable[tuple[bytes, str]]]
 RECENT_ACTIONS = 20
+
+
+def admin_token(token_env: str | None, environ: Mapping[str, str]) -> str | None:
+    """The token `admin.token_env` names (None: no token asked for). ConfigError when the
+    variable is unset or empty: the admin API never opens unprotected by mistake."""
+    if token_env is None:
+        return None
+    token = environ.get(token_env)
+    if not token:
+        raise ConfigError(f"admin.token_env: environment variable {token_env} is not set or empty")
+    return token
 
 
 class AdminBackend(Protocol):

@@ -8,63 +8,35 @@ import logging
 import os
 import time
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from router.access_log import AccessLog
-from router.admin import AdminServer, MetricsSource
-from router.app_planes import OtherApps, app_summaries, check_apps_reload, engine_settings
+from router.admin import AdminServer, MetricsSource, admin_token
+from router.app_planes import OtherApps, app_summaries
+from router.app_views import app_views, primary_view
 from router.attested_tls import DstackServerTLS
-from router.compose import (
-    build_control_plane,
-    health_session_factory,
-    policy_from_config,
-)
-from router.config import RouterConfig, load_config, redacted
+from router.compose import build_app_control, build_dns
+from router.compose_engine import EngineWiring, build_engine, server_tls
+from router.config import RouterConfig, redacted
+from router.discovery.shared import CloudPolls
 from router.discovery.static import static_replicas
-from router.dns.service import DnsService
-from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
+from router.errors import DiscoveryAuthError, DiscoveryError
 from router.listen_errors import listen_error
 from router.metrics import Metrics, build_version
 from router.models import Replica
 from router.native import build_description
 from router.operator import OperatorActions
-from router.proxy.aiohttp_engine import AiohttpEngine
-from router.proxy.base import Engine, InFlightCounter, Observers
-from router.proxy.fast import FastEngine
-from router.reach import ConnectTo, PeerCheck
+from router.proxy.base import InFlightCounter, Observers
+from router.reach import PeerCheck
 from router.reconciler import Reconciler
-from router.reload_plan import plan_reload
-from router.snapshot import Overrides, Snapshot
+from router.reload import LiveParts, Reloader, ReloadResult
+from router.snapshot import Snapshot
 from router.status import router_facts, status_document
 from router.status_history import StatusHistory
-from router.tls import ServerTLS
-from router.worker_reports import ReportInbox, send_reports
+from router.worker_reports import start_reports
 from router.workers import WorkerLink, worker_count
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ReloadResult:
-    applied: list[str] = field(default_factory=list)
-    restart_required: list[str] = field(default_factory=list)
-    error: str | None = None
-
-
-def _server_tls(config: RouterConfig) -> ServerTLS | None:
-    tls = config.listen_tls
-    if tls is None:
-        return None
-    if tls.ra_tls:
-        return DstackServerTLS(tls.dstack_socket, tls.ra_tls_renew)
-    if tls.cert_file is None or tls.key_file is None:  # the config refuses this already
-        raise ConfigError("listen_tls needs cert_file and key_file, or ra_tls: true")
-    return ServerTLS(tls.cert_file, tls.key_file, config.listen_certificates())
-
-
-def _app_id(config: RouterConfig) -> str | None:
-    return config.discovery.phala.app_id if config.discovery.phala else None
 
 
 class RouterApp:
@@ -79,141 +51,127 @@ class RouterApp:
         trusted_simulator_keys: frozenset[bytes] = frozenset(),
         worker: WorkerLink | None = None,
     ) -> None:
-        self.config = config
-        # What the listeners and engine run with: restart-only keys are compared with it.
-        self._started_config = config
         self.config_path = config_path
         self._environ = os.environ if environ is None else environ
         self._clock = clock
         self.in_flight = InFlightCounter()
         self.metrics = Metrics(self.in_flight, clock=clock)
-        self.reconciler = Reconciler(
-            policy_from_config(config, self._environ), self.in_flight, clock=clock
+        self._build_control(config, trusted_simulator_keys)
+        self._build_data_plane(config, access_log_enabled)
+        # With several worker processes only the first serves the admin listener.
+        self._worker = worker or WorkerLink()
+        self._admin_enabled = self._worker.serves_admin
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reloader = Reloader(
+            config,
+            LiveParts(self.engine, self.apps, self.plane, self.tls, self._spawn),
+            config_path=lambda: self.config_path,
+            environ=self._environ,
+            on_done=self.metrics.reload_done,
         )
+        self.actions = OperatorActions(
+            self.reconciler, self.health, self._worker, reloader=self._reloader
+        )
+        self.admin = AdminServer(
+            config.admin.listen,
+            self,
+            admin_token(config.admin.token_env, self._environ),
+            metrics=self._metrics_render(),
+        )
+        self.dns = build_dns(config, self.reconciler, self._environ)
+        self.metrics.watch_connections(self.engine.connection_counts)
+        if self.tls is not None:
+            self.metrics.watch_certificates(self.tls.expiry)
+        self.started_at = time.time()
+        self._draining = False
+        self._started = False
+
+    def _build_control(self, config: RouterConfig, simulator_keys: frozenset[bytes]) -> None:
+        """The primary app's control plane with metrics and history listening, then (with
+        `apps:`) every other app's (app_planes.py)."""
+        primary = primary_view(app_views(config))
+        # Apps that send the same Cloud API request share one poll (discovery/shared.py).
+        polls = CloudPolls(environ=self._environ)
+        self.plane = build_app_control(
+            config,
+            self.in_flight,
+            app=primary.name if config.apps is not None else None,
+            environ=self._environ,
+            clock=self._clock,
+            trusted_simulator_keys=simulator_keys,
+            polls=polls,
+        )
+        self.reconciler = self.plane.reconciler
         self.metrics.on_snapshot(self.reconciler.current)
         if config.apps is None:  # with apps, OtherApps feeds every app's replicas
             self.reconciler.subscribe(self.metrics.on_snapshot)
-        self.history = StatusHistory(self.metrics.replica_totals, clock=clock)
+        self.history = StatusHistory(self.metrics.replica_totals, clock=self._clock)
         self.history.on_snapshot(self.reconciler.current)
         self.reconciler.subscribe(self.history.on_snapshot)
-        self.plane = build_control_plane(
-            config,
-            self.reconciler,
-            environ=self._environ,
-            clock=clock,
-            trusted_simulator_keys=trusted_simulator_keys,
-        )
         self.plane.verdict_observers.append(self.metrics.attestation_verdict)
-        self.health, self.discovery, self.attestor = (
-            self.plane.health,
-            self.plane.discovery,
-            self.plane.attestor,
-        )
+        self.health, self.discovery = self.plane.health, self.plane.discovery
+        self.attestor = self.plane.attestor
         self.health.on_check = lambda rid, result: self.metrics.health_check(
             rid, result.ok, result.latency
         )
         if self.discovery is not None:
             self.metrics.watch_discovery(self.discovery)
-        # With `apps:`, every app but the primary one gets its own plane (app_planes.py).
         self.apps = OtherApps.build(
             config,
             self.in_flight,
             self._snapshot,
             self.health.passive,
             environ=self._environ,
-            clock=clock,
-            trusted_simulator_keys=trusted_simulator_keys,
+            clock=self._clock,
+            trusted_simulator_keys=simulator_keys,
+            polls=polls,
             primary_check=self._peer_check(),
         )
-        directory, passive = self.apps.directory, self.apps.passive
         if config.apps is not None:
             self.apps.feed_metrics(self.reconciler, self.metrics)
+
+    def _build_data_plane(self, config: RouterConfig, access_log_enabled: bool) -> None:
+        """The observers, the listener's TLS and the engine, reading the apps' snapshots."""
         self.observers = Observers(
-            [self.metrics, passive] if config.metrics.requests else [passive]
+            [self.metrics, self.apps.passive] if config.metrics.requests else [self.apps.passive]
         )
         if access_log_enabled:
             self.observers.observers.append(AccessLog())
-        self.tls = _server_tls(config)
+        self.tls = server_tls(config)
         self.ratls_gate = self.plane.ratls_gate
-        # With apps, each app's RA-TLS check travels with its entry in the directory.
-        peer_check = self._peer_check() if config.apps is None else None
-        self.engine: Engine
-        if config.proxy.engine == "fast":
-            self.engine = FastEngine(
-                engine_settings(config),
+        self.engine = build_engine(
+            config,
+            EngineWiring(
                 self._snapshot,
                 self.observers,
                 self.in_flight,
-                reuse_port=worker_count(config) > 1,
-                tls=self.tls,
-                apps=directory,
-                peer_check=peer_check,
-            )
-        elif config.proxy.engine == "envoy":
-            from router.proxy.envoy.engine import EnvoyEngine  # only with the [envoy] extra
-
-            self.engine = EnvoyEngine(
-                config,
-                self._snapshot,
                 self.reconciler.subscribe,
-                clock=clock,
-                config_source=lambda: self.config,
-            )
-        else:
-            self.engine = AiohttpEngine(
-                engine_settings(config),
-                self._snapshot,
-                self.observers,
-                self.in_flight,
-                tls=self.tls,
-                apps=directory,
-                peer_check=peer_check,
-            )
-        self.admin = AdminServer(
-            config.admin.listen, self, self._admin_token(), metrics=self._metrics_render()
+                lambda: self.config,
+                self.apps.directory,
+                self.tls,
+                # With apps, each app's RA-TLS check travels with its entry in the directory.
+                self._peer_check() if config.apps is None else None,
+            ),
+            self._clock,
         )
-        # With several worker processes only the first serves the admin listener.
-        self._worker = worker or WorkerLink()
-        self._admin_enabled = self._worker.serves_admin
-        self.actions = OperatorActions(self.reconciler, self.health, self._worker)
-        self.dns = (
-            DnsService(
-                config.dns,
-                self.reconciler,
-                app_id=_app_id(config),
-                pinned=ConnectTo(config.discovery.connect_to).lookup
-                if config.discovery.connect_to
-                else None,
-                environ=self._environ,
-            )
-            if DnsService.wanted(config.dns)
-            else None
-        )
-        self.metrics.watch_connections(self.engine.connection_counts)
-        if self.tls is not None:
-            self.metrics.watch_certificates(self.tls.expiry)
-        self.started_at = time.time()
-        self.last_reload: dict[str, Any] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._draining = False
-        self._started = False
+
+    @property
+    def config(self) -> RouterConfig:
+        """The running config (replaced by a successful reload)."""
+        return self._reloader.config
 
     def _metrics_render(self) -> MetricsSource:
         """The /metrics body: with Envoy as the engine, Envoy's own series follow ours."""
         extend = getattr(self.engine, "with_envoy_metrics", None)
         return self.metrics.render_async if extend is None else extend(self.metrics.render_async)
 
+    def _peer_check(self) -> PeerCheck | None:
+        """The primary app's RA-TLS check (None: it does not use RA-TLS)."""
+        gate = self.plane.ratls_gate
+        return gate.check if gate is not None else None
+
     def _snapshot(self) -> Snapshot:
         return self.reconciler.current
-
-    def _admin_token(self) -> str | None:
-        name = self.config.admin.token_env
-        if name is None:
-            return None
-        token = self._environ.get(name)
-        if not token:
-            raise ConfigError(f"admin.token_env: environment variable {name} is not set or empty")
-        return token
 
     # -- AdminBackend ---------------------------------------------------------------------
 
@@ -262,7 +220,7 @@ class RouterApp:
             verdicts=reconciler.verdict_of,
             in_flight=self.in_flight,
             facts={
-                "app_id": _app_id(config),
+                "app_id": config.discovery.phala.app_id if config.discovery.phala else None,
                 "policy": config.routing.policy,
                 "engine": self.config.proxy.engine,
                 "ready": self.ready,
@@ -286,7 +244,7 @@ class RouterApp:
             tls=self.tls is not None,
             workers=self._worker.count,
             verifier=attestation.verifier if attestation.gated else None,
-            last_reload=self.last_reload,
+            last_reload=self._reloader.last_reload,
             certificate_expires_at=self.tls.not_after if self.tls is not None else None,
         )
 
@@ -297,13 +255,6 @@ class RouterApp:
         plane = self.apps.plane(app)
         return OperatorActions(plane.reconciler, plane.plane.health, self._worker, app)
 
-    def _apply_app_overrides(self, app: str, overrides: Overrides) -> None:
-        """Another app's drain or active limit, forwarded by worker 0."""
-        try:
-            self.apps.plane(app).reconciler.set_overrides(overrides)
-        except LookupError:  # e.g. worker 0 reloaded an app this worker does not run yet
-            log.warning("worker overrides for app %s ignored: no such app here", app)
-
     def drain(self, replica_id: str, drained: bool, app: str | None = None) -> None:
         self._actions_of(app).drain(replica_id, drained)
 
@@ -313,67 +264,12 @@ class RouterApp:
     async def recheck(self, replica_id: str | None, app: str | None = None) -> None:
         await self._actions_of(app).recheck(replica_id)
 
-    def _peer_check(self) -> PeerCheck | None:
-        gate = self.plane.ratls_gate
-        return gate.check if gate is not None else None
-
     def set_replicas(self, replicas: Sequence[Replica]) -> None:
         self.plane.set_replicas(replicas)
 
     def reload(self) -> ReloadResult:
-        """Re-read the config file (SIGHUP, POST /admin/reload). A valid new config applies
-        without dropping connections; an invalid one is refused and the running one stays."""
-        result = self._reload()
-        self.metrics.reload_done(result.error)
-        self.last_reload = {"at": round(time.time(), 3), "error": result.error}
-        return result
-
-    def _reload(self) -> ReloadResult:
-        if self.config_path is None:
-            return ReloadResult(
-                error="no config file to reload (the router was started from a dict)"
-            )
-        try:
-            new = load_config(self.config_path, self._environ)
-        except ConfigError as exc:
-            log.error("reload refused, still running the previous config:\n%s", exc)
-            return ReloadResult(error=str(exc))
-        try:
-            policy = policy_from_config(new, self._environ)
-            check_apps_reload(self.config, new, self._environ)
-        except ConfigError as exc:
-            log.error("reload refused, still running the previous config:\n%s", exc)
-            return ReloadResult(error=str(exc))
-        old, self.config = self.config, new
-        plan = plan_reload(self._started_config, old, new)
-        if {"proxy", "upstream", "health", "apps"} & set(plan.apply):  # health: count_5xx
-            self.engine.apply_config(engine_settings(new))
-        if "apps" in plan.apply:
-            finish = self.apps.reload(new, self.engine.set_apps)
-            if finish is not None:
-                self._spawn(finish)
-        if self.tls is not None:
-            self.tls.reload()  # SIGHUP also re-reads the certificate files, changed or not
-        if "discovery.static" in plan.apply and new.discovery.static is not None:
-            self.set_replicas(static_replicas(new.discovery.static))
-        if "health" in plan.apply or "upstream" in plan.apply:
-            reach = "upstream" in plan.apply
-            self.health.reconfigure(
-                new.health, health_session_factory(new, self._peer_check()) if reach else None
-            )
-        if "routing" in plan.apply or "health" in plan.apply:
-            self.reconciler.set_policy(policy)  # panic_threshold, slow_start live in health
-        result = ReloadResult(applied=list(plan.apply), restart_required=plan.restart_required)
-        if result.restart_required:
-            log.warning(
-                "reload: %s differ from the running process and take effect only after a restart",
-                ", ".join(result.restart_required),
-            )
-        log.info(
-            "reload: %s",
-            f"applied {', '.join(result.applied)}" if result.applied else "no change to apply",
-        )
-        return result
+        """Re-read the config file (SIGHUP, POST /admin/reload); see `reload.py`."""
+        return self.actions.reload()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -409,8 +305,9 @@ class RouterApp:
                 "router.workers.run_workers: serving with one process",
                 workers,
             )
-        self._worker.listen(self.reconciler.set_overrides, self._apply_app_overrides)
-        self._start_reports()
+        self._worker.listen(self.reconciler.set_overrides, self.apps.apply_overrides)
+        # Workers > 0 report their counters to worker 0, which merges them.
+        self.metrics.peers = start_reports(self._worker, self.metrics.report_line, self._spawn)
         if self._admin_enabled:
             try:
                 await self.admin.start()
@@ -435,21 +332,19 @@ class RouterApp:
             else "worker 0",
         )
 
-    def _start_reports(self) -> None:
-        """Workers > 0 report their counters to worker 0, which merges them."""
-        link = self._worker
-        if link.report_out is not None:
-            self._spawn(send_reports(link.report_out, self.metrics.report_line))
-        elif link.report_ins:
-            self.metrics.peers = ReportInbox()
-            self.metrics.peers.listen(link.report_ins)
-
     def _proxy_listeners(self) -> list[tuple[str, str]]:
         """(config key, HOST:PORT) of the traffic listeners, for a bind error message."""
         listeners = [("listen", self.config.listen)] if self.config.listen else []
         if self.config.listen_tls is not None:
             listeners.append(("listen_tls.listen", self.config.listen_tls.listen))
         return listeners
+
+    async def discard(self) -> None:
+        """Release what the constructor opened, for a router that never starts
+        (`check-config` builds one to find what would stop `serve`)."""
+        await self.plane.aclose()
+        for app in self.apps.planes:
+            await app.plane.aclose()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(coro))
@@ -488,10 +383,7 @@ class RouterApp:
                 in_flight,
                 cut,
             )
-        if self.attestor is not None:
-            await self.attestor.aclose()
-        if self.discovery is not None:
-            await self.discovery.aclose()
+        await self.plane.aclose()  # health checks, attestation, discovery
         for app in self.apps.planes:
             await app.stop()
         if self.dns is not None and self._admin_enabled:

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.app_views import AppView, app_views, primary_view
-from router.compose import ControlPlane, build_control_plane, policy_from_config, proxy_settings
+from router.compose import ControlPlane, build_app_control, policy_from_config
 from router.config import RouterConfig
+from router.discovery.shared import CloudPolls
 from router.discovery.static import static_replicas
 from router.errors import ConfigError, DiscoveryAuthError, DiscoveryError
 from router.health.passive import PassiveDetector
@@ -30,10 +31,9 @@ from router.metrics_apps import merged_snapshot
 from router.models import Replica
 from router.proxy.apps import AppDirectory, AppEntry
 from router.proxy.base import InFlightCounter, SnapshotSource
-from router.proxy.settings import ProxySettings
 from router.reach import AttestedReach, PeerCheck, upstream_context
 from router.reconciler import Reconciler
-from router.snapshot import Snapshot
+from router.snapshot import Overrides, Snapshot
 
 log = logging.getLogger(__name__)
 # How long a reload waits for a new app's first passing health checks before routing to it.
@@ -121,16 +121,18 @@ def build_app_plane(
     environ: Mapping[str, str],
     clock: Callable[[], float] = time.monotonic,
     trusted_simulator_keys: frozenset[bytes] = frozenset(),
+    polls: CloudPolls | None = None,
 ) -> AppPlane:
-    reconciler = Reconciler(policy_from_config(view.config, environ), in_flight, clock=clock)
-    plane = build_control_plane(
+    plane = build_app_control(
         view.config,
-        reconciler,
+        in_flight,
+        app=view.name,
         environ=environ,
         clock=clock,
         trusted_simulator_keys=trusted_simulator_keys,
+        polls=polls,
     )
-    return AppPlane(view, reconciler, plane)
+    return AppPlane(view, plane.reconciler, plane)
 
 
 def app_directory(
@@ -215,6 +217,7 @@ class OtherApps:
         environ: Mapping[str, str],
         clock: Callable[[], float],
         trusted_simulator_keys: frozenset[bytes],
+        polls: CloudPolls | None = None,
         primary_check: PeerCheck | None = None,
     ) -> OtherApps:
         """`primary_check`: the primary app's RA-TLS gate check, if it has one."""
@@ -226,6 +229,7 @@ class OtherApps:
                 environ=environ,
                 clock=clock,
                 trusted_simulator_keys=trusted_simulator_keys,
+                polls=polls,
             )
 
         views = app_views(config)
@@ -322,6 +326,13 @@ class OtherApps:
                 return plane
         raise LookupError(name)
 
+    def apply_overrides(self, app: str, overrides: Overrides) -> None:
+        """Another app's drain or active limit, forwarded by worker 0."""
+        try:
+            self.plane(app).reconciler.set_overrides(overrides)
+        except LookupError:  # e.g. worker 0 reloaded an app this worker does not run yet
+            log.warning("worker overrides for app %s ignored: no such app here", app)
+
 
 def app_summaries(config: RouterConfig, documents: Mapping[str, Any]) -> list[dict[str, Any]]:
     """/status `apps`: each app's hosts, counts and replicas, in config order."""
@@ -338,24 +349,11 @@ def app_summaries(config: RouterConfig, documents: Mapping[str, Any]) -> list[di
                 "snapshot_version": document["snapshot_version"],
                 "replica_count": document["replica_count"],
                 "routable_count": document["routable_count"],
+                "drained": document["drained"],
                 "replicas": document["replicas"],
             }
         )
     return summaries
-
-
-def engine_settings(config: RouterConfig) -> ProxySettings:
-    """The engine's slice; with `apps:`, its `connect_to` is every app's (the pools dial
-    any app's replicas; config validation refuses a pattern two apps map differently), and
-    the shared pools dial without RA-TLS."""
-    settings = proxy_settings(config)
-    if config.apps is None:
-        return settings
-    connect_to: dict[str, str] = {}
-    for app in config.apps:
-        connect_to.update(app.discovery.connect_to)
-    # An app's RA-TLS travels with its AppEntry (attested_reach), not in the shared pools.
-    return dataclasses.replace(settings, connect_to=connect_to, ra_tls=False, kms_root=None)
 
 
 def check_apps_reload(running: RouterConfig, new: RouterConfig, environ: Mapping[str, str]) -> None:

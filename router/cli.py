@@ -109,22 +109,19 @@ def serve(config_path: str, log_level: str, log_format: str, access_log: bool) -
 def check_config(config_path: str, as_json: bool) -> None:
     """Validate a config and print the effective config (secrets redacted)."""
     config = load_or_exit(config_path)
-    from router.app_views import app_views
-    from router.compose import policy_from_config
-    from router.config_check import missing_secrets
+    from router.config_check import build_as_serve_would, missing_secrets
 
-    for view in app_views(config):
-        try:
-            policy_from_config(view.config)  # sticky keys and GeoIP files are checked here
-        except ConfigError as exc:
-            where = f"app {view.name}: " if config.apps is not None else ""
-            fail(f"invalid config {config_path}:\n{where}{exc}", EXIT_CONFIG)
     missing = missing_secrets(config, os.environ)
     if missing:
         fail(
             f"config {config_path} is valid but cannot start here:\n" + "\n".join(missing),
             EXIT_CONFIG,
         )
+    try:
+        # What serve builds before it opens a socket, built the same way (compose.py).
+        asyncio.run(build_as_serve_would(config, os.environ))
+    except ConfigError as exc:
+        fail(f"invalid config {config_path}:\n{exc}", EXIT_CONFIG)
     data = redacted(config)
     if as_json:
         click.echo(json.dumps(data, indent=2))

@@ -1,15 +1,19 @@
 """The composition root: the one place that reads the whole `RouterConfig` and hands each
 part its slice. `serve` (`RouterApp`), the one-shot commands (`replicas`, `attest`,
 `dns render`) and `check-config` build the control plane here, so its wiring (discovery ->
-reconciler + health + attestation, health and verdicts -> reconciler) exists once."""
+reconciler + health + attestation, health and verdicts -> reconciler) exists once: per app
+(`build_app_control`, whose errors name the app), with one Cloud API poll per distinct
+request (`CloudPolls`), and the DNS publisher. The engine is built by its data-plane half,
+`compose_engine.py`."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import ssl
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -17,20 +21,34 @@ import httpx
 
 from router.attestation.manager import Attestor
 from router.attestation.ratls_gate import RaTlsGate
+from router.balancing.base import InFlight
 from router.balancing.factory import make_picker_factory
 from router.config import RouterConfig
 from router.discovery.phala import PhalaDiscovery
+from router.discovery.shared import CloudPolls
+from router.dns.service import DnsService
 from router.errors import ConfigError
 from router.health.active import HealthChecker
 from router.health.probe import make_health_session
 from router.models import AttestationVerdict, Replica
 from router.proxy.headers import edge_names
 from router.proxy.settings import ProxySettings
-from router.reach import PeerCheck, make_connector, upstream_context
+from router.reach import ConnectTo, PeerCheck, make_connector, upstream_context
 from router.reconciler import Reconciler
 from router.snapshot import Policy
 
 log = logging.getLogger(__name__)
+
+
+def _every_connect_to(config: RouterConfig) -> dict[str, str]:
+    """With `apps:`, every app's `connect_to` (the pools dial any app's replicas; config
+    validation refuses a pattern two apps map differently)."""
+    if config.apps is None:
+        return dict(config.discovery.connect_to)
+    connect_to: dict[str, str] = {}
+    for app in config.apps:
+        connect_to.update(app.discovery.connect_to)
+    return connect_to
 
 
 def proxy_settings(config: RouterConfig) -> ProxySettings:
@@ -39,7 +57,7 @@ def proxy_settings(config: RouterConfig) -> ProxySettings:
     return ProxySettings(
         proxy=config.proxy,
         upstream_tls=config.upstream_tls,
-        connect_to=config.discovery.connect_to,
+        connect_to=_every_connect_to(config),
         listen=config.listen,
         listen_tls=config.listen_tls,
         acme_webroot=config.acme_webroot,
@@ -49,8 +67,10 @@ def proxy_settings(config: RouterConfig) -> ProxySettings:
             geo.country_headers,
             (geo.latitude_header, geo.longitude_header),
         ),
-        ra_tls=config.attestation.ra_tls,
-        kms_root=config.attestation.kms_root,
+        # With apps:, an app's RA-TLS travels with its AppEntry (app_planes.attested_reach),
+        # not in the shared pools.
+        ra_tls=config.attestation.ra_tls and config.apps is None,
+        kms_root=config.attestation.kms_root if config.apps is None else None,
     )
 
 
@@ -239,9 +259,11 @@ def build_control_plane(
     clock: Callable[[], float] = time.monotonic,
     trusted_simulator_keys: frozenset[bytes] = frozenset(),
     discover: bool = True,
+    polls: CloudPolls | None = None,
 ) -> ControlPlane:
     """Wire discovery, health and attestation to `reconciler`. `discover=False` leaves the
-    running discovery out (the one-shot commands discover once themselves)."""
+    running discovery out (the one-shot commands discover once themselves). Apps built
+    with the same `polls` share one Cloud API poll per distinct request."""
     # The gate reports like the Attestor, through the plane built next (late binding).
     gate = build_ratls_gate(
         config,
@@ -257,8 +279,13 @@ def build_control_plane(
     )
     plane = ControlPlane(reconciler, health, None, None, ratls_gate=gate)
     if discover and config.discovery.phala is not None:
+        phala = config.discovery.phala
         plane.discovery = PhalaDiscovery(
-            config.discovery.phala, plane.set_replicas, environ=environ, clock=clock
+            phala,
+            plane.set_replicas,
+            environ=environ,
+            clock=clock,
+            poll=polls.poll_for(phala) if polls is not None else None,
         )
     plane.attestor = build_attestor(
         config,
@@ -268,3 +295,56 @@ def build_control_plane(
         trusted_simulator_keys=trusted_simulator_keys,
     )
     return plane
+
+
+@contextlib.contextmanager
+def naming_app(app: str | None) -> Iterator[None]:
+    """A ConfigError raised while building one app's parts names the app (None: the
+    single-app layout, where there is no name to give)."""
+    try:
+        yield
+    except ConfigError as exc:
+        if app is None:
+            raise
+        raise ConfigError(f"app {app}: {exc}") from None
+
+
+def build_app_control(
+    config: RouterConfig,
+    in_flight: InFlight,
+    *,
+    app: str | None,
+    environ: Mapping[str, str],
+    clock: Callable[[], float] = time.monotonic,
+    trusted_simulator_keys: frozenset[bytes] = frozenset(),
+    polls: CloudPolls | None = None,
+) -> ControlPlane:
+    """One app's reconciler and control plane (`config`: the app's view), as `serve` and
+    `check-config` build them; a ConfigError names the app."""
+    with naming_app(app):
+        reconciler = Reconciler(policy_from_config(config, environ), in_flight, clock=clock)
+        return build_control_plane(
+            config,
+            reconciler,
+            environ=environ,
+            clock=clock,
+            trusted_simulator_keys=trusted_simulator_keys,
+            polls=polls,
+        )
+
+
+def build_dns(
+    config: RouterConfig, reconciler: Reconciler, environ: Mapping[str, str]
+) -> DnsService | None:
+    """The DNS feed, sinks and server of the primary app, when `dns:` asks for any."""
+    if not DnsService.wanted(config.dns):
+        return None
+    phala = config.discovery.phala
+    connect_to = config.discovery.connect_to
+    return DnsService(
+        config.dns,
+        reconciler,
+        app_id=phala.app_id if phala else None,
+        pinned=ConnectTo(connect_to).lookup if connect_to else None,
+        environ=environ,
+    )

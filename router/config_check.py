@@ -1,5 +1,7 @@
 """What `check-config` checks beyond the models: that the secrets a config names are present
-in the environment, and that a file is a router config at all (not the simulator's).
+in the environment, that a file is a router config at all (not the simulator's), and that
+every part `serve` builds can be built (`build_as_serve_would`: the same composition root,
+per app, without opening a socket).
 
 `serve` refuses to start without them, so `check-config` (the systemd `ExecStartPre`) must
 say so first. Only variable names are ever printed, never values.
@@ -11,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from router.app import RouterApp
 from router.config import RouterConfig, config_dump
 from router.config_source import load_yaml
 from router.errors import ConfigError
@@ -60,3 +63,11 @@ def simulator_hint(path: str | Path) -> str | None:
         f"{path} is a simulator config (for `phala-router simulate -c {path}`), not a router "
         "config; the router config that goes with config/sim.yaml is config/sim-router.yaml"
     )
+
+
+async def build_as_serve_would(config: RouterConfig, environ: Mapping[str, str]) -> None:
+    """Build the router `serve` would run (every app's control plane, policy, attestation,
+    the engine, TLS, admin, DNS) without starting it, then release it. Raises the
+    ConfigError `serve` would raise, naming the app when the config has `apps:`."""
+    app = RouterApp(config, environ=environ)
+    await app.discard()

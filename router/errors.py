@@ -41,11 +41,23 @@ class EnvoyStartError(StartupError):
 
 
 class DiscoveryError(RouterError):
-    """The discovery source failed; the reconciler keeps the last good replica set."""
+    """The discovery source failed; the reconciler keeps the last good replica set.
+    `kind` is the failure's counter key (error, timeout, auth, invalid, rate_limited) and
+    `retry_after` the seconds the Cloud API asked to wait (429), if it said."""
+
+    def __init__(
+        self, message: str, *, kind: str = "error", retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.retry_after = retry_after
 
 
 class DiscoveryAuthError(DiscoveryError):
     """The Cloud API refused the API key."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, kind="auth")
 
 
 class AttestationError(RouterError):

@@ -124,6 +124,135 @@ def _active_subset(ids: Sequence[tuple[str | None, str]], limit: int) -> set[str
     return set(chosen)
 
 
+@dataclass(frozen=True, slots=True)
+class _Row:
+    """One replica with what the control plane knows of it, before its health is weighed."""
+
+    replica: Replica
+    view: HealthView | None
+    verdict: AttestationVerdict | None
+    exclusion: str | None  # why it is out whatever its health, e.g. "draining: ..."
+    weight: float  # its slow-start factor
+
+
+def exclusion_reason(
+    replica: Replica,
+    verdict: AttestationVerdict | None,
+    policy: Policy,
+    drained: frozenset[str],
+    now: float,
+) -> str | None:
+    """Why a replica is out whatever its health (platform status, an operator's drain,
+    attestation, a compose hash not allowed), or None when only its health decides."""
+    if not replica.is_candidate:
+        return f"platform:{replica.platform_status}"
+    if replica.id in drained:
+        return "draining: drained by an operator"
+    attest = _attestation_block(replica, verdict, policy, now)
+    if attest is not None:
+        return attest[0]
+    if policy.compose_hashes is not None and replica.compose_hash not in policy.compose_hashes:
+        return "compose_not_allowed: compose hash not in routing.compose_hashes"
+    return None
+
+
+def excluded_state(reason: str, policy: Policy) -> str:
+    """The state shown for a replica kept out by `exclusion_reason`."""
+    if reason.startswith("platform:"):
+        return reason
+    state = reason.split(":", 1)[0]
+    if state == "compose_not_allowed":
+        return ReplicaState.UNATTESTED if policy.attestation_required else "excluded"
+    return state
+
+
+def health_block(view: HealthView | None, now: float, enabled: bool) -> tuple[str, str] | None:
+    """(state, reason) when its health keeps a replica out, None when health lets it route
+    (always None with health checking off)."""
+    if not enabled:
+        return None
+    if view is None or view.state is ReplicaState.PENDING:
+        return ReplicaState.PENDING, "pending: no health check passed yet"
+    if view.ejected_until is not None and view.ejected_until > now:
+        return ReplicaState.EJECTED, "ejected: failing live traffic (outlier detection)"
+    if view.state is ReplicaState.UNHEALTHY:
+        check = view.last_check
+        why = (check.error or f"status {check.status}") if check else "failing checks"
+        return ReplicaState.UNHEALTHY, f"unhealthy: {why}"
+    return None
+
+
+def in_panic(eligible: int, healthy: int, threshold: int) -> bool:
+    """Panic mode: fewer than `threshold` percent of the eligible replicas are healthy, so
+    every eligible one routes (spreading load beats piling it on the few survivors)."""
+    return threshold > 0 and eligible > 0 and 100 * healthy < threshold * eligible
+
+
+def _is_ejected(block: tuple[str, str] | None) -> bool:
+    return block is not None and block[0] == ReplicaState.EJECTED
+
+
+def _rows(
+    replicas: Sequence[Replica],
+    health: Mapping[str, HealthView],
+    verdicts: Mapping[str, AttestationVerdict],
+    policy: Policy,
+    overrides: Overrides,
+    now: float,
+) -> list[_Row]:
+    rows = []
+    for replica in sorted(replicas, key=lambda r: r.id):
+        view, verdict = health.get(replica.id), verdicts.get(replica.id)
+        exclusion = exclusion_reason(replica, verdict, policy, overrides.drained, now)
+        weight, _ = _slow_start_weight(view, policy, now)
+        rows.append(_Row(replica, view, verdict, exclusion, weight))
+    return rows
+
+
+def next_change_at(
+    rows: Sequence[_Row], ejection_ends: Sequence[float], policy: Policy, now: float
+) -> float | None:
+    """The earliest time a rebuild would change something by itself: a verdict reaching
+    max_age, a slow-start step, the end of an ejection of a replica otherwise eligible."""
+    deadlines = list(ejection_ends)
+    for row in rows:
+        if row.verdict is not None and row.verdict.ok and policy.attestation_required:
+            deadlines.append(row.verdict.at + policy.attestation_max_age)
+        _, step_at = _slow_start_weight(row.view, policy, now)
+        if step_at is not None:
+            deadlines.append(step_at)
+    return min((d for d in deadlines if d > now), default=None)
+
+
+def _region_totals(eligible: Sequence[_Row], routable: set[str], active: set[str]) -> Counter[str]:
+    """Per region, the replicas that would take traffic if healthy (those left out by the
+    admin active-limit excepted): the geo policy's spill-over compares routable with this."""
+    return Counter(
+        normalise_region(row.replica.region or "")
+        for row in eligible
+        if row.replica.id not in routable or row.replica.id in active
+    )
+
+
+def _status_of(
+    row: _Row, block: tuple[str, str] | None, routable: set[str], active: set[str], policy: Policy
+) -> ReplicaStatus:
+    """One replica's state, routability and reason, given the decisions taken before."""
+    replica, view, verdict = row.replica, row.view, row.verdict
+    if row.exclusion is not None:
+        state = excluded_state(row.exclusion, policy)
+        return ReplicaStatus(replica, state, False, row.exclusion, 0.0, view, verdict)
+    if replica.id not in routable:
+        assert block is not None
+        return ReplicaStatus(replica, block[0], False, block[1], 0.0, view, verdict)
+    if replica.id not in active:
+        reason = "inactive: outside the admin active-limit"
+        return ReplicaStatus(replica, ReplicaState.INACTIVE, False, reason, 0.0, view, verdict)
+    state = block[0] if block is not None else ReplicaState.HEALTHY
+    reason = "panic: routed despite failing health" if block is not None else ""
+    return ReplicaStatus(replica, state, True, reason, replica.weight * row.weight, view, verdict)
+
+
 def build_snapshot(
     *,
     version: int,
@@ -136,108 +265,48 @@ def build_snapshot(
     in_flight: InFlight,
     health_enabled: bool = True,
 ) -> Snapshot:
-    deadlines: list[float] = []
-    # First pass: everything except health, which panic mode may override.
-    rows: list[tuple[Replica, str | None, HealthView | None, float]] = []
-    for replica in sorted(replicas, key=lambda r: r.id):
-        view = health.get(replica.id)
-        verdict = verdicts.get(replica.id)
-        block: str | None = None
-        if not replica.is_candidate:
-            block = f"platform:{replica.platform_status}"
-        elif replica.id in overrides.drained:
-            block = "draining: drained by an operator"
-        elif (attest := _attestation_block(replica, verdict, policy, now)) is not None:
-            block = attest[0]
-        elif (
-            policy.compose_hashes is not None and replica.compose_hash not in policy.compose_hashes
-        ):
-            block = "compose_not_allowed: compose hash not in routing.compose_hashes"
-        if verdict is not None and verdict.ok and policy.attestation_required:
-            deadlines.append(verdict.at + policy.attestation_max_age)
-        weight, step_at = _slow_start_weight(view, policy, now)
-        if step_at is not None:
-            deadlines.append(step_at)
-        rows.append((replica, block, view, weight))
-
-    def health_block(view: HealthView | None) -> tuple[str, str] | None:
-        if not health_enabled:
-            return None
-        if view is None or view.state is ReplicaState.PENDING:
-            return ReplicaState.PENDING, "pending: no health check passed yet"
-        if view.ejected_until is not None and view.ejected_until > now:
-            deadlines.append(view.ejected_until)
-            return ReplicaState.EJECTED, "ejected: failing live traffic (outlier detection)"
-        if view.state is ReplicaState.UNHEALTHY:
-            check = view.last_check
-            why = (check.error or f"status {check.status}") if check else "failing checks"
-            return ReplicaState.UNHEALTHY, f"unhealthy: {why}"
-        return None
-
-    eligible = [r for r in rows if r[1] is None]
-    healthy = [r for r in eligible if health_block(r[2]) is None]
-    panic = (
-        policy.panic_threshold > 0
-        and bool(eligible)
-        and 100 * len(healthy) < policy.panic_threshold * len(eligible)
-    )
-    routable_ids = {r[0].id for r in (eligible if panic else healthy)}
+    """Decide, in order: who is excluded whatever its health, who health keeps out, panic,
+    the admin active-limit, then each replica's status and the picker's members."""
+    rows = _rows(replicas, health, verdicts, policy, overrides, now)
+    eligible = [row for row in rows if row.exclusion is None]
+    blocks = {row.replica.id: health_block(row.view, now, health_enabled) for row in eligible}
+    healthy = [row for row in eligible if blocks[row.replica.id] is None]
+    panic = in_panic(len(eligible), len(healthy), policy.panic_threshold)
+    routable = {row.replica.id for row in (eligible if panic else healthy)}
+    active = routable
     if overrides.active_limit is not None:
-        active = _active_subset(
-            [(r[0].region, r[0].id) for r in rows if r[0].id in routable_ids],
-            overrides.active_limit,
-        )
-    else:
-        active = routable_ids
-
-    # Per region, the replicas that would take traffic if healthy (those left out by the
-    # admin active-limit excepted): the geo policy's spill-over compares routable with this.
-    region_totals = Counter(
-        normalise_region(r[0].region or "")
-        for r in eligible
-        if r[0].id not in routable_ids or r[0].id in active
+        candidates = [(row.replica.region, row.replica.id) for row in rows]
+        active = _active_subset([c for c in candidates if c[1] in routable], overrides.active_limit)
+    totals = _region_totals(eligible, routable, active)
+    statuses = tuple(
+        _status_of(row, blocks.get(row.replica.id), routable, active, policy) for row in rows
     )
-    statuses: list[ReplicaStatus] = []
-    members: list[Member] = []
-    for replica, block, view, weight in rows:
-        verdict = verdicts.get(replica.id)
-        if block is not None:
-            state = block.split(":", 1)[0] if not block.startswith("platform:") else block
-            if state == "compose_not_allowed":
-                state = ReplicaState.UNATTESTED if policy.attestation_required else "excluded"
-            statuses.append(ReplicaStatus(replica, state, False, block, 0.0, view, verdict))
-            continue
-        hb = health_block(view)
-        if replica.id not in routable_ids:
-            assert hb is not None
-            statuses.append(ReplicaStatus(replica, hb[0], False, hb[1], 0.0, view, verdict))
-            continue
-        if replica.id not in active:
-            reason = "inactive: outside the admin active-limit"
-            statuses.append(
-                ReplicaStatus(replica, ReplicaState.INACTIVE, False, reason, 0.0, view, verdict)
-            )
-            continue
-        state = hb[0] if hb is not None else ReplicaState.HEALTHY
-        effective = replica.weight * weight
-        reason = "panic: routed despite failing health" if hb is not None else ""
-        statuses.append(ReplicaStatus(replica, state, True, reason, effective, view, verdict))
-        members.append(
-            Member(replica, effective, region_totals[normalise_region(replica.region or "")])
-        )
-
-    hashes = Counter(r.compose_hash for r, *_ in rows if r.compose_hash and r.is_candidate)
-    frozen_statuses = tuple(statuses)
+    members = [
+        Member(s.replica, s.weight, totals[normalise_region(s.replica.region or "")])
+        for s in statuses
+        if s.routable
+    ]
+    ejection_ends = [
+        row.view.ejected_until
+        for row in eligible
+        if row.view is not None and row.view.ejected_until is not None
+        if _is_ejected(blocks[row.replica.id])
+    ]
+    hashes = Counter(
+        row.replica.compose_hash
+        for row in rows
+        if row.replica.compose_hash and row.replica.is_candidate
+    )
     return Snapshot(
         version=version,
         built_at=now,
-        statuses=frozen_statuses,
+        statuses=statuses,
         routable=tuple(m.replica for m in members),
         picker=policy.picker_factory(members, in_flight),
         panic=panic,
         compose_hashes=MappingProxyType(dict(hashes)),
-        next_change_at=min((d for d in deadlines if d > now), default=None),
-        by_id=MappingProxyType({s.replica.id: s for s in frozen_statuses}),
+        next_change_at=next_change_at(rows, ejection_ends, policy, now),
+        by_id=MappingProxyType({s.replica.id: s for s in statuses}),
     )
 
 

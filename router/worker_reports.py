@@ -21,11 +21,13 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
+
+from router.workers import WorkerLink
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +159,22 @@ class ReportInbox:
 
     def in_flight(self) -> list[dict[str, int]]:
         return [r.in_flight for r in self.reports.values()]
+
+
+def start_reports(
+    link: WorkerLink,
+    report_line: Callable[[], bytes],
+    spawn: Callable[[Coroutine[Any, Any, None]], None],
+) -> ReportInbox | None:
+    """A worker > 0 starts sending its reports (None); worker 0 of several starts reading
+    theirs (the inbox its metrics merge); a single process does neither (None)."""
+    if link.report_out is not None:
+        spawn(send_reports(link.report_out, report_line))
+    elif link.report_ins:
+        inbox = ReportInbox()
+        inbox.listen(link.report_ins)
+        return inbox
+    return None
 
 
 async def send_reports(fd: int, report: Callable[[], bytes]) -> None:

@@ -68,7 +68,7 @@ LAZY_IMPORTERS = (
 )
 # Other function-level imports, each with its reason (none of them dodges a cycle).
 LAZY_ALLOWED = {
-    ("router.app", "router.proxy.envoy.engine"): "the Envoy engine needs the [envoy] extra",
+    ("router.compose_engine", "router.proxy.envoy.engine"): "Envoy needs the [envoy] extra",
     ("router.proxy.envoy.engine", "router.proxy.envoy.xds"): "grpcio only with xds_listen",
     ("router.simulator.settings", "router.simulator.quotes"): "cryptography only for a key file",
 }

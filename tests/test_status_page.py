@@ -303,3 +303,102 @@ async def test_page_shows_a_stopped_replica_failing_its_checks_within_one_refres
             assert "routable: 1 / 2" in await page.inner_text("#facts")
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "status-page-unhealthy.png"), full_page=True)
+
+
+def two_apps_config(api_url: str, ui_url: str) -> dict[str, Any]:
+    return {
+        "listen": "127.0.0.1:0",
+        "admin": {"listen": "127.0.0.1:0"},
+        "health": {"enabled": False},
+        "apps": [
+            {
+                "name": "api",
+                "hosts": ["api.localhost"],
+                "default": True,
+                "discovery": {"static": [{"id": "api-1", "url": api_url}]},
+            },
+            {
+                "name": "ui",
+                "hosts": ["ui.localhost", "*.ui.localhost"],
+                "discovery": {
+                    "static": [{"id": "ui-1", "url": ui_url}, {"id": "ui-2", "url": ui_url}]
+                },
+            },
+        ],
+    }
+
+
+async def group_of(page: Any, replica_id: str) -> str | None:
+    """The app whose group row comes last before the replica's row."""
+    app: str | None = await page.evaluate(
+        "id => { let app = null; for (const row of document.querySelectorAll('#rows tr')) {"
+        " if (row.classList.contains('app-head')) app = row.dataset.app;"
+        " else if (row.dataset.replica === id) return app; } return null; }",
+        replica_id,
+    )
+    return app
+
+
+@pytest.mark.browser
+async def test_page_groups_replicas_by_app_and_shows_one_app_on_its_own(browser: Any) -> None:
+    async with running_replica("api") as api, running_replica("ui") as ui:
+        cfg = two_apps_config(f"http://127.0.0.1:{api.port}", f"http://127.0.0.1:{ui.port}")
+        async with running_router(cfg) as router:
+            page = await browser.new_page(viewport={"width": 1400, "height": 700})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"{router.admin_url}/status.html")
+            await page.wait_for_selector("#rows tr[data-replica='ui-2']", timeout=5000)
+
+            # One group per app, in config order, each opened by its summary.
+            heads = await page.eval_on_selector_all(
+                "#rows tr.app-head", "rows => rows.map(r => r.dataset.app)"
+            )
+            assert heads == ["api", "ui"]
+            assert [await group_of(page, r) for r in ("api-1", "ui-1", "ui-2")] == [
+                "api",
+                "ui",
+                "ui",
+            ]
+            ui_head = await page.inner_text("#rows tr.app-head[data-app='ui']")
+            assert "ui.localhost, *.ui.localhost" in ui_head
+            assert "routable: 2 / 2" in ui_head
+            assert "(default)" in await page.inner_text("#rows tr.app-head[data-app='api']")
+            assert "routable: 3 / 3 in 2 apps" in await page.inner_text("#facts")
+
+            # Draining from a group acts on that app's replica.
+            page.on("dialog", lambda dialog: dialog.accept())
+            await page.click("#rows tr[data-replica='ui-1'] button")
+            await page.wait_for_selector(
+                "#rows tr[data-replica='ui-1'][data-state='draining']", timeout=5000
+            )
+            assert router.app.apps.plane("ui").reconciler.overrides.drained == {"ui-1"}
+            assert router.app.reconciler.overrides.drained == set()
+            await page.wait_for_function(
+                "() => document.querySelector(\"#rows tr.app-head[data-app='ui']\")"
+                "?.textContent.includes('routable: 1 / 2')",
+                timeout=5000,
+            )
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "status-page-apps.png"), full_page=True)
+
+            # The group's name opens the app's own page, laid out like a single-app router.
+            await page.click("#rows tr.app-head[data-app='ui'] a")
+            await page.wait_for_url("**/status.html?app=ui")
+            await page.wait_for_selector("#rows tr[data-replica='ui-2']", timeout=5000)
+            assert await page.locator("#rows tr.app-head").count() == 0
+            assert await page.locator("#rows tr[data-replica='api-1']").count() == 0
+            assert "app ui" in await page.inner_text("h1")
+            assert "routable: 1 / 2" in await page.inner_text("#facts")
+            await page.click("#rows tr[data-replica='ui-1'] button:text('Undrain')")
+            await page.wait_for_selector(
+                "#rows tr[data-replica='ui-1'][data-state='healthy']", timeout=5000
+            )
+            assert router.app.apps.plane("ui").reconciler.overrides.drained == set()
+
+            await page.goto(f"{router.admin_url}/status.html?app=nope")
+            await page.wait_for_function(
+                "() => document.querySelector('#error').textContent.includes('no app named nope')",
+                timeout=5000,
+            )
+            assert errors == []

@@ -1,0 +1,89 @@
+"""The composition root's data-plane half: the engine `proxy.engine` names, built with its
+slice of the config (`compose.proxy_settings`) and wired to what it reads (the snapshot
+source, the app directory) and reports to (the observers)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from router.attested_tls import DstackServerTLS
+from router.compose import proxy_settings
+from router.config import RouterConfig
+from router.errors import ConfigError
+from router.proxy.aiohttp_engine import AiohttpEngine
+from router.proxy.apps import AppDirectory
+from router.proxy.base import Engine, InFlightCounter, Observers, SnapshotSource
+from router.proxy.fast import FastEngine
+from router.reach import PeerCheck
+from router.snapshot import SnapshotListener
+from router.tls import ServerTLS
+from router.workers import worker_count
+
+
+@dataclass
+class EngineWiring:
+    """What an engine reads and reports to, besides its settings."""
+
+    snapshots: SnapshotSource
+    observers: Observers
+    in_flight: InFlightCounter
+    subscribe: Callable[[SnapshotListener], None]  # the Envoy engine follows snapshots
+    running_config: Callable[[], RouterConfig]  # the Envoy engine rereads it on reload
+    apps: AppDirectory | None = None
+    tls: ServerTLS | None = None
+    peer_check: PeerCheck | None = None
+
+
+def build_engine(
+    config: RouterConfig, wiring: EngineWiring, clock: Callable[[], float] = time.monotonic
+) -> Engine:
+    """The engine `proxy.engine` names, with its slice of the config."""
+    if config.proxy.engine == "envoy":
+        from router.proxy.envoy.engine import EnvoyEngine  # only with the [envoy] extra
+
+        return EnvoyEngine(
+            config,
+            wiring.snapshots,
+            wiring.subscribe,
+            clock=clock,
+            config_source=wiring.running_config,
+        )
+    if config.proxy.engine == "fast":
+        return FastEngine(
+            proxy_settings(config),
+            wiring.snapshots,
+            wiring.observers,
+            wiring.in_flight,
+            reuse_port=worker_count(config) > 1,
+            tls=wiring.tls,
+            apps=wiring.apps,
+            peer_check=wiring.peer_check,
+        )
+    return AiohttpEngine(
+        proxy_settings(config),
+        wiring.snapshots,
+        wiring.observers,
+        wiring.in_flight,
+        tls=wiring.tls,
+        apps=wiring.apps,
+        peer_check=wiring.peer_check,
+    )
+
+
+def server_tls(config: RouterConfig) -> ServerTLS | None:
+    """The listener's TLS: the router's RA-TLS key, or the certificate files (with any
+    per-host ones). ConfigError when a file does not load."""
+    tls = config.listen_tls
+    if tls is None:
+        return None
+    if tls.ra_tls:
+        return DstackServerTLS(tls.dstack_socket, tls.ra_tls_renew)
+    if tls.cert_file is None or tls.key_file is None:  # the config refuses this already
+        raise ConfigError("listen_tls needs cert_file and key_file, or ra_tls: true")
+    try:
+        return ServerTLS(tls.cert_file, tls.key_file, config.listen_certificates())
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        problem = f"listen_tls: cannot load {tls.cert_file} and {tls.key_file}: {exc}"
+        raise ConfigError(problem) from None
