@@ -156,7 +156,11 @@ class RouterApp:
                 self.reconciler.subscribe,
                 clock=clock,
                 config_source=lambda: self.config,
+                apps=directory,
+                app_configs=self.apps.configs,
+                connect_to=engine_settings(config).connect_to,
             )
+            self.apps.watch(self.engine.on_snapshot)
         else:
             self.engine = AiohttpEngine(
                 engine_settings(config),

@@ -115,11 +115,6 @@ class RouterConfig(Frozen):
                     "apps: several apps are served by one process for now (operator actions "
                     "on apps other than the primary reach one worker); set proxy.workers: 1"
                 )
-            if self.proxy.engine == "envoy":
-                raise ValueError(
-                    "apps: several apps are not mapped to Envoy virtual hosts yet; use "
-                    "proxy.engine: fast (or aiohttp) with apps, or one app with envoy"
-                )
             ra_tls = [app.name for app in self.apps if app.attestation.connection == "ra-tls"]
             if ra_tls:
                 # The connection check knows one app's replicas: refuse rather than let

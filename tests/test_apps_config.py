@@ -121,10 +121,6 @@ def test_a_missing_app_id_is_reported_for_the_app_lacking_it() -> None:
         (lambda d: d.update(apps=[]), "apps: the list is empty"),
         (lambda d: d.update(proxy={"workers": 2}), "set proxy.workers: 1"),
         (
-            lambda d: d.update(proxy={"engine": "envoy"}),
-            "several apps are not mapped to Envoy virtual hosts yet",
-        ),
-        (
             lambda d: d["apps"][1].update(
                 attestation={"connection": "ra-tls", "allow_unbound": True}
             ),

@@ -15,7 +15,7 @@ import logging
 import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from router.proxy.envoy.listeners import Source, listeners, tls_secret
 from router.proxy.envoy.process import EnvoyProcess
 from router.proxy.envoy.resources import Json, clusters_and_endpoints
 from router.proxy.envoy.routes import all_routes
+from router.proxy.envoy.vhosts import EnvoyApp, envoy_apps
 from router.proxy.envoy.view import ConfigView
 from router.proxy.settings import ProxySettings
 
@@ -121,6 +122,9 @@ class EnvoyEngine:
         *,
         clock: Callable[[], float] = time.monotonic,
         config_source: Callable[[], ConfigView] | None = None,
+        apps: AppDirectory | None = None,
+        app_configs: Callable[[], Mapping[str, ConfigView]] | None = None,
+        connect_to: Mapping[str, str] | None = None,
     ) -> None:
         # The app's current config, read at every publish: a reload that changes only
         # routing reaches Envoy with the snapshot the new policy builds.
@@ -128,7 +132,12 @@ class EnvoyEngine:
         self._config_source = config_source
         self._snapshots = snapshots
         self._clock = clock
-        self._dialer = Dialer(ConnectTo(config.discovery.connect_to))
+        # With `apps:`: every app's hosts and snapshot, and each app's own config by name.
+        self._apps = apps
+        self._app_configs = app_configs
+        if connect_to is None:
+            connect_to = config.discovery.connect_to
+        self._dialer = Dialer(ConnectTo(connect_to))
         self._addresses: dict[str, tuple[str, int]] = {}
         self.files: ResourceFiles | None = None
         self.process: EnvoyProcess | None = None
@@ -171,6 +180,8 @@ class EnvoyEngine:
             self.xds = XdsServer(xds_listen)
             await self.xds.start()
         snapshot = self._snapshots()
+        for app in self._envoy_apps() or ():
+            await self._dialer.resolve(self._dialer.unresolved(app.snapshot))
         await self._dialer.resolve(self._dialer.unresolved(snapshot))
         self.publish(snapshot)
         path = directory / "bootstrap.json"
@@ -200,24 +211,51 @@ class EnvoyEngine:
         address = self._addresses.get("https")
         return address[1] if address is not None else None
 
+    def _envoy_apps(self) -> list[EnvoyApp] | None:
+        """Every app with its current snapshot; None without `apps:` (one implicit app)."""
+        if self._apps is None:
+            return None
+        configs = self._app_configs() if self._app_configs is not None else {}
+        return envoy_apps(self._apps, configs, self.config)
+
     def render(self, snapshot: Snapshot, source: Source) -> dict[str, list[Json]]:
-        """Every resource for `snapshot`, by kind, with config sources from `source`."""
+        """Every resource for `snapshot` (with `apps:`, for every app's current snapshot),
+        by kind, with config sources from `source`."""
         config = self.config
-        clusters, assignments = clusters_and_endpoints(
-            snapshot, config, self._dialer, lambda name: source("endpoints", name)
-        )
+        apps = self._envoy_apps()
+        clusters: list[Json] = []
+        assignments: list[Json] = []
+        for app in apps or ():
+            app_clusters, app_assignments = clusters_and_endpoints(
+                app.snapshot,
+                app.config,
+                self._dialer,
+                lambda name: source("endpoints", name),
+                prefix=app.cluster_prefix,
+                max_requests=app.max_connections,
+            )
+            clusters += app_clusters
+            assignments += app_assignments
+        if apps is None:
+            clusters, assignments = clusters_and_endpoints(
+                snapshot, config, self._dialer, lambda name: source("endpoints", name)
+            )
         return {
             "endpoints": assignments,
             "clusters": clusters,
-            "routes": all_routes(snapshot, config, self._https_port()),
+            "routes": all_routes(snapshot, config, self._https_port(), apps),
             "secrets": tls_secret(config),
             "listeners": listeners(config, self._addresses, source),
         }
 
     def set_apps(self, apps: AppDirectory) -> None:
-        """Config validation refuses `apps:` with this engine, so the directory is always the
-        one implicit app, which takes every Host: Envoy already routes it."""
-        del apps
+        """A reload changed the apps (or their hosts): re-render every virtual host."""
+        self._apps = apps
+        self.publish(self._snapshots())
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        """Any app's reconciler published (subscribe it to each app's reconciler)."""
+        self._on_snapshot(snapshot)
 
     def publish(self, snapshot: Snapshot) -> None:
         """Write the resources for `snapshot`: endpoints before the clusters naming them,

@@ -149,13 +149,17 @@ def system_ca_bundle() -> str:
     return paths.cafile or paths.openssl_cafile
 
 
-def _limits(config: ConfigView) -> Json:
+def _limits(config: ConfigView, max_requests: int | None = None) -> Json:
+    """proxy.* limits; `max_requests` is an app's own cap (apps[].max_connections)."""
     proxy = config.proxy
+    requests = proxy.max_connections
+    if max_requests is not None:
+        requests = min(requests, max_requests)
     limits: Json = {
         "priority": "DEFAULT",
         "max_connections": proxy.max_connections,
         "max_pending_requests": max(proxy.max_pending, 1),
-        "max_requests": proxy.max_connections,
+        "max_requests": requests,
         "max_retries": max(proxy.max_connections // 4, 3),
     }
     # proxy.retry_budget is not mapped: Envoy's budget also refuses retries after connect
@@ -171,6 +175,7 @@ def cluster(
     *,
     h2: bool = False,
     hosts: Sequence[str] = (),
+    max_requests: int | None = None,
 ) -> Json:
     """One EDS cluster with the router's balancing, retries' partners and limits."""
     proxy = config.proxy
@@ -184,7 +189,7 @@ def cluster(
         **_lb_policy(config),
         # Membership is decided by the router; Envoy must never route to excluded hosts.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
-        "circuit_breakers": {"thresholds": [_limits(config)]},
+        "circuit_breakers": {"thresholds": [_limits(config, max_requests)]},
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": HTTP_OPTIONS_TYPE,
@@ -248,14 +253,14 @@ def load_assignment(
     }
 
 
-def main_assignment(snapshot: Snapshot, dial: Dial) -> Json:
+def main_assignment(snapshot: Snapshot, dial: Dial, name: str = MAIN_CLUSTER) -> Json:
     """Every routable replica, one locality per region, all at priority 0."""
     by_region: dict[str, list[Json]] = {}
     for status in snapshot.statuses:
         if status.routable and (endpoint := lb_endpoint(status, dial)) is not None:
             by_region.setdefault(_region(status.replica), []).append(endpoint)
     localities = [(region, 0, eps) for region, eps in sorted(by_region.items())]
-    return load_assignment(MAIN_CLUSTER, localities, 1.4)
+    return load_assignment(name, localities, 1.4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +294,9 @@ def rank_regions(origin: Point | None, regions: Sequence[str], config: ConfigVie
     return sorted(regions, key=lambda r: (distance(r), r))
 
 
-def geo_assignment(origin: str, snapshot: Snapshot, config: ConfigView, dial: Dial) -> Json:
+def geo_assignment(
+    origin: str, snapshot: Snapshot, config: ConfigView, dial: Dial, prefix: str = ""
+) -> Json:
     """The load assignment for clients located in `origin`: one priority per region."""
     members: dict[str, list[Json]] = {}
     for status in snapshot.statuses:
@@ -301,7 +308,8 @@ def geo_assignment(origin: str, snapshot: Snapshot, config: ConfigView, dial: Di
     point = region_coordinates(origin, config.routing.geo.regions)
     ranked = [r for r in rank_regions(point, list(members), config) if members[r]]
     localities = [(region, rank, members[region]) for rank, region in enumerate(ranked)]
-    return load_assignment(geo_cluster(origin), localities, config.routing.geo.overprovisioning)
+    name = prefix + geo_cluster(origin)
+    return load_assignment(name, localities, config.routing.geo.overprovisioning)
 
 
 def h2_upstream(snapshot: Snapshot) -> bool:
@@ -310,15 +318,28 @@ def h2_upstream(snapshot: Snapshot) -> bool:
 
 
 def clusters_and_endpoints(
-    snapshot: Snapshot, config: ConfigView, dial: Dial, eds_source: EdsSource
+    snapshot: Snapshot,
+    config: ConfigView,
+    dial: Dial,
+    eds_source: EdsSource,
+    *,
+    prefix: str = "",
+    max_requests: int | None = None,
 ) -> tuple[list[Json], list[Json]]:
-    """(clusters, load assignments) for the snapshot."""
+    """(clusters, load assignments) for one app's snapshot; `prefix` names its clusters
+    (`<app>.` with `apps:`), `max_requests` is its own cap on requests in flight."""
     h2 = h2_upstream(snapshot)
     hosts = tls_hosts(snapshot)
-    clusters = [cluster(MAIN_CLUSTER, config, eds_source, h2=h2, hosts=hosts)]
-    assignments = [main_assignment(snapshot, dial)]
+    main = prefix + MAIN_CLUSTER
+
+    def app_cluster(name: str) -> Json:
+        return cluster(name, config, eds_source, h2=h2, hosts=hosts, max_requests=max_requests)
+
+    clusters = [app_cluster(main)]
+    assignments = [main_assignment(snapshot, dial, main)]
     if config.routing.policy == "geo":
         for origin in geo_origins(snapshot, config):
-            clusters.append(cluster(geo_cluster(origin), config, eds_source, h2=h2, hosts=hosts))
-            assignments.append(geo_assignment(origin, snapshot, config, dial))
+            name = prefix + geo_cluster(origin)
+            clusters.append(app_cluster(name))
+            assignments.append(geo_assignment(origin, snapshot, config, dial, prefix))
     return clusters, assignments

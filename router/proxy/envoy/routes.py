@@ -12,6 +12,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from router.apps import IMPLICIT_APP
 from router.balancing.regions import country_table, normalise_region, region_coordinates
 from router.proxy.base import no_routable_error
 from router.proxy.envoy.resources import (
@@ -23,6 +24,7 @@ from router.proxy.envoy.resources import (
     h2_upstream,
     rank_regions,
 )
+from router.proxy.envoy.vhosts import EnvoyApp, VirtualHostPlan, apps_plan
 from router.proxy.envoy.view import ConfigView
 from router.proxy.headers import FORWARDING, IDEMPOTENT, edge_names
 from router.snapshot import Snapshot
@@ -126,15 +128,26 @@ def _idempotent_match() -> Json:
     }
 
 
-def _routes_to(config: ConfigView, cluster: str, headers: Sequence[Json]) -> list[Json]:
+EVERY_PATH: Json = {"prefix": "/"}
+
+
+def path_match(prefix: str) -> Json:
+    """An app's path prefix as Envoy's match: the whole path or `prefix` followed by `/`
+    (the router's rule: `/v2` takes `/v2`, `/v2/x` and `/v2?q`, never `/v2x`)."""
+    return {"path_separated_prefix": prefix} if prefix else dict(EVERY_PATH)
+
+
+def _routes_to(
+    config: ConfigView, cluster: str, headers: Sequence[Json], path: Json = EVERY_PATH
+) -> list[Json]:
     """Two routes to `cluster`: idempotent methods retry on more failures."""
     return [
         {
-            "match": {"prefix": "/", "headers": [*headers, _idempotent_match()]},
+            "match": {**path, "headers": [*headers, _idempotent_match()]},
             "route": route_action(config, cluster, idempotent_retry_on(config)),
         },
         {
-            "match": {"prefix": "/", "headers": list(headers)},
+            "match": {**path, "headers": list(headers)},
             "route": route_action(config, cluster, CONNECT_RETRY_ON),
         },
     ]
@@ -144,9 +157,17 @@ def _regex_of(values: Sequence[str]) -> str:
     return "^(" + "|".join(sorted(values)) + ")$"
 
 
-def geo_routes(snapshot: Snapshot, config: ConfigView, *, trusted: bool) -> list[Json]:
+def geo_routes(
+    snapshot: Snapshot,
+    config: ConfigView,
+    *,
+    trusted: bool,
+    prefix: str = "",
+    path: Json = EVERY_PATH,
+) -> list[Json]:
     """Per client-origin routes: the region hint (anyone), then country headers (trusted
-    peers only); GeoIP and latitude/longitude are not mapped (docs/envoy.md)."""
+    peers only); GeoIP and latitude/longitude are not mapped (docs/envoy.md). `prefix`
+    names the app's clusters, `path` is the app's path match."""
     geo = config.routing.geo
     origins = geo_origins(snapshot, config)
     routes: list[Json] = []
@@ -157,7 +178,7 @@ def geo_routes(snapshot: Snapshot, config: ConfigView, *, trusted: bool) -> list
                     "name": geo.region_hint_header,
                     "string_match": {"exact": origin, "ignore_case": True},
                 }
-                routes += _routes_to(config, geo_cluster(origin), [match])
+                routes += _routes_to(config, prefix + geo_cluster(origin), [match], path)
         elif source == "country_header" and trusted and origins:
             for origin, countries in _countries_by_origin(origins, config).items():
                 for header in geo.country_headers:
@@ -167,7 +188,7 @@ def geo_routes(snapshot: Snapshot, config: ConfigView, *, trusted: bool) -> list
                             "safe_regex": {"regex": _regex_of(countries)},
                         },
                     }
-                    routes += _routes_to(config, geo_cluster(origin), [match])
+                    routes += _routes_to(config, prefix + geo_cluster(origin), [match], path)
     return routes
 
 
@@ -182,22 +203,22 @@ def _countries_by_origin(origins: Sequence[str], config: ConfigView) -> dict[str
     return grouped
 
 
-def _default_cluster(snapshot: Snapshot, config: ConfigView) -> str:
+def _default_cluster(config: ConfigView, prefix: str = "") -> str:
     geo = config.routing.geo
     if (
         config.routing.policy == "geo"
         and geo.default_region
         and region_coordinates(geo.default_region, geo.regions) is not None
     ):
-        return geo_cluster(normalise_region(geo.default_region))
-    return MAIN_CLUSTER
+        return prefix + geo_cluster(normalise_region(geo.default_region))
+    return prefix + MAIN_CLUSTER
 
 
-def no_replica_route(snapshot: Snapshot) -> Json:
+def no_replica_route(snapshot: Snapshot, path: Json = EVERY_PATH) -> Json:
     """The 503 naming replica states, answered by Envoy itself while nothing is routable."""
     error = no_routable_error(snapshot)
     return {
-        "match": {"prefix": "/"},
+        "match": dict(path),
         "direct_response": {
             "status": 503,
             "body": {"inline_string": json.dumps(error.body(), separators=(",", ":"))},
@@ -209,17 +230,54 @@ def no_replica_route(snapshot: Snapshot) -> Json:
     }
 
 
-def _hop_by_hop(snapshot: Snapshot) -> list[str]:
-    """Hop-by-hop headers Envoy forwards by itself; `TE: trailers` stays for gRPC."""
-    names = ["proxy-authorization", "proxy-connection", "keep-alive"]
-    return names if h2_upstream(snapshot) else [*names, "te"]
+# Hop-by-hop headers Envoy forwards by itself; TE is removed per app (kept for gRPC).
+HOP_BY_HOP = ("proxy-authorization", "proxy-connection", "keep-alive")
 
 
-def _header_rules(config: ConfigView, snapshot: Snapshot, *, trusted: bool, scheme: str) -> Json:
+def misdirected_route() -> Json:
+    """421 for a Host (and path) no app serves, as the Python engines answer."""
+    return {
+        "match": dict(EVERY_PATH),
+        "direct_response": {
+            "status": 421,
+            "body": {"inline_string": json.dumps({"error": "misdirected_request"})},
+        },
+        "response_headers_to_add": [_header("Content-Type", "application/json")],
+    }
+
+
+def app_routes(app: EnvoyApp, prefix: str, *, trusted: bool) -> list[Json]:
+    """The routes of one app under its path `prefix` ("" = every path)."""
+    path = path_match(prefix)
+    snapshot, config = app.snapshot, app.config
+    if not snapshot.routable:
+        return [no_replica_route(snapshot, path)]
+    clusters = app.cluster_prefix
+    routes: list[Json] = []
+    if config.routing.policy == "geo":
+        routes = geo_routes(snapshot, config, trusted=trusted, prefix=clusters, path=path)
+    routes += _routes_to(config, _default_cluster(config, clusters), [], path)
+    if not h2_upstream(snapshot):  # `TE: trailers` only means something to gRPC over h2
+        for route in routes:
+            route["request_headers_to_remove"] = ["te"]
+    return routes
+
+
+def virtual_host(plan: VirtualHostPlan[EnvoyApp], *, trusted: bool) -> Json:
+    routes = [r for prefix, app in plan.entries for r in app_routes(app, prefix, trusted=trusted)]
+    if not plan.has_catch_all:
+        routes.append(misdirected_route())
+    return {"name": plan.name, "domains": list(plan.domains), "routes": routes}
+
+
+def single_app(snapshot: Snapshot, config: ConfigView) -> EnvoyApp:
+    """A config without `apps:`: one app that takes every Host."""
+    return EnvoyApp(IMPLICIT_APP, (), True, snapshot, config)
+
+
+def _header_rules(config: ConfigView, *, trusted: bool, scheme: str) -> Json:
     rules = _forwarding_rules(config, trusted=trusted, scheme=scheme)
-    rules["request_headers_to_remove"] = sorted(
-        {*rules["request_headers_to_remove"], *_hop_by_hop(snapshot)}
-    )
+    rules["request_headers_to_remove"] = sorted({*rules["request_headers_to_remove"], *HOP_BY_HOP})
     rules["response_headers_to_remove"] = ["proxy-authenticate", "keep-alive"]
     return rules
 
@@ -274,29 +332,26 @@ def route_configuration(
     *,
     scheme: str = "http",
     https_port: int | None = None,
+    apps: Sequence[EnvoyApp] | None = None,
 ) -> Json:
-    """The route configuration `name` (trusted or untrusted peers, per listener scheme)."""
+    """The route configuration `name` (trusted or untrusted peers, per listener scheme):
+    one virtual host per app host name (`apps`; None: the one app of `snapshot`)."""
     trusted = name.startswith(TRUSTED)
-    routes: list[Json]
     tls = config.listen_tls
     if scheme == "http" and tls is not None and tls.redirect_http and https_port is not None:
-        routes = [_redirect_to(https_port)]
-    elif not snapshot.routable:
-        routes = [no_replica_route(snapshot)]
+        hosts = [{"name": "redirect", "domains": ["*"], "routes": [_redirect_to(https_port)]}]
     else:
-        routes = geo_routes(snapshot, config, trusted=trusted) if _geo(config) else []
-        routes += _routes_to(config, _default_cluster(snapshot, config), [])
+        plans = apps_plan(apps if apps is not None else [single_app(snapshot, config)])
+        hosts = [virtual_host(plan, trusted=trusted) for plan in plans]
     resource: Json = {
         "@type": ROUTE_TYPE,
         "name": name,
-        "virtual_hosts": [{"name": "replicas", "domains": ["*"], "routes": routes}],
-        **_header_rules(config, snapshot, trusted=trusted, scheme=scheme),
+        "virtual_hosts": hosts,
+        # The router ignores a Host's port when it picks the app.
+        "ignore_port_in_host_matching": True,
+        **_header_rules(config, trusted=trusted, scheme=scheme),
     }
     return resource
-
-
-def _geo(config: ConfigView) -> bool:
-    return config.routing.policy == "geo"
 
 
 def route_names(config: ConfigView) -> list[tuple[str, str]]:
@@ -311,9 +366,14 @@ def route_names(config: ConfigView) -> list[tuple[str, str]]:
 
 
 def all_routes(
-    snapshot: Snapshot, config: ConfigView, https_port: int | None = None
+    snapshot: Snapshot,
+    config: ConfigView,
+    https_port: int | None = None,
+    apps: Sequence[EnvoyApp] | None = None,
 ) -> list[dict[str, Any]]:
     return [
-        route_configuration(name, snapshot, config, scheme=scheme, https_port=https_port)
+        route_configuration(
+            name, snapshot, config, scheme=scheme, https_port=https_port, apps=apps
+        )
         for name, scheme in route_names(config)
     ]
