@@ -159,8 +159,11 @@ class RouterApp:
                 apps=directory,
                 app_configs=self.apps.configs,
                 connect_to=engine_settings(config).connect_to,
+                spki_pins=gate.pins if (gate := self.plane.ratls_gate) is not None else None,
             )
             self.apps.watch(self.engine.on_snapshot)
+            if gate is not None:  # Envoy pins the key the router attested (upstream_tls.py)
+                gate.pin_listeners.append(self.engine.republish)
         else:
             self.engine = AiohttpEngine(
                 engine_settings(config),

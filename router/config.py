@@ -124,13 +124,11 @@ class RouterConfig(Frozen):
                     "RA-TLS connections are checked for a single app only for now: serve "
                     "that app from its own router, or use attestation.connection: any"
                 )
-        if self.proxy.engine == "envoy" and (
-            self.attestation.connection == "ra-tls"
-            or (self.listen_tls is not None and self.listen_tls.ra_tls)
-        ):
+        if self.proxy.engine == "envoy" and self.listen_tls is not None and self.listen_tls.ra_tls:
             raise ValueError(
-                "proxy.engine: envoy does not check RA-TLS certificates yet (attestation."
-                "connection: ra-tls, listen_tls.ra_tls): use proxy.engine: fast or aiohttp"
+                "listen_tls.ra_tls: proxy.engine: envoy serves certificate files only (the "
+                "router's own RA-TLS certificate is made in-process): use proxy.engine: fast "
+                "or aiohttp, or give listen_tls cert_file and key_file"
             )
         if self.discovery.static is not None:
             problem = unbound_problem(self.discovery.static, self.attestation)

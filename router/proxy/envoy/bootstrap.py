@@ -10,6 +10,7 @@ import argparse
 import json
 
 from router.proxy.envoy.resources import Json
+from router.proxy.envoy.tunnel import BOOTSTRAP_EXTENSION
 from router.settings_types import split_host_port
 
 NODE_ID = "phala-router"
@@ -21,6 +22,8 @@ def bootstrap(admin_listen: str, lds: Json, cds: Json, *, node_id: str = NODE_ID
         "node": {"id": node_id, "cluster": NODE_ID},
         "admin": {"address": {"socket_address": {"address": host, "port_value": port}}},
         "dynamic_resources": {"lds_config": lds, "cds_config": cds},
+        # Internal listeners: replicas sharing a gateway address (tunnel.py).
+        "bootstrap_extensions": [BOOTSTRAP_EXTENSION],
         # Overload protection is the per-cluster circuit breaker; this only states that
         # the listener has no extra cap of its own (Envoy warns without one).
         "overload_manager": {
@@ -55,6 +58,7 @@ def ads_bootstrap(admin_listen: str, server: str, *, node_id: str) -> Json:
             "lds_config": ads,
             "cds_config": ads,
         },
+        "bootstrap_extensions": [BOOTSTRAP_EXTENSION],
         "static_resources": {
             "clusters": [
                 {

@@ -29,8 +29,9 @@ from router.proxy.envoy.bootstrap import bootstrap
 from router.proxy.envoy.files import ResourceFiles
 from router.proxy.envoy.listeners import Source, listeners, tls_secret
 from router.proxy.envoy.process import EnvoyProcess
-from router.proxy.envoy.resources import Json, clusters_and_endpoints
+from router.proxy.envoy.resources import Json, clusters_and_endpoints, duration
 from router.proxy.envoy.routes import all_routes
+from router.proxy.envoy.tunnel import tunnel_cluster, tunnel_listener
 from router.proxy.envoy.vhosts import EnvoyApp, envoy_apps
 from router.proxy.envoy.view import ConfigView
 from router.proxy.settings import ProxySettings
@@ -125,6 +126,7 @@ class EnvoyEngine:
         apps: AppDirectory | None = None,
         app_configs: Callable[[], Mapping[str, ConfigView]] | None = None,
         connect_to: Mapping[str, str] | None = None,
+        spki_pins: Mapping[str, str] | None = None,
     ) -> None:
         # The app's current config, read at every publish: a reload that changes only
         # routing reaches Envoy with the snapshot the new policy builds.
@@ -138,6 +140,8 @@ class EnvoyEngine:
         if connect_to is None:
             connect_to = config.discovery.connect_to
         self._dialer = Dialer(ConnectTo(connect_to))
+        # With RA-TLS: replica id -> the SPKI digest the router verified (the gate's, live).
+        self._pins = spki_pins
         self._addresses: dict[str, tuple[str, int]] = {}
         self.files: ResourceFiles | None = None
         self.process: EnvoyProcess | None = None
@@ -238,19 +242,29 @@ class EnvoyEngine:
             assignments += app_assignments
         if apps is None:
             clusters, assignments = clusters_and_endpoints(
-                snapshot, config, self._dialer, lambda name: source("endpoints", name)
+                snapshot,
+                config,
+                self._dialer,
+                lambda name: source("endpoints", name),
+                pins=self._pins,
             )
+        # Replicas sharing a gateway address go through the tunnel (tunnel.py).
+        clusters.append(tunnel_cluster(duration(config.proxy.connect_timeout)))
         return {
             "endpoints": assignments,
             "clusters": clusters,
             "routes": all_routes(snapshot, config, self._https_port(), apps),
             "secrets": tls_secret(config),
-            "listeners": listeners(config, self._addresses, source),
+            "listeners": [*listeners(config, self._addresses, source), tunnel_listener()],
         }
 
     def set_apps(self, apps: AppDirectory) -> None:
         """A reload changed the apps (or their hosts): re-render every virtual host."""
         self._apps = apps
+        self.publish(self._snapshots())
+
+    def republish(self) -> None:
+        """Something the snapshot does not carry changed (an attested key): render again."""
         self.publish(self._snapshots())
 
     def on_snapshot(self, snapshot: Snapshot) -> None:

@@ -372,8 +372,6 @@ def all_routes(
     apps: Sequence[EnvoyApp] | None = None,
 ) -> list[dict[str, Any]]:
     return [
-        route_configuration(
-            name, snapshot, config, scheme=scheme, https_port=https_port, apps=apps
-        )
+        route_configuration(name, snapshot, config, scheme=scheme, https_port=https_port, apps=apps)
         for name, scheme in route_names(config)
     ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from router.attestation.settings import AttestationConfig
 from router.balancing.settings import RoutingConfig
 from router.health.settings import HealthConfig
 from router.proxy.settings import ListenTLSConfig, ProxyConfig, UpstreamTLSConfig
@@ -36,3 +37,5 @@ class ConfigView(Protocol):
     def upstream_tls(self) -> UpstreamTLSConfig: ...
     @property
     def discovery(self) -> DiscoveryView: ...
+    @property
+    def attestation(self) -> AttestationConfig: ...

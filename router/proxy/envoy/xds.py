@@ -35,7 +35,11 @@ from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: E402, F4
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: E402, F401
     http_connection_manager_pb2,
 )
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: E402, F401
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: E402, F401
+from envoy.extensions.transport_sockets.internal_upstream.v3 import (  # noqa: E402, F401
+    internal_upstream_pb2,
+)
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: E402, F401
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: E402, F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: E402, F401
