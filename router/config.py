@@ -94,11 +94,18 @@ class RouterConfig(Frozen):
 
     @model_validator(mode="after")
     def _h2_replicas_need_envoy(self) -> RouterConfig:
-        h2 = [r.id for r in self.discovery.static or () if r.protocol != "http1"]
+        h2 = [r.id for r in self.discovery.static or () if r.effective_protocol != "http1"]
         if h2 and self.proxy.engine != "envoy":
             raise ValueError(
-                f"discovery.static {', '.join(h2)}: protocol h2/grpc needs proxy.engine: envoy "
-                "(the fast and aiohttp engines speak HTTP/1.1 to replicas)"
+                f"discovery.static {', '.join(h2)}: protocol h2/grpc (set, or a gateway "
+                "-<port>g. URL) needs proxy.engine: envoy (the fast and aiohttp engines speak "
+                "HTTP/1.1 to replicas)"
+            )
+        phala = self.discovery.phala
+        if phala is not None and phala.grpc and self.proxy.engine != "envoy":
+            raise ValueError(
+                "discovery.phala.grpc needs proxy.engine: envoy (the fast and aiohttp engines "
+                "speak HTTP/1.1 to replicas)"
             )
         return self
 
