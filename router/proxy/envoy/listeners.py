@@ -95,7 +95,7 @@ def local_replies() -> Json:
             _mapper(_status_is(504), 504, {"error": "upstream_timeout"}),
             _mapper(_status_is(502), 502, {"error": "upstream_protocol_error"}),
             _mapper(_status_is(400), 400, {"error": "bad_request"}),
-            _mapper(_status_is(413), 413, {"error": "request_too_large"}),
+            _mapper(_status_is(413), 413, {"error": "body_too_large"}),
             _mapper(_status_is(408), 408, {"error": "request_timeout"}),
         ],
     }

@@ -8,13 +8,18 @@ routing ignores country headers). The listener picks one by the peer's address.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from router.apps import IMPLICIT_APP
 from router.balancing.regions import country_table, normalise_region, region_coordinates
-from router.proxy.base import no_routable_error
+from router.proxy.envoy.replies import (
+    EVERY_PATH,
+    acme_route,
+    body_limit_routes,
+    misdirected_route,
+    no_replica_route,
+)
 from router.proxy.envoy.resources import (
     MAIN_CLUSTER,
     Json,
@@ -32,7 +37,6 @@ from router.snapshot import Snapshot
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 TRUSTED = "trusted"
 UNTRUSTED = "untrusted"
-NO_REPLICA_RETRY_AFTER = "5"
 # Envoy's own note of the client address; the replica gets X-Forwarded-For instead.
 ENVOY_ADDED = "x-envoy-external-address"
 # Connect failures never reached the replica: safe to retry for any method.
@@ -128,9 +132,6 @@ def _idempotent_match() -> Json:
     }
 
 
-EVERY_PATH: Json = {"prefix": "/"}
-
-
 def path_match(prefix: str) -> Json:
     """An app's path prefix as Envoy's match: the whole path or `prefix` followed by `/`
     (the router's rule: `/v2` takes `/v2`, `/v2/x` and `/v2?q`, never `/v2x`)."""
@@ -214,36 +215,8 @@ def _default_cluster(config: ConfigView, prefix: str = "") -> str:
     return prefix + MAIN_CLUSTER
 
 
-def no_replica_route(snapshot: Snapshot, path: Json = EVERY_PATH) -> Json:
-    """The 503 naming replica states, answered by Envoy itself while nothing is routable."""
-    error = no_routable_error(snapshot)
-    return {
-        "match": dict(path),
-        "direct_response": {
-            "status": 503,
-            "body": {"inline_string": json.dumps(error.body(), separators=(",", ":"))},
-        },
-        "response_headers_to_add": [
-            _header("Retry-After", NO_REPLICA_RETRY_AFTER),
-            _header("Content-Type", "application/json"),
-        ],
-    }
-
-
 # Hop-by-hop headers Envoy forwards by itself; TE is removed per app (kept for gRPC).
 HOP_BY_HOP = ("proxy-authorization", "proxy-connection", "keep-alive")
-
-
-def misdirected_route() -> Json:
-    """421 for a Host (and path) no app serves, as the Python engines answer."""
-    return {
-        "match": dict(EVERY_PATH),
-        "direct_response": {
-            "status": 421,
-            "body": {"inline_string": json.dumps({"error": "misdirected_request"})},
-        },
-        "response_headers_to_add": [_header("Content-Type", "application/json")],
-    }
 
 
 def app_routes(app: EnvoyApp, prefix: str, *, trusted: bool) -> list[Json]:
@@ -333,9 +306,11 @@ def route_configuration(
     scheme: str = "http",
     https_port: int | None = None,
     apps: Sequence[EnvoyApp] | None = None,
+    acme_cluster: str | None = None,
 ) -> Json:
     """The route configuration `name` (trusted or untrusted peers, per listener scheme):
-    one virtual host per app host name (`apps`; None: the one app of `snapshot`)."""
+    one virtual host per app host name (`apps`; None: the one app of `snapshot`).
+    `acme_cluster`: where ACME challenges go on the plain listener (acme_webroot)."""
     trusted = name.startswith(TRUSTED)
     tls = config.listen_tls
     if scheme == "http" and tls is not None and tls.redirect_http and https_port is not None:
@@ -343,6 +318,11 @@ def route_configuration(
     else:
         plans = apps_plan(apps if apps is not None else [single_app(snapshot, config)])
         hosts = [virtual_host(plan, trusted=trusted) for plan in plans]
+        for host in hosts:
+            host["routes"] = [*body_limit_routes(config.proxy.max_request_body), *host["routes"]]
+    if scheme == "http" and acme_cluster is not None:
+        for host in hosts:  # before the redirect and before any app, as the Python engines
+            host["routes"] = [acme_route(acme_cluster), *host["routes"]]
     resource: Json = {
         "@type": ROUTE_TYPE,
         "name": name,
@@ -370,8 +350,17 @@ def all_routes(
     config: ConfigView,
     https_port: int | None = None,
     apps: Sequence[EnvoyApp] | None = None,
+    acme_cluster: str | None = None,
 ) -> list[dict[str, Any]]:
     return [
-        route_configuration(name, snapshot, config, scheme=scheme, https_port=https_port, apps=apps)
+        route_configuration(
+            name,
+            snapshot,
+            config,
+            scheme=scheme,
+            https_port=https_port,
+            apps=apps,
+            acme_cluster=acme_cluster,
+        )
         for name, scheme in route_names(config)
     ]

@@ -9,6 +9,7 @@ plane from importing the root config (and so from a package cycle).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol
 
 from router.attestation.settings import AttestationConfig
@@ -39,3 +40,5 @@ class ConfigView(Protocol):
     def discovery(self) -> DiscoveryView: ...
     @property
     def attestation(self) -> AttestationConfig: ...
+    @property
+    def acme_webroot(self) -> Path | None: ...
