@@ -116,7 +116,12 @@ def envoy_apps_of(cfg: RouterConfig, drained: frozenset[str] = frozenset()) -> l
 
 
 def hosts_of(route_config: Json) -> dict[str, Json]:
-    return {vhost["name"]: vhost for vhost in route_config["virtual_hosts"]}
+    """Virtual hosts by name, without the 413 routes every host starts with."""
+    hosts = {}
+    for vhost in route_config["virtual_hosts"]:
+        routes = [r for r in vhost["routes"] if r.get("direct_response", {}).get("status") != 413]
+        hosts[vhost["name"]] = {**vhost, "routes": routes}
+    return hosts
 
 
 def clusters_of(route: Json) -> str:
