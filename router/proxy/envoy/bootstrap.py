@@ -14,6 +14,19 @@ from router.proxy.envoy.tunnel import BOOTSTRAP_EXTENSION
 from router.settings_types import split_host_port
 
 NODE_ID = "phala-router"
+# Geo routing matches countries and coordinate cells with regexes (geo.py) larger than
+# Envoy's default RE2 program-size limit (100), which would reject the whole route table.
+RUNTIME: Json = {
+    "layers": [
+        {
+            "name": "phala-router",
+            "static_layer": {
+                "re2.max_program_size.error_level": 1_000_000,
+                "re2.max_program_size.warn_level": 1_000_000,
+            },
+        }
+    ]
+}
 
 
 def bootstrap(admin_listen: str, lds: Json, cds: Json, *, node_id: str = NODE_ID) -> Json:
@@ -24,6 +37,7 @@ def bootstrap(admin_listen: str, lds: Json, cds: Json, *, node_id: str = NODE_ID
         "dynamic_resources": {"lds_config": lds, "cds_config": cds},
         # Internal listeners: replicas sharing a gateway address (tunnel.py).
         "bootstrap_extensions": [BOOTSTRAP_EXTENSION],
+        "layered_runtime": RUNTIME,
         # Overload protection is the per-cluster circuit breaker; this only states that
         # the listener has no extra cap of its own (Envoy warns without one).
         "overload_manager": {
@@ -59,6 +73,7 @@ def ads_bootstrap(admin_listen: str, server: str, *, node_id: str) -> Json:
             "cds_config": ads,
         },
         "bootstrap_extensions": [BOOTSTRAP_EXTENSION],
+        "layered_runtime": RUNTIME,
         "static_resources": {
             "clusters": [
                 {

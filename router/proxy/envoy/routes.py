@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from router.apps import IMPLICIT_APP
-from router.balancing.regions import country_table, normalise_region, region_coordinates
+from router.balancing.regions import normalise_region, region_coordinates
+from router.proxy.envoy.geo import GEOIP_HEADER, location_matches
 from router.proxy.envoy.replies import (
     EVERY_PATH,
     acme_route,
@@ -25,9 +26,7 @@ from router.proxy.envoy.resources import (
     Json,
     duration,
     geo_cluster,
-    geo_origins,
     h2_upstream,
-    rank_regions,
 )
 from router.proxy.envoy.vhosts import EnvoyApp, VirtualHostPlan, apps_plan
 from router.proxy.envoy.view import ConfigView
@@ -154,10 +153,6 @@ def _routes_to(
     ]
 
 
-def _regex_of(values: Sequence[str]) -> str:
-    return "^(" + "|".join(sorted(values)) + ")$"
-
-
 def geo_routes(
     snapshot: Snapshot,
     config: ConfigView,
@@ -166,42 +161,12 @@ def geo_routes(
     prefix: str = "",
     path: Json = EVERY_PATH,
 ) -> list[Json]:
-    """Per client-origin routes: the region hint (anyone), then country headers (trusted
-    peers only); GeoIP and latitude/longitude are not mapped (docs/envoy.md). `prefix`
-    names the app's clusters, `path` is the app's path match."""
-    geo = config.routing.geo
-    origins = geo_origins(snapshot, config)
+    """Per client-origin routes, in the locator's order (geo.py). `prefix` names the app's
+    clusters, `path` is the app's path match."""
     routes: list[Json] = []
-    for source in geo.client_location:
-        if source == "region_hint" and geo.region_hint_header and origins:
-            for origin in origins:
-                match = {
-                    "name": geo.region_hint_header,
-                    "string_match": {"exact": origin, "ignore_case": True},
-                }
-                routes += _routes_to(config, prefix + geo_cluster(origin), [match], path)
-        elif source == "country_header" and trusted and origins:
-            for origin, countries in _countries_by_origin(origins, config).items():
-                for header in geo.country_headers:
-                    match = {
-                        "name": header,
-                        "string_match": {
-                            "safe_regex": {"regex": _regex_of(countries)},
-                        },
-                    }
-                    routes += _routes_to(config, prefix + geo_cluster(origin), [match], path)
+    for origin, headers in location_matches(snapshot, config, trusted=trusted):
+        routes += _routes_to(config, prefix + geo_cluster(origin), headers, path)
     return routes
-
-
-def _countries_by_origin(origins: Sequence[str], config: ConfigView) -> dict[str, list[str]]:
-    """Each country goes to its nearest origin region (an approximation of the picker,
-    which ranks regions from the country's own coordinates)."""
-    grouped: dict[str, list[str]] = {}
-    for code, point in sorted(country_table().items()):
-        nearest = rank_regions(point, origins, config)[0]
-        grouped.setdefault(nearest, []).append(code)
-        grouped[nearest] += [code.lower()]
-    return grouped
 
 
 def _default_cluster(config: ConfigView, prefix: str = "") -> str:
@@ -250,7 +215,9 @@ def single_app(snapshot: Snapshot, config: ConfigView) -> EnvoyApp:
 
 def _header_rules(config: ConfigView, *, trusted: bool, scheme: str) -> Json:
     rules = _forwarding_rules(config, trusted=trusted, scheme=scheme)
-    rules["request_headers_to_remove"] = sorted({*rules["request_headers_to_remove"], *HOP_BY_HOP})
+    # The GeoIP filter's header is Envoy's own note (geo.py), not for the replica.
+    removed = {*rules["request_headers_to_remove"], *HOP_BY_HOP, GEOIP_HEADER}
+    rules["request_headers_to_remove"] = sorted(removed)
     rules["response_headers_to_remove"] = ["proxy-authenticate", "keep-alive"]
     return rules
 

@@ -31,11 +31,17 @@ from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: E402, F401
 from envoy.config.listener.v3 import listener_pb2  # noqa: E402, F401
 from envoy.config.route.v3 import route_pb2  # noqa: E402, F401
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2  # noqa: E402, F401
+from envoy.extensions.filters.http.geoip.v3 import geoip_pb2  # noqa: E402, F401
+from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: E402, F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: E402, F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: E402, F401
     http_connection_manager_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: E402, F401
+from envoy.extensions.geoip_providers.maxmind.v3 import maxmind_pb2  # noqa: E402, F401
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (  # noqa: E402, F401
+    header_mutation_pb2,
+)
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: E402, F401
 from envoy.extensions.transport_sockets.internal_upstream.v3 import (  # noqa: E402, F401
     internal_upstream_pb2,
