@@ -3,11 +3,19 @@ replicas, a Host no app serves gets 421, and one app's outage leaves the other s
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 import aiohttp
 import pytest
+import yaml
 
+from router.app import RouterApp
+from router.config import load_config
 from tests.envoy_support import require_envoy
 from tests.support import eventually, running_replica, running_router
+from tests.test_apps_reload import config as reload_config
+from tests.test_apps_reload import replica_of
 from tests.test_apps_serve import get, routable, two_apps
 
 
@@ -67,3 +75,55 @@ async def test_a_default_app_takes_unknown_hosts_and_a_drained_app_answers_503()
             status, error = await get(client, router.url + "/", "api.localhost")
             assert (status, error) == (503, "no_healthy_replica")
             assert await get(client, router.url + "/", "ui.localhost") == (200, "ui-replica")
+
+
+async def test_reloading_apps_updates_envoys_virtual_hosts_without_a_failed_request(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "router.yaml"
+    async with (
+        running_replica("api") as api,
+        running_replica("ui") as ui,
+        running_replica("docs") as docs,
+        aiohttp.ClientSession() as client,
+    ):
+
+        def write(apps: dict[str, tuple[list[str], int]]) -> None:
+            path.write_text(yaml.safe_dump({**reload_config(apps), "proxy": {"engine": "envoy"}}))
+
+        write({"api": (["api.localhost"], api.port), "ui": (["ui.localhost"], ui.port)})
+        app = RouterApp(load_config(path, {}), config_path=str(path), environ={})
+        await app.start()
+        host, port = app.engine.addresses[0]
+        url = f"http://{host}:{port}/"
+        steady: list[int] = []
+        stop = asyncio.Event()
+
+        async def load() -> None:
+            while not stop.is_set():
+                steady.append((await replica_of(client, url, "api.localhost"))[0])
+
+        try:
+            routable = [app.reconciler, *(p.reconciler for p in app.apps.planes)]
+            await eventually(lambda: all(r.current.routable for r in routable), timeout=10)
+            traffic = asyncio.create_task(load())
+            write(
+                {
+                    "api": (["api.localhost", "ui.localhost"], api.port),  # ui's host moves
+                    "docs": (["docs.localhost"], docs.port),  # added; ui removed
+                }
+            )
+            assert app.reload().error is None
+
+            async def answers(host: str, expected: tuple[int, str]) -> bool:
+                return await replica_of(client, url, host) == expected
+
+            await eventually(lambda: answers("docs.localhost", (200, "docs")), timeout=10)
+            await eventually(lambda: answers("ui.localhost", (200, "api")), timeout=10)
+            stop.set()
+            await traffic
+        finally:
+            stop.set()
+            await app.stop(1)
+        assert steady
+        assert set(steady) == {200}
