@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
-from router.attestation.settings import AttestationConfig
 from router.balancing.settings import RoutingConfig
 from router.health.settings import HealthConfig
 from router.proxy.settings import ListenTLSConfig, ProxyConfig, UpstreamTLSConfig
@@ -21,6 +20,13 @@ from router.proxy.settings import ListenTLSConfig, ProxyConfig, UpstreamTLSConfi
 class DiscoveryView(Protocol):
     @property
     def connect_to(self) -> Mapping[str, str]: ...
+
+
+class AttestationView(Protocol):
+    """The attestation settings the mapping reads (RA-TLS pins check the chain to it)."""
+
+    @property
+    def kms_root(self) -> Path | None: ...
 
 
 class ConfigView(Protocol):
@@ -39,6 +45,6 @@ class ConfigView(Protocol):
     @property
     def discovery(self) -> DiscoveryView: ...
     @property
-    def attestation(self) -> AttestationConfig: ...
+    def attestation(self) -> AttestationView: ...
     @property
     def acme_webroot(self) -> Path | None: ...
