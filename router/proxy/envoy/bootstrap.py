@@ -7,10 +7,14 @@ router runs and Envoy never needs a restart to follow the config.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
 from router.proxy.envoy.resources import Json
 from router.proxy.envoy.tunnel import BOOTSTRAP_EXTENSION
+from router.proxy.envoy.upstream_tls import UPSTREAM_TLS_TYPE
 from router.settings_types import split_host_port
 
 NODE_ID = "phala-router"
@@ -55,12 +59,53 @@ def bootstrap(admin_listen: str, lds: Json, cds: Json, *, node_id: str = NODE_ID
     }
 
 
-def ads_bootstrap(admin_listen: str, server: str, *, node_id: str) -> Json:
-    """A bootstrap for an Envoy that subscribes to a router's xDS server (ADS)."""
+@dataclass(frozen=True)
+class XdsClientTLS:
+    """How a subscribing Envoy checks the router (`ca_file`, the name in its certificate)
+    and proves itself (`cert_file`/`key_file`, for `proxy.envoy.xds_tls.client_ca_file`)."""
+
+    ca_file: str
+    server_name: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+def _xds_tls(tls: XdsClientTLS, xds_host: str) -> Json:
+    name = tls.server_name or xds_host
+    try:
+        ipaddress.ip_address(name)
+        san_type = "IP_ADDRESS"
+    except ValueError:
+        san_type = "DNS"
+    common: Json = {
+        "alpn_protocols": ["h2"],  # gRPC
+        "validation_context": {
+            "trusted_ca": {"filename": str(Path(tls.ca_file).resolve())},
+            "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": name}}],
+        },
+    }
+    if tls.cert_file and tls.key_file:
+        common["tls_certificates"] = [
+            {
+                "certificate_chain": {"filename": str(Path(tls.cert_file).resolve())},
+                "private_key": {"filename": str(Path(tls.key_file).resolve())},
+            }
+        ]
+    context: Json = {"@type": UPSTREAM_TLS_TYPE, "common_tls_context": common}
+    if san_type == "DNS":
+        context["sni"] = name
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def ads_bootstrap(
+    admin_listen: str, server: str, *, node_id: str, tls: XdsClientTLS | None = None
+) -> Json:
+    """A bootstrap for an Envoy that subscribes to a router's xDS server (ADS); `tls` when
+    the router serves xDS over TLS (`proxy.envoy.xds_tls`)."""
     host, port = split_host_port(admin_listen)
     xds_host, xds_port = split_host_port(server)
     ads: Json = {"ads": {}, "resource_api_version": "V3"}
-    return {
+    document: Json = {
         "node": {"id": node_id, "cluster": NODE_ID},
         "admin": {"address": {"socket_address": {"address": host, "port_value": port}}},
         "dynamic_resources": {
@@ -110,6 +155,9 @@ def ads_bootstrap(admin_listen: str, server: str, *, node_id: str) -> Json:
             ]
         },
     }
+    if tls is not None:
+        document["static_resources"]["clusters"][0]["transport_socket"] = _xds_tls(tls, xds_host)
+    return document
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -119,8 +167,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--xds", required=True, help="the router's proxy.envoy.xds_listen")
     parser.add_argument("--node-id", required=True, help="this Envoy's name, e.g. its host")
     parser.add_argument("--admin", default="127.0.0.1:9901", help="Envoy's admin address")
+    parser.add_argument("--xds-ca", help="CA of the router's xDS certificate (xds_tls)")
+    parser.add_argument("--xds-name", help="the name in that certificate (default: the host)")
+    parser.add_argument("--client-cert", help="this Envoy's certificate (mutual TLS)")
+    parser.add_argument("--client-key", help="its private key")
     args = parser.parse_args(argv)
-    print(json.dumps(ads_bootstrap(args.admin, args.xds, node_id=args.node_id), indent=1))
+    if bool(args.client_cert) != bool(args.client_key) or (args.client_cert and not args.xds_ca):
+        parser.error("--client-cert and --client-key go together, and need --xds-ca")
+    tls = (
+        XdsClientTLS(args.xds_ca, args.xds_name, args.client_cert, args.client_key)
+        if args.xds_ca
+        else None
+    )
+    document = ads_bootstrap(args.admin, args.xds, node_id=args.node_id, tls=tls)
+    print(json.dumps(document, indent=1))
 
 
 if __name__ == "__main__":

@@ -118,7 +118,7 @@ class EnvoyEngine:
         if xds_listen is not None:
             from router.proxy.envoy.xds import XdsServer  # grpcio, only when serving xDS
 
-            self.xds = XdsServer(xds_listen)
+            self.xds = XdsServer(xds_listen, self.config.proxy.envoy.xds_tls)
             await self.xds.start()
         snapshot = self._snapshots()
         for app in self._envoy_apps() or ():

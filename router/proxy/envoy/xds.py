@@ -22,6 +22,7 @@ from google.protobuf import any_pb2, json_format
 
 from router.errors import StartupError
 from router.proxy.envoy.resources import Json
+from router.proxy.envoy.settings import XdsTLSConfig
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,20 @@ class _Stream:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def server_credentials(tls: XdsTLSConfig) -> grpc.ServerCredentials:
+    """The router's certificate; with a client CA, Envoys must show one of its certificates."""
+    ca = tls.client_ca_file.read_bytes() if tls.client_ca_file is not None else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
 class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, listen: str) -> None:
+    def __init__(self, listen: str, tls: XdsTLSConfig | None = None) -> None:
         self.listen = listen
+        self.tls = tls
         self._resources: dict[str, dict[str, any_pb2.Any]] = {}
         self._versions: dict[str, str] = {}
         self._json: dict[str, list[Json]] = {}
@@ -167,7 +179,10 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     async def start(self) -> None:
         self._server = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
-        self.port = self._server.add_insecure_port(self.listen)
+        if self.tls is None:
+            self.port = self._server.add_insecure_port(self.listen)
+        else:
+            self.port = self._server.add_secure_port(self.listen, server_credentials(self.tls))
         if self.port == 0:
             raise StartupError(f"proxy.envoy.xds_listen {self.listen!r}: cannot listen there")
         await self._server.start()
