@@ -45,7 +45,7 @@ class EnvoyConfig(Frozen):
     # Envoy must answer on its admin API within this after each start.
     start_timeout: PositiveDuration = 20.0
     # Serve the same resources over xDS (gRPC ADS, state of the world) on this address, for
-    # Envoys on other machines (deploy/envoy-fleet). No TLS: bind it to a private network.
+    # Envoys on other machines (deploy/envoy-fleet). Plain gRPC unless xds_tls is set.
     xds_listen: HostPort | None = None
     # TLS (and with client_ca_file, mutual TLS) on xds_listen; Envoys are bootstrapped with
     # `python -m router.proxy.envoy.bootstrap --xds-ca ... --client-cert ... --client-key ...`.
