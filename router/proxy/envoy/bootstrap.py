@@ -98,10 +98,15 @@ def _xds_tls(tls: XdsClientTLS, xds_host: str) -> Json:
 
 
 def ads_bootstrap(
-    admin_listen: str, server: str, *, node_id: str, tls: XdsClientTLS | None = None
+    admin_listen: str,
+    server: str,
+    *,
+    node_id: str,
+    tls: XdsClientTLS | None = None,
+    delta: bool = False,
 ) -> Json:
     """A bootstrap for an Envoy that subscribes to a router's xDS server (ADS); `tls` when
-    the router serves xDS over TLS (`proxy.envoy.xds_tls`)."""
+    the router serves xDS over TLS (`proxy.envoy.xds_tls`); `delta`: incremental xDS."""
     host, port = split_host_port(admin_listen)
     xds_host, xds_port = split_host_port(server)
     ads: Json = {"ads": {}, "resource_api_version": "V3"}
@@ -110,7 +115,7 @@ def ads_bootstrap(
         "admin": {"address": {"socket_address": {"address": host, "port_value": port}}},
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}],
             },
@@ -171,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--xds-name", help="the name in that certificate (default: the host)")
     parser.add_argument("--client-cert", help="this Envoy's certificate (mutual TLS)")
     parser.add_argument("--client-key", help="its private key")
+    parser.add_argument(
+        "--delta", action="store_true", help="incremental xDS (only what changed is sent)"
+    )
     args = parser.parse_args(argv)
     if bool(args.client_cert) != bool(args.client_key) or (args.client_cert and not args.xds_ca):
         parser.error("--client-cert and --client-key go together, and need --xds-ca")
@@ -179,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.xds_ca
         else None
     )
-    document = ads_bootstrap(args.admin, args.xds, node_id=args.node_id, tls=tls)
+    document = ads_bootstrap(args.admin, args.xds, node_id=args.node_id, tls=tls, delta=args.delta)
     print(json.dumps(document, indent=1))
 
 

@@ -1,4 +1,5 @@
-"""xDS over gRPC: an ADS server (state of the world) for Envoys on other machines.
+"""xDS over gRPC: an ADS server (state of the world, and delta: xds_delta.py) for Envoys
+on other machines.
 
 The same rendered resources the local Envoy reads from files are served here, with config
 sources pointing at ADS. Any number of Envoys subscribe with `ads_bootstrap()`; several
@@ -23,6 +24,12 @@ from google.protobuf import any_pb2, json_format
 from router.errors import StartupError
 from router.proxy.envoy.resources import Json
 from router.proxy.envoy.settings import XdsTLSConfig
+from router.proxy.envoy.xds_delta import (
+    DeltaStream,
+    apply_request,
+    delta_response,
+    resource_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +103,12 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
         self.listen = listen
         self.tls = tls
         self._resources: dict[str, dict[str, any_pb2.Any]] = {}
+        self._resource_versions: dict[str, dict[str, str]] = {}
         self._versions: dict[str, str] = {}
         self._json: dict[str, list[Json]] = {}
         self._counter = itertools.count(1)
         self._nonces = itertools.count(1)
-        self._streams: set[_Stream] = set()
+        self._streams: set[_Stream | DeltaStream] = set()
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -116,6 +124,9 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 continue
             self._json[type_url] = items
             self._resources[type_url] = {_resource_name(r): to_any(r) for r in items}
+            self._resource_versions[type_url] = {
+                name: resource_version(packed) for name, packed in self._resources[type_url].items()
+            }
             self._versions[type_url] = str(next(self._counter))
             changed = True
         if changed:
@@ -157,6 +168,38 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+
+    async def DeltaAggregatedResources(  # the gRPC method name (xds_delta.py)
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        stream = DeltaStream()
+        self._streams.add(stream)
+        reader = asyncio.ensure_future(self._read_delta(request_iterator, stream))
+        try:
+            while not reader.done():
+                await stream.wake.wait()
+                stream.wake.clear()
+                for type_url in list(stream.names):
+                    response = delta_response(
+                        stream,
+                        type_url,
+                        self._resources.get(type_url, {}),
+                        self._resource_versions.get(type_url, {}),
+                        str(next(self._nonces)),
+                    )
+                    if response is not None:
+                        yield response
+        finally:
+            self._streams.discard(stream)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _read_delta(self, requests: AsyncIterator[Any], stream: DeltaStream) -> None:
+        async for request in requests:
+            apply_request(stream, request, WILDCARD_TYPES)
+            stream.wake.set()
+        stream.wake.set()
 
     async def _read(self, requests: AsyncIterator[Any], stream: _Stream) -> None:
         async for request in requests:
