@@ -159,7 +159,6 @@ class RaTlsGate:
         self._cache.pop(key, None)
         if verdict.ok:
             self._cache[key] = verdict
-        if verdict.ok:
             self._pin(replica.id, key[1])
         return self._record(verdict)
 
