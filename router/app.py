@@ -151,6 +151,9 @@ class RouterApp:
                 self.tls,
                 # With apps, each app's RA-TLS check travels with its entry in the directory.
                 self._peer_check() if config.apps is None else None,
+                app_configs=self.apps.configs,
+                watch_apps=self.apps.watch,
+                ratls_gate=self.plane.ratls_gate,
             ),
             self._clock,
         )

@@ -205,6 +205,8 @@ class OtherApps:
     passive: PassiveDetector | PassiveByApp
     build_plane: Callable[[AppView], AppPlane]
     publish: Callable[[Snapshot], None] = lambda _: None
+    # Told of every snapshot of the apps beyond the primary (the Envoy engine renders all).
+    watchers: list[Callable[[Snapshot], None]] = dataclasses.field(default_factory=list)
 
     @classmethod
     def build(
@@ -247,6 +249,17 @@ class OtherApps:
     @property
     def primary_name(self) -> str:
         return self.primary.name
+
+    def configs(self) -> dict[str, RouterConfig]:
+        """Each running app's view of the config, by app name."""
+        views = [self.primary, *(p.view for p in self.planes)]
+        return {view.name: view.config for view in views}
+
+    def watch(self, listener: Callable[[Snapshot], None]) -> None:
+        """Call `listener` with every snapshot of the other apps, present and future."""
+        self.watchers.append(listener)
+        for plane in self.planes:
+            plane.reconciler.subscribe(listener)
 
     def feed_metrics(self, primary: Reconciler, metrics: Metrics) -> None:
         """Metrics see every app's replicas, each labelled with its app."""
@@ -295,6 +308,8 @@ class OtherApps:
         set_directory(self._swap(kept, [p for p in retired if p.name in names]))
         for plane in fresh:
             plane.reconciler.subscribe(self.publish)
+            for listener in self.watchers:
+                plane.reconciler.subscribe(listener)
         if not fresh and not retired:
             return None
         return self._finish_reload(kept, fresh, retired, set_directory)

@@ -5,9 +5,10 @@ source, the app directory) and reports to (the observers)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from router.attestation.ratls_gate import RaTlsGate
 from router.attested_tls import DstackServerTLS
 from router.compose import proxy_settings
 from router.config import RouterConfig
@@ -34,6 +35,10 @@ class EngineWiring:
     apps: AppDirectory | None = None
     tls: ServerTLS | None = None
     peer_check: PeerCheck | None = None
+    # The Envoy engine renders every app's virtual host and pins the keys RA-TLS verified.
+    app_configs: Callable[[], Mapping[str, RouterConfig]] | None = None
+    watch_apps: Callable[[SnapshotListener], None] | None = None
+    ratls_gate: RaTlsGate | None = None
 
 
 def build_engine(
@@ -43,13 +48,23 @@ def build_engine(
     if config.proxy.engine == "envoy":
         from router.proxy.envoy.engine import EnvoyEngine  # only with the [envoy] extra
 
-        return EnvoyEngine(
+        gate = wiring.ratls_gate
+        engine = EnvoyEngine(
             config,
             wiring.snapshots,
             wiring.subscribe,
             clock=clock,
             config_source=wiring.running_config,
+            apps=wiring.apps,
+            app_configs=wiring.app_configs,
+            connect_to=proxy_settings(config).connect_to,
+            spki_pins=gate.pins if gate is not None else None,
         )
+        if wiring.watch_apps is not None:
+            wiring.watch_apps(engine.on_snapshot)
+        if gate is not None:  # Envoy pins the key the router attested (upstream_tls.py)
+            gate.pin_listeners.append(engine.republish)
+        return engine
     if config.proxy.engine == "fast":
         return FastEngine(
             proxy_settings(config),

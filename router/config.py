@@ -95,11 +95,18 @@ class RouterConfig(Frozen):
 
     @model_validator(mode="after")
     def _h2_replicas_need_envoy(self) -> RouterConfig:
-        h2 = [r.id for r in self.discovery.static or () if r.protocol != "http1"]
+        h2 = [r.id for r in self.discovery.static or () if r.effective_protocol != "http1"]
         if h2 and self.proxy.engine != "envoy":
             raise ValueError(
-                f"discovery.static {', '.join(h2)}: protocol h2/grpc needs proxy.engine: envoy "
-                "(the fast and aiohttp engines speak HTTP/1.1 to replicas)"
+                f"discovery.static {', '.join(h2)}: protocol h2/grpc (set, or a gateway "
+                "-<port>g. URL) needs proxy.engine: envoy (the fast and aiohttp engines speak "
+                "HTTP/1.1 to replicas)"
+            )
+        phala = self.discovery.phala
+        if phala is not None and phala.grpc and self.proxy.engine != "envoy":
+            raise ValueError(
+                "discovery.phala.grpc needs proxy.engine: envoy (the fast and aiohttp engines "
+                "speak HTTP/1.1 to replicas)"
             )
         return self
 
@@ -111,18 +118,11 @@ class RouterConfig(Frozen):
             if not self.apps:
                 raise ValueError(_NO_APPS)
             check_apps(self.apps)
-            if self.proxy.engine == "envoy":
-                raise ValueError(
-                    "apps: several apps are not mapped to Envoy virtual hosts yet; use "
-                    "proxy.engine: fast (or aiohttp) with apps, or one app with envoy"
-                )
-        if self.proxy.engine == "envoy" and (
-            self.attestation.connection == "ra-tls"
-            or (self.listen_tls is not None and self.listen_tls.ra_tls)
-        ):
+        if self.proxy.engine == "envoy" and self.listen_tls is not None and self.listen_tls.ra_tls:
             raise ValueError(
-                "proxy.engine: envoy does not check RA-TLS certificates yet (attestation."
-                "connection: ra-tls, listen_tls.ra_tls): use proxy.engine: fast or aiohttp"
+                "listen_tls.ra_tls: proxy.engine: envoy serves certificate files only (the "
+                "router's own RA-TLS certificate is made in-process): use proxy.engine: fast "
+                "or aiohttp, or give listen_tls cert_file and key_file"
             )
         if self.discovery.static is not None:
             problem = unbound_problem(self.discovery.static, self.attestation)

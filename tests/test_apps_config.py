@@ -120,10 +120,6 @@ def test_a_missing_app_id_is_reported_for_the_app_lacking_it() -> None:
         ),
         (lambda d: d.update(apps=[]), "apps: the list is empty"),
         (
-            lambda d: d.update(proxy={"engine": "envoy"}),
-            "several apps are not mapped to Envoy virtual hosts yet",
-        ),
-        (
             lambda d: [
                 app["discovery"].update(connect_to={"*.gw.example": f"127.0.0.{i + 1}:443"})
                 for i, app in enumerate(d["apps"])

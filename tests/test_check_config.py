@@ -81,6 +81,7 @@ def test_check_config_loads_the_listener_certificate(tmp_path: Path) -> None:
     result = run("check-config", tmp_path, config)
     assert result.exit_code == 2
     # Checked when the config loads: names the section, the file and what it must hold.
-    assert "listen_tls" in result.output and str(broken) in result.output
+    assert "listen_tls" in result.output
+    assert str(broken) in result.output
     assert "do not load as a PEM certificate chain" in result.output
     assert "Traceback" not in result.output

@@ -85,8 +85,8 @@ def test_minimal_config_gets_safe_defaults() -> None:
         ),
         ([1, 2], "the config must be a YAML mapping"),
         (
-            with_(proxy={"engine": "envoy"}, attestation={"connection": "ra-tls"}),
-            "proxy.engine: envoy does not check RA-TLS certificates yet",
+            with_(proxy={"engine": "envoy"}, listen_tls={"listen": "127.0.0.1:0", "ra_tls": True}),
+            "listen_tls.ra_tls: proxy.engine: envoy serves certificate files only",
         ),
     ],
 )

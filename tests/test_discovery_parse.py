@@ -81,6 +81,20 @@ def test_a_different_port_does_not_use_the_listed_endpoint() -> None:
     assert replica.host == f"{RUNNING}-3000.dstack-prod5.phala.network"
 
 
+def test_grpc_uses_the_gateways_g_names_and_marks_replicas_as_grpc() -> None:
+    replica = parse_cvms(load("cvms_2026-01-21.json"), config(grpc=True))[0]
+    assert replica.host == f"{RUNNING}-8080g.dstack-prod5.phala.network"
+    assert replica.metadata["protocol"] == "grpc"  # spoken to over HTTP/2 (engine: envoy)
+    plain = parse_cvms(load("cvms_2026-01-21.json"), config())[0]
+    assert "protocol" not in plain.metadata
+
+
+def test_grpc_names_exclude_tls_passthrough_and_plain_http() -> None:
+    for other in ({"tls_passthrough": True}, {"scheme": "http"}):
+        with pytest.raises(ValidationError, match="grpc"):
+            config(grpc=True, **other)
+
+
 def test_listed_instance_endpoint_is_used_when_the_gateway_is_missing() -> None:
     record = load("cvms_2026-01-21.json")[0]
     del record["gateway"]

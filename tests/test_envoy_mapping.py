@@ -70,6 +70,12 @@ def dial(replica: Replica) -> tuple[str, int]:
     return "192.0.2.1", replica.port
 
 
+def app_routes_of(route_config: Json) -> list[Json]:
+    """The routes of the only virtual host, without the 413 ones every host starts with."""
+    routes: list[Json] = route_config["virtual_hosts"][0]["routes"]
+    return [r for r in routes if r.get("direct_response", {}).get("status") != 413]
+
+
 def resources(cfg: RouterConfig, snap: Snapshot) -> tuple[list[Json], list[Json]]:
     return clusters_and_endpoints(snap, cfg, dial, lambda name: {"ads": {}, "name": name})
 
@@ -168,14 +174,14 @@ def test_policies_map_to_envoy_load_balancers(
 def test_sticky_modes_become_hash_policies(sticky: Json, hash_policy: list[Json]) -> None:
     cfg = config(routing={"sticky": sticky})
     route = route_configuration("untrusted-http", snapshot_of(cfg), cfg)
-    for entry in route["virtual_hosts"][0]["routes"]:
+    for entry in app_routes_of(route):
         assert entry["route"]["hash_policy"] == hash_policy
 
 
 def test_retries_follow_the_router_rule() -> None:
     cfg = config(proxy={"retries": 3})
     routes = route_configuration("untrusted-http", snapshot_of(cfg), cfg)
-    idempotent, other = routes["virtual_hosts"][0]["routes"]
+    idempotent, other = app_routes_of(routes)
     method = idempotent["match"]["headers"][-1]
     assert method["name"] == ":method"
     assert "GET" in method["string_match"]["safe_regex"]["regex"]
@@ -209,7 +215,7 @@ def test_timeouts_limits_and_outlier_detection_come_from_the_config() -> None:
     outlier = app["outlier_detection"]
     assert outlier["consecutive_gateway_failure"] == 7
     assert outlier["base_ejection_time"] == "10s"
-    route = route_configuration("untrusted-http", snap, cfg)["virtual_hosts"][0]["routes"][0]
+    route = app_routes_of(route_configuration("untrusted-http", snap, cfg))[0]
     assert route["route"]["idle_timeout"] == "1.5s"
     off = config(health={"passive": {"enabled": False}})
     assert "outlier_detection" not in resources(off, snapshot_of(off))[0][0]
@@ -237,7 +243,7 @@ def test_untrusted_peers_lose_edge_and_forwarding_headers() -> None:
 def test_nothing_routable_answers_503_naming_the_states() -> None:
     cfg = config()
     snap = snapshot_of(cfg, drained=frozenset({"a", "b", "c"}))
-    route = route_configuration("untrusted-http", snap, cfg)["virtual_hosts"][0]["routes"][0]
+    route = app_routes_of(route_configuration("untrusted-http", snap, cfg))[0]
     assert route["direct_response"]["status"] == 503
     body = json.loads(route["direct_response"]["body"]["inline_string"])
     assert body == {
@@ -277,7 +283,7 @@ def test_geo_routes_read_the_hint_from_anyone_and_countries_only_from_trusted_pe
 
     def clusters_by_header(name: str) -> dict[str, set[str]]:
         found: dict[str, set[str]] = {}
-        for entry in route_configuration(name, snap, cfg)["virtual_hosts"][0]["routes"]:
+        for entry in app_routes_of(route_configuration(name, snap, cfg)):
             headers = [h["name"] for h in entry["match"].get("headers", [])]
             found.setdefault(headers[0] if headers else "", set()).add(entry["route"]["cluster"])
         return found
@@ -400,7 +406,7 @@ def test_plain_listener_redirects_to_https_when_asked(tmp_path: Path) -> None:
         }
     ]
     secure = route_configuration("untrusted-https", snap, cfg, scheme="https", https_port=8443)
-    assert "redirect" not in secure["virtual_hosts"][0]["routes"][0]
+    assert "redirect" not in app_routes_of(secure)[0]
 
 
 def test_retry_policy_settings_map_to_envoy_retry_fields() -> None:
@@ -413,9 +419,7 @@ def test_retry_policy_settings_map_to_envoy_retry_fields() -> None:
         }
     )
     snap = snapshot_of(cfg)
-    idempotent, other = route_configuration("untrusted-http", snap, cfg)["virtual_hosts"][0][
-        "routes"
-    ]
+    idempotent, other = app_routes_of(route_configuration("untrusted-http", snap, cfg))
     policy = idempotent["route"]["retry_policy"]
     assert policy["retry_on"] == "connect-failure,refused-stream,reset,retriable-status-codes"
     assert policy["retriable_status_codes"] == [429]

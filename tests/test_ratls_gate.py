@@ -6,9 +6,11 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from router.attestation.ratls_cert import spki_der, spki_digest
 from router.attestation.ratls_gate import RaTlsGate
 from router.attestation.settings import AttestationConfig
 from router.attestation.simsig import public_key_bytes
@@ -70,6 +72,26 @@ async def test_a_key_is_verified_once_per_interval_and_again_after_rotation() ->
     assert ratls.verifications == 2
     assert await ratls.check("r1.test", 8443, leaf()) is None  # a rotated key: verified again
     assert ratls.verifications == 3
+
+
+def spki_of(der: bytes) -> str:
+    return spki_digest(spki_der(x509.load_der_x509_certificate(der)))
+
+
+async def test_the_pin_follows_the_key_verified_last_and_a_failure_removes_it() -> None:
+    """What Envoy pins (docs/envoy.md): the key of the last passing verification."""
+    ratls, _, _ = gate()
+    changes: list[dict[str, str]] = []
+    ratls.pin_listeners.append(lambda: changes.append(dict(ratls.pins)))
+    first, rotated = leaf(), leaf()
+    assert await ratls.check("r1.test", 8443, first) is None
+    assert await ratls.check("r1.test", 8443, first) is None  # same key: no change
+    assert changes == [{ME.instance_id: spki_of(first)}]
+    assert await ratls.check("r1.test", 8443, rotated) is None
+    assert ratls.pins == {ME.instance_id: spki_of(rotated)}
+    assert await ratls.check("r1.test", 8443, leaf("other_key")) is not None
+    assert ratls.pins == {}  # refused: Envoy must reach it by no key
+    assert len(changes) == 3
 
 
 async def test_a_failure_is_published_at_once_and_never_cached() -> None:

@@ -84,6 +84,10 @@ class RaTlsGate:
         self._ratls: dict[str, AttestationVerdict] = {}
         self._attestor: dict[str, AttestationVerdict] = {}
         self.verifications = 0  # full verifications run (cache misses), for tests and metrics
+        # Replica id -> SPKI digest (hex) of the key verified last: what a data plane that
+        # cannot verify quotes itself (Envoy) pins. Listeners hear of every change.
+        self.pins: dict[str, str] = {}
+        self.pin_listeners: list[Callable[[], None]] = []
 
     # -- inputs ---------------------------------------------------------------------------
 
@@ -97,6 +101,8 @@ class RaTlsGate:
         for rid in gone:
             self._ratls.pop(rid, None)
             self._attestor.pop(rid, None)
+        for rid in changed | gone:
+            self._pin(rid, None)
         self._replicas = current
         self._by_address = {(r.host.lower(), r.port): r for r in current.values()}
 
@@ -131,6 +137,7 @@ class RaTlsGate:
         key = (replica.id, spki_digest(found.spki_der))
         cached = self._cache.get(key)
         if cached is not None and now - cached.at < self._cfg.interval:
+            self._pin(replica.id, key[1])
             return cached
         self.verifications += 1
         expect = base_expectation(
@@ -152,12 +159,26 @@ class RaTlsGate:
         self._cache.pop(key, None)
         if verdict.ok:
             self._cache[key] = verdict
+            self._pin(replica.id, key[1])
         return self._record(verdict)
+
+    def _pin(self, replica_id: str, digest: str | None) -> None:
+        """The key to pin for a replica (None: none, it is not attested by any key)."""
+        if self.pins.get(replica_id) == digest:
+            return
+        if digest is None:
+            self.pins.pop(replica_id, None)
+        else:
+            self.pins[replica_id] = digest
+        for listener in self.pin_listeners:
+            listener()
 
     # -- publishing -----------------------------------------------------------------------
 
     def _record(self, verdict: AttestationVerdict) -> AttestationVerdict:
         rid = verdict.replica_id
+        if not verdict.ok:
+            self._pin(rid, None)
         previous = self._ratls.get(rid)
         self._ratls[rid] = verdict
         if previous is None or (previous.ok, previous.reason) != (verdict.ok, verdict.reason):

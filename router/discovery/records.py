@@ -15,7 +15,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
-from router.discovery.settings import PhalaDiscoveryConfig
+from router.discovery.settings import PhalaDiscoveryConfig, host_protocol
 from router.errors import DiscoveryError
 from router.models import Replica
 
@@ -158,7 +158,8 @@ def _to_replica(f: _Fields, cfg: PhalaDiscoveryConfig) -> Replica:
     ident = f.instance_id or f.vm_uuid
     if not ident:
         raise _BadRecord("neither 'instance_id' nor 'vm_uuid' is set")
-    suffix = "s" if cfg.tls_passthrough else ""  # the gateway relays TLS to the CVM
+    # s: the gateway relays TLS to the CVM; g: it ends TLS and speaks HTTP/2 (gRPC).
+    suffix = "s" if cfg.tls_passthrough else "g" if cfg.grpc else ""
     label = f"{f.instance_id or f.vm_uuid}-{cfg.port}{suffix}"
     host = _matching_host(f.instance_urls, f.instance_id, cfg.port, suffix)
     if host is None:
@@ -180,6 +181,7 @@ def _to_replica(f: _Fields, cfg: PhalaDiscoveryConfig) -> Replica:
         "base_domain": base_domain,
         "name": f.name,
         "status": f.status or "unknown",
+        "protocol": protocol if (protocol := host_protocol(host)) != "http1" else None,
     }
     return Replica(
         id=ident,

@@ -11,6 +11,15 @@ from pydantic import Field, field_validator, model_validator
 from router.settings_types import EnvVarName, Frozen, HostPort, PositiveDuration
 
 _HEX40 = re.compile(r"[0-9a-f]{40}")
+# The dstack gateway's gRPC names: `<id>-<port>g.<base_domain>` (TLS ends at the gateway,
+# which speaks HTTP/2 to clients): PHALA.md, "Endpoints and the dstack gateway".
+_GATEWAY_GRPC = re.compile(r"^[0-9a-z]+-\d+g\.", re.IGNORECASE)
+Protocol = Literal["http1", "h2", "grpc"]
+
+
+def host_protocol(host: str) -> Protocol:
+    """`grpc` for a gateway `-<port>g.` host name, else `http1`."""
+    return "grpc" if _GATEWAY_GRPC.match(host) else "http1"
 
 
 def normalise_app_id(value: object) -> str:
@@ -40,6 +49,9 @@ class PhalaDiscoveryConfig(Frozen):
     # Reach replicas through the gateway's TLS passthrough, {instance_id}-{port}s.{base}: TLS
     # then ends inside the CVM (needed by attestation.connection: ra-tls).
     tls_passthrough: bool = False
+    # Reach replicas through the gateway's gRPC names, {instance_id}-{port}g.{base}: HTTP/2
+    # with TLS ended at the gateway (needs proxy.engine: envoy).
+    grpc: bool = False
     interval: PositiveDuration = 15.0
     timeout: PositiveDuration = 10.0
     # Failed refreshes retry with jitter, backing off exponentially up to this. None (the
@@ -65,6 +77,15 @@ class PhalaDiscoveryConfig(Frozen):
     @classmethod
     def _app_id(cls, value: object) -> str:
         return normalise_app_id(value)
+
+    @model_validator(mode="after")
+    def _one_gateway_kind(self) -> PhalaDiscoveryConfig:
+        if self.grpc and (self.tls_passthrough or self.scheme != "https"):
+            raise ValueError(
+                "grpc (the gateway's -<port>g names, TLS ended at the gateway) goes with "
+                "scheme: https and without tls_passthrough; choose one of them"
+            )
+        return self
 
     @field_validator("api_url")
     @classmethod
@@ -95,7 +116,14 @@ class StaticReplicaConfig(Frozen):
     instance_id: str | None = Field(None, pattern=r"^(0x)?[0-9a-fA-F]{40}$")
     # How the replica is spoken to: h2 or grpc (HTTP/2 with prior knowledge, or ALPN over
     # TLS) needs `proxy.engine: envoy`; the Python engines speak HTTP/1.1 only.
-    protocol: Literal["http1", "h2", "grpc"] = "http1"
+    # Unset: grpc for the gateway's `-<port>g.` host names, else http1.
+    protocol: Protocol | None = None
+
+    @property
+    def effective_protocol(self) -> Protocol:
+        if self.protocol is not None:
+            return self.protocol
+        return host_protocol(self.url.split("://", 1)[-1])
 
     @field_validator("url")
     @classmethod

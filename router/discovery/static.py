@@ -40,7 +40,7 @@ def static_replicas(entries: Iterable[StaticReplicaConfig]) -> list[Replica]:
             weight=e.weight,
             metadata=MappingProxyType(
                 ({"instance_id": e.instance_id.lower().removeprefix("0x")} if e.instance_id else {})
-                | ({"protocol": e.protocol} if e.protocol != "http1" else {})
+                | ({"protocol": e.effective_protocol} if e.effective_protocol != "http1" else {})
             ),
         )
         for e in entries

@@ -86,6 +86,14 @@ class AppDirectory:
         # One app and no hosts: every request is its, whatever the Host (the single-app case).
         self._only = default if not self.entries or self.entries == (default,) else None
 
+    def routes(self) -> list[tuple[HostRoute, AppEntry]]:
+        """Every host route and its app (the default app is `default`)."""
+        return [(route, entry) for route, entry in self._table.items() if route.host]
+
+    @property
+    def default(self) -> AppEntry | None:
+        return self._table.default
+
     @classmethod
     def single(cls, snapshots: SnapshotSource, name: str = IMPLICIT_APP) -> AppDirectory:
         return cls((), AppEntry(name, snapshots))

@@ -12,7 +12,11 @@ _COUNTERS = ("rq_total", "rq_error", "rq_success", "rq_timeout", "cx_active", "r
 
 
 def _address(host: Json) -> str:
-    socket = host.get("address", {}).get("socket_address", {})
+    address = host.get("address", {})
+    internal = address.get("envoy_internal_address")
+    if internal is not None:  # a replica behind a shared gateway address (tunnel.py)
+        return f"{internal.get('server_listener_name')}/{internal.get('endpoint_id')}"
+    socket = address.get("socket_address", {})
     return f"{socket.get('address')}:{socket.get('port_value')}"
 
 

@@ -9,35 +9,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
-import socket
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from router.models import Replica
 from router.proxy.apps import AppDirectory
 from router.proxy.base import SnapshotSource
 from router.proxy.envoy import admin_api
+from router.proxy.envoy.acme_server import ACME_CLUSTER, AcmeServer, acme_cluster
 from router.proxy.envoy.bootstrap import bootstrap
+from router.proxy.envoy.dialer import Dialer, bind_port
 from router.proxy.envoy.files import ResourceFiles
 from router.proxy.envoy.listeners import Source, listeners, tls_secret
 from router.proxy.envoy.process import EnvoyProcess
-from router.proxy.envoy.resources import Json, clusters_and_endpoints
+from router.proxy.envoy.resources import Json, clusters_and_endpoints, duration
 from router.proxy.envoy.routes import all_routes
+from router.proxy.envoy.tunnel import tunnel_cluster, tunnel_listener
+from router.proxy.envoy.vhosts import EnvoyApp, envoy_apps
 from router.proxy.envoy.view import ConfigView
 from router.proxy.settings import ProxySettings
 
 if TYPE_CHECKING:
     from router.proxy.envoy.xds import XdsServer
 from router.reach import ConnectTo
-from router.settings_types import split_host_port
 from router.snapshot import Snapshot, SnapshotListener
 
 log = logging.getLogger(__name__)
@@ -45,71 +45,6 @@ VIEW_REFRESH_SECONDS = 1.0
 DNS_REFRESH_SECONDS = 30.0
 MetricsRender = Callable[[], Awaitable[tuple[bytes, str]]]
 ADS_SOURCE: Json = {"ads": {}, "resource_api_version": "V3"}
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-class Dialer:
-    """Replica -> the IP and port Envoy dials (`connect_to` first, then DNS, cached)."""
-
-    def __init__(self, connect_to: ConnectTo) -> None:
-        self.connect_to = connect_to
-        self._resolved: dict[str, str] = {}
-
-    def __call__(self, replica: Replica) -> tuple[str, int] | None:
-        pinned = self.connect_to.lookup(replica.host)
-        if pinned is not None:
-            return pinned
-        if _is_ip(replica.host):
-            return replica.host, replica.port
-        ip = self._resolved.get(replica.host)
-        return None if ip is None else (ip, replica.port)
-
-    def unresolved(self, snapshot: Snapshot) -> set[str]:
-        return {
-            s.replica.host
-            for s in snapshot.statuses
-            if not self.connect_to.lookup(s.replica.host)
-            and not _is_ip(s.replica.host)
-            and s.replica.host not in self._resolved
-        }
-
-    async def resolve(self, hosts: set[str]) -> bool:
-        """Look `hosts` up; True when an address changed. A host that does not resolve
-        keeps its last address (or stays out of Envoy until it resolves)."""
-        loop = asyncio.get_running_loop()
-        changed = False
-        for host in sorted(hosts):
-            try:
-                infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                log.warning("cannot resolve replica host %s: %s", host, exc)
-                continue
-            address = str(infos[0][4][0])
-            changed |= self._resolved.get(host) != address
-            self._resolved[host] = address
-        return changed
-
-    async def refresh(self) -> bool:
-        """Re-resolve every host seen so far (addresses behind a gateway name move)."""
-        return await self.resolve(set(self._resolved))
-
-
-def _bind_port(address: str) -> tuple[str, int]:
-    """A concrete port for `address` (port 0 -> a free one): Envoy keeps listener
-    addresses across updates, so the port must be chosen once, before the first start."""
-    host, port = split_host_port(address)
-    if port != 0:
-        return host, port
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return host, int(sock.getsockname()[1])
 
 
 class EnvoyEngine:
@@ -121,6 +56,10 @@ class EnvoyEngine:
         *,
         clock: Callable[[], float] = time.monotonic,
         config_source: Callable[[], ConfigView] | None = None,
+        apps: AppDirectory | None = None,
+        app_configs: Callable[[], Mapping[str, ConfigView]] | None = None,
+        connect_to: Mapping[str, str] | None = None,
+        spki_pins: Mapping[str, str] | None = None,
     ) -> None:
         # The app's current config, read at every publish: a reload that changes only
         # routing reaches Envoy with the snapshot the new policy builds.
@@ -128,7 +67,14 @@ class EnvoyEngine:
         self._config_source = config_source
         self._snapshots = snapshots
         self._clock = clock
-        self._dialer = Dialer(ConnectTo(config.discovery.connect_to))
+        # With `apps:`: every app's hosts and snapshot, and each app's own config by name.
+        self._apps = apps
+        self._app_configs = app_configs
+        if connect_to is None:
+            connect_to = config.discovery.connect_to
+        self._dialer = Dialer(ConnectTo(connect_to))
+        # With RA-TLS: replica id -> the SPKI digest the router verified (the gate's, live).
+        self._pins = spki_pins
         self._addresses: dict[str, tuple[str, int]] = {}
         self.files: ResourceFiles | None = None
         self.process: EnvoyProcess | None = None
@@ -138,6 +84,7 @@ class EnvoyEngine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         self.xds: XdsServer | None = None
+        self.acme: AcmeServer | None = None
         self._resolving: set[str] = set()
         subscribe(self._on_snapshot)
 
@@ -160,17 +107,22 @@ class EnvoyEngine:
     async def start(self) -> None:
         directory = self._directory()
         self.files = ResourceFiles(directory)
+        if self.config.acme_webroot is not None:
+            self.acme = AcmeServer(self.config.acme_webroot)
+            await self.acme.start()
         if self.config.listen:
-            self._addresses["http"] = _bind_port(self.config.listen)
+            self._addresses["http"] = bind_port(self.config.listen)
         if self.config.listen_tls:
-            self._addresses["https"] = _bind_port(self.config.listen_tls.listen)
+            self._addresses["https"] = bind_port(self.config.listen_tls.listen)
         xds_listen = self.config.proxy.envoy.xds_listen
         if xds_listen is not None:
             from router.proxy.envoy.xds import XdsServer  # grpcio, only when serving xDS
 
-            self.xds = XdsServer(xds_listen)
+            self.xds = XdsServer(xds_listen, self.config.proxy.envoy.xds_tls)
             await self.xds.start()
         snapshot = self._snapshots()
+        for app in self._envoy_apps() or ():
+            await self._dialer.resolve(self._dialer.unresolved(app.snapshot))
         await self._dialer.resolve(self._dialer.unresolved(snapshot))
         self.publish(snapshot)
         path = directory / "bootstrap.json"
@@ -200,24 +152,73 @@ class EnvoyEngine:
         address = self._addresses.get("https")
         return address[1] if address is not None else None
 
-    def render(self, snapshot: Snapshot, source: Source) -> dict[str, list[Json]]:
-        """Every resource for `snapshot`, by kind, with config sources from `source`."""
+    def _envoy_apps(self) -> list[EnvoyApp] | None:
+        """Every app with its current snapshot; None without `apps:` (one implicit app)."""
+        if self._apps is None:
+            return None
+        configs = self._app_configs() if self._app_configs is not None else {}
+        return envoy_apps(self._apps, configs, self.config)
+
+    def render(
+        self, snapshot: Snapshot, source: Source, *, local: bool = True
+    ) -> dict[str, list[Json]]:
+        """Every resource for `snapshot` (with `apps:`, for every app's current snapshot),
+        by kind, with config sources from `source`. `local`: for the Envoy on this machine
+        (which alone can reach the router's loopback ACME server)."""
         config = self.config
-        clusters, assignments = clusters_and_endpoints(
-            snapshot, config, self._dialer, lambda name: source("endpoints", name)
-        )
+        acme = self.acme if local else None
+        apps = self._envoy_apps()
+        clusters: list[Json] = []
+        assignments: list[Json] = []
+        for app in apps or ():
+            app_clusters, app_assignments = clusters_and_endpoints(
+                app.snapshot,
+                app.config,
+                self._dialer,
+                lambda name: source("endpoints", name),
+                prefix=app.cluster_prefix,
+                max_requests=app.max_connections,
+            )
+            clusters += app_clusters
+            assignments += app_assignments
+        if apps is None:
+            clusters, assignments = clusters_and_endpoints(
+                snapshot,
+                config,
+                self._dialer,
+                lambda name: source("endpoints", name),
+                pins=self._pins,
+            )
+        # Replicas sharing a gateway address go through the tunnel (tunnel.py).
+        clusters.append(tunnel_cluster(duration(config.proxy.connect_timeout)))
+        if acme is not None:
+            clusters.append(acme_cluster(acme.port))
         return {
             "endpoints": assignments,
             "clusters": clusters,
-            "routes": all_routes(snapshot, config, self._https_port()),
+            "routes": all_routes(
+                snapshot,
+                config,
+                self._https_port(),
+                apps,
+                acme_cluster=ACME_CLUSTER if acme is not None else None,
+            ),
             "secrets": tls_secret(config),
-            "listeners": listeners(config, self._addresses, source),
+            "listeners": [*listeners(config, self._addresses, source), tunnel_listener()],
         }
 
     def set_apps(self, apps: AppDirectory) -> None:
-        """Config validation refuses `apps:` with this engine, so the directory is always the
-        one implicit app, which takes every Host: Envoy already routes it."""
-        del apps
+        """A reload changed the apps (or their hosts): re-render every virtual host."""
+        self._apps = apps
+        self.publish(self._snapshots())
+
+    def republish(self) -> None:
+        """Something the snapshot does not carry changed (an attested key): render again."""
+        self.publish(self._snapshots())
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        """Any app's reconciler published (subscribe it to each app's reconciler)."""
+        self._on_snapshot(snapshot)
 
     def publish(self, snapshot: Snapshot) -> None:
         """Write the resources for `snapshot`: endpoints before the clusters naming them,
@@ -235,7 +236,7 @@ class EnvoyEngine:
             files.write("routes", route["name"], [route])
         files.write("listeners", "all", rendered["listeners"])
         if self.xds is not None:
-            by_ads = self.render(snapshot, lambda kind, name: dict(ADS_SOURCE))
+            by_ads = self.render(snapshot, lambda kind, name: dict(ADS_SOURCE), local=False)
             self.xds.update(r for kind in by_ads.values() for r in kind)
         self.published_version = snapshot.version
 
@@ -329,6 +330,8 @@ class EnvoyEngine:
             await process.stop(grace)
         if self.xds is not None:
             await self.xds.stop()
+        if self.acme is not None:
+            await self.acme.stop()
         if self._temporary is not None:
             self._temporary.cleanup()
 

@@ -11,6 +11,12 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
+from router.proxy.envoy.geo import (
+    clear_route_cache,
+    geoip_filter,
+    geoip_mapped,
+    strip_geoip_header,
+)
 from router.proxy.envoy.resources import Json, duration
 from router.proxy.envoy.routes import TRUSTED, UNTRUSTED
 from router.proxy.envoy.view import ConfigView
@@ -95,7 +101,7 @@ def local_replies() -> Json:
             _mapper(_status_is(504), 504, {"error": "upstream_timeout"}),
             _mapper(_status_is(502), 502, {"error": "upstream_protocol_error"}),
             _mapper(_status_is(400), 400, {"error": "bad_request"}),
-            _mapper(_status_is(413), 413, {"error": "request_too_large"}),
+            _mapper(_status_is(413), 413, {"error": "body_too_large"}),
             _mapper(_status_is(408), 408, {"error": "request_timeout"}),
         ],
     }
@@ -106,7 +112,8 @@ def connection_manager(
 ) -> Json:
     proxy = config.proxy
     http2 = proxy.envoy.http2
-    return {
+    geoip = geoip_mapped(config)
+    manager: Json = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
             "@type": HCM_TYPE,
@@ -115,10 +122,11 @@ def connection_manager(
             "codec_type": "AUTO" if http2 else "HTTP1",
             "rds": {"route_config_name": route_name, "config_source": source("routes", route_name)},
             "http_filters": [
+                *([geoip_filter(config), clear_route_cache()] if geoip else []),
                 {
                     "name": "envoy.filters.http.router",
                     "typed_config": {"@type": ROUTER_TYPE, "suppress_envoy_headers": True},
-                }
+                },
             ],
             "use_remote_address": True,
             # X-Forwarded-For is written by the route's header rules, as the Python engines do.
@@ -140,6 +148,9 @@ def connection_manager(
             "local_reply_config": local_replies(),
         },
     }
+    if geoip:  # a client's own copy of the GeoIP header must not steer routing
+        manager["typed_config"]["early_header_mutation_extensions"] = [strip_geoip_header()]
+    return manager
 
 
 def _downstream_tls(config: ConfigView, source: Source) -> Json:

@@ -10,15 +10,15 @@ overprovisioning arithmetic sees the same healthy/total ratio the geo picker doe
 
 from __future__ import annotations
 
-import ipaddress
 import math
-import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from router.balancing.regions import Point, haversine_km, normalise_region, region_coordinates
 from router.models import Replica, ReplicaState
+from router.proxy.envoy.tunnel import shared_addresses, tunnel_matches, tunnelled_endpoint
+from router.proxy.envoy.upstream_tls import MATCH_KEY, Pins, endpoint_match, socket_matches
 from router.proxy.envoy.view import ConfigView
 from router.snapshot import ReplicaStatus, Snapshot
 
@@ -32,10 +32,6 @@ EdsSource = Callable[[str], Json]
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LOAD_ASSIGNMENT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-UPSTREAM_TLS_TYPE = (
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-)
-RAW_BUFFER_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
 MAIN_CLUSTER = "app"
 GEO_PREFIX = "geo-"
 # Members the geo picker counts in a region's total although they take no traffic yet.
@@ -87,75 +83,17 @@ def outlier_detection(config: ConfigView) -> Json | None:
     }
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-def upstream_tls(config: ConfigView, host: str) -> Json:
-    """TLS to one replica host: SNI = its name, certificate checked against that name.
-    (Envoy's auto_sni/auto_san_validation take the name before auto_host_rewrite applies,
-    i.e. the client's Host, so the name is set per host here instead.)"""
-    tls = config.upstream_tls
-    context: Json = {"@type": UPSTREAM_TLS_TYPE, "common_tls_context": {}}
-    ip = _is_ip(host)
-    if not ip:
-        context["sni"] = host
-    if tls.verify:
-        ca = str(tls.ca_file.resolve()) if tls.ca_file is not None else system_ca_bundle()
-        context["common_tls_context"]["validation_context"] = {
-            "trusted_ca": {"filename": ca},
-            "match_typed_subject_alt_names": [
-                {"san_type": "IP_ADDRESS" if ip else "DNS", "matcher": {"exact": host}}
-            ],
-        }
-    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
-
-
-def tls_hosts(snapshot: Snapshot) -> list[str]:
-    """Every https replica host known (routable or not), so membership changes never
-    change the cluster (which would drain its connection pools)."""
-    return sorted({s.replica.host for s in snapshot.statuses if s.replica.scheme == "https"})
-
-
-def _socket_matches(config: ConfigView, hosts: Sequence[str]) -> list[Json]:
-    matches: list[Json] = [
-        {
-            "name": f"tls-{host}",
-            "match": {"tls_host": host},
-            "transport_socket": upstream_tls(config, host),
-        }
-        for host in hosts
-    ]
-    matches.append(
-        {
-            "name": "plain",
-            "match": {},
-            "transport_socket": {
-                "name": "envoy.transport_sockets.raw_buffer",
-                "typed_config": {"@type": RAW_BUFFER_TYPE},
-            },
-        }
-    )
-    return matches
-
-
-def system_ca_bundle() -> str:
-    """The system CA file (Envoy has no built-in trust store)."""
-    paths = ssl.get_default_verify_paths()
-    return paths.cafile or paths.openssl_cafile
-
-
-def _limits(config: ConfigView) -> Json:
+def _limits(config: ConfigView, max_requests: int | None = None) -> Json:
+    """proxy.* limits; `max_requests` is an app's own cap (apps[].max_connections)."""
     proxy = config.proxy
+    requests = proxy.max_connections
+    if max_requests is not None:
+        requests = min(requests, max_requests)
     limits: Json = {
         "priority": "DEFAULT",
         "max_connections": proxy.max_connections,
         "max_pending_requests": max(proxy.max_pending, 1),
-        "max_requests": proxy.max_connections,
+        "max_requests": requests,
         "max_retries": max(proxy.max_connections // 4, 3),
     }
     # proxy.retry_budget is not mapped: Envoy's budget also refuses retries after connect
@@ -170,8 +108,10 @@ def cluster(
     eds_source: EdsSource,
     *,
     h2: bool = False,
-    hosts: Sequence[str] = (),
+    tls: Sequence[Json] = (),
+    max_requests: int | None = None,
 ) -> Json:
+    """`tls`: the transport socket matches (upstream_tls.socket_matches)."""
     """One EDS cluster with the router's balancing, retries' partners and limits."""
     proxy = config.proxy
     protocol: Json = {"http2_protocol_options": {}} if h2 else {"http_protocol_options": {}}
@@ -184,7 +124,7 @@ def cluster(
         **_lb_policy(config),
         # Membership is decided by the router; Envoy must never route to excluded hosts.
         "common_lb_config": {"healthy_panic_threshold": {"value": 0.0}},
-        "circuit_breakers": {"thresholds": [_limits(config)]},
+        "circuit_breakers": {"thresholds": [_limits(config, max_requests)]},
         "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": HTTP_OPTIONS_TYPE,
@@ -192,7 +132,7 @@ def cluster(
                 "explicit_http_config": protocol,
             }
         },
-        "transport_socket_matches": _socket_matches(config, hosts),
+        "transport_socket_matches": list(tls),
     }
     detection = outlier_detection(config)
     if detection is not None:
@@ -205,25 +145,48 @@ def endpoint_weight(weight: float) -> int:
     return max(1, round(weight))
 
 
-def lb_endpoint(status: ReplicaStatus, dial: Dial, *, healthy: bool = True) -> Json | None:
+@dataclass(frozen=True, slots=True)
+class Dialling:
+    """How one app's endpoints are reached: addresses, attested keys, shared addresses."""
+
+    dial: Dial
+    pins: Pins | None = None
+    # https addresses several replicas share (a gateway): those go through the tunnel.
+    shared: frozenset[tuple[str, int]] = frozenset()
+
+
+def _dialling(snapshot: Snapshot, dial: Dial, pins: Pins | None) -> Dialling:
+    https = (dial(s.replica) for s in snapshot.statuses if s.replica.scheme == "https")
+    return Dialling(dial, pins, shared_addresses(https))
+
+
+def lb_endpoint(
+    status: ReplicaStatus, dial: Dial | Dialling, *, healthy: bool = True
+) -> Json | None:
+    """The endpoint Envoy dials for a replica; None while it cannot (no address yet, or
+    RA-TLS and no attested key)."""
+    how = dial if isinstance(dial, Dialling) else Dialling(dial)
     replica = status.replica
-    address = dial(replica)
-    if address is None:
+    address = how.dial(replica)
+    spki = how.pins.get(replica.id) if how.pins is not None else None
+    match = endpoint_match(replica.host, replica.scheme, spki, how.pins)
+    if address is None or match is None:
         return None
     ip, port = address
+    socket: Json = {"socket_address": {"address": ip, "port_value": port}}
+    tunnel: Json = {}
+    if replica.scheme == "https" and address in how.shared:
+        socket, tunnel = tunnelled_endpoint(replica.id, ip, port)
+        match = {**match, "tunnel": True}
     return {
-        "endpoint": {
-            "address": {"socket_address": {"address": ip, "port_value": port}},
-            "hostname": replica.authority,
-        },
+        "endpoint": {"address": socket, "hostname": replica.authority},
         "health_status": "HEALTHY" if healthy else "UNHEALTHY",
         "load_balancing_weight": endpoint_weight(status.weight if healthy else 1),
         "metadata": {
             "filter_metadata": {
-                "envoy.transport_socket_match": {"tls_host": replica.host}
-                if replica.scheme == "https"
-                else {},
+                MATCH_KEY: match,
                 "phala.router": {"replica": replica.id},
+                **tunnel,
             }
         },
     }
@@ -248,14 +211,16 @@ def load_assignment(
     }
 
 
-def main_assignment(snapshot: Snapshot, dial: Dial) -> Json:
+def main_assignment(snapshot: Snapshot, dial: Dial | Dialling, name: str = MAIN_CLUSTER) -> Json:
     """Every routable replica, one locality per region, all at priority 0."""
     by_region: dict[str, list[Json]] = {}
     for status in snapshot.statuses:
-        if status.routable and (endpoint := lb_endpoint(status, dial)) is not None:
+        if not status.routable:
+            continue
+        if (endpoint := lb_endpoint(status, dial)) is not None:
             by_region.setdefault(_region(status.replica), []).append(endpoint)
     localities = [(region, 0, eps) for region, eps in sorted(by_region.items())]
-    return load_assignment(MAIN_CLUSTER, localities, 1.4)
+    return load_assignment(name, localities, 1.4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +254,13 @@ def rank_regions(origin: Point | None, regions: Sequence[str], config: ConfigVie
     return sorted(regions, key=lambda r: (distance(r), r))
 
 
-def geo_assignment(origin: str, snapshot: Snapshot, config: ConfigView, dial: Dial) -> Json:
+def geo_assignment(
+    origin: str,
+    snapshot: Snapshot,
+    config: ConfigView,
+    dial: Dial | Dialling,
+    prefix: str = "",
+) -> Json:
     """The load assignment for clients located in `origin`: one priority per region."""
     members: dict[str, list[Json]] = {}
     for status in snapshot.statuses:
@@ -301,7 +272,8 @@ def geo_assignment(origin: str, snapshot: Snapshot, config: ConfigView, dial: Di
     point = region_coordinates(origin, config.routing.geo.regions)
     ranked = [r for r in rank_regions(point, list(members), config) if members[r]]
     localities = [(region, rank, members[region]) for rank, region in enumerate(ranked)]
-    return load_assignment(geo_cluster(origin), localities, config.routing.geo.overprovisioning)
+    name = prefix + geo_cluster(origin)
+    return load_assignment(name, localities, config.routing.geo.overprovisioning)
 
 
 def h2_upstream(snapshot: Snapshot) -> bool:
@@ -310,15 +282,33 @@ def h2_upstream(snapshot: Snapshot) -> bool:
 
 
 def clusters_and_endpoints(
-    snapshot: Snapshot, config: ConfigView, dial: Dial, eds_source: EdsSource
+    snapshot: Snapshot,
+    config: ConfigView,
+    dial: Dial,
+    eds_source: EdsSource,
+    *,
+    prefix: str = "",
+    max_requests: int | None = None,
+    pins: Pins | None = None,
 ) -> tuple[list[Json], list[Json]]:
-    """(clusters, load assignments) for the snapshot."""
+    """(clusters, load assignments) for one app's snapshot; `prefix` names its clusters
+    (`<app>.` with `apps:`), `max_requests` is its own cap on requests in flight, `pins`
+    the attested keys with RA-TLS (upstream_tls.py)."""
     h2 = h2_upstream(snapshot)
-    hosts = tls_hosts(snapshot)
-    clusters = [cluster(MAIN_CLUSTER, config, eds_source, h2=h2, hosts=hosts)]
-    assignments = [main_assignment(snapshot, dial)]
+    how = _dialling(snapshot, dial, pins)
+    tls = socket_matches(config, snapshot, pins=pins, h2=h2)
+    if how.shared:
+        tls = tunnel_matches(tls)
+    main = prefix + MAIN_CLUSTER
+
+    def app_cluster(name: str) -> Json:
+        return cluster(name, config, eds_source, h2=h2, tls=tls, max_requests=max_requests)
+
+    clusters = [app_cluster(main)]
+    assignments = [main_assignment(snapshot, how, main)]
     if config.routing.policy == "geo":
         for origin in geo_origins(snapshot, config):
-            clusters.append(cluster(geo_cluster(origin), config, eds_source, h2=h2, hosts=hosts))
-            assignments.append(geo_assignment(origin, snapshot, config, dial))
+            name = prefix + geo_cluster(origin)
+            clusters.append(app_cluster(name))
+            assignments.append(geo_assignment(origin, snapshot, config, how, prefix))
     return clusters, assignments

@@ -8,21 +8,27 @@ routing ignores country headers). The listener picks one by the peer's address.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
-from router.balancing.regions import country_table, normalise_region, region_coordinates
-from router.proxy.base import no_routable_error
+from router.apps import IMPLICIT_APP
+from router.balancing.regions import normalise_region, region_coordinates
+from router.proxy.envoy.geo import GEOIP_HEADER, location_matches
+from router.proxy.envoy.replies import (
+    EVERY_PATH,
+    acme_route,
+    body_limit_routes,
+    misdirected_route,
+    no_replica_route,
+)
 from router.proxy.envoy.resources import (
     MAIN_CLUSTER,
     Json,
     duration,
     geo_cluster,
-    geo_origins,
     h2_upstream,
-    rank_regions,
 )
+from router.proxy.envoy.vhosts import EnvoyApp, VirtualHostPlan, apps_plan
 from router.proxy.envoy.view import ConfigView
 from router.proxy.headers import FORWARDING, IDEMPOTENT, edge_names
 from router.snapshot import Snapshot
@@ -30,7 +36,6 @@ from router.snapshot import Snapshot
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 TRUSTED = "trusted"
 UNTRUSTED = "untrusted"
-NO_REPLICA_RETRY_AFTER = "5"
 # Envoy's own note of the client address; the replica gets X-Forwarded-For instead.
 ENVOY_ADDED = "x-envoy-external-address"
 # Connect failures never reached the replica: safe to retry for any method.
@@ -126,100 +131,93 @@ def _idempotent_match() -> Json:
     }
 
 
-def _routes_to(config: ConfigView, cluster: str, headers: Sequence[Json]) -> list[Json]:
+def path_match(prefix: str) -> Json:
+    """An app's path prefix as Envoy's match: the whole path or `prefix` followed by `/`
+    (the router's rule: `/v2` takes `/v2`, `/v2/x` and `/v2?q`, never `/v2x`)."""
+    return {"path_separated_prefix": prefix} if prefix else dict(EVERY_PATH)
+
+
+def _routes_to(
+    config: ConfigView, cluster: str, headers: Sequence[Json], path: Json = EVERY_PATH
+) -> list[Json]:
     """Two routes to `cluster`: idempotent methods retry on more failures."""
     return [
         {
-            "match": {"prefix": "/", "headers": [*headers, _idempotent_match()]},
+            "match": {**path, "headers": [*headers, _idempotent_match()]},
             "route": route_action(config, cluster, idempotent_retry_on(config)),
         },
         {
-            "match": {"prefix": "/", "headers": list(headers)},
+            "match": {**path, "headers": list(headers)},
             "route": route_action(config, cluster, CONNECT_RETRY_ON),
         },
     ]
 
 
-def _regex_of(values: Sequence[str]) -> str:
-    return "^(" + "|".join(sorted(values)) + ")$"
-
-
-def geo_routes(snapshot: Snapshot, config: ConfigView, *, trusted: bool) -> list[Json]:
-    """Per client-origin routes: the region hint (anyone), then country headers (trusted
-    peers only); GeoIP and latitude/longitude are not mapped (docs/envoy.md)."""
-    geo = config.routing.geo
-    origins = geo_origins(snapshot, config)
+def geo_routes(
+    snapshot: Snapshot,
+    config: ConfigView,
+    *,
+    trusted: bool,
+    prefix: str = "",
+    path: Json = EVERY_PATH,
+) -> list[Json]:
+    """Per client-origin routes, in the locator's order (geo.py). `prefix` names the app's
+    clusters, `path` is the app's path match."""
     routes: list[Json] = []
-    for source in geo.client_location:
-        if source == "region_hint" and geo.region_hint_header and origins:
-            for origin in origins:
-                match = {
-                    "name": geo.region_hint_header,
-                    "string_match": {"exact": origin, "ignore_case": True},
-                }
-                routes += _routes_to(config, geo_cluster(origin), [match])
-        elif source == "country_header" and trusted and origins:
-            for origin, countries in _countries_by_origin(origins, config).items():
-                for header in geo.country_headers:
-                    match = {
-                        "name": header,
-                        "string_match": {
-                            "safe_regex": {"regex": _regex_of(countries)},
-                        },
-                    }
-                    routes += _routes_to(config, geo_cluster(origin), [match])
+    for origin, headers in location_matches(snapshot, config, trusted=trusted):
+        routes += _routes_to(config, prefix + geo_cluster(origin), headers, path)
     return routes
 
 
-def _countries_by_origin(origins: Sequence[str], config: ConfigView) -> dict[str, list[str]]:
-    """Each country goes to its nearest origin region (an approximation of the picker,
-    which ranks regions from the country's own coordinates)."""
-    grouped: dict[str, list[str]] = {}
-    for code, point in sorted(country_table().items()):
-        nearest = rank_regions(point, origins, config)[0]
-        grouped.setdefault(nearest, []).append(code)
-        grouped[nearest] += [code.lower()]
-    return grouped
-
-
-def _default_cluster(snapshot: Snapshot, config: ConfigView) -> str:
+def _default_cluster(config: ConfigView, prefix: str = "") -> str:
     geo = config.routing.geo
     if (
         config.routing.policy == "geo"
         and geo.default_region
         and region_coordinates(geo.default_region, geo.regions) is not None
     ):
-        return geo_cluster(normalise_region(geo.default_region))
-    return MAIN_CLUSTER
+        return prefix + geo_cluster(normalise_region(geo.default_region))
+    return prefix + MAIN_CLUSTER
 
 
-def no_replica_route(snapshot: Snapshot) -> Json:
-    """The 503 naming replica states, answered by Envoy itself while nothing is routable."""
-    error = no_routable_error(snapshot)
-    return {
-        "match": {"prefix": "/"},
-        "direct_response": {
-            "status": 503,
-            "body": {"inline_string": json.dumps(error.body(), separators=(",", ":"))},
-        },
-        "response_headers_to_add": [
-            _header("Retry-After", NO_REPLICA_RETRY_AFTER),
-            _header("Content-Type", "application/json"),
-        ],
-    }
+# Hop-by-hop headers Envoy forwards by itself; TE is removed per app (kept for gRPC).
+HOP_BY_HOP = ("proxy-authorization", "proxy-connection", "keep-alive")
 
 
-def _hop_by_hop(snapshot: Snapshot) -> list[str]:
-    """Hop-by-hop headers Envoy forwards by itself; `TE: trailers` stays for gRPC."""
-    names = ["proxy-authorization", "proxy-connection", "keep-alive"]
-    return names if h2_upstream(snapshot) else [*names, "te"]
+def app_routes(app: EnvoyApp, prefix: str, *, trusted: bool) -> list[Json]:
+    """The routes of one app under its path `prefix` ("" = every path)."""
+    path = path_match(prefix)
+    snapshot, config = app.snapshot, app.config
+    if not snapshot.routable:
+        return [no_replica_route(snapshot, path)]
+    clusters = app.cluster_prefix
+    routes: list[Json] = []
+    if config.routing.policy == "geo":
+        routes = geo_routes(snapshot, config, trusted=trusted, prefix=clusters, path=path)
+    routes += _routes_to(config, _default_cluster(config, clusters), [], path)
+    if not h2_upstream(snapshot):  # `TE: trailers` only means something to gRPC over h2
+        for route in routes:
+            route["request_headers_to_remove"] = ["te"]
+    return routes
 
 
-def _header_rules(config: ConfigView, snapshot: Snapshot, *, trusted: bool, scheme: str) -> Json:
+def virtual_host(plan: VirtualHostPlan[EnvoyApp], *, trusted: bool) -> Json:
+    routes = [r for prefix, app in plan.entries for r in app_routes(app, prefix, trusted=trusted)]
+    if not plan.has_catch_all:
+        routes.append(misdirected_route())
+    return {"name": plan.name, "domains": list(plan.domains), "routes": routes}
+
+
+def single_app(snapshot: Snapshot, config: ConfigView) -> EnvoyApp:
+    """A config without `apps:`: one app that takes every Host."""
+    return EnvoyApp(IMPLICIT_APP, (), True, snapshot, config)
+
+
+def _header_rules(config: ConfigView, *, trusted: bool, scheme: str) -> Json:
     rules = _forwarding_rules(config, trusted=trusted, scheme=scheme)
-    rules["request_headers_to_remove"] = sorted(
-        {*rules["request_headers_to_remove"], *_hop_by_hop(snapshot)}
-    )
+    # The GeoIP filter's header is Envoy's own note (geo.py), not for the replica.
+    removed = {*rules["request_headers_to_remove"], *HOP_BY_HOP, GEOIP_HEADER}
+    rules["request_headers_to_remove"] = sorted(removed)
     rules["response_headers_to_remove"] = ["proxy-authenticate", "keep-alive"]
     return rules
 
@@ -274,29 +272,33 @@ def route_configuration(
     *,
     scheme: str = "http",
     https_port: int | None = None,
+    apps: Sequence[EnvoyApp] | None = None,
+    acme_cluster: str | None = None,
 ) -> Json:
-    """The route configuration `name` (trusted or untrusted peers, per listener scheme)."""
+    """The route configuration `name` (trusted or untrusted peers, per listener scheme):
+    one virtual host per app host name (`apps`; None: the one app of `snapshot`).
+    `acme_cluster`: where ACME challenges go on the plain listener (acme_webroot)."""
     trusted = name.startswith(TRUSTED)
-    routes: list[Json]
     tls = config.listen_tls
     if scheme == "http" and tls is not None and tls.redirect_http and https_port is not None:
-        routes = [_redirect_to(https_port)]
-    elif not snapshot.routable:
-        routes = [no_replica_route(snapshot)]
+        hosts = [{"name": "redirect", "domains": ["*"], "routes": [_redirect_to(https_port)]}]
     else:
-        routes = geo_routes(snapshot, config, trusted=trusted) if _geo(config) else []
-        routes += _routes_to(config, _default_cluster(snapshot, config), [])
+        plans = apps_plan(apps if apps is not None else [single_app(snapshot, config)])
+        hosts = [virtual_host(plan, trusted=trusted) for plan in plans]
+        for host in hosts:
+            host["routes"] = [*body_limit_routes(config.proxy.max_request_body), *host["routes"]]
+    if scheme == "http" and acme_cluster is not None:
+        for host in hosts:  # before the redirect and before any app, as the Python engines
+            host["routes"] = [acme_route(acme_cluster), *host["routes"]]
     resource: Json = {
         "@type": ROUTE_TYPE,
         "name": name,
-        "virtual_hosts": [{"name": "replicas", "domains": ["*"], "routes": routes}],
-        **_header_rules(config, snapshot, trusted=trusted, scheme=scheme),
+        "virtual_hosts": hosts,
+        # The router ignores a Host's port when it picks the app.
+        "ignore_port_in_host_matching": True,
+        **_header_rules(config, trusted=trusted, scheme=scheme),
     }
     return resource
-
-
-def _geo(config: ConfigView) -> bool:
-    return config.routing.policy == "geo"
 
 
 def route_names(config: ConfigView) -> list[tuple[str, str]]:
@@ -311,9 +313,21 @@ def route_names(config: ConfigView) -> list[tuple[str, str]]:
 
 
 def all_routes(
-    snapshot: Snapshot, config: ConfigView, https_port: int | None = None
+    snapshot: Snapshot,
+    config: ConfigView,
+    https_port: int | None = None,
+    apps: Sequence[EnvoyApp] | None = None,
+    acme_cluster: str | None = None,
 ) -> list[dict[str, Any]]:
     return [
-        route_configuration(name, snapshot, config, scheme=scheme, https_port=https_port)
+        route_configuration(
+            name,
+            snapshot,
+            config,
+            scheme=scheme,
+            https_port=https_port,
+            apps=apps,
+            acme_cluster=acme_cluster,
+        )
         for name, scheme in route_names(config)
     ]

@@ -5,9 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from router.settings_types import Frozen, HostPort, PositiveDuration, is_loopback, split_host_port
+
+
+class XdsTLSConfig(Frozen):
+    """TLS on the xDS port: the router's certificate, and (mutual TLS) the CA whose
+    certificates the subscribing Envoys must show."""
+
+    cert_file: Path
+    key_file: Path
+    # null: any client may subscribe (it still checks the router's certificate).
+    client_ca_file: Path | None = None
+
+    @field_validator("cert_file", "key_file", "client_ca_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{str(value)!r} is not a readable file")
+        return value
 
 
 class EnvoyConfig(Frozen):
@@ -28,9 +45,18 @@ class EnvoyConfig(Frozen):
     # Envoy must answer on its admin API within this after each start.
     start_timeout: PositiveDuration = 20.0
     # Serve the same resources over xDS (gRPC ADS, state of the world) on this address, for
-    # Envoys on other machines (deploy/envoy-fleet). No TLS: bind it to a private network.
+    # Envoys on other machines (deploy/envoy-fleet). Plain gRPC unless xds_tls is set.
     xds_listen: HostPort | None = None
+    # TLS (and with client_ca_file, mutual TLS) on xds_listen; Envoys are bootstrapped with
+    # `python -m router.proxy.envoy.bootstrap --xds-ca ... --client-cert ... --client-key ...`.
+    xds_tls: XdsTLSConfig | None = None
     log_level: Literal["trace", "debug", "info", "warning", "error", "critical", "off"] = "warning"
+
+    @model_validator(mode="after")
+    def _tls_needs_a_port(self) -> EnvoyConfig:
+        if self.xds_tls is not None and self.xds_listen is None:
+            raise ValueError("proxy.envoy.xds_tls needs proxy.envoy.xds_listen (the xDS port)")
+        return self
 
     @model_validator(mode="after")
     def _admin_on_loopback(self) -> EnvoyConfig:

@@ -9,6 +9,7 @@ plane from importing the root config (and so from a package cycle).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Protocol
 
 from router.balancing.settings import RoutingConfig
@@ -19,6 +20,13 @@ from router.proxy.settings import ListenTLSConfig, ProxyConfig, UpstreamTLSConfi
 class DiscoveryView(Protocol):
     @property
     def connect_to(self) -> Mapping[str, str]: ...
+
+
+class AttestationView(Protocol):
+    """The attestation settings the mapping reads (RA-TLS pins check the chain to it)."""
+
+    @property
+    def kms_root(self) -> Path | None: ...
 
 
 class ConfigView(Protocol):
@@ -36,3 +44,7 @@ class ConfigView(Protocol):
     def upstream_tls(self) -> UpstreamTLSConfig: ...
     @property
     def discovery(self) -> DiscoveryView: ...
+    @property
+    def attestation(self) -> AttestationView: ...
+    @property
+    def acme_webroot(self) -> Path | None: ...

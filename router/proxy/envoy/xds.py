@@ -1,4 +1,5 @@
-"""xDS over gRPC: an ADS server (state of the world) for Envoys on other machines.
+"""xDS over gRPC: an ADS server (state of the world, and delta: xds_delta.py) for Envoys
+on other machines.
 
 The same rendered resources the local Envoy reads from files are served here, with config
 sources pointing at ADS. Any number of Envoys subscribe with `ads_bootstrap()`; several
@@ -22,6 +23,13 @@ from google.protobuf import any_pb2, json_format
 
 from router.errors import StartupError
 from router.proxy.envoy.resources import Json
+from router.proxy.envoy.settings import XdsTLSConfig
+from router.proxy.envoy.xds_delta import (
+    DeltaStream,
+    apply_request,
+    delta_response,
+    resource_version,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +39,21 @@ from envoy.config.endpoint.v3 import endpoint_pb2  # noqa: E402, F401
 from envoy.config.listener.v3 import listener_pb2  # noqa: E402, F401
 from envoy.config.route.v3 import route_pb2  # noqa: E402, F401
 from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2  # noqa: E402, F401
+from envoy.extensions.filters.http.geoip.v3 import geoip_pb2  # noqa: E402, F401
+from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: E402, F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: E402, F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: E402, F401
     http_connection_manager_pb2,
 )
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: E402, F401
+from envoy.extensions.geoip_providers.maxmind.v3 import maxmind_pb2  # noqa: E402, F401
+from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (  # noqa: E402, F401
+    header_mutation_pb2,
+)
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: E402, F401
+from envoy.extensions.transport_sockets.internal_upstream.v3 import (  # noqa: E402, F401
+    internal_upstream_pb2,
+)
 from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: E402, F401
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: E402, F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: E402, F401
@@ -70,15 +88,27 @@ class _Stream:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+def server_credentials(tls: XdsTLSConfig) -> grpc.ServerCredentials:
+    """The router's certificate; with a client CA, Envoys must show one of its certificates."""
+    ca = tls.client_ca_file.read_bytes() if tls.client_ca_file is not None else None
+    return grpc.ssl_server_credentials(
+        [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
 class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
-    def __init__(self, listen: str) -> None:
+    def __init__(self, listen: str, tls: XdsTLSConfig | None = None) -> None:
         self.listen = listen
+        self.tls = tls
         self._resources: dict[str, dict[str, any_pb2.Any]] = {}
+        self._resource_versions: dict[str, dict[str, str]] = {}
         self._versions: dict[str, str] = {}
         self._json: dict[str, list[Json]] = {}
         self._counter = itertools.count(1)
         self._nonces = itertools.count(1)
-        self._streams: set[_Stream] = set()
+        self._streams: set[_Stream | DeltaStream] = set()
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -94,6 +124,9 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
                 continue
             self._json[type_url] = items
             self._resources[type_url] = {_resource_name(r): to_any(r) for r in items}
+            self._resource_versions[type_url] = {
+                name: resource_version(packed) for name, packed in self._resources[type_url].items()
+            }
             self._versions[type_url] = str(next(self._counter))
             changed = True
         if changed:
@@ -136,6 +169,38 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
+    async def DeltaAggregatedResources(  # the gRPC method name (xds_delta.py)
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[Any]:
+        stream = DeltaStream()
+        self._streams.add(stream)
+        reader = asyncio.ensure_future(self._read_delta(request_iterator, stream))
+        try:
+            while not reader.done():
+                await stream.wake.wait()
+                stream.wake.clear()
+                for type_url in list(stream.names):
+                    response = delta_response(
+                        stream,
+                        type_url,
+                        self._resources.get(type_url, {}),
+                        self._resource_versions.get(type_url, {}),
+                        str(next(self._nonces)),
+                    )
+                    if response is not None:
+                        yield response
+        finally:
+            self._streams.discard(stream)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _read_delta(self, requests: AsyncIterator[Any], stream: DeltaStream) -> None:
+        async for request in requests:
+            apply_request(stream, request, WILDCARD_TYPES)
+            stream.wake.set()
+        stream.wake.set()
+
     async def _read(self, requests: AsyncIterator[Any], stream: _Stream) -> None:
         async for request in requests:
             type_url = request.type_url
@@ -157,7 +222,10 @@ class XdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignor
     async def start(self) -> None:
         self._server = grpc.aio.server()
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
-        self.port = self._server.add_insecure_port(self.listen)
+        if self.tls is None:
+            self.port = self._server.add_insecure_port(self.listen)
+        else:
+            self.port = self._server.add_secure_port(self.listen, server_credentials(self.tls))
         if self.port == 0:
             raise StartupError(f"proxy.envoy.xds_listen {self.listen!r}: cannot listen there")
         await self._server.start()

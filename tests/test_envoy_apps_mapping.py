@@ -1,0 +1,192 @@
+"""Several apps under Envoy: virtual hosts pick the same app as the router's host table,
+each app gets its own clusters, and a Host no app serves gets 421 (or the default app)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from router.app_views import app_views
+from router.apps.hosts import HostRoute, HostTable, RouteConflict
+from router.config import RouterConfig, parse_config
+from router.proxy.envoy.resources import Json, clusters_and_endpoints
+from router.proxy.envoy.routes import route_configuration
+from router.proxy.envoy.vhosts import CATCH_ALL, EnvoyApp, VirtualHostPlan, plan_virtual_hosts
+from tests.test_envoy_mapping import dial, snapshot_of
+
+# -- the plan agrees with the router's own lookup -------------------------------------------
+
+
+def envoy_virtual_host(plans: list[VirtualHostPlan[str]], host: str) -> VirtualHostPlan[str]:
+    """Envoy's choice of virtual host: exact domain, longest `*.suffix`, then `*`."""
+    by_domain = {domain: plan for plan in plans for domain in plan.domains}
+    if host in by_domain:
+        return by_domain[host]
+    wild = [d for d in by_domain if d.startswith("*.") and host.endswith(d[1:])]
+    if wild:
+        return by_domain[max(wild, key=len)]
+    return by_domain[CATCH_ALL]
+
+
+def envoy_route(plan: VirtualHostPlan[str], path: str) -> str | None:
+    """First entry whose path-separated prefix matches (Envoy ignores the query)."""
+    bare = path.partition("?")[0]
+    for prefix, app in plan.entries:
+        if not prefix or bare == prefix or bare.startswith(prefix + "/"):
+            return app
+    return None  # the 421 route
+
+
+LABELS = st.sampled_from(["a", "b", "c"])
+NAMES = st.lists(LABELS, min_size=1, max_size=3).map(".".join)
+ROUTES = st.builds(
+    HostRoute,
+    st.one_of(NAMES, NAMES.map(lambda n: "*." + n)),
+    st.sampled_from(["", "/v1", "/v1/x", "/v2"]),
+)
+PATHS = st.sampled_from(["/", "/v1", "/v1/", "/v1x", "/v1/x/y", "/v1?q=1", "/v2/z", "/v3"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    routes=st.dictionaries(ROUTES, st.sampled_from(["api", "ui", "web"]), max_size=8),
+    default=st.sampled_from([None, "fallback"]),
+    requests=st.lists(st.tuples(NAMES, PATHS), min_size=1, max_size=10),
+)
+def test_envoy_picks_the_app_the_router_picks(
+    routes: dict[HostRoute, str], default: str | None, requests: list[tuple[str, str]]
+) -> None:
+    try:
+        table = HostTable(routes.items(), default)
+    except RouteConflict:
+        return
+    plans = plan_virtual_hosts(routes.items(), default)
+    for host, path in requests:
+        assert envoy_route(envoy_virtual_host(plans, host), path) == table.lookup(host, path)
+
+
+def test_trailing_dot_names_match_the_same_virtual_host() -> None:
+    plans = plan_virtual_hosts([(HostRoute("api.example.com"), "api")], None)
+    assert plans[0].domains == ("api.example.com", "api.example.com.")
+
+
+# -- resources for a two-app config ---------------------------------------------------------
+
+
+def two_apps(**extra: Any) -> RouterConfig:
+    return parse_config(
+        {
+            "proxy": {"engine": "envoy"},
+            "apps": [
+                {
+                    "name": "api",
+                    "hosts": ["api.example.com", "*.api.example.com", "www.example.com/api"],
+                    "max_connections": 5,
+                    "discovery": {"static": [{"id": "api-0", "url": "http://10.0.0.1:8000"}]},
+                },
+                {
+                    "name": "ui",
+                    "hosts": ["www.example.com"],
+                    "routing": {"sticky": {"mode": "header", "header_name": "x-user"}},
+                    "discovery": {"static": [{"id": "ui-0", "url": "http://10.0.0.2:8000"}]},
+                    **extra,
+                },
+            ],
+        },
+        {},
+    )
+
+
+def envoy_apps_of(cfg: RouterConfig, drained: frozenset[str] = frozenset()) -> list[EnvoyApp]:
+    return [
+        EnvoyApp(
+            view.name,
+            view.routes,
+            view.default,
+            snapshot_of(view.config, drained=drained),
+            view.config,
+            view.max_connections,
+            cluster_prefix=view.name + ".",
+        )
+        for view in app_views(cfg)
+    ]
+
+
+def hosts_of(route_config: Json) -> dict[str, Json]:
+    """Virtual hosts by name, without the 413 routes every host starts with."""
+    hosts = {}
+    for vhost in route_config["virtual_hosts"]:
+        routes = [r for r in vhost["routes"] if r.get("direct_response", {}).get("status") != 413]
+        hosts[vhost["name"]] = {**vhost, "routes": routes}
+    return hosts
+
+
+def clusters_of(route: Json) -> str:
+    return str(route["route"]["cluster"]) if "route" in route else str(route["direct_response"])
+
+
+def test_each_app_host_is_a_virtual_host_routing_to_its_own_cluster() -> None:
+    cfg = two_apps()
+    apps = envoy_apps_of(cfg)
+    routes = route_configuration("untrusted-http", apps[0].snapshot, cfg, apps=apps)
+    assert routes["ignore_port_in_host_matching"] is True
+    hosts = hosts_of(routes)
+    assert list(hosts) == ["api.example.com", "www.example.com", "*.api.example.com", "*"]
+    assert hosts["*.api.example.com"]["domains"] == ["*.api.example.com", "*.api.example.com."]
+    www = hosts["www.example.com"]["routes"]
+    # the longer prefix first: /api (and below) to api, everything else to ui
+    assert www[0]["match"]["path_separated_prefix"] == "/api"
+    assert [r["route"]["cluster"] for r in www] == ["api.app", "api.app", "ui.app", "ui.app"]
+    assert www[2]["match"]["prefix"] == "/"
+    assert www[2]["route"]["hash_policy"] == [{"header": {"header_name": "x-user"}}]
+    assert "hash_policy" not in www[0]["route"]  # each app keeps its own routing
+    unknown = hosts["*"]["routes"]
+    assert [r["direct_response"]["status"] for r in unknown] == [421]
+    assert json.loads(unknown[0]["direct_response"]["body"]["inline_string"]) == {
+        "error": "misdirected_request"
+    }
+
+
+def test_the_default_app_takes_hosts_no_app_names() -> None:
+    cfg = two_apps(default=True)
+    apps = envoy_apps_of(cfg)
+    hosts = hosts_of(route_configuration("untrusted-http", apps[0].snapshot, cfg, apps=apps))
+    assert {r["route"]["cluster"] for r in hosts["*"]["routes"]} == {"ui.app"}
+    # a path of api.example.com's wildcard level never falls to the default: it has a catch-all
+    assert {r["route"]["cluster"] for r in hosts["*.api.example.com"]["routes"]} == {"api.app"}
+
+
+def test_an_app_with_nothing_routable_answers_its_own_503() -> None:
+    cfg = two_apps()
+    apps = envoy_apps_of(cfg, drained=frozenset({"api-0"}))
+    hosts = hosts_of(route_configuration("untrusted-http", apps[0].snapshot, cfg, apps=apps))
+    api = hosts["api.example.com"]["routes"]
+    assert [r["direct_response"]["status"] for r in api] == [503]
+    www = hosts["www.example.com"]["routes"]
+    assert www[0]["match"] == {"path_separated_prefix": "/api"}
+    assert www[0]["direct_response"]["status"] == 503
+    assert www[1]["route"]["cluster"] == "ui.app"
+
+
+def test_each_app_gets_its_clusters_and_its_connection_cap() -> None:
+    cfg = two_apps()
+    by_name: dict[str, Json] = {}
+    for app in envoy_apps_of(cfg):
+        clusters, assignments = clusters_and_endpoints(
+            app.snapshot,
+            app.config,
+            dial,
+            lambda name: {"ads": {}},
+            prefix=app.cluster_prefix,
+            max_requests=app.max_connections,
+        )
+        by_name |= {c["name"]: c for c in clusters}
+        assert [a["cluster_name"] for a in assignments] == [app.cluster_prefix + "app"]
+    assert set(by_name) == {"api.app", "ui.app"}
+    limits = {n: c["circuit_breakers"]["thresholds"][0]["max_requests"] for n, c in by_name.items()}
+    assert limits == {"api.app": 5, "ui.app": cfg.proxy.max_connections}
+    assert by_name["ui.app"]["lb_policy"] == "MAGLEV"  # ui's sticky header
+    assert by_name["api.app"]["lb_policy"] == "ROUND_ROBIN"
