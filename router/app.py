@@ -128,7 +128,7 @@ class RouterApp:
         if config.apps is not None:
             self.apps.feed_metrics(self.reconciler, self.metrics)
         self.observers = Observers(
-            [self.metrics, passive] if config.metrics.requests else [passive]
+            [self.metrics.observer, passive] if config.metrics.requests else [passive]
         )
         if access_log_enabled:
             self.observers.observers.append(AccessLog())

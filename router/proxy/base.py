@@ -1,4 +1,7 @@
-"""What every data-plane engine shares: the interface, the observation hooks, load counters."""
+"""What every data-plane engine shares: the interface, the observation hooks, load counters.
+
+Compiled with mypyc (router/native.py): `Observers` and `RequestRecord` run once per request.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from router.errors import NoRoutableReplica
 from router.models import Replica
+from router.proxy.inflight import InFlightCounter as InFlightCounter
 from router.proxy.settings import ProxySettings
 from router.snapshot import Snapshot
 
@@ -28,20 +32,6 @@ def no_routable_error(snapshot: Snapshot) -> NoRoutableReplica:
         routable=0,
         states=dict(sorted(states.items())),
     )
-
-
-class InFlightCounter(dict[str, int]):
-    """In-flight requests per replica id; read by least-request, written by the engine."""
-
-    def enter(self, replica_id: str) -> None:
-        self[replica_id] = self.get(replica_id, 0) + 1
-
-    def leave(self, replica_id: str) -> None:
-        left = self.get(replica_id, 1) - 1
-        if left > 0:
-            self[replica_id] = left
-        else:
-            self.pop(replica_id, None)
 
 
 @dataclass(frozen=True, slots=True)
