@@ -98,6 +98,12 @@ def report_markdown(title: str, raw: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def py_spy() -> str | None:
+    """py-spy on PATH, or next to this interpreter (a venv that was not activated)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    return shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+
+
 def _python_pid(pids: list[int]) -> int:
     """The router process among taskset/env wrappers (one worker: a single python)."""
     for pid in pids:
@@ -124,7 +130,7 @@ def profile(args: argparse.Namespace) -> Path:
                 run_load(port, scenario, 2.0, work)
                 router_pid = _python_pid(tree_pids(proc.pid))
                 spy = [
-                    "py-spy", "record", "--pid", str(router_pid), "--format", "raw",
+                    str(py_spy()), "record", "--pid", str(router_pid), "--format", "raw",
                     "--rate", str(args.rate), "--duration", str(args.seconds),
                     "--output", str(stem.with_suffix(".txt")),
                     *(["--native"] if args.native else []),
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=int, default=250, help="samples per second")
     parser.add_argument("--native", action="store_true", help="include C frames")
     args = parser.parse_args(argv)
-    if shutil.which("py-spy") is None:
+    if py_spy() is None:
         raise SystemExit("py-spy not found: pip install -e '.[bench]' (or pip install py-spy)")
     out = profile(args)
     print(out.read_text())
