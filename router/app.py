@@ -133,7 +133,9 @@ class RouterApp:
     def _build_data_plane(self, config: RouterConfig, access_log_enabled: bool) -> None:
         """The observers, the listener's TLS and the engine, reading the apps' snapshots."""
         self.observers = Observers(
-            [self.metrics, self.apps.passive] if config.metrics.requests else [self.apps.passive]
+            [self.metrics.observer, self.apps.passive]
+            if config.metrics.requests
+            else [self.apps.passive]
         )
         if access_log_enabled:
             self.observers.observers.append(AccessLog())

@@ -1,14 +1,15 @@
 """Prometheus metrics on a private registry, fed by one call per event.
 
-The request path only touches plain Python objects: one `ReplicaStats` per replica holds
-counters in dicts and histograms as bucket lists, and a custom collector turns them into
-Prometheus families at scrape time. Everything runs on the event loop thread, so no locks;
+The request path only touches plain objects of the compiled `router.metrics_tally`: one
+`ReplicaStats` per replica holds counters in dicts and histograms as bucket lists, and a
+custom collector turns them into Prometheus families at scrape time. Everything runs on the event loop thread, so no locks;
 prometheus-client's own metric objects (which take a lock per update) are used only for
 rare control-plane events. Snapshot-derived series (states, panic, compose hashes) and the
 in-flight gauge are read at scrape time, so they cost nothing between scrapes, and a
 replica's series disappear as soon as a snapshot without it is published.
 
-Wiring (one call each): `Metrics` is a `TrafficObserver`; `reconciler.subscribe(
+Wiring (one call each): `Metrics.observer` is the `TrafficObserver` the engines call
+(`Metrics` itself is one too, one call slower); `reconciler.subscribe(
 metrics.on_snapshot)`; health calls `health_check()` (ejections are also read from the health
 views in snapshots); attestation calls `attestation_verdict()`; discovery is watched with
 `watch_discovery(source)` (or pushes `discovery_refresh()`).
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata
@@ -39,20 +39,16 @@ from router.metrics_apps import label_apps
 from router.metrics_families import (
     NO_REPLICA,
     ReplicaStats,
-    RouterTotals,
     replica_families,
     router_families,
     snapshot_families,
 )
+from router.metrics_tally import RequestTally
 from router.models import AttestationVerdict, Replica
 from router.proxy.base import RequestRecord
-from router.proxy.retry import retry_reason
 from router.snapshot import Snapshot
 from router.worker_reports import ReportInbox, encode_report, merge_families
 
-KNOWN_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"}
-)
 RATE_WINDOW = 10.0  # seconds over which /status shows request and error rates
 _SAMPLE_EVERY = 1.0
 _SAMPLE_KEEP = 60.0
@@ -75,10 +71,6 @@ def build_version() -> str:
         return "unknown"
 
 
-def _region(replica: Replica | None) -> str:
-    return (replica.region or "") if replica is not None else ""
-
-
 class Metrics:
     """The router's metrics; see the module docstring for how to feed it."""
 
@@ -93,19 +85,18 @@ class Metrics:
         self._in_flight = in_flight
         self._clock = clock
         self._wall = wall
-        self._stats: dict[str, ReplicaStats] = {NO_REPLICA: ReplicaStats(NO_REPLICA, "")}
-        self._known: frozenset[str] | None = None  # None until the first snapshot
+        # The data plane's counters (compiled with the hot path): the engines report to
+        # `tally` directly (see `observer`), this class reads it at scrape time.
+        self.tally = RequestTally()
+        self._stats = self.tally.stats
         self._snapshot: Snapshot | None = None
-        self._retries = 0
-        self._retry_reasons: dict[str, int] = {}  # retry_on name -> retries
-        self._budget_exhausted = 0
         # Rate samples for /status; the first is "nothing yet, at start", so a fresh page
         # shows the rate since start until a full window has passed.
         self._samples: deque[tuple[float, dict[str, tuple[int, int]]]] = deque([(clock(), {})])
         self._discovery_pushed: dict[str, int] = {}
         self._discovery_pushed_success: float | None = None  # wall clock
         self._discovery_source: DiscoveryStats | None = None
-        self.totals = RouterTotals()
+        self.totals = self.tally.totals
         self.peers: ReportInbox | None = None  # worker 0 with proxy.workers > 1
         # With `apps:`, replica id -> app: every per-replica series gets an `app` label.
         self.app_of: Mapping[str, str] | None = None
@@ -124,63 +115,24 @@ class Metrics:
 
     # -- data plane (TrafficObserver): keep these cheap ------------------------------------
 
-    def _stats_for(self, replica: Replica | None) -> ReplicaStats:
-        key = replica.id if replica is not None else NO_REPLICA
-        stats = self._stats.get(key)
-        if stats is None:
-            stats = ReplicaStats(key, _region(replica))
-            # A late report about a replica that already left must not resurrect its series.
-            if self._known is None or key in self._known:
-                self._stats[key] = stats
-        return stats
+    @property
+    def observer(self) -> RequestTally:
+        """What the engines call per request and per failed attempt (no extra hop)."""
+        return self.tally
 
     def attempt_done(
         self, replica: Replica, ok: bool, kind: str | None, status: int | None
     ) -> None:
-        if ok:
-            return
-        errors = self._stats_for(replica).errors
-        kind = kind or "other"
-        errors[kind] = errors.get(kind, 0) + 1
+        self.tally.attempt_done(replica, ok, kind, status)
 
     def request_done(self, record: RequestRecord) -> None:
-        # Inlined on purpose (no helper calls): this runs once per request.
-        replica = record.replica
-        stats = self._stats.get(replica.id if replica is not None else NO_REPLICA)
-        if stats is None:
-            stats = self._stats_for(replica)
-        method = record.method
-        key = (method if method in KNOWN_METHODS else "OTHER", record.status)
-        requests = stats.requests
-        requests[key] = requests.get(key, 0) + 1
-        seconds = record.total_seconds
-        histogram = stats.total_time
-        histogram.counts[bisect_left(histogram.bounds, seconds)] += 1
-        histogram.sum += seconds
-        seconds_up = record.upstream_seconds
-        if seconds_up is not None:
-            histogram = stats.upstream_time
-            histogram.counts[bisect_left(histogram.bounds, seconds_up)] += 1
-            histogram.sum += seconds_up
-        if record.retries:
-            self._retries += record.retries
-            reasons = self._retry_reasons
-            for _, outcome in record.attempts:
-                reason = retry_reason(outcome)
-                reasons[reason] = reasons.get(reason, 0) + 1
-        if record.retry_budget_exhausted:
-            self._budget_exhausted += 1
-        totals = self.totals
-        totals.bytes_in += record.bytes_in
-        totals.bytes_out += record.bytes_out
-        if record.error is not None:
-            totals.failures[record.error] = totals.failures.get(record.error, 0) + 1
+        self.tally.request_done(record)
 
     def retry_counts(self) -> dict[str, int]:
         """Retries by reason, and `budget-exhausted`: refused retries (for reports)."""
-        counts = dict(sorted(self._retry_reasons.items()))
-        if self._budget_exhausted:
-            counts["budget-exhausted"] = self._budget_exhausted
+        counts = dict(sorted(self.tally.retry_reasons.items()))
+        if self.tally.budget_exhausted:
+            counts["budget-exhausted"] = self.tally.budget_exhausted
         return counts
 
     # -- control plane ----------------------------------------------------------------------
@@ -189,12 +141,12 @@ class Metrics:
         """Reconciler listener: remember the snapshot (read at scrape time) and drop the
         series of replicas that left."""
         self._snapshot = snapshot
-        self._known = frozenset(snapshot.by_id)
-        for gone in [k for k in self._stats if k != NO_REPLICA and k not in self._known]:
+        known = self.tally.known = frozenset(snapshot.by_id)
+        for gone in [k for k in self._stats if k != NO_REPLICA and k not in known]:
             del self._stats[gone]
         for status in snapshot.statuses:
             replica = status.replica
-            stats = self._stats_for(replica)
+            stats = self.tally.stats_for(replica.id, replica.region or "")
             stats.region = replica.region or ""
             if status.health is not None:
                 # Health views count ejections too; whichever source saw more wins, so
@@ -268,12 +220,7 @@ class Metrics:
         return results
 
     def _control_stats(self, replica_id: str) -> ReplicaStats:
-        stats = self._stats.get(replica_id)
-        if stats is None:
-            stats = ReplicaStats(replica_id, "")
-            if self._known is None or replica_id in self._known:
-                self._stats[replica_id] = stats
-        return stats
+        return self.tally.stats_for(replica_id, "")
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -393,7 +340,7 @@ class _Collector:
         m = self._m
         yield from replica_families(list(m._stats.values()), m._clock())
         yield CounterMetricFamily(
-            "router_retries", "Upstream attempts beyond the first.", value=m._retries
+            "router_retries", "Upstream attempts beyond the first.", value=m.tally.retries
         )
         by_reason = CounterMetricFamily(
             "router_retries_by_reason",
@@ -402,13 +349,13 @@ class _Collector:
             "retriable-status-codes).",
             labels=["reason"],
         )
-        for reason, n in sorted(m._retry_reasons.items()):
+        for reason, n in sorted(m.tally.retry_reasons.items()):
             by_reason.add_metric([reason], n)
         yield by_reason
         yield CounterMetricFamily(
             "router_retry_budget_exhausted",
             "Retries refused by proxy.retry_budget: the response went back as it was.",
-            value=m._budget_exhausted,
+            value=m.tally.budget_exhausted,
         )
         refreshes = CounterMetricFamily(
             "router_discovery_refresh",

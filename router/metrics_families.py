@@ -4,7 +4,6 @@ time."""
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client.metrics_core import (
@@ -14,96 +13,15 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+# Re-exported: the counters moved to the compiled metrics_tally; callers import them here.
+from router.metrics_tally import LATENCY_BUCKETS as LATENCY_BUCKETS
+from router.metrics_tally import NO_REPLICA as NO_REPLICA
+from router.metrics_tally import ReplicaStats as ReplicaStats
+from router.metrics_tally import RouterTotals as RouterTotals
 from router.models import ReplicaState
 from router.snapshot import Snapshot
 
-NO_REPLICA = "(none)"  # label value for requests that never reached a replica
-# Request latency: from sub-millisecond local replicas (the router's own overhead shows in
-# the lowest buckets) to web calls to slow LLM-style apps, so the tail reaches a minute.
-LATENCY_BUCKETS = (
-    0.00025,
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
-CHECK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATES = tuple(s.value for s in ReplicaState)
-
-
-class Histogram:
-    """Bucket counts (not cumulative) and a sum; cumulated only at scrape time."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def family_args(self) -> tuple[list[tuple[str, float]], float]:
-        buckets: list[tuple[str, float]] = []
-        total = 0
-        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
-            total += count
-            buckets.append(("+Inf" if bound == float("inf") else repr(bound), total))
-        return buckets, self.sum
-
-
-class ReplicaStats:
-    """Everything counted for one replica (or for NO_REPLICA)."""
-
-    __slots__ = (
-        "attestation",
-        "check_time",
-        "checks",
-        "ejections",
-        "errors",
-        "id",
-        "region",
-        "requests",
-        "total_time",
-        "upstream_time",
-        "verdict_at",
-    )
-
-    def __init__(self, replica_id: str, region: str) -> None:
-        self.id = replica_id
-        self.region = region
-        self.requests: dict[tuple[str, int], int] = {}
-        self.upstream_time = Histogram(LATENCY_BUCKETS)
-        self.total_time = Histogram(LATENCY_BUCKETS)
-        self.errors: dict[str, int] = {}
-        self.checks: dict[str, int] = {}
-        self.check_time = Histogram(CHECK_BUCKETS)
-        self.ejections = 0
-        self.attestation: dict[str, int] = {}
-        self.verdict_at: float | None = None
-
-    def totals(self) -> tuple[int, int]:
-        """(requests, 5xx responses) so far."""
-        count = errors = 0
-        for (_, code), n in self.requests.items():
-            count += n
-            if code >= 500:
-                errors += n
-        return count, errors
 
 
 def replica_families(all_stats: Iterable[ReplicaStats], now: float) -> Iterator[Metric]:
@@ -217,27 +135,6 @@ def snapshot_families(snapshot: Snapshot | None, in_flight: Mapping[str, int]) -
         "Version of the published routing snapshot.",
         value=snapshot.version if snapshot else 0,
     )
-
-
-class RouterTotals:
-    """Router-wide counters: client bytes, requests the router answered itself, reloads."""
-
-    __slots__ = (
-        "bytes_in",
-        "bytes_out",
-        "failures",
-        "last_reload_error",
-        "last_reload_success",
-        "reloads",
-    )
-
-    def __init__(self) -> None:
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.failures: dict[str, int] = {}  # error code -> requests, e.g. overloaded
-        self.reloads: dict[str, int] = {}  # ok / error -> count
-        self.last_reload_success: float | None = None  # wall clock
-        self.last_reload_error: str | None = None  # None after a successful reload
 
 
 def router_families(

@@ -30,6 +30,7 @@ NAMES = st.sampled_from(
         "X-Custom",
         "x-private",
         "Cookie",
+        "Close",  # a header named like the `close` token: dropped when Connection names it
     ]
 )
 VALUES = st.sampled_from(
@@ -70,3 +71,22 @@ def test_response_block_matches_the_shared_rules(headers: list[tuple[str, str]])
     lengths = [v for k, v in headers if k.lower() == "content-length"]
     assert length == (lengths[-1].encode() if lengths else None)
     assert (codings is not None) == any(k.lower() == "transfer-encoding" for k, _ in headers)
+
+
+def test_keep_alive_off_takes_the_bytes_path_and_still_drops_a_header_named_close() -> None:
+    # `Connection: close` on every request (wrk -H 'Connection: close', curl with no reuse)
+    # must not fall back to the str rules; a header literally named Close still goes.
+    plain = [("Connection", "close"), ("Accept", "*/*")]
+    odd = [("Connection", "close"), ("Close", "yes"), ("Accept", "*/*")]
+    for headers in (plain, odd):
+        expected = forward_request_headers(
+            headers, peer="127.0.0.1", peer_trusted=False, scheme="http", host=None
+        )
+        got = rules.request_block(
+            raw(headers), peer="127.0.0.1", peer_trusted=False, scheme="http", host=None
+        )
+        assert got == encode(expected)
+        assert b"Close: yes" not in got
+    assert rules._plain_tokens([b"close"]) == frozenset({b"close"})
+    assert not rules._names_only_hop_by_hop([b"close"], raw(odd))
+    assert rules._names_only_hop_by_hop([b"close"], raw(plain))

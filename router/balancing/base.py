@@ -8,7 +8,7 @@ are the failover order. Iterators are lazy so a request that succeeds first time
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from router.models import Replica
@@ -29,21 +29,40 @@ class Member:
     region_total: int = 0
 
 
-@dataclass(slots=True)
+# A dataclass with a written-out __init__ (see `router.proxy.base.RequestRecord`): one is
+# made per request, and mypyc compiles this __init__ but not a generated one.
+@dataclass(init=False, eq=False, slots=True)
 class RequestContext:
     """What a policy may know about a request. `headers` is case-insensitive in practice
     (the engines pass a CIMultiDict); `peer_trusted` says whether the peer is one of
-    `proxy.trusted_proxies`, so policies honour client-sent hints only then."""
+    `proxy.trusted_proxies`, so policies honour client-sent hints only then.
+
+    Filled by policies: `response_headers`, extra response headers (sticky cookie, debug),
+    and `explanation`, a one-line explanation of the choice for the access log."""
 
     client_ip: str
-    method: str = "GET"
-    path: str = "/"
-    headers: Mapping[str, str] = field(default_factory=dict)
-    peer_trusted: bool = False
-    # Filled by policies: extra response headers (sticky cookie, debug) and a one-line
-    # explanation of the choice for the access log.
-    response_headers: list[tuple[str, str]] = field(default_factory=list)
-    explanation: str = ""
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    peer_trusted: bool
+    response_headers: list[tuple[str, str]]
+    explanation: str
+
+    def __init__(
+        self,
+        client_ip: str,
+        method: str = "GET",
+        path: str = "/",
+        headers: Mapping[str, str] | None = None,
+        peer_trusted: bool = False,
+    ) -> None:
+        self.client_ip = client_ip
+        self.method = method
+        self.path = path
+        self.headers = {} if headers is None else headers
+        self.peer_trusted = peer_trusted
+        self.response_headers = []
+        self.explanation = ""
 
 
 class Picker(Protocol):

@@ -381,8 +381,14 @@ class Exchange(RetryingExchange):
             conn.reusable = False  # the upstream answered before the body was sent
         if conn.read_paused:
             conn.resume_reading()
-        self.core.pool.release(conn)
-        self.core.in_flight.leave(replica.id)
+        core = self.core
+        core.pool.release(conn)
+        in_flight, rid = core.in_flight, replica.id
+        left = in_flight.get(rid, 1) - 1  # InFlightCounter.leave, inline: every request
+        if left > 0:
+            in_flight[rid] = left
+        else:
+            in_flight.pop(rid, None)
         self._finish()
 
     def upstream_upgraded(self, rest: bytes) -> None:
@@ -489,11 +495,12 @@ class Exchange(RetryingExchange):
         observers = self.core.observers
         if observers.observers:
             head = self.head
+            path, _, query = head.target.partition("?") if head else ("", "", "")
             observers.request_done(
                 RequestRecord(
                     method=head.method if head else "",
-                    path=head.target.partition("?")[0] if head else "",
-                    query=head.target.partition("?")[2] if head else "",
+                    path=path,
+                    query=query,
                     host=(head.host or "") if head else "",
                     protocol=f"HTTP/{head.version}" if head else "",
                     request_id=self.request_id,

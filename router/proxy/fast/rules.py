@@ -48,20 +48,35 @@ def _tokens(values: list[bytes]) -> set[bytes]:
     return {t.strip().lower() for v in values for t in v.split(b",") if t.strip()}
 
 
-_HOP_ONLY: dict[bytes, bool] = {}
+# Connection tokens that name no end-to-end header in practice: the hop-by-hop names and
+# `close` (a client with keep-alive off sends `Connection: close` on every request).
+_PLAIN_TOKENS = _HOP | {b"close"}
+_PLAIN: dict[bytes, frozenset[bytes] | None] = {}
 
 
-def _names_only_hop_by_hop(values: list[bytes]) -> bool:
-    """Whether Connection names nothing beyond the hop-by-hop set (almost always true:
-    `keep-alive`, `close`, `upgrade`); cached, since the same few values repeat."""
+def _plain_tokens(values: list[bytes]) -> frozenset[bytes] | None:
+    """Connection's tokens when all are hop-by-hop names or `close`, else None; cached,
+    since the same few values (`keep-alive`, `close`, `upgrade`) repeat."""
     if len(values) != 1:
-        return _tokens(values) <= _HOP
-    known = _HOP_ONLY.get(values[0])
-    if known is None:
-        known = _tokens(values) <= _HOP
-        if len(_HOP_ONLY) < 256:
-            _HOP_ONLY[values[0]] = known
-    return known
+        tokens = _tokens(values)
+        return frozenset(tokens) if tokens <= _PLAIN_TOKENS else None
+    if values[0] in _PLAIN:
+        return _PLAIN[values[0]]
+    tokens = _tokens(values)
+    plain = frozenset(tokens) if tokens <= _PLAIN_TOKENS else None
+    if len(_PLAIN) < 256:
+        _PLAIN[values[0]] = plain
+    return plain
+
+
+def _names_only_hop_by_hop(values: list[bytes], headers: RawHeaders) -> bool:
+    """Whether Connection names nothing the bytes rules would keep: only hop-by-hop names,
+    or `close` while no header is literally named `close` (the str rules drop a header
+    named by Connection, whatever its name)."""
+    tokens = _plain_tokens(values)
+    if tokens is None:
+        return False
+    return b"close" not in tokens or all(name.lower() != b"close" for name, _ in headers)
 
 
 def _encode(headers: list[tuple[str, str]]) -> bytes:
@@ -107,7 +122,7 @@ def request_block(
                     via.append(value)
                 continue
             out += (name, b": ", value, b"\r\n")
-        if not connection or _names_only_hop_by_hop(connection):
+        if not connection or _names_only_hop_by_hop(connection, headers):
             out.append(
                 b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n"
                 % (peer.encode(), scheme.encode())
@@ -168,7 +183,7 @@ def response_block(headers: RawHeaders) -> ResponseRules:
             continue
         out += (name, b": ", value, b"\r\n")
     te = b", ".join(codings) if codings else None
-    if connection and not _names_only_hop_by_hop(connection):
+    if connection and not _names_only_hop_by_hop(connection, headers):
         return _encode(forward_response_headers(decode(headers))), length, te
     via.append(_VIA)
     out += (b"Via: ", b", ".join(via), b"\r\n")
