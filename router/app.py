@@ -32,9 +32,11 @@ from router.operator import OperatorActions
 from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.base import Engine, InFlightCounter, Observers
 from router.proxy.fast import FastEngine
+from router.proxy.well_known import ATTESTATION_PATH
 from router.reach import ConnectTo, PeerCheck
 from router.reconciler import Reconciler
 from router.reload_plan import plan_reload
+from router.self_attestation import admin_handler, build_router_attestation
 from router.snapshot import Snapshot
 from router.status import router_facts, status_document
 from router.status_history import StatusHistory
@@ -135,6 +137,9 @@ class RouterApp:
         self.tls = _server_tls(config)
         self.ratls_gate = self.plane.ratls_gate
         peer_check = self._peer_check()
+        self.self_attestation = build_router_attestation(
+            config, self._environ, trusted_simulator_keys, clock=clock
+        )
         self.engine: Engine
         if config.proxy.engine == "fast":
             self.engine = FastEngine(
@@ -146,6 +151,7 @@ class RouterApp:
                 tls=self.tls,
                 apps=directory,
                 peer_check=peer_check,
+                attestation=self.self_attestation,
             )
         elif config.proxy.engine == "envoy":
             from router.proxy.envoy.engine import EnvoyEngine  # only with the [envoy] extra
@@ -166,9 +172,13 @@ class RouterApp:
                 tls=self.tls,
                 apps=directory,
                 peer_check=peer_check,
+                attestation=self.self_attestation,
             )
         self.admin = AdminServer(
             config.admin.listen, self, self._admin_token(), metrics=self._metrics_render()
+        )
+        self.admin.extra_routes.append(
+            ("GET", ATTESTATION_PATH, admin_handler(self.self_attestation))
         )
         # With several worker processes only the first serves the admin listener.
         self._worker = worker or WorkerLink()
@@ -195,6 +205,9 @@ class RouterApp:
         self._tasks: list[asyncio.Task[None]] = []
         self._draining = False
         self._started = False
+
+    async def _load_self_attestation(self) -> None:
+        await self.self_attestation.load()  # for /status; the endpoint loads it too if this fails
 
     def _metrics_render(self) -> MetricsSource:
         """The /metrics body: with Envoy as the engine, Envoy's own series follow ours."""
@@ -224,6 +237,9 @@ class RouterApp:
         summary of every app under `apps`, or (`app`) one app's. LookupError: no such app."""
         primary = self._app_status(self.reconciler, self.health.view, self.config)
         primary.update(self._router_facts())
+        primary["router_attestation"] = self.self_attestation.summary(
+            getattr(self.tls, "spki_sha256", None)
+        )
         engine_view = getattr(self.engine, "status_view", None)
         if engine_view is not None:  # Envoy's own view of the endpoints, next to ours
             primary["envoy"] = engine_view()
@@ -387,6 +403,8 @@ class RouterApp:
             self._spawn(self.attestor.run())
         if isinstance(self.tls, DstackServerTLS):
             await self.tls.refresh()  # the RA-TLS key before the listener opens
+        if self.self_attestation.in_cvm:
+            self._spawn(self._load_self_attestation())
         for app in self.apps.planes:
             await app.start()
         try:
