@@ -1,6 +1,7 @@
 """A fake dstack guest agent on a unix socket, speaking the HTTP API dstack-sdk calls
-(`/Info`, `/GetQuote`), with simulator-signed quotes: a "CVM" for the router's own
-attestation. `tamper` makes its quotes lie (a flipped bit, another nonce)."""
+(`/Info`, `/GetQuote`, `/GetTlsKey`), with simulator-signed quotes: a "CVM" for the router's
+own attestation. `tamper` makes its quotes lie (a flipped bit, another nonce, another
+instance); the RA-TLS certificates it hands out stay honest."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 
 from router.attestation.eventlog import parse_event_log, replay_rtmrs
 from router.simulator.quotes import VM_CONFIG, SimulatedQuotes, flip_bit, make_quote
+from router.simulator.ratls import Identity, SimCa, ra_tls_certificate
 
 APP_COMPOSE = json.dumps(
     {"manifest_version": 2, "name": "phala-router", "runner": "docker-compose"}
@@ -35,9 +38,11 @@ class FakeGuestAgent:
     quotes: SimulatedQuotes = field(default_factory=SimulatedQuotes)
     quote_requests: list[str] = field(default_factory=list)
     info_requests: int = 0
-    # "" (honest), "tampered" (a flipped bit in the quote), "stale" (ignores the report_data)
+    # "" (honest), "tampered" (a flipped bit in the quote), "stale" (ignores the report_data),
+    # "other_instance" (quotes name another instance than the certificates)
     tamper: str = ""
     fail: bool = False
+    ca: SimCa = field(default_factory=SimCa)
 
     @property
     def public_key(self) -> bytes:
@@ -47,8 +52,9 @@ class FakeGuestAgent:
         me = self.me
         if self.tamper == "stale":
             report_data = b"\x01" * 64
+        instance = "ee" * 20 if self.tamper == "other_instance" else me.instance_id
         quote, events = make_quote(
-            me.app_id, me.instance_id, me.compose_hash, report_data, key=self.quotes.key
+            me.app_id, instance, me.compose_hash, report_data, key=self.quotes.key
         )
         return (flip_bit(quote) if self.tamper == "tampered" else quote), events
 
@@ -84,6 +90,19 @@ class FakeGuestAgent:
             }
         )
 
+    async def get_tls_key(self, request: web.Request) -> web.Response:
+        me = self.me
+        identity = Identity(me.app_id, me.instance_id, me.compose_hash)
+        key, cert = ra_tls_certificate(identity, self.quotes.key, self.ca, host="router.test")
+        assert self.ca.cert is not None
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        chain = [c.public_bytes(serialization.Encoding.PEM).decode() for c in (cert, self.ca.cert)]
+        return web.json_response({"key": pem, "certificate_chain": chain})
+
     async def get_quote(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.quote_requests.append(body["report_data"])
@@ -109,6 +128,7 @@ async def guest_agent_socket(agent: FakeGuestAgent) -> AsyncIterator[str]:
         app = web.Application()
         app.router.add_post("/Info", agent.info)
         app.router.add_post("/GetQuote", agent.get_quote)
+        app.router.add_post("/GetTlsKey", agent.get_tls_key)
         runner = web.AppRunner(app)
         await runner.setup()
         await web.UnixSite(runner, path=socket).start()
