@@ -21,11 +21,13 @@ from router.models import AttestationVerdict
 from router.proxy.well_known import ATTESTATION_PATH, is_attestation_target
 from router.quote_server import ClientBudget
 from router.self_attestation import RouterAttestation, find_guest_agent
+from tests import test_status_page
 from tests.dstack_support import FakeGuestAgent, RouterCvm, guest_agent_socket
 from tests.support import TestReplica as Replica
 from tests.support import running_replica, running_router, static_config
 
 NONCE = bytes(range(32))
+browser = test_status_page.browser  # the headless Chromium fixture
 
 
 def verdict_of(doc: dict[str, Any], key: bytes, nonce: bytes) -> AttestationVerdict:
@@ -150,6 +152,23 @@ async def test_a_tampered_start_quote_shows_as_unverified_in_status(
         verified = router.app.status()["router_attestation"]["verified"]
         assert verified["ok"] is False
         assert verified["reason"] == "bad_signature"
+
+
+@pytest.mark.browser
+async def test_the_status_page_shows_the_routers_own_attestation(
+    in_cvm: InCvm, browser: Any
+) -> None:
+    environ = {"DSTACK_SIMULATOR_ENDPOINT": in_cvm.socket}
+    keys = frozenset({in_cvm.agent.public_key})
+    config = router_config("fast", in_cvm.replica)
+    async with running_router(config, environ=environ, trusted_simulator_keys=keys) as router:
+        page = await browser.new_page()
+        await page.goto(f"{router.admin_url}/status.html")
+        await page.wait_for_selector("#router-attestation", timeout=5000)
+        text = await page.inner_text("#router-attestation")
+        assert "verified, TCB UpToDate" in text
+        assert "instance 7a7a7a7a" in text
+        assert "no RA-TLS key" in text  # this router's listener is plain HTTP
 
 
 # -- rationing, without sockets ---------------------------------------------------------------
