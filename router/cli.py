@@ -146,8 +146,10 @@ def check_config(config_path: str, as_json: bool) -> None:
     "--policy", default="round_robin", type=click.Choice(["round_robin", "geo", "least_request"])
 )
 @click.option(
-    "--attestation", default="off", type=click.Choice(["off", "cloud", "guest-agent", "fresh"])
-)
+    "--attestation", default="off",
+    type=click.Choice(["off", "cloud", "guest-agent", "fresh", "ra-tls"]),
+    help="attest the replicas; ra-tls: simulated RA-TLS CVMs behind a TLS passthrough",
+)  # fmt: skip
 @with_logging
 def demo(
     port: int,

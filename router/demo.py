@@ -4,7 +4,7 @@ Two apps on one router, each in its own simulated cloud: `api` (4 replicas in 3 
 behind a TLS gateway, one of them stopped; the default app, so a bare 127.0.0.1 reaches it)
 and `ui` (2 replicas behind a plain-HTTP gateway), chosen by Host (`api.localhost`,
 `ui.localhost`). One Cloud API key serves both. Prints where to look and runs until Ctrl-C.
-Everything listens on 127.0.0.1 only.
+Everything listens on 127.0.0.1 only. `--attestation ra-tls` runs `demo_ratls.py` instead.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from router.app import RouterApp
 from router.config import parse_config
+from router.demo_ratls import run_ra_tls_demo
 from router.signals import wait_for_signal
 from router.simulator import SimReplicaConfig, Simulator, SimulatorConfig
 
@@ -149,6 +150,12 @@ async def run_demo(
     stop: asyncio.Event | None = None,
     ready: Callable[[RouterApp, Simulator], None] | None = None,
 ) -> None:
+    if attestation == "ra-tls":  # attested connections: a demo of its own (demo_ratls.py)
+        await run_ra_tls_demo(
+            port=_port_or_any(port), admin_port=_port_or_any(admin_port), policy=policy,
+            access_log=access_log, stop=stop,
+        )  # fmt: skip
+        return
     sim = Simulator(SimulatorConfig.demo(tls=True, attestation=attestation != "off"))
     ui = Simulator(ui_simulator_config(sim.config, attestation != "off"))
     await sim.start()
