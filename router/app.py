@@ -207,7 +207,7 @@ class RouterApp:
         self._started = False
 
     async def _load_self_attestation(self) -> None:
-        await self.self_attestation.load()  # for /status; the endpoint loads it too if this fails
+        await self.self_attestation.warm()  # for /status; the endpoint loads it too if this fails
 
     def _metrics_render(self) -> MetricsSource:
         """The /metrics body: with Envoy as the engine, Envoy's own series follow ours."""

@@ -210,9 +210,19 @@ class RouterAttestation:
                 log.warning("router attestation: %s", self.error)
                 return None
             self._base, self.error = document(self._info, quote, None), None
-            if self._self_check is not None:
-                self.verdict = await self._self_check(self._base)
         return self._base
+
+    async def warm(self) -> None:
+        """At start, in the background: load the document, then check the start quote as a
+        client would (for /status; requests never wait for this check)."""
+        base = await self.load()
+        if base is None or self._self_check is None:
+            return
+        try:
+            self.verdict = await self._self_check(base)
+        except Exception as exc:  # a check that cannot run is shown, never a pass
+            log.exception("router attestation: checking the router's own quote failed")
+            self.verdict = {"ok": False, "reason": "self_check_failed", "detail": str(exc)}
 
     async def answer(self, method: str, target: str, client: str) -> LocalAnswer:
         if method not in ("GET", "HEAD"):
@@ -249,13 +259,13 @@ class RouterAttestation:
         if self._busy.locked():
             return _error(503, "busy", "too many quotes in progress", ("Retry-After", "1"))
         async with self._busy:
-            base = await self.load()
-            if base is None or self._info is None:
+            base, agent = await self.load(), self.agent
+            if base is None or self._info is None or agent is None:
                 return _error(
                     503, "guest_agent_unavailable", self.error or "", ("Retry-After", "5")
                 )
             try:
-                quote = await self.agent.quote(router_report_data(nonce))  # type: ignore[union-attr]
+                quote = await agent.quote(router_report_data(nonce))
             except Exception as exc:  # a failed quote is the guest agent's, reported as such
                 log.warning("router attestation: dstack GetQuote failed: %s", exc)
                 return _error(502, "guest_agent_failed", f"dstack GetQuote failed: {exc}")

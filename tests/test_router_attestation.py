@@ -24,7 +24,7 @@ from router.self_attestation import RouterAttestation, find_guest_agent
 from tests import test_status_page
 from tests.dstack_support import FakeGuestAgent, RouterCvm, guest_agent_socket
 from tests.support import TestReplica as Replica
-from tests.support import running_replica, running_router, static_config
+from tests.support import eventually, running_replica, running_router, static_config
 
 NONCE = bytes(range(32))
 browser = test_status_page.browser  # the headless Chromium fixture
@@ -96,6 +96,7 @@ async def test_the_router_in_a_cvm_serves_its_attestation_and_a_nonce_bound_quot
             # The start quote does not pass for a client's nonce: it is not fresh.
             assert verdict_of(doc, agent.public_key, NONCE).reason == "stale_nonce"
         assert in_cvm.replica.hits == 0  # answered by the router, never routed
+        await eventually(lambda: router.app.self_attestation.verdict is not None)
         status = router.app.status()["router_attestation"]
         assert status["app_id"] == me.app_id
         assert status["compose_hash"] == me.compose_hash
@@ -149,6 +150,7 @@ async def test_a_tampered_start_quote_shows_as_unverified_in_status(
     async with running_router(config, environ=environ, trusted_simulator_keys=keys) as router:
         async with client.get(router.url + ATTESTATION_PATH) as response:
             assert response.status == 200
+        await eventually(lambda: router.app.self_attestation.verdict is not None)
         verified = router.app.status()["router_attestation"]["verified"]
         assert verified["ok"] is False
         assert verified["reason"] == "bad_signature"
@@ -164,7 +166,11 @@ async def test_the_status_page_shows_the_routers_own_attestation(
     async with running_router(config, environ=environ, trusted_simulator_keys=keys) as router:
         page = await browser.new_page()
         await page.goto(f"{router.admin_url}/status.html")
-        await page.wait_for_selector("#router-attestation", timeout=5000)
+        await page.wait_for_function(
+            "() => document.querySelector('#router-attestation')?.textContent"
+            ".includes('verified, TCB')",
+            timeout=10000,
+        )  # the page refreshes every 2 s; the router checks its quote in the background
         text = await page.inner_text("#router-attestation")
         assert "verified, TCB UpToDate" in text
         assert "instance 7a7a7a7a" in text
