@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Protocol
+from typing import Final, Protocol
 
-ATTESTATION_PATH = "/.well-known/phala-router/attestation"
+ATTESTATION_PATH: Final = "/.well-known/phala-router/attestation"
 
 
 @dataclass(frozen=True, slots=True)
