@@ -178,7 +178,7 @@ class RouterApp:
             config.admin.listen, self, self._admin_token(), metrics=self._metrics_render()
         )
         self.admin.extra_routes.append(
-            ("GET", ATTESTATION_PATH, admin_handler(self.self_attestation))
+            ("*", ATTESTATION_PATH, admin_handler(self.self_attestation))
         )
         # With several worker processes only the first serves the admin listener.
         self._worker = worker or WorkerLink()

@@ -5,6 +5,7 @@ the path is a 404 saying why, never routed. Both engines and the admin listener.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from router.quote_server import ClientBudget
 from router.self_attestation import RouterAttestation, find_guest_agent
 from tests import test_status_page
 from tests.dstack_support import FakeGuestAgent, RouterCvm, guest_agent_socket
+from tests.recording_upstream import RawClient
 from tests.support import TestReplica as Replica
 from tests.support import eventually, running_replica, running_router, static_config
 
@@ -86,6 +88,9 @@ async def test_the_router_in_a_cvm_serves_its_attestation_and_a_nonce_bound_quot
                 me.app_id, me.instance_id, me.compose_hash,
             )  # fmt: skip
             assert doc["nonce"] is None
+            async with client.head(base + ATTESTATION_PATH) as response:
+                assert response.status == 200
+                assert await response.read() == b""
             assert doc["app_compose"]
             assert verdict_of(doc, agent.public_key, b"").ok
             async with client.get(f"{base}{ATTESTATION_PATH}?nonce={NONCE.hex()}") as response:
@@ -122,6 +127,29 @@ async def test_a_bad_nonce_is_a_400_naming_what_is_allowed_and_the_router_keeps_
         async with client.get(f"{router.url}/still") as response:
             assert response.status == 200
     assert not [r for r in in_cvm.agent.quote_requests if r != router_report_data(b"").hex()]
+
+
+async def test_pipelined_requests_keep_their_order_around_the_attestation_answer(
+    engine: str, in_cvm: InCvm
+) -> None:
+    """The answer is made asynchronously (a quote takes a while): a request pipelined behind
+    it on the same connection is answered after it, and the connection stays usable."""
+    environ = {"DSTACK_SIMULATOR_ENDPOINT": in_cvm.socket}
+    async with running_router(router_config(engine, in_cvm.replica), environ=environ) as router:
+        raw = await RawClient.connect(router)
+        try:
+            await raw.send(
+                f"GET {ATTESTATION_PATH}?nonce={NONCE.hex()} HTTP/1.1\r\nHost: r\r\n\r\n"
+                "GET /after HTTP/1.1\r\nHost: r\r\n\r\n".encode()
+            )
+            first, body = await raw.response(timeout=10)
+            assert first.status_code == 200
+            assert json.loads(body)["nonce"] == NONCE.hex()
+            second, body = await raw.response()
+            assert second.status_code == 200
+            assert json.loads(body)["path"] == "/after"
+        finally:
+            raw.close()
 
 
 async def test_outside_a_cvm_the_path_is_a_404_saying_why_and_is_not_routed(
