@@ -6,9 +6,11 @@ the port is taken, 2 bad arguments.
 
 `phala-router verify https://HOST[:PORT]` runs anywhere: it verifies a dstack RA-TLS endpoint
 (a router in a CVM, a replica's passthrough port, any app with dstack RA-TLS certificates)
-and prints what was proven. Exit codes: 0 verified; 1 no TLS session (unreachable, handshake
-failed); 2 bad arguments (e.g. a measurements file that is not valid); 3 the session's
-attestation does not verify.
+and prints what was proven; with `--nonce` also a quote the server (a router in a CVM) makes
+now for our nonce on the same session (`attestation/remote_nonce.py`). Exit codes: 0
+verified; 1 no TLS session (unreachable, handshake failed); 2 bad arguments (e.g. a
+measurements file that is not valid); 3 the session's attestation, or the nonce quote, does
+not verify.
 """
 
 from __future__ import annotations
