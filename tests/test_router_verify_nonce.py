@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from router.attestation import remote_nonce
-from router.attestation.remote import Endpoint
-from router.proxy.well_known import ATTESTATION_PATH
+from router.attestation.simsig import public_key_bytes
+from router.simulator.ratls import Identity, RaTlsServer
 from tests.dstack_support import FakeGuestAgent, RouterCvm, guest_agent_socket
 from tests.support import running_replica, running_router, static_config
 from tests.test_ratls_verify_cli import run_cli
@@ -71,11 +71,23 @@ async def test_a_lying_nonce_quote_fails_with_exit_3(
     assert document["fresh_quote"]["reason"] == reason
 
 
-async def test_a_server_without_the_endpoint_fails_the_nonce_check(cvm_router: CvmRouter) -> None:
-    answer = await remote_nonce.ask_with_nonce(
-        Endpoint("router.test", cvm_router.port), ATTESTATION_PATH + "x", b"\1" * 32, 5.0,
-        connect_host="127.0.0.1",
-    )  # fmt: skip
-    assert answer.status != 200
-    with pytest.raises(Exception, match="no_attestation_endpoint"):
-        remote_nonce._document(answer)
+async def test_a_server_without_the_endpoint_fails_the_nonce_check_with_exit_3() -> None:
+    """An RA-TLS app that is not a router: its certificate verifies, but nothing answers the
+    nonce, so `--nonce` cannot prove the CVM is live (`no_attestation_endpoint`)."""
+    me = RouterCvm()
+    quote_key = ec.generate_private_key(ec.SECP256R1())
+    identity = Identity(me.app_id, me.instance_id, me.compose_hash)
+    server = RaTlsServer("app", identity, quote_key, host="app.test")
+    await server.start()
+    try:
+        code, out, err = await run_cli(
+            f"https://app.test:{server.port}", "--connect", "127.0.0.1", "--nonce", "--json",
+            "--insecure-simulator-key", public_key_bytes(quote_key.public_key()).hex(),
+        )  # fmt: skip
+    finally:
+        await server.stop()
+    assert code == 3, out + err
+    document = json.loads(out)
+    assert document["ok"] is True
+    assert document["fresh_quote"]["reason"] == "no_attestation_endpoint"
+    assert server.requests == 1  # the one nonce request, on the verified session
