@@ -79,6 +79,13 @@ async def test_ra_tls_demo_sends_traffic_only_over_verified_sessions(
         app: RouterApp = started["app"]
         cloud: RaTlsCloud = started["cloud"]
         await eventually(lambda: len(app.reconciler.current.routable) == 2, timeout=20)
+
+        def refused() -> dict[str, str]:
+            return {r["id"]: r["reason"] for r in app.status()["replicas"] if not r["routable"]}
+
+        # The refusals land when each one's first health probe dialled it.
+        await eventually(lambda: "ra_tls" in refused().get("impostor", ""), timeout=20)
+        await eventually(lambda: "ra_tls" in refused().get("mitm", ""), timeout=20)
         host, port = app.engine.addresses[0]
         async with aiohttp.ClientSession() as client:
             answers = set()
