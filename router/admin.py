@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # /status.html is a static shell holding no data: its script fetches /status with the token.
-OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/status.html"})
+# The router's attestation (router.self_attestation) is public evidence, rationed by itself.
+OPEN_PATHS = frozenset(
+    {"/", "/healthz", "/readyz", "/status.html", "/.well-known/phala-router/attestation"}
+)
 MetricsSource = Callable[[], Awaitable[tuple[bytes, str]]]
 RECENT_ACTIONS = 20
 

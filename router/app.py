@@ -21,20 +21,22 @@ from router.config import RouterConfig, redacted
 from router.discovery.shared import CloudPolls
 from router.discovery.static import static_replicas
 from router.errors import DiscoveryAuthError, DiscoveryError
-from router.listen_errors import listen_error
+from router.listen_errors import listen_error, proxy_listeners
 from router.metrics import Metrics, build_version
 from router.models import Replica
 from router.native import build_description
 from router.operator import OperatorActions
 from router.proxy.base import InFlightCounter, Observers
+from router.proxy.well_known import ATTESTATION_PATH
 from router.reach import PeerCheck
 from router.reconciler import Reconciler
 from router.reload import LiveParts, Reloader, ReloadResult
+from router.self_attestation import admin_handler, build_router_attestation
 from router.snapshot import Snapshot
 from router.status import router_facts, status_document
 from router.status_history import StatusHistory
 from router.worker_reports import start_reports
-from router.workers import WorkerLink, worker_count
+from router.workers import WorkerLink, warn_if_unsupervised, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ class RouterApp:
         self.in_flight = InFlightCounter()
         self.metrics = Metrics(self.in_flight, clock=clock)
         self._build_control(config, trusted_simulator_keys)
+        # The router's own attestation when it runs in a CVM (/.well-known, /status).
+        self.self_attestation = build_router_attestation(
+            config, self._environ, trusted_simulator_keys, clock=clock
+        )
         self._build_data_plane(config, access_log_enabled)
         # With several worker processes only the first serves the admin listener.
         self._worker = worker or WorkerLink()
@@ -77,6 +83,9 @@ class RouterApp:
             self,
             admin_token(config.admin.token_env, self._environ),
             metrics=self._metrics_render(),
+        )
+        self.admin.extra_routes.append(
+            ("*", ATTESTATION_PATH, admin_handler(self.self_attestation))
         )
         self.dns = build_dns(config, self.reconciler, self._environ)
         self.metrics.watch_connections(self.engine.connection_counts)
@@ -156,6 +165,7 @@ class RouterApp:
                 app_configs=self.apps.configs,
                 watch_apps=self.apps.watch,
                 ratls_gate=self.plane.ratls_gate,
+                attestation=self.self_attestation,
             ),
             self._clock,
         )
@@ -189,6 +199,9 @@ class RouterApp:
         summary of every app under `apps`, or (`app`) one app's. LookupError: no such app."""
         primary = self._app_status(self.reconciler, self.health.view, self.config)
         primary.update(self._router_facts())
+        primary["router_attestation"] = self.self_attestation.summary(
+            getattr(self.tls, "spki_sha256", None)
+        )
         engine_view = getattr(self.engine, "status_view", None)
         if engine_view is not None:  # Envoy's own view of the endpoints, next to ours
             primary["envoy"] = engine_view()
@@ -297,19 +310,16 @@ class RouterApp:
             self._spawn(self.attestor.run())
         if isinstance(self.tls, DstackServerTLS):
             await self.tls.refresh()  # the RA-TLS key before the listener opens
+        if self.self_attestation.in_cvm:
+            # For /status; the endpoint loads it too if this fails.
+            self._spawn(self.self_attestation.warm())
         for app in self.apps.planes:
             await app.start()
         try:
             await self.engine.start()
         except OSError as exc:
-            raise listen_error(exc, self._proxy_listeners()) from None
-        workers = worker_count(self.config)
-        if workers > 1 and self._worker.count == 1:
-            log.warning(
-                "proxy.workers is %d but this process was not started by "
-                "router.workers.run_workers: serving with one process",
-                workers,
-            )
+            raise listen_error(exc, proxy_listeners(self.config)) from None
+        warn_if_unsupervised(worker_count(self.config), self._worker)
         self._worker.listen(self.reconciler.set_overrides, self.apps.apply_overrides)
         # Workers > 0 report their counters to worker 0, which merges them.
         self.metrics.peers = start_reports(self._worker, self.metrics.report_line, self._spawn)
@@ -336,13 +346,6 @@ class RouterApp:
             if self._admin_enabled
             else "worker 0",
         )
-
-    def _proxy_listeners(self) -> list[tuple[str, str]]:
-        """(config key, HOST:PORT) of the traffic listeners, for a bind error message."""
-        listeners = [("listen", self.config.listen)] if self.config.listen else []
-        if self.config.listen_tls is not None:
-            listeners.append(("listen_tls.listen", self.config.listen_tls.listen))
-        return listeners
 
     async def discard(self) -> None:
         """Release what the constructor opened, for a router that never starts

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import ssl
 import tempfile
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from router.tls import ServerTLS, new_server_context
 
@@ -146,13 +148,17 @@ class DstackServerTLS(ServerTLS):
         self.renew = renew
         self.context = new_server_context()
         self.not_after = None
+        self.spki_sha256: str | None = None
 
     async def refresh(self) -> None:
         key, chain = await fetch_tls_key(self.endpoint)
         load_key(self.context, key, chain)
-        self.not_after = x509.load_pem_x509_certificate(
-            chain[0].encode()
-        ).not_valid_after_utc.timestamp()
+        leaf = x509.load_pem_x509_certificate(chain[0].encode())
+        self.not_after = leaf.not_valid_after_utc.timestamp()
+        # Shown in /status: the key a client should find in the certificate it verifies.
+        self.spki_sha256 = hashlib.sha256(
+            leaf.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+        ).hexdigest()
         log.info("listen_tls: serving a new RA-TLS key from dstack")
 
     def reload(self) -> bool:

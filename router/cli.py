@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
@@ -25,6 +26,9 @@ from router.cli_support import (
 from router.config import redacted
 from router.errors import ConfigError
 from router.signals import catch_signals, wait_for_signal
+
+if TYPE_CHECKING:
+    from router.models import AttestationVerdict, Replica
 
 log_options = [
     click.option(
@@ -139,8 +143,10 @@ def check_config(config_path: str, as_json: bool) -> None:
     "--policy", default="round_robin", type=click.Choice(["round_robin", "geo", "least_request"])
 )
 @click.option(
-    "--attestation", default="off", type=click.Choice(["off", "cloud", "guest-agent", "fresh"])
-)
+    "--attestation", default="off",
+    type=click.Choice(["off", "cloud", "guest-agent", "fresh", "ra-tls"]),
+    help="attest the replicas; ra-tls: simulated RA-TLS CVMs behind a TLS passthrough",
+)  # fmt: skip
 @with_logging
 def demo(
     port: int,
@@ -219,17 +225,31 @@ def simulate(config_path: str, log_level: str, log_format: str, access_log: bool
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--app", "app_name", default=None, help=APP_OPTION_HELP)
 def replicas(config_path: str, as_json: bool, app_name: str | None) -> None:
-    """One discovery pass, printed as a table (or JSON)."""
+    """One discovery pass, printed as a table (or JSON). With `attestation.connection:
+    ra-tls`, each replica's RA-TLS certificate is checked too and shown with its verdict."""
     logs.configure("warning")
     config = load_app_or_exit(config_path, app_name)
+    from router.attestation.report import format_verdict, verdict_to_dict
     from router.discovery.table import render_table, replica_rows
-    from router.oneshot import discover_once
+    from router.oneshot import discover_once, ra_tls_pass
 
-    found = run_async(lambda: discover_once(config, os.environ))
+    async def run() -> tuple[list[Replica], list[AttestationVerdict]]:
+        found = await discover_once(config, os.environ)
+        return found, await ra_tls_pass(config, found)
+
+    found, checked = run_async(run)
     if as_json:
-        click.echo(json.dumps(replica_rows(found), indent=2))
+        rows = replica_rows(found)
+        by_id = {v.replica_id: verdict_to_dict(v) for v in checked}
+        for row in rows:
+            if row["id"] in by_id:
+                row["ra_tls"] = by_id[row["id"]]
+        click.echo(json.dumps(rows, indent=2))
     else:
         click.echo(render_table(found))
+        if checked:
+            click.echo("\nRA-TLS (attestation.connection: ra-tls):")
+            click.echo("\n".join(format_verdict(v) for v in checked))
 
 
 @main.command()
@@ -255,8 +275,12 @@ def attest(
     3 a replica failed (with --measurements: 0 whenever measurements were printed)."""
     logs.configure("warning")
     config = load_app_or_exit(config_path, app_name)
-    if not config.attestation.enabled:
-        fail("attestation.mode is off in this config: set cloud, guest-agent or fresh", EXIT_CONFIG)
+    if not config.attestation.enabled and not config.attestation.ra_tls:
+        fail(
+            "attestation.mode is off and attestation.connection is not ra-tls in this config: "
+            "set mode (cloud, guest-agent or fresh), connection: ra-tls, or both",
+            EXIT_CONFIG,
+        )
     from router.attestation import report
     from router.oneshot import control_plane_pass
 
@@ -273,6 +297,8 @@ def attest(
         click.echo(json.dumps([report.verdict_to_dict(v) for v in result.verdicts], indent=2))
     else:
         for verdict in result.verdicts:
+            if verdict.mode == "ra-tls":  # the certificate's verdict, next to the mode's
+                verdict = dataclasses.replace(verdict, replica_id=f"{verdict.replica_id} [ra-tls]")
             click.echo(report.format_verdict(verdict))
     if not all(v.ok for v in result.verdicts):
         sys.exit(report.EXIT_SOME_FAILED)

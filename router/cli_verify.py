@@ -6,9 +6,11 @@ the port is taken, 2 bad arguments.
 
 `phala-router verify https://HOST[:PORT]` runs anywhere: it verifies a dstack RA-TLS endpoint
 (a router in a CVM, a replica's passthrough port, any app with dstack RA-TLS certificates)
-and prints what was proven. Exit codes: 0 verified; 1 no TLS session (unreachable, handshake
-failed); 2 bad arguments (e.g. a measurements file that is not valid); 3 the session's
-attestation does not verify.
+and prints what was proven; with `--nonce` also a quote the server (a router in a CVM) makes
+now for our nonce on the same session (`attestation/remote_nonce.py`). Exit codes: 0
+verified; 1 no TLS session (unreachable, handshake failed); 2 bad arguments (e.g. a
+measurements file that is not valid); 3 the session's attestation, or the nonce quote, does
+not verify.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -24,6 +26,8 @@ from router.cli_support import fail, run_async
 
 if TYPE_CHECKING:
     from router.attestation.measurements import OsMeasurement
+    from router.attestation.verify import Verifier
+    from router.models import AttestationVerdict
 
 
 def _measurements(path: str | None) -> tuple[OsMeasurement, ...]:
@@ -56,6 +60,11 @@ def _measurements(path: str | None) -> tuple[OsMeasurement, ...]:
     "--insecure-simulator-key", "simulator_keys", multiple=True,
     help="hex key of a local simulator whose quotes to accept (tests and demos only)",
 )  # fmt: skip
+@click.option(
+    "--nonce", "with_nonce", is_flag=True,
+    help="also ask /.well-known/phala-router/attestation for a quote made now for a fresh "
+    "nonce, on the same TLS session, and verify it (a router in a CVM serves it)",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True)
 def verify(
     url: str,
@@ -69,16 +78,18 @@ def verify(
     connect_host: str | None,
     timeout: float,
     simulator_keys: tuple[str, ...],
+    with_nonce: bool,
     as_json: bool,
 ) -> None:
-    """Connect, verify the RA-TLS certificate presented, print what it proves.
+    """Connect, verify the RA-TLS certificate presented, print what it proves; with --nonce
+    also a quote the server makes now for our nonce.
 
     Exit codes: 0 verified, 1 no TLS session, 2 bad arguments, 3 not verified."""
-    from router.attestation import remote
+    from router.attestation import remote, remote_nonce
     from router.attestation.claims import Expectation
     from router.attestation.collateral import CollateralStore
-    from router.attestation.report import verdict_to_dict
     from router.attestation.settings import CollateralConfig
+    from router.proxy.well_known import ATTESTATION_PATH
 
     try:
         endpoint = remote.Endpoint.parse(url)
@@ -97,26 +108,54 @@ def verify(
         allowed_key_providers=frozenset(key_providers),
     )
 
-    async def run() -> object:
+    verifier: Verifier = "insecure-simulator" if keys else "dcap"
+
+    async def run() -> tuple[AttestationVerdict, AttestationVerdict | None]:
+        answer = None
         try:
-            leaf = await remote.fetch_leaf(endpoint, timeout, connect_host)
+            if with_nonce:
+                answer = await remote_nonce.ask_with_nonce(
+                    endpoint, ATTESTATION_PATH, remote_nonce.new_nonce(), timeout, connect_host
+                )
+                leaf = answer.leaf
+            else:
+                leaf = await remote.fetch_leaf(endpoint, timeout, connect_host)
         except (OSError, TimeoutError) as exc:
             fail(f"{url}: no TLS session: {exc or 'timed out'}", remote.EXIT_UNREACHABLE)
         store = CollateralStore(collateral_cfg, timeout=timeout)
-        return await remote.verify_endpoint(
-            leaf,
-            expect,
-            store,
-            verifier="insecure-simulator" if keys else "dcap",
-            trusted_simulator_keys=keys,
+        verdict = await remote.verify_endpoint(
+            leaf, expect, store, verifier=verifier, trusted_simulator_keys=keys
         )
+        if answer is None:
+            return verdict, None
+        fresh = await remote_nonce.verify_nonce_answer(
+            answer, expect, verdict, store, verifier=verifier, trusted_simulator_keys=keys
+        )
+        return verdict, fresh
 
-    verdict = run_async(run)
+    verdict, fresh = run_async(run)
+    _report(url, verdict, fresh, as_json)
+
+
+def _report(
+    url: str, verdict: AttestationVerdict, fresh: AttestationVerdict | None, as_json: bool
+) -> NoReturn:
+    """Print what was proven (the certificate, then the nonce quote) and exit 0 or 3."""
+    from router.attestation import remote, remote_nonce
+    from router.attestation.report import verdict_to_dict
+
     if as_json:
-        click.echo(json.dumps({"url": url, **verdict_to_dict(verdict)}, indent=2))
+        document = {"url": url, **verdict_to_dict(verdict)}
+        if fresh is not None:
+            document["fresh_quote"] = verdict_to_dict(fresh)
+        click.echo(json.dumps(document, indent=2))
     else:
-        click.echo("\n".join(remote.proven(verdict, url)))
-    sys.exit(remote.EXIT_VERIFIED if verdict.ok else remote.EXIT_REFUSED)
+        lines = remote.proven(verdict, url)
+        if fresh is not None:
+            lines += remote_nonce.proven_fresh(fresh)
+        click.echo("\n".join(lines))
+    ok = verdict.ok and (fresh is None or fresh.ok)
+    sys.exit(remote.EXIT_VERIFIED if ok else remote.EXIT_REFUSED)
 
 
 @click.command("attested-tls")

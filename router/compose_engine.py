@@ -17,6 +17,7 @@ from router.proxy.aiohttp_engine import AiohttpEngine
 from router.proxy.apps import AppDirectory
 from router.proxy.base import Engine, InFlightCounter, Observers, SnapshotSource
 from router.proxy.fast import FastEngine
+from router.proxy.well_known import AttestationEndpoint
 from router.reach import PeerCheck
 from router.snapshot import SnapshotListener
 from router.tls import ServerTLS
@@ -39,6 +40,8 @@ class EngineWiring:
     app_configs: Callable[[], Mapping[str, RouterConfig]] | None = None
     watch_apps: Callable[[SnapshotListener], None] | None = None
     ratls_gate: RaTlsGate | None = None
+    # The router's own attestation, answered on /.well-known/phala-router/attestation.
+    attestation: AttestationEndpoint | None = None
 
 
 def build_engine(
@@ -75,6 +78,7 @@ def build_engine(
             tls=wiring.tls,
             apps=wiring.apps,
             peer_check=wiring.peer_check,
+            attestation=wiring.attestation,
         )
     return AiohttpEngine(
         proxy_settings(config),
@@ -84,6 +88,7 @@ def build_engine(
         tls=wiring.tls,
         apps=wiring.apps,
         peer_check=wiring.peer_check,
+        attestation=wiring.attestation,
     )
 
 

@@ -4,7 +4,7 @@ Two apps on one router, both in one simulated cloud (one Cloud API, one TLS gate
 API key): `api` (4 replicas in 3 regions, one of them stopped; the default app, so a bare
 127.0.0.1 reaches it) and `ui` (2 replicas), chosen by Host (`api.localhost`,
 `ui.localhost`). Prints where to look and runs until Ctrl-C. Everything listens on
-127.0.0.1 only.
+127.0.0.1 only. `--attestation ra-tls` runs `demo_ratls.py` instead.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from router.app import RouterApp
 from router.config import parse_config
+from router.demo_ratls import run_ra_tls_demo
 from router.signals import wait_for_signal
 from router.simulator import SimAppConfig, SimReplicaConfig, Simulator, SimulatorConfig
 
@@ -129,6 +130,12 @@ async def run_demo(
     stop: asyncio.Event | None = None,
     ready: Callable[[RouterApp, Simulator], None] | None = None,
 ) -> None:
+    if attestation == "ra-tls":  # attested connections: a demo of its own (demo_ratls.py)
+        await run_ra_tls_demo(
+            port=_port_or_any(port), admin_port=_port_or_any(admin_port), policy=policy,
+            access_log=access_log, stop=stop,
+        )  # fmt: skip
+        return
     sim = Simulator(demo_simulator_config(attestation != "off"))
     await sim.start()
     environ = {**os.environ, API_KEY_ENV: sim.config.api_key}

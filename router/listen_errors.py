@@ -6,8 +6,12 @@ from __future__ import annotations
 import errno
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from router.errors import StartupError
+
+if TYPE_CHECKING:
+    from router.config import RouterConfig
 
 _WHY = {
     errno.EADDRINUSE: "address already in use (another process listens there)",
@@ -32,3 +36,11 @@ def listen_error(exc: OSError, candidates: Sequence[tuple[str, str]]) -> Startup
             break
     why = _WHY.get(exc.errno or 0) or (exc.strerror or str(exc))
     return StartupError(f"cannot listen on {address} ({key}): {why}")
+
+
+def proxy_listeners(config: RouterConfig) -> list[tuple[str, str]]:
+    """(config key, HOST:PORT) of the traffic listeners, for a bind error message."""
+    listeners = [("listen", config.listen)] if config.listen else []
+    if config.listen_tls is not None:
+        listeners.append(("listen_tls.listen", config.listen_tls.listen))
+    return listeners

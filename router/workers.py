@@ -40,6 +40,16 @@ def worker_count(config: RouterConfig) -> int:
     return workers
 
 
+def warn_if_unsupervised(workers: int, link: WorkerLink) -> None:
+    """Say so when proxy.workers asks for several processes but this one runs alone."""
+    if workers > 1 and link.count == 1:
+        log.warning(
+            "proxy.workers is %d but this process was not started by "
+            "router.workers.run_workers: serving with one process",
+            workers,
+        )
+
+
 @dataclass
 class WorkerLink:
     """One worker's place among the others. Worker 0 publishes overrides; the others

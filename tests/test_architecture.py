@@ -56,7 +56,7 @@ DATA_PLANE = ("router.proxy",)
 # What the data plane never calls: it reads snapshots and reports observations.
 DATA_PLANE_NEVER = ("router.discovery", "router.attestation", "router.reconciler")
 # The entry points that may start a simulator.
-SIMULATOR_USERS = ("router.cli", "router.demo", "router.simulator")
+SIMULATOR_USERS = ("router.cli", "router.demo", "router.demo_ratls", "router.simulator")
 # Imports inside a function are allowed only for optional third-party libraries and in the
 # CLI, which imports a command's modules when the command runs (start-up time).
 LAZY_IMPORTERS = (

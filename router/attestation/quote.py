@@ -13,6 +13,7 @@ td_attributes at +120 (bit 0: a debug TD, whose memory the host can read).
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from dataclasses import dataclass
 
@@ -133,3 +134,27 @@ def parse_nonce(text: str) -> bytes:
         return bytes.fromhex(text)
     except ValueError:
         raise ValueError("nonce must be hex (0-9, a-f)") from None
+
+
+# The router's own attestation endpoint (`GET /.well-known/phala-router/attestation?nonce=`):
+# a prefix of its own, so a quote asked of a router can never pass as a replica's fresh quote.
+ROUTER_NONCE_PREFIX = b"phala-router/router-attestation/v1:"
+ROUTER_NONCE_MIN, ROUTER_NONCE_MAX = 16, 64  # bytes
+_HEX = re.compile(r"[0-9a-fA-F]*")
+
+
+def router_report_data(nonce: bytes) -> bytes:
+    """The report_data of the router's quote for a client's `nonce` (b"": the cached quote)."""
+    return hashlib.sha512(ROUTER_NONCE_PREFIX + nonce).digest()
+
+
+def parse_router_nonce(text: str) -> bytes:
+    """A client's nonce: 32 to 128 hex characters (16 to 64 bytes); ValueError says so."""
+    low, high = 2 * ROUTER_NONCE_MIN, 2 * ROUTER_NONCE_MAX
+    if not low <= len(text) <= high or len(text) % 2:
+        raise ValueError(
+            f"nonce must be an even number of {low} to {high} hex characters, got {len(text)}"
+        )
+    if not _HEX.fullmatch(text):  # bytes.fromhex would also take spaces
+        raise ValueError("nonce must be hex (0-9, a-f)")
+    return bytes.fromhex(text)

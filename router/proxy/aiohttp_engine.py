@@ -70,6 +70,7 @@ from router.proxy.headers import (
 from router.proxy.retry import RetryPolicy, classify_client_error
 from router.proxy.retry_budget import Retrier
 from router.proxy.settings import ProxySettings
+from router.proxy.well_known import AttestationEndpoint, is_attestation_target
 from router.reach import AttestedReach, PeerCheck, make_connector, upstream_context
 from router.settings_types import split_host_port
 from router.tls import ServerTLS, server_name
@@ -104,9 +105,11 @@ class AiohttpEngine:
         tls: ServerTLS | None = None,
         apps: AppDirectory | None = None,
         peer_check: PeerCheck | None = None,
+        attestation: AttestationEndpoint | None = None,
     ) -> None:
         self._config = config
         self._tls = tls
+        self._attestation = attestation
         self._peer_check = peer_check
         self._proxy = config.proxy
         # One app (the single-app layout) unless a directory of several is given.
@@ -283,6 +286,15 @@ class AiohttpEngine:
                 if outcome.close_after:
                     answer.force_close()
                 return answer
+        if self._attestation is not None and is_attestation_target(request.raw_path):
+            local = await self._attestation.answer(request.method, request.raw_path, client)
+            answer = web.Response(
+                status=local.status, body=local.body, content_type=local.content_type,
+                headers=dict(local.headers),
+            )  # fmt: skip
+            if outcome.close_after:
+                answer.force_close()
+            return answer
         if self._redirect_http and not request.secure:
             response = redirect_to_https(request, self._https_port)
             if outcome.close_after:

@@ -17,6 +17,7 @@ from router.proxy.headers import TrustedProxies
 from router.proxy.retry import RetryPolicy
 from router.proxy.retry_budget import Retrier
 from router.proxy.settings import ProxySettings
+from router.proxy.well_known import AttestationEndpoint
 from router.reach import ConnectTo, PeerCheck, upstream_context
 from router.settings_types import split_host_port
 from router.tls import ServerTLS
@@ -40,8 +41,10 @@ class FastEngine:
         tls: ServerTLS | None = None,
         apps: AppDirectory | None = None,
         peer_check: PeerCheck | None = None,
+        attestation: AttestationEndpoint | None = None,
     ) -> None:
         self._config = config
+        self._attestation = attestation
         # One app (the single-app layout) unless a directory of several is given.
         self._apps = apps or AppDirectory.single(snapshots)
         self._observers = observers
@@ -92,6 +95,7 @@ class FastEngine:
         )
         core.all_closed.set()
         core.acme_webroot = config.acme_webroot
+        core.attestation = self._attestation
         self._core = core
         loop = asyncio.get_running_loop()
         # The TLS listener first, as in the aiohttp engine (addresses[0] is then https).

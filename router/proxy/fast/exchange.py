@@ -12,10 +12,11 @@ Framing: the request's is llhttp's parse (`rules.forward_block`), the response's
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from router import acme
 from router.balancing.base import RequestContext
@@ -35,6 +36,12 @@ from router.proxy.fast.retrying import RetryingExchange
 from router.proxy.fast.strict import RequestHead
 from router.proxy.fast.upstream import UpstreamConnection
 from router.proxy.headers import IDEMPOTENT
+from router.proxy.well_known import (
+    ATTESTATION_PATH,
+    FAILED_LOCALLY,
+    LocalAnswer,
+    is_attestation_target,
+)
 
 if TYPE_CHECKING:
     from router.proxy.fast.server import ClientConnection, EngineCore
@@ -73,6 +80,7 @@ class Exchange(RetryingExchange):
     holds_slot = False
     app: AppEntry | None = None
     holds_app_slot = False
+    _local_task: asyncio.Task[LocalAnswer] | None = None
 
     def __init__(
         self,
@@ -124,6 +132,15 @@ class Exchange(RetryingExchange):
                 self.client.send([challenge.wire()])
                 self._finish()
                 return
+        target = head.target
+        # The prefix test first: a compiled string method, where every other request ends.
+        if (
+            core.attestation is not None
+            and target.startswith(ATTESTATION_PATH)
+            and is_attestation_target(target)
+        ):
+            self._answer_locally(core.attestation.answer(head.method, head.target, self.client_ip))
+            return
         if (https_port := core.redirect_https_port) is not None and self.client.scheme == "http":
             self.status = 308
             self.client.send([wire.redirect_to_https(head.host, head.target, https_port)])
@@ -148,6 +165,28 @@ class Exchange(RetryingExchange):
             if not slot.held:
                 return  # queued: _admitted or _fail runs when a slot frees or the wait ends
         self._admitted()
+
+    def _answer_locally(self, answer: Coroutine[Any, Any, LocalAnswer]) -> None:
+        """A response the router makes itself (its attestation): written when ready,
+        unless the client left meanwhile."""
+        task = asyncio.get_running_loop().create_task(answer)
+        self._local_task = task
+        task.add_done_callback(self._answered_locally)
+
+    def _answered_locally(self, task: asyncio.Task[LocalAnswer]) -> None:
+        self._local_task = None
+        if self.finished or task.cancelled():
+            return
+        local = FAILED_LOCALLY if task.exception() is not None else task.result()
+        self.status = local.status
+        self.client.send(
+            [
+                local.wire(
+                    head_only=self.head_only, close=self.close_after, request_id=self.request_id
+                )
+            ]
+        )
+        self._finish()
 
     def _admitted(self) -> None:
         head, core = self.head, self.core

@@ -38,6 +38,7 @@ from router.proxy.fast.strict import RequestHead, bad_request, validate
 from router.proxy.fast.upstream import UpstreamConnection
 from router.proxy.headers import TrustedProxies
 from router.proxy.retry_budget import Retrier
+from router.proxy.well_known import AttestationEndpoint
 from router.tls import server_name
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,8 @@ class EngineCore:
     edge_headers: frozenset[bytes] = frozenset()
     # Set when acme_webroot: ACME challenge files answered on the plain listener.
     acme_webroot: Path | None = None
+    # Answers /.well-known/phala-router/attestation (router.proxy.well_known); None: routed.
+    attestation: AttestationEndpoint | None = None
     draining: bool = False
     connections: set[ClientConnection] = field(default_factory=set)
     all_closed: asyncio.Event = field(default_factory=asyncio.Event)
