@@ -26,14 +26,16 @@ PURE_ENV = "PHALA_ROUTER_PURE"
 # The per-request modules of the fast engine and what they call on every request.
 COMPILED_MODULES: tuple[str, ...] = (
     "router.proxy.fast.server",
+    "router.proxy.fast.core",
     "router.proxy.fast.exchange",
+    "router.proxy.fast.relay",
     "router.proxy.fast.upstream",
     "router.proxy.fast.pool",
     "router.proxy.fast.rules",
-    "router.proxy.fast.framing",
     "router.proxy.fast.outbox",
     "router.proxy.fast.wire",
     "router.proxy.fast.strict",
+    "router.proxy.framing",
     "router.proxy.admission",
     "router.balancing.round_robin",
     "router.balancing.least_request",

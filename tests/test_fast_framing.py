@@ -13,8 +13,8 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.proxy.fast import wire
-from router.proxy.fast.framing import response_framing
 from router.proxy.fast.strict import connection_tokens, validate
+from router.proxy.framing import response_framing
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,13 @@ dial moves to the next candidate for any method while no body byte has been comm
 after the request went out only bodiless idempotent requests move on; once the response
 has started nothing is retried and a failure can only cut the client connection.
 
+This module forwards the request (admission, the candidate walk, dialling, the body);
+`relay.ResponseRelay`, its base, relays the response. It talks to its client connection
+only through `client_side.ClientSide`, so `server.py` imports it and never the reverse.
+
 Framing: the request's is llhttp's parse (`rules.forward_block`), the response's is
-`framing.response_framing`. The response timeout starts once the whole request is written.
+`router.proxy.framing.response_framing`. The response timeout starts once the whole
+request is written.
 """
 
 from __future__ import annotations
@@ -15,36 +20,30 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from functools import partial
-from typing import TYPE_CHECKING
 
 from router import acme
 from router.balancing.base import RequestContext
-from router.errors import (
-    ClientRequestError,
-    ProxyError,
-    UpstreamProtocolError,
-)
-from router.failures import CONNECT, RESET, upstream_error
+from router.errors import ClientRequestError, ProxyError
+from router.failures import CONNECT, upstream_error
 from router.models import Replica
 from router.proxy.admission import Claim
 from router.proxy.apps import AppEntry
 from router.proxy.base import RequestRecord, no_routable_error
-from router.proxy.fast import framing, rules, wire
+from router.proxy.fast import rules, wire
+from router.proxy.fast.client_side import ClientSide
+from router.proxy.fast.core import EngineCore
 from router.proxy.fast.pool import Target, classify_dial_error
-from router.proxy.fast.retrying import RetryingExchange
+from router.proxy.fast.relay import ResponseRelay
 from router.proxy.fast.strict import RequestHead
 from router.proxy.fast.upstream import UpstreamConnection
 from router.proxy.headers import IDEMPOTENT
-
-if TYPE_CHECKING:
-    from router.proxy.fast.server import ClientConnection, EngineCore
 
 _NO_CANDIDATES: Iterator[Replica] = iter(())
 _BACKLOG = 256 * 1024  # request body bytes buffered before the client is paused
 _UPGRADE_BACKLOG = 64 * 1024  # bytes after an Upgrade head held before the 101, at most
 
 
-class Exchange(RetryingExchange):
+class Exchange(ResponseRelay):
     # Per-request state; most fields start at these class-level defaults so that creating
     # an exchange (once per request) only sets what differs.
     conn: UpstreamConnection | None = None
@@ -76,7 +75,7 @@ class Exchange(RetryingExchange):
 
     def __init__(
         self,
-        client: ClientConnection,
+        client: ClientSide,
         head: RequestHead | None,
         error: ProxyError | None = None,
         *,
@@ -310,136 +309,6 @@ class Exchange(RetryingExchange):
         if self.tunnel_buffered > _UPGRADE_BACKLOG:
             self.client.upgrade_backlog(True)
 
-    # -- the upstream's response (ResponseSink) ---------------------------------------------
-
-    def response_head(self, status: int, headers: rules.RawHeaders) -> None:
-        head, replica = self.head, self.replica
-        assert head is not None
-        assert replica is not None
-        if status == 101 and head.upgrade is None:
-            raise UpstreamProtocolError("101 without an upgrade request")
-        core = self.core
-        if status in core.retrier.policy.statuses and self.retry_response(status, headers):
-            return  # given up for another replica: nothing of it reaches the client
-        self.upstream_seconds = time.monotonic() - self.attempt_started
-        observers = core.observers
-        if observers.observers:
-            if status < 400:  # the common case, without a call
-                observers.attempt_done(replica, True, None, status)
-            else:
-                ok, kind = core.retrier.policy.status_verdict(status, core.count_5xx)
-                observers.attempt_done(replica, ok, kind, status)
-        self.status = status
-        conn = self.conn
-        if conn is not None and headers == conn.last_raw:
-            # Same head as this connection's last response (only Date changes, once a
-            # second): the rules are a pure function of it.
-            block, length, codings = conn.last_rules
-        else:
-            block, length, codings = rules.response_block(headers)
-            if conn is not None:
-                conn.last_raw, conn.last_rules = headers, (block, length, codings)
-        block += self._rid_line
-        if self.ctx is not None and self.ctx.response_headers:
-            block += wire.header_block(self.ctx.response_headers)
-        if status == 101:
-            lines = f"Connection: upgrade\r\nUpgrade: {head.upgrade or ''}\r\n".encode("latin-1")
-        else:
-            decided = framing.response_framing(head.method, head.version, status, length, codings)
-            lines = decided.framing
-            self.chunked_out = decided.chunked_out
-            self.until_eof = decided.until_eof
-            if decided.close or self.client.draining:
-                self.close_after = True
-            if self.close_after:
-                lines += b"Connection: close\r\n"
-            elif head.version == "1.0":
-                lines += b"Connection: keep-alive\r\n"
-        self.out.append(wire.status_line(status) + block + lines + wire.CRLF)
-
-    def response_body(self, data: bytes) -> None:
-        self.bytes_out += len(data)
-        if self.chunked_out:
-            self.out.extend(wire.chunk(data))
-        else:
-            self.out.append(data)
-
-    def flush(self) -> None:
-        if self.out:
-            self.client.send(self.out)
-            self.out = []
-
-    def response_done(self) -> None:
-        if self.chunked_out:
-            self.out.append(wire.LAST_CHUNK)
-        self.flush()
-        conn, self.conn = self.conn, None
-        replica = self.replica
-        assert conn is not None
-        assert replica is not None
-        if not self.body_complete:
-            conn.reusable = False  # the upstream answered before the body was sent
-        if conn.read_paused:
-            conn.resume_reading()
-        self.core.pool.release(conn)
-        self.core.in_flight.leave(replica.id)
-        self._finish()
-
-    def upstream_upgraded(self, rest: bytes) -> None:
-        conn = self.conn
-        if self.status != 101 or conn is None or conn.transport is None:
-            self.upstream_failed(RESET)
-            return
-        self.conn = None
-        self.tunnelled = True
-        if rest:
-            self.out.append(rest)
-        self.flush()
-        self.client.start_tunnel(self, conn)
-        if self.tunnel_pending:
-            conn.send(self.tunnel_pending)
-            self.tunnel_pending = []
-
-    def upstream_failed(self, kind: str, reason: str = "") -> None:
-        if self.finished:
-            return
-        conn, self.conn = self.conn, None
-        replica = self.replica
-        assert replica is not None
-        if conn is not None:
-            conn.close()
-        self.core.in_flight.leave(replica.id)
-        if self.status is None:
-            self.core.observers.attempt_done(replica, False, kind, None)
-            error = upstream_error(kind, replica.id, reason)
-            self.last_error = error
-            if self.core.retrier.policy.retryable(kind, sent=self.sent, idempotent=self.idempotent):
-                self.note_attempt(kind)
-                self._try_next()
-            else:
-                self._fail(error)
-            return
-        if self.until_eof and kind == RESET:
-            # The replica's close was the end of the body. Re-chunked for an HTTP/1.1 client,
-            # the last chunk ends it there and the client connection stays open; otherwise
-            # (HTTP/1.0) the head said Connection: close and the close ends the body.
-            if self.chunked_out:
-                self.out.append(wire.LAST_CHUNK)
-            else:
-                self.close_after = True
-            self.flush()
-            self._finish()
-            return
-        # The status line is gone: all we can do is cut the client connection.
-        self.core.observers.attempt_done(replica, False, kind, self.status)
-        self.error_code = f"upstream_{kind}_mid_body"
-        self.flush()
-        self.client.cut()
-        self._finish(notify=False)
-
-    def upstream_pause(self, paused: bool) -> None:
-        self.client.upstream_full(paused)
-
     # -- endings ------------------------------------------------------------------------------
 
     def _drop_upstream(self) -> None:
@@ -515,4 +384,4 @@ class Exchange(RetryingExchange):
                 )
             )
         if notify:
-            self.client.exchange_finished(self)
+            self.client.exchange_finished(self, self.close_after)

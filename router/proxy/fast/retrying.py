@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 from router.errors import ProxyError, UpstreamTimeout
 from router.failures import PER_TRY_TIMEOUT
 from router.models import Replica
+from router.proxy.fast.client_side import ClientSide
+from router.proxy.fast.core import EngineCore
 from router.proxy.retry_budget import Candidates
 
 if TYPE_CHECKING:
-    from router.proxy.fast.server import ClientConnection, EngineCore
     from router.proxy.fast.upstream import UpstreamConnection
 
 _DRAIN_LIMIT = 64 * 1024
@@ -71,7 +72,7 @@ class RetryingExchange:
     """Mixin of `Exchange`: the attributes below are Exchange's."""
 
     core: EngineCore
-    client: ClientConnection
+    client: ClientSide
     conn: UpstreamConnection | None
     replica: Replica | None
     status: int | None

@@ -20,24 +20,17 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import cast
 
 import httptools
 
 from router.errors import ClientRequestError, ProxyError
-from router.proxy.admission import Admission
-from router.proxy.apps import AppDirectory
-from router.proxy.base import InFlightCounter, Observers
 from router.proxy.fast import wire
+from router.proxy.fast.core import EngineCore
 from router.proxy.fast.exchange import Exchange
 from router.proxy.fast.outbox import Writer
-from router.proxy.fast.pool import Pool
 from router.proxy.fast.strict import RequestHead, bad_request, validate
 from router.proxy.fast.upstream import UpstreamConnection
-from router.proxy.headers import TrustedProxies
-from router.proxy.retry_budget import Retrier
 from router.tls import server_name
 
 log = logging.getLogger(__name__)
@@ -48,39 +41,6 @@ _BACKLOG = 2
 _MAX_QUEUE = 16  # pipelined requests parsed ahead of the one being served
 
 _IDLE, _HEADER, _BODY, _TUNNEL = 1, 2, 3, 4
-
-
-@dataclass(slots=True)
-class EngineCore:
-    """What every connection of one engine shares."""
-
-    # Host (and SNI) -> the app's snapshot source (router/proxy/apps.py).
-    apps: AppDirectory
-    observers: Observers
-    in_flight: InFlightCounter
-    trusted: TrustedProxies
-    pool: Pool
-    retries: int
-    max_body: int
-    count_5xx: bool
-    idle_timeout: float
-    header_timeout: float
-    body_timeout: float
-    admission: Admission
-    # How long a request may wait for an admission slot (the connect timeout, as aiohttp).
-    admission_wait: float
-    retrier: Retrier
-    # Set when listen_tls.redirect_http: plain-HTTP requests get a 308 to this https port.
-    redirect_https_port: int | None = None
-    # An idle keep-alive client connection is closed after this (proxy.client_idle_timeout).
-    client_idle_timeout: float = 60.0
-    # Headers (lower-case) removed from requests of untrusted peers (headers.edge_names).
-    edge_headers: frozenset[bytes] = frozenset()
-    # Set when acme_webroot: ACME challenge files answered on the plain listener.
-    acme_webroot: Path | None = None
-    draining: bool = False
-    connections: set[ClientConnection] = field(default_factory=set)
-    all_closed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 _METHODS: dict[bytes, str] = {}
@@ -345,7 +305,7 @@ class ClientConnection(asyncio.Protocol, Writer):
 
     # -- used by exchanges ---------------------------------------------------------------------
 
-    def is_active(self, exchange: Exchange) -> bool:
+    def is_active(self, exchange: object) -> bool:
         return bool(self.queue) and self.queue[0] is exchange
 
     def cut(self) -> None:
@@ -387,10 +347,10 @@ class ClientConnection(asyncio.Protocol, Writer):
         if len(self.queue) == 1:
             exchange.start()
 
-    def exchange_finished(self, exchange: Exchange) -> None:
+    def exchange_finished(self, exchange: object, close_after: bool) -> None:
         if self.queue and self.queue[0] is exchange:
             self.queue.popleft()
-        if exchange.close_after or self.draining:
+        if close_after or self.draining:
             self.ignore_input = True
             if self.reading is exchange:
                 return  # keep reading the rest of the body; close when it ends
@@ -424,7 +384,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         """Bytes sent after an Upgrade head wait for the upstream's answer, bounded."""
         self._pause(_UPSTREAM_FULL, on)
 
-    def start_tunnel(self, exchange: Exchange, conn: UpstreamConnection) -> None:
+    def start_tunnel(self, conn: UpstreamConnection) -> None:
         """After a 101: bytes flow raw both ways until either side closes."""
         self.tunnel = conn
         self.upgrading = None
