@@ -35,6 +35,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "router.proxy.fast.outbox",
     "router.proxy.fast.wire",
     "router.proxy.fast.strict",
+    "router.proxy.request_rules",
     "router.proxy.framing",
     "router.proxy.admission",
     "router.balancing.round_robin",

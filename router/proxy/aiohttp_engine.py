@@ -25,9 +25,8 @@ from router.errors import (
     ClientRequestError,
     ProxyError,
     UpstreamProtocolError,
-    UpstreamTimeout,
 )
-from router.failures import PER_TRY_TIMEOUT
+from router.failures import PER_TRY_TIMEOUT, PROTOCOL, TIMEOUT, upstream_error
 from router.models import Replica
 from router.proxy.admission import Admission
 from router.proxy.aiohttp_retry import PerTryTimeout, RetryTrack, send_with_per_try
@@ -57,8 +56,6 @@ from router.proxy.base import (
     SnapshotSource,
     no_routable_error,
 )
-from router.proxy.fast.strict import connection_tokens
-from router.proxy.fast.wire import MAX_HEADER_BLOCK, MAX_HEADER_COUNT
 from router.proxy.headers import (
     IDEMPOTENT,
     REQUEST_ID,
@@ -67,6 +64,7 @@ from router.proxy.headers import (
     forward_response_headers,
     request_id,
 )
+from router.proxy.request_rules import MAX_HEADER_BLOCK, MAX_HEADER_COUNT, connection_tokens
 from router.proxy.retry import RetryPolicy, classify_client_error
 from router.proxy.retry_budget import Retrier
 from router.proxy.settings import ProxySettings
@@ -76,13 +74,13 @@ from router.tls import ServerTLS, server_name
 
 log = logging.getLogger(__name__)
 # The failure kind outlier detection and the error metrics see for a per-try timeout.
-_OBSERVED = {PER_TRY_TIMEOUT: "timeout"}
+_OBSERVED = {PER_TRY_TIMEOUT: TIMEOUT}
 
 
 def _attempt_error(exc: BaseException, replica: Replica) -> tuple[str, ProxyError]:
     """(kind, error) of a failed attempt, including the retry policy's per-try timeout."""
     if isinstance(exc, PerTryTimeout):
-        return PER_TRY_TIMEOUT, UpstreamTimeout("per-try timeout", replica=replica.id)
+        return PER_TRY_TIMEOUT, upstream_error(PER_TRY_TIMEOUT, replica.id)
     return classify_client_error(exc, replica)
 
 
@@ -416,9 +414,9 @@ class AiohttpEngine:
             self._in_flight.leave(replica.id)
         if (problem := response_problem(upstream)) is not None:
             discard_connection(upstream)  # its framing is not trusted any more
-            self._observers.attempt_done(replica, False, "protocol", None)
+            self._observers.attempt_done(replica, False, PROTOCOL, None)
             log.debug("replica %s sent a bad response head: %s", replica.id, problem)
-            raise UpstreamProtocolError(problem, replica=replica.id)
+            raise upstream_error(PROTOCOL, replica.id, problem)
         status = upstream.status
         if status in policy.statuses and track.on_status(
             status, upstream.headers.get("Retry-After") if status == 503 else None, replica

@@ -37,6 +37,7 @@ from router.proxy.fast.relay import ResponseRelay
 from router.proxy.fast.strict import RequestHead
 from router.proxy.fast.upstream import UpstreamConnection
 from router.proxy.headers import IDEMPOTENT
+from router.proxy.request_rules import body_too_large
 
 _NO_CANDIDATES: Iterator[Replica] = iter(())
 _BACKLOG = 256 * 1024  # request body bytes buffered before the client is paused
@@ -260,9 +261,7 @@ class Exchange(ResponseRelay):
         if self.finished:
             return  # answered already: the rest of the body is read and dropped
         if self.bytes_in > self.core.max_body:
-            self.client_failed(
-                ClientRequestError(413, "body_too_large", f"limit {self.core.max_body} bytes")
-            )
+            self.client_failed(body_too_large(self.core.max_body))
             return
         conn = self.conn
         if conn is not None and conn.transport is not None:

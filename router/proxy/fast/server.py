@@ -8,7 +8,7 @@ enforces the keep-alive idle timeout, the header timeout (slowloris), the gap al
 between body chunks and the idle timeout of an upgraded tunnel.
 
 The head limits hold on bytes received, not on completed lines: a head (or, inside a body,
-trailers and chunk extensions that move it no further) past `wire.MAX_HEAD_BYTES` gets 431
+trailers and chunk extensions that move it no further) past `MAX_HEAD_BYTES` gets 431
 at once. Body bytes are handed to the request once per read, whatever the chunking. Bytes
 sent after an Upgrade head wait, bounded, for the upstream's answer (the client is no
 longer read meanwhile).
@@ -29,8 +29,18 @@ from router.proxy.fast import wire
 from router.proxy.fast.core import EngineCore
 from router.proxy.fast.exchange import Exchange
 from router.proxy.fast.outbox import Writer
-from router.proxy.fast.strict import RequestHead, bad_request, validate
+from router.proxy.fast.strict import RequestHead, validate
 from router.proxy.fast.upstream import UpstreamConnection
+from router.proxy.request_rules import (
+    MAX_HEAD_BYTES,
+    MAX_HEADER_BLOCK,
+    MAX_HEADER_COUNT,
+    MAX_REQUEST_LINE,
+    bad_request,
+    check_declared_length,
+    headers_too_large,
+    uri_too_long,
+)
 from router.tls import server_name
 
 log = logging.getLogger(__name__)
@@ -167,13 +177,9 @@ class ClientConnection(asyncio.Protocol, Writer):
         else:
             self._head_received = 0
             return
-        if self._head_received > wire.MAX_HEAD_BYTES:
+        if self._head_received > MAX_HEAD_BYTES:
             what = "request head" if self._in_head else "trailers or chunk extensions"
-            self.reject(
-                ClientRequestError(
-                    431, "headers_too_large", f"{what} over {wire.MAX_HEAD_BYTES} bytes"
-                )
-            )
+            self.reject(headers_too_large(f"{what} over {MAX_HEAD_BYTES} bytes"))
 
     def _flush_body(self) -> None:
         """Pass the body bytes parsed so far to the request as one piece: a body of 1-byte
@@ -240,20 +246,15 @@ class ClientConnection(asyncio.Protocol, Writer):
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_method = self.parser.get_method() == b"HEAD"  # known once the URL is
-        if len(self._url) > wire.MAX_REQUEST_LINE:
-            raise ClientRequestError(414, "uri_too_long", f"limit {wire.MAX_REQUEST_LINE} bytes")
+        if len(self._url) > MAX_REQUEST_LINE:
+            raise uri_too_long()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         if self.reading is not None:
             return  # a trailer after a chunked body: dropped, never forwarded
-        if (
-            self._header_bytes > wire.MAX_HEADER_BLOCK
-            or len(self._headers) >= wire.MAX_HEADER_COUNT
-        ):
-            raise ClientRequestError(
-                431, "headers_too_large", f"limit {wire.MAX_HEADER_BLOCK} bytes"
-            )
+        if self._header_bytes > MAX_HEADER_BLOCK or len(self._headers) >= MAX_HEADER_COUNT:
+            raise headers_too_large()
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -271,9 +272,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         else:
             head = validate(_method(method), self._url, version, self._headers, keep_alive, upgrade)
             self._last_key, self._last_head = key, head
-        if head.content_length is not None and head.content_length > self.core.max_body:
-            limit = self.core.max_body
-            raise ClientRequestError(413, "body_too_large", f"limit {limit} bytes")
+        check_declared_length(head.content_length, self.core.max_body)
         exchange = Exchange(self, head)
         if head.has_body:
             self.reading = exchange
