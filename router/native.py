@@ -26,6 +26,7 @@ PURE_ENV = "PHALA_ROUTER_PURE"
 # The per-request modules of the fast engine and what they call on every request.
 COMPILED_MODULES: tuple[str, ...] = (
     "router.proxy.fast.server",
+    "router.proxy.fast.timer",
     "router.proxy.fast.core",
     "router.proxy.fast.exchange",
     "router.proxy.fast.relay",

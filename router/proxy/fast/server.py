@@ -4,8 +4,8 @@ Requests are queued in arrival order and served one at a time, so pipelined requ
 answered in order. A request head that breaks a rule (see `strict`) is answered with its
 4xx after the requests before it, and the connection is closed: after a framing error the
 router can no longer know where the next request starts. One lazy timer per connection
-enforces the keep-alive idle timeout, the header timeout (slowloris), the gap allowed
-between body chunks and the idle timeout of an upgraded tunnel.
+(`timer.LazyTimer`) enforces the keep-alive idle timeout, the header timeout (slowloris),
+the gap allowed between body chunks and the idle timeout of an upgraded tunnel.
 
 The head limits hold on bytes received, not on completed lines: a head (or, inside a body,
 trailers and chunk extensions that move it no further) past `MAX_HEAD_BYTES` gets 431
@@ -29,7 +29,8 @@ from router.proxy.fast import wire
 from router.proxy.fast.core import EngineCore
 from router.proxy.fast.exchange import Exchange
 from router.proxy.fast.outbox import Writer
-from router.proxy.fast.strict import RequestHead, validate
+from router.proxy.fast.strict import RequestHead, method_name, validate
+from router.proxy.fast.timer import BODY, HEADER, IDLE, TUNNEL, LazyTimer
 from router.proxy.fast.upstream import UpstreamConnection
 from router.proxy.request_rules import (
     MAX_HEAD_BYTES,
@@ -49,20 +50,6 @@ log = logging.getLogger(__name__)
 _UPSTREAM_FULL = 1
 _BACKLOG = 2
 _MAX_QUEUE = 16  # pipelined requests parsed ahead of the one being served
-
-_IDLE, _HEADER, _BODY, _TUNNEL = 1, 2, 3, 4
-
-
-_METHODS: dict[bytes, str] = {}
-
-
-def _method(raw: bytes) -> str:
-    method = _METHODS.get(raw)
-    if method is None:
-        method = raw.decode("latin-1")
-        if len(_METHODS) < 64:  # llhttp knows a fixed set of methods
-            _METHODS[raw] = method
-    return method
 
 
 class ClientConnection(asyncio.Protocol, Writer):
@@ -101,9 +88,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         self._read_body = 0  # body bytes passed on during this read
         self._last_key: object = None
         self._last_head: RequestHead | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_kind = 0
-        self._deadline = 0.0
+        self.timer = LazyTimer(self.loop, self._timed_out)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -118,12 +103,11 @@ class ClientConnection(asyncio.Protocol, Writer):
             self.sni = server_name(transport.get_extra_info("ssl_object"))
         self.core.connections.add(self)
         self.core.all_closed.clear()
-        self._arm(_IDLE, self.core.client_idle_timeout)
+        self.timer.arm(IDLE, self.core.client_idle_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
-            if self._timer_kind == _TUNNEL:
-                self._deadline = self.loop.time() + self.core.idle_timeout
+            self.timer.push_back(TUNNEL, self.core.idle_timeout)
             self.tunnel.send([data])
             return
         if self.upgrading is not None:
@@ -192,8 +176,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         self._read_body += len(data)
         exchange = self.reading
         if exchange is not None:
-            if self._timer_kind == _BODY:
-                self._deadline = self.loop.time() + self.core.body_timeout
+            self.timer.push_back(BODY, self.core.body_timeout)
             exchange.body_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -201,10 +184,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         core.connections.discard(self)
         if not core.connections:
             core.all_closed.set()
-        self._timer_kind = 0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.timer.cancel()
         if self.tunnel is not None:
             tunnel, self.tunnel = self.tunnel, None
             tunnel.close()
@@ -241,7 +221,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         self._in_head = True
         self._head_method = False
         if not self.queue:
-            self._arm(_HEADER, self.core.header_timeout)
+            self.timer.arm(HEADER, self.core.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -270,15 +250,17 @@ class ClientConnection(asyncio.Protocol, Writer):
             # validation and header rules are pure functions of it, so reuse the result.
             head = self._last_head
         else:
-            head = validate(_method(method), self._url, version, self._headers, keep_alive, upgrade)
+            head = validate(
+                method_name(method), self._url, version, self._headers, keep_alive, upgrade
+            )
             self._last_key, self._last_head = key, head
         check_declared_length(head.content_length, self.core.max_body)
         exchange = Exchange(self, head)
         if head.has_body:
             self.reading = exchange
-            self._arm(_BODY, self.core.body_timeout)
-        elif self._timer_kind == _HEADER:
-            self._timer_kind = 0
+            self.timer.arm(BODY, self.core.body_timeout)
+        else:
+            self.timer.stop(HEADER)
         self.queue.append(exchange)
         if len(self.queue) == 1:
             exchange.start()
@@ -296,8 +278,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         if exchange is not None:
             if exchange.close_after:
                 self.ignore_input = True
-            if self._timer_kind == _BODY:
-                self._timer_kind = 0
+            self.timer.stop(BODY)
             exchange.body_done()
             if exchange.finished and exchange.close_after:
                 self._close_when_done()
@@ -334,7 +315,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         if self.ignore_input:
             return  # e.g. bytes after a Connection: close request
         self.ignore_input = True
-        self._timer_kind = 0
+        self.timer.stop()
         self._body_parts.clear()
         if self.reading is not None:
             exchange, self.reading = self.reading, None
@@ -366,9 +347,9 @@ class ClientConnection(asyncio.Protocol, Writer):
         if self.queue:
             self.queue[0].start()
         elif self._in_head:  # a pipelined head is still arriving: it gets the head timeout
-            self._arm(_HEADER, self.core.header_timeout)
+            self.timer.arm(HEADER, self.core.header_timeout)
         else:
-            self._arm(_IDLE, self.core.client_idle_timeout)
+            self.timer.arm(IDLE, self.core.client_idle_timeout)
 
     def _close_when_done(self) -> None:
         if not self.queue:
@@ -376,8 +357,7 @@ class ClientConnection(asyncio.Protocol, Writer):
 
     def tunnel_active(self) -> None:
         """Bytes crossed the tunnel: it is not idle."""
-        if self._timer_kind == _TUNNEL:
-            self._deadline = self.loop.time() + self.core.idle_timeout
+        self.timer.push_back(TUNNEL, self.core.idle_timeout)
 
     def upgrade_backlog(self, on: bool) -> None:
         """Bytes sent after an Upgrade head wait for the upstream's answer, bounded."""
@@ -387,7 +367,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         """After a 101: bytes flow raw both ways until either side closes."""
         self.tunnel = conn
         self.upgrading = None
-        self._arm(_TUNNEL, self.core.idle_timeout)  # both directions' bytes push it back
+        self.timer.arm(TUNNEL, self.core.idle_timeout)  # both directions' bytes push it back
         conn.tunnel = self
         if self._paused:
             self._paused = 0
@@ -402,31 +382,15 @@ class ClientConnection(asyncio.Protocol, Writer):
 
     # -- timeouts ---------------------------------------------------------------------------
 
-    def _arm(self, kind: int, seconds: float) -> None:
-        """Lazy: moving a deadline later costs nothing, the timer re-arms when it fires."""
-        self._timer_kind = kind
-        self._deadline = deadline = self.loop.time() + seconds
-        if self._timer is not None:
-            if self._timer.when() <= deadline:
-                return
-            self._timer.cancel()
-        self._timer = self.loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        kind = self._timer_kind
-        if not kind or self.transport is None:
+    def _timed_out(self, kind: int) -> None:
+        if self.transport is None:
             return
-        if self.loop.time() < self._deadline:
-            self._timer = self.loop.call_at(self._deadline, self._on_timer)
-            return
-        self._timer_kind = 0
-        if kind == _IDLE:
+        if kind == IDLE:
             if not self.queue:
                 self.close_transport()
-        elif kind == _TUNNEL:
+        elif kind == TUNNEL:
             self.close_transport()  # connection_lost closes the upstream side and the slot
-        elif kind == _HEADER:
+        elif kind == HEADER:
             self.reject(ClientRequestError(408, "request_timeout", "request head too slow"))
         else:
             self.reject(ClientRequestError(408, "request_timeout", "request body too slow"))

@@ -78,6 +78,19 @@ class RequestHead:
         self.forward_block: bytes | None = None
 
 
+_METHODS: dict[bytes, str] = {}
+
+
+def method_name(raw: bytes) -> str:
+    """llhttp's method bytes as a str, decoded once per method."""
+    method = _METHODS.get(raw)
+    if method is None:
+        method = raw.decode("latin-1")
+        if len(_METHODS) < 64:  # llhttp knows a fixed set of methods
+            _METHODS[raw] = method
+    return method
+
+
 def validate(
     method: str,
     url: bytes,
