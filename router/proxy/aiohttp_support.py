@@ -21,6 +21,7 @@ from router.proxy.request_rules import (
     MAX_HEADER_BLOCK,
     MAX_HEADER_COUNT,
     body_too_large,
+    body_too_slow,
     check_declared_length,
     check_head,
 )
@@ -32,7 +33,7 @@ _CHUNK = 64 * 1024
 CLOSE_AFTER = frozenset(
     {
         "body_too_large",
-        "client_body_timeout",
+        "request_timeout",
         "client_body_incomplete",
         "http_version_not_supported",
     }
@@ -63,9 +64,7 @@ class RequestBody:
                 async with asyncio.timeout(self._pause_timeout):
                     chunk = await content.read(_CHUNK)
             except TimeoutError:
-                self.failure = ClientRequestError(
-                    408, "client_body_timeout", f"no body data for {self._pause_timeout}s"
-                )
+                self.failure = body_too_slow(self._pause_timeout)
                 raise self.failure from None
             except Exception as exc:  # the client went away or sent a broken body
                 self.failure = ClientRequestError(400, "client_body_incomplete", str(exc))

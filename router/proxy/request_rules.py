@@ -49,6 +49,16 @@ def headers_too_large(detail: str = f"limit {MAX_HEADER_BLOCK} bytes") -> Client
     return ClientRequestError(431, "headers_too_large", detail)
 
 
+def head_too_slow(seconds: float) -> ClientRequestError:
+    """408: a request head not complete within `proxy.client_header_timeout` (slowloris)."""
+    return ClientRequestError(408, "request_timeout", f"request head not complete in {seconds:g}s")
+
+
+def body_too_slow(seconds: float) -> ClientRequestError:
+    """408: no request body bytes for `proxy.client_body_timeout`."""
+    return ClientRequestError(408, "request_timeout", f"no request body data for {seconds:g}s")
+
+
 def connection_tokens(value: bytes) -> set[bytes]:
     """`Connection` as a set of tokens: comma-separated, trimmed, lower-case."""
     return {t.strip() for t in value.lower().split(b",")} - {b""}

@@ -24,7 +24,7 @@ from typing import cast
 
 import httptools
 
-from router.errors import ClientRequestError, ProxyError
+from router.errors import ProxyError
 from router.proxy.fast import wire
 from router.proxy.fast.core import EngineCore
 from router.proxy.fast.exchange import Exchange
@@ -38,7 +38,9 @@ from router.proxy.request_rules import (
     MAX_HEADER_COUNT,
     MAX_REQUEST_LINE,
     bad_request,
+    body_too_slow,
     check_declared_length,
+    head_too_slow,
     headers_too_large,
     uri_too_long,
 )
@@ -391,6 +393,6 @@ class ClientConnection(asyncio.Protocol, Writer):
         elif kind == TUNNEL:
             self.close_transport()  # connection_lost closes the upstream side and the slot
         elif kind == HEADER:
-            self.reject(ClientRequestError(408, "request_timeout", "request head too slow"))
+            self.reject(head_too_slow(self.core.header_timeout))
         else:
-            self.reject(ClientRequestError(408, "request_timeout", "request body too slow"))
+            self.reject(body_too_slow(self.core.body_timeout))
