@@ -34,7 +34,8 @@ demo: $(DEMO_STAMP)
 COMPILED_TESTS := tests/test_fast_engine.py tests/test_fast_findings.py tests/test_fast_framing.py \
 	tests/test_fast_rules.py tests/test_conformance.py tests/test_strictness.py \
 	tests/test_health_passive.py tests/test_balancing_least_request.py tests/test_native_build.py \
-	tests/test_differential_framing.py tests/test_exhaustion.py tests/test_retry_policy.py
+	tests/test_differential_framing.py tests/test_exhaustion.py tests/test_retry_policy.py \
+	tests/test_request_rules.py
 
 # Rebuild the compiled hot path when a compiled module's source changed since the build
 # (the extension files take precedence over the sources in an editable install).
