@@ -37,7 +37,8 @@ COMPILED_TESTS := tests/test_fast_engine.py tests/test_fast_findings.py tests/te
 	tests/test_differential_framing.py tests/test_exhaustion.py tests/test_retry_policy.py \
 	tests/test_metrics.py tests/test_metrics_operator.py tests/test_access_log.py \
 	tests/test_retry_rules.py tests/test_balancing_snapshot.py tests/test_balancing_sticky.py \
-	tests/test_router_attestation.py
+	tests/test_router_attestation.py \
+	tests/test_request_rules.py
 
 # Rebuild the compiled hot path when a compiled module's source changed since the build
 # (the extension files take precedence over the sources in an editable install).

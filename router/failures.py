@@ -19,6 +19,12 @@ RESET = "reset"
 PER_TRY_TIMEOUT = "per_try_timeout"
 # The replica answered, with a 5xx (counted only when health.passive.count_5xx).
 STATUS_5XX = "5xx"
+# The replica answered with a status in `proxy.retry_on`: a gateway error (502, 503, 504)
+# or another of `retriable_status_codes` (a failure whatever count_5xx says).
+GATEWAY_ERROR = "gateway_error"
+RETRIABLE_STATUS = "retriable_status"
+# The replica's response head broke the rules (status outside 200-599, too many fields).
+PROTOCOL = "protocol"
 
 PRE_SEND = frozenset({CONNECT, TLS, CONNECT_TIMEOUT})
 
@@ -30,12 +36,14 @@ _DIAL_MESSAGES = {
 
 
 def upstream_error(kind: str, replica_id: str, reason: str | None = None) -> ProxyError:
-    """The error a failed attempt of `kind` becomes (502 for connect and reset, 504 for a
-    timeout); `reason` replaces the generic message of a reset."""
+    """The error a failed attempt of `kind` becomes (502 for connect, reset and protocol,
+    504 for a timeout); `reason` replaces the generic message of a reset or protocol error."""
     if kind in _DIAL_MESSAGES:
         return UpstreamConnectError(_DIAL_MESSAGES[kind], replica=replica_id, cause=kind)
     if kind == TIMEOUT:
         return UpstreamTimeout("upstream timed out", replica=replica_id)
+    if kind == PER_TRY_TIMEOUT:
+        return UpstreamTimeout("per-try timeout", replica=replica_id)
     return UpstreamProtocolError(
         reason or "upstream closed or reset the connection", replica=replica_id
     )

@@ -26,17 +26,22 @@ PURE_ENV = "PHALA_ROUTER_PURE"
 # The per-request modules of the fast engine and what they call on every request.
 COMPILED_MODULES: tuple[str, ...] = (
     "router.proxy.fast.server",
+    "router.proxy.fast.timer",
+    "router.proxy.fast.core",
     "router.proxy.fast.exchange",
+    "router.proxy.fast.local_answers",
+    "router.proxy.fast.relay",
     "router.proxy.fast.upstream",
     "router.proxy.fast.pool",
     "router.proxy.fast.rules",
-    "router.proxy.fast.framing",
     "router.proxy.fast.outbox",
     "router.proxy.fast.wire",
     "router.proxy.fast.strict",
     "router.proxy.fast.retrying",
     "router.proxy.base",
     "router.metrics_tally",
+    "router.proxy.request_rules",
+    "router.proxy.framing",
     "router.proxy.admission",
     "router.balancing.base",
     "router.balancing.group",
@@ -55,9 +60,9 @@ def pure_requested(environ: os._Environ[str] | dict[str, str] | None = None) -> 
     return value.strip().lower() not in ("", "0", "false", "no", "off")
 
 
-def source_path(module: str) -> Path:
-    """The `.py` file of one of the `COMPILED_MODULES`."""
-    return _PACKAGE_ROOT.joinpath(*module.split(".")[1:]).with_suffix(".py")
+def source_path(module: str, root: Path = _PACKAGE_ROOT) -> Path:
+    """The `.py` file of one of the `COMPILED_MODULES` (`root`: the `router` package)."""
+    return root.joinpath(*module.split(".")[1:]).with_suffix(".py")
 
 
 class PureFinder(MetaPathFinder):
@@ -94,15 +99,24 @@ def compiled_modules() -> list[str]:
     return compiled
 
 
-def stale_modules() -> list[str]:
-    """Compiled modules whose `.py` source changed after the build: in an editable install
-    the extension still wins, so the edit does not run until `pip install -e .` again."""
+def stale_modules(
+    modules: Sequence[str] = COMPILED_MODULES, root: Path = _PACKAGE_ROOT
+) -> list[str]:
+    """Compiled modules whose `.py` source changed after the build (in an editable install
+    the extension still wins, so the edit does not run until `pip install -e .` again), and,
+    when some are built, those listed but not built (added or moved since: they run as
+    Python until the next build)."""
     stale = []
-    for module in COMPILED_MODULES:
-        source = source_path(module)
-        for built in source.parent.glob(f"{source.stem}.*.so"):
-            if source.stat().st_mtime > built.stat().st_mtime:
-                stale.append(module)
+    unbuilt = []
+    for module in modules:
+        source = source_path(module, root)
+        built = list(source.parent.glob(f"{source.stem}.*.so"))
+        if not built:
+            unbuilt.append(module)
+        if any(source.stat().st_mtime > b.stat().st_mtime for b in built):
+            stale.append(module)
+    if len(unbuilt) < len(modules):  # some were built: the rest are missing
+        stale += unbuilt
     return stale
 
 

@@ -311,3 +311,39 @@ def test_every_router_error_is_in_the_tree_errors_py_draws() -> None:
     ]
     assert not outside, f"define these in router/errors.py: {outside}"
     assert not [n for n in tree if n not in drawn], "draw every class in the docstring"
+
+
+def imported_by(start: str) -> set[str]:
+    """The router modules `start` imports, directly or through others (package `__init__`s
+    not followed: this is about who depends on whom, not what loading runs)."""
+    seen, todo = {start}, [start]
+    while todo:
+        source = todo.pop()
+        for item in imports():
+            if item.source == source and item.target in modules() and item.target not in seen:
+                seen.add(item.target)
+                todo.append(item.target)
+    return seen
+
+
+FAST_SERVER = "router.proxy.fast.server"
+
+
+def test_the_fast_engines_dependency_runs_from_connection_to_request() -> None:
+    # A request (exchange.py and its bases) talks to its client connection through the
+    # narrow client_side.ClientSide protocol; only the engine, which accepts connections,
+    # imports server.py.
+    bad = [
+        str(i)
+        for i in imports()
+        if i.target == FAST_SERVER and i.source != "router.proxy.fast.engine"
+    ]
+    assert not bad, "only fast/engine.py imports fast/server.py:\n" + "\n".join(bad)
+    for request_side in ("exchange", "relay", "retrying", "client_side", "core"):
+        reached = imported_by(f"router.proxy.fast.{request_side}")
+        assert FAST_SERVER not in reached, f"fast/{request_side}.py depends on fast/server.py"
+
+
+def test_the_dependency_check_sees_a_dependency() -> None:
+    assert FAST_SERVER in imported_by("router.proxy.fast.engine")
+    assert "router.proxy.fast.exchange" in imported_by(FAST_SERVER)

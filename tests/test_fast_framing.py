@@ -13,8 +13,9 @@ from router.errors import (
     UpstreamTimeout,
 )
 from router.proxy.fast import wire
-from router.proxy.fast.framing import response_framing
-from router.proxy.fast.strict import connection_tokens, validate
+from router.proxy.fast.strict import validate
+from router.proxy.framing import response_framing
+from router.proxy.request_rules import connection_tokens
 
 
 @pytest.mark.parametrize(

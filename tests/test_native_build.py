@@ -109,3 +109,21 @@ def test_pure_switch_is_not_read_as_a_config_override() -> None:
     data = {"discovery": {"static": [{"id": "a", "url": "http://127.0.0.1:1"}]}}
     config = parse_config(data, {native.PURE_ENV: "1"})
     assert config.proxy.engine == "fast"
+
+
+def test_a_module_listed_after_the_build_counts_as_stale(tmp_path: Path) -> None:
+    # `make compiled` rebuilds when stale_modules() names one: a module added to (or moved
+    # within) COMPILED_MODULES since the build has no extension and must trigger it too.
+    package = tmp_path / "router"
+    (package / "proxy").mkdir(parents=True)
+    for name in ("built", "added"):
+        (package / "proxy" / f"{name}.py").write_text("")
+    listed = ("router.proxy.built", "router.proxy.added")
+    assert native.stale_modules(listed, package) == []  # nothing built: a pure install
+    extension = package / "proxy" / "built.cpython-311-x86_64-linux-gnu.so"
+    extension.write_bytes(b"")
+    assert native.stale_modules(listed, package) == ["router.proxy.added"]
+    source = package / "proxy" / "built.py"
+    later = extension.stat().st_mtime + 10
+    os.utime(source, (later, later))  # the source edited after the build
+    assert native.stale_modules(listed, package) == ["router.proxy.built", "router.proxy.added"]

@@ -13,22 +13,27 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from yarl import URL
 
 from router.errors import ClientRequestError, ProxyError
 from router.models import Replica
 from router.proxy.admission import retry_after
-from router.proxy.fast.wire import MAX_HEADER_BLOCK, MAX_HEADER_COUNT
+from router.proxy.request_rules import (
+    MAX_HEADER_BLOCK,
+    MAX_HEADER_COUNT,
+    body_too_large,
+    body_too_slow,
+    check_declared_length,
+    check_head,
+)
 from router.proxy.settings import ProxySettings
 
 log = logging.getLogger("router.proxy.aiohttp_engine")
 
 _CHUNK = 64 * 1024
-HTTP_VERSIONS = frozenset({aiohttp.HttpVersion10, aiohttp.HttpVersion11})
 CLOSE_AFTER = frozenset(
     {
         "body_too_large",
-        "client_body_timeout",
+        "request_timeout",
         "client_body_incomplete",
         "http_version_not_supported",
     }
@@ -59,9 +64,7 @@ class RequestBody:
                 async with asyncio.timeout(self._pause_timeout):
                     chunk = await content.read(_CHUNK)
             except TimeoutError:
-                self.failure = ClientRequestError(
-                    408, "client_body_timeout", f"no body data for {self._pause_timeout}s"
-                )
+                self.failure = body_too_slow(self._pause_timeout)
                 raise self.failure from None
             except Exception as exc:  # the client went away or sent a broken body
                 self.failure = ClientRequestError(400, "client_body_incomplete", str(exc))
@@ -70,9 +73,7 @@ class RequestBody:
                 return
             self.size += len(chunk)
             if self.size > self._limit:
-                self.failure = ClientRequestError(
-                    413, "body_too_large", f"limit {self._limit} bytes"
-                )
+                self.failure = body_too_large(self._limit)
                 raise self.failure
             yield chunk
 
@@ -139,29 +140,15 @@ def redirect_to_https(request: web.BaseRequest, https_port: int | None) -> web.S
 
 
 def validate_request(request: web.BaseRequest, max_body: int) -> str:
-    """The origin-form target to forward, or the ClientRequestError refusing the request."""
-    if request.method == "CONNECT":
-        raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
-    if request.version not in HTTP_VERSIONS:  # HTTP/0.9 would be forwarded as 1.1
-        raise ClientRequestError(505, "http_version_not_supported", "use HTTP/1.0 or 1.1")
+    """The origin-form target to forward, or the ClientRequestError refusing the request
+    (the rules are `router.proxy.request_rules`, the fast engine's too)."""
+    version = f"{request.version.major}.{request.version.minor}"
     hosts = request.headers.getall("Host", [])
-    if len(hosts) > 1 or (not hosts and request.version == aiohttp.HttpVersion11):
-        raise ClientRequestError(400, "bad_host", "HTTP/1.1 needs exactly one Host header")
-    raw = request.raw_path
-    if not raw.startswith("/"):
-        # Absolute form: allowed only for the host the request is addressed to, so the
-        # router can never be used as an open forward proxy.
-        target = URL(raw, encoded=True)
-        named = request.headers.get("Host", "").rsplit(":", 1)[0].lower()
-        if not target.is_absolute() or (target.host or "").lower() != named:
-            raise ClientRequestError(
-                400, "absolute_uri_not_allowed", "absolute-form target for another host"
-            )
-        raw = target.raw_path_qs
-    length = request.content_length
-    if length is not None and length > max_body:
-        raise ClientRequestError(413, "body_too_large", f"limit {max_body} bytes")
-    return raw
+    target = check_head(
+        request.method, version, len(hosts), hosts[-1] if hosts else None, request.raw_path
+    )
+    check_declared_length(request.content_length, max_body)
+    return target
 
 
 def error_response(error: ProxyError) -> web.Response:

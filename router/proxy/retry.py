@@ -73,9 +73,9 @@ class RetryPolicy:
             return not sent or idempotent
         if not idempotent:
             return False
-        if kind == "reset":
+        if kind == failures.RESET:
             return RESET in self.retry_on
-        if kind == "timeout" or kind == PER_TRY_TIMEOUT:
+        if kind == failures.TIMEOUT or kind == PER_TRY_TIMEOUT:
             return TIMEOUT in self.retry_on
         return False
 
@@ -84,7 +84,8 @@ class RetryPolicy:
         gateway error or retriable status is a replica failure whatever `count_5xx` says;
         any other 5xx is one only under `passive.count_5xx`."""
         if status in self.statuses:
-            return False, "gateway_error" if status in GATEWAY_STATUSES else "retriable_status"
+            gateway = status in GATEWAY_STATUSES
+            return False, failures.GATEWAY_ERROR if gateway else failures.RETRIABLE_STATUS
         if status >= 500 and count_5xx:
             return False, failures.STATUS_5XX
         return True, None
@@ -96,7 +97,7 @@ def retry_reason(outcome: str) -> str:
         return "connect-failure"
     if outcome == PER_TRY_TIMEOUT:
         return "per-try-timeout"
-    if outcome == "timeout":
+    if outcome == failures.TIMEOUT:
         return TIMEOUT
     if outcome.isdigit():
         return GATEWAY_ERROR if int(outcome) in GATEWAY_STATUSES else RETRIABLE_STATUS_CODES

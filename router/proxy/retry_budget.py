@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
 from typing import NamedTuple
 
+from router.failures import PER_TRY_TIMEOUT
 from router.models import Replica
 from router.proxy.retry import RetryPolicy
 from router.proxy.retry_settings import TIMEOUT
@@ -200,7 +201,7 @@ class Retrier:
             return KEEP
         if candidates.peek() is None:
             return KEEP
-        return self._spend("per_try_timeout", holds_token)
+        return self._spend(PER_TRY_TIMEOUT, holds_token)
 
     def _spend(self, outcome: str, holds_token: bool) -> Decision:
         if holds_token or self.budget.try_acquire():

@@ -11,8 +11,9 @@ import ssl
 from router.proxy.admission import Admission
 from router.proxy.apps import AppDirectory
 from router.proxy.base import InFlightCounter, Observers, SnapshotSource
+from router.proxy.fast.core import EngineCore
 from router.proxy.fast.pool import Pool
-from router.proxy.fast.server import ClientConnection, EngineCore
+from router.proxy.fast.server import ClientConnection
 from router.proxy.headers import TrustedProxies
 from router.proxy.retry import RetryPolicy
 from router.proxy.retry_budget import Retrier

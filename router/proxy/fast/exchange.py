@@ -6,52 +6,45 @@ dial moves to the next candidate for any method while no body byte has been comm
 after the request went out only bodiless idempotent requests move on; once the response
 has started nothing is retried and a failure can only cut the client connection.
 
+This module forwards the request (admission, the candidate walk, dialling, the body);
+`relay.ResponseRelay`, its base, relays the response. It talks to its client connection
+only through `client_side.ClientSide`, so `server.py` imports it and never the reverse.
+
 Framing: the request's is llhttp's parse (`rules.forward_block`), the response's is
-`framing.response_framing`. The response timeout starts once the whole request is written.
+`router.proxy.framing.response_framing`. The response timeout starts once the whole
+request is written.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from functools import partial
-from typing import TYPE_CHECKING, Any
 
-from router import acme
 from router.balancing.base import RequestContext
-from router.errors import (
-    ClientRequestError,
-    ProxyError,
-    UpstreamProtocolError,
-)
-from router.failures import CONNECT, RESET, upstream_error
+from router.errors import ClientRequestError, ProxyError
+from router.failures import CONNECT, upstream_error
 from router.models import Replica
 from router.proxy.admission import Claim
 from router.proxy.apps import AppEntry
 from router.proxy.base import RequestRecord, no_routable_error
-from router.proxy.fast import framing, rules, wire
+from router.proxy.fast import rules, wire
+from router.proxy.fast.client_side import ClientSide
+from router.proxy.fast.core import EngineCore
+from router.proxy.fast.local_answers import router_answer
 from router.proxy.fast.pool import Target, classify_dial_error
-from router.proxy.fast.retrying import RetryingExchange
+from router.proxy.fast.relay import ResponseRelay
 from router.proxy.fast.strict import RequestHead
 from router.proxy.fast.upstream import UpstreamConnection
 from router.proxy.headers import IDEMPOTENT
-from router.proxy.well_known import (
-    ATTESTATION_PATH,
-    FAILED_LOCALLY,
-    LocalAnswer,
-    is_attestation_target,
-)
-
-if TYPE_CHECKING:
-    from router.proxy.fast.server import ClientConnection, EngineCore
+from router.proxy.request_rules import body_too_large
 
 _NO_CANDIDATES: Iterator[Replica] = iter(())
 _BACKLOG = 256 * 1024  # request body bytes buffered before the client is paused
 _UPGRADE_BACKLOG = 64 * 1024  # bytes after an Upgrade head held before the 101, at most
 
 
-class Exchange(RetryingExchange):
+class Exchange(ResponseRelay):
     # Per-request state; most fields start at these class-level defaults so that creating
     # an exchange (once per request) only sets what differs.
     conn: UpstreamConnection | None = None
@@ -80,11 +73,10 @@ class Exchange(RetryingExchange):
     holds_slot = False
     app: AppEntry | None = None
     holds_app_slot = False
-    _local_task: asyncio.Task[LocalAnswer] | None = None
 
     def __init__(
         self,
-        client: ClientConnection,
+        client: ClientSide,
         head: RequestHead | None,
         error: ProxyError | None = None,
         *,
@@ -125,26 +117,14 @@ class Exchange(RetryingExchange):
         if self.client.trusted:
             xff = [v.decode("latin-1") for k, v in head.headers if k.lower() == b"x-forwarded-for"]
             self.client_ip = core.trusted.client_address(self.client.peer, xff)
-        if core.acme_webroot is not None and self.client.scheme == "http":
-            challenge = acme.answer(core.acme_webroot, head.method, head.target)
-            if challenge is not None:  # ACME HTTP-01: answered here, never routed
-                self.status = challenge.status
-                self.client.send([challenge.wire()])
+        local = router_answer(core, head, self.client.scheme, self.client_ip)
+        if local is not None:
+            if isinstance(local, tuple):
+                self.status = local[0]
+                self.client.send([local[1]])
                 self._finish()
-                return
-        target = head.target
-        # The prefix test first: a compiled string method, where every other request ends.
-        if (
-            core.attestation is not None
-            and target.startswith(ATTESTATION_PATH)
-            and is_attestation_target(target)
-        ):
-            self._answer_locally(core.attestation.answer(head.method, head.target, self.client_ip))
-            return
-        if (https_port := core.redirect_https_port) is not None and self.client.scheme == "http":
-            self.status = 308
-            self.client.send([wire.redirect_to_https(head.host, head.target, https_port)])
-            self._finish()
+            else:
+                self._answer_locally(local)
             return
         try:  # before admission: a request for no app takes no slot and reaches no replica
             self.app = core.apps.resolve(head.host, head.target, self.client.sni)
@@ -165,28 +145,6 @@ class Exchange(RetryingExchange):
             if not slot.held:
                 return  # queued: _admitted or _fail runs when a slot frees or the wait ends
         self._admitted()
-
-    def _answer_locally(self, answer: Coroutine[Any, Any, LocalAnswer]) -> None:
-        """A response the router makes itself (its attestation): written when ready,
-        unless the client left meanwhile."""
-        task = asyncio.get_running_loop().create_task(answer)
-        self._local_task = task
-        task.add_done_callback(self._answered_locally)
-
-    def _answered_locally(self, task: asyncio.Task[LocalAnswer]) -> None:
-        self._local_task = None
-        if self.finished or task.cancelled():
-            return
-        local = FAILED_LOCALLY if task.exception() is not None else task.result()
-        self.status = local.status
-        self.client.send(
-            [
-                local.wire(
-                    head_only=self.head_only, close=self.close_after, request_id=self.request_id
-                )
-            ]
-        )
-        self._finish()
 
     def _admitted(self) -> None:
         head, core = self.head, self.core
@@ -300,9 +258,7 @@ class Exchange(RetryingExchange):
         if self.finished:
             return  # answered already: the rest of the body is read and dropped
         if self.bytes_in > self.core.max_body:
-            self.client_failed(
-                ClientRequestError(413, "body_too_large", f"limit {self.core.max_body} bytes")
-            )
+            self.client_failed(body_too_large(self.core.max_body))
             return
         conn = self.conn
         if conn is not None and conn.transport is not None:
@@ -348,142 +304,6 @@ class Exchange(RetryingExchange):
         self.tunnel_buffered += len(data)
         if self.tunnel_buffered > _UPGRADE_BACKLOG:
             self.client.upgrade_backlog(True)
-
-    # -- the upstream's response (ResponseSink) ---------------------------------------------
-
-    def response_head(self, status: int, headers: rules.RawHeaders) -> None:
-        head, replica = self.head, self.replica
-        assert head is not None
-        assert replica is not None
-        if status == 101 and head.upgrade is None:
-            raise UpstreamProtocolError("101 without an upgrade request")
-        core = self.core
-        if status in core.retrier.policy.statuses and self.retry_response(status, headers):
-            return  # given up for another replica: nothing of it reaches the client
-        self.upstream_seconds = time.monotonic() - self.attempt_started
-        observers = core.observers
-        if observers.observers:
-            if status < 400:  # the common case, without a call
-                observers.attempt_done(replica, True, None, status)
-            else:
-                ok, kind = core.retrier.policy.status_verdict(status, core.count_5xx)
-                observers.attempt_done(replica, ok, kind, status)
-        self.status = status
-        conn = self.conn
-        if conn is not None and headers == conn.last_raw:
-            # Same head as this connection's last response (only Date changes, once a
-            # second): the rules are a pure function of it.
-            block, length, codings = conn.last_rules
-        else:
-            block, length, codings = rules.response_block(headers)
-            if conn is not None:
-                conn.last_raw, conn.last_rules = headers, (block, length, codings)
-        block += self._rid_line
-        if self.ctx is not None and self.ctx.response_headers:
-            block += wire.header_block(self.ctx.response_headers)
-        if status == 101:
-            lines = f"Connection: upgrade\r\nUpgrade: {head.upgrade or ''}\r\n".encode("latin-1")
-        else:
-            decided = framing.response_framing(head.method, head.version, status, length, codings)
-            lines = decided.framing
-            self.chunked_out = decided.chunked_out
-            self.until_eof = decided.until_eof
-            if decided.close or self.client.draining:
-                self.close_after = True
-            if self.close_after:
-                lines += b"Connection: close\r\n"
-            elif head.version == "1.0":
-                lines += b"Connection: keep-alive\r\n"
-        self.out.append(wire.status_line(status) + block + lines + wire.CRLF)
-
-    def response_body(self, data: bytes) -> None:
-        self.bytes_out += len(data)
-        if self.chunked_out:
-            self.out.extend(wire.chunk(data))
-        else:
-            self.out.append(data)
-
-    def flush(self) -> None:
-        if self.out:
-            self.client.send(self.out)
-            self.out = []
-
-    def response_done(self) -> None:
-        if self.chunked_out:
-            self.out.append(wire.LAST_CHUNK)
-        self.flush()
-        conn, self.conn = self.conn, None
-        replica = self.replica
-        assert conn is not None
-        assert replica is not None
-        if not self.body_complete:
-            conn.reusable = False  # the upstream answered before the body was sent
-        if conn.read_paused:
-            conn.resume_reading()
-        core = self.core
-        core.pool.release(conn)
-        in_flight, rid = core.in_flight, replica.id
-        left = in_flight.get(rid, 1) - 1  # InFlightCounter.leave, inline: every request
-        if left > 0:
-            in_flight[rid] = left
-        else:
-            in_flight.pop(rid, None)
-        self._finish()
-
-    def upstream_upgraded(self, rest: bytes) -> None:
-        conn = self.conn
-        if self.status != 101 or conn is None or conn.transport is None:
-            self.upstream_failed(RESET)
-            return
-        self.conn = None
-        self.tunnelled = True
-        if rest:
-            self.out.append(rest)
-        self.flush()
-        self.client.start_tunnel(self, conn)
-        if self.tunnel_pending:
-            conn.send(self.tunnel_pending)
-            self.tunnel_pending = []
-
-    def upstream_failed(self, kind: str, reason: str = "") -> None:
-        if self.finished:
-            return
-        conn, self.conn = self.conn, None
-        replica = self.replica
-        assert replica is not None
-        if conn is not None:
-            conn.close()
-        self.core.in_flight.leave(replica.id)
-        if self.status is None:
-            self.core.observers.attempt_done(replica, False, kind, None)
-            error = upstream_error(kind, replica.id, reason)
-            self.last_error = error
-            if self.core.retrier.policy.retryable(kind, sent=self.sent, idempotent=self.idempotent):
-                self.note_attempt(kind)
-                self._try_next()
-            else:
-                self._fail(error)
-            return
-        if self.until_eof and kind == RESET:
-            # The replica's close was the end of the body. Re-chunked for an HTTP/1.1 client,
-            # the last chunk ends it there and the client connection stays open; otherwise
-            # (HTTP/1.0) the head said Connection: close and the close ends the body.
-            if self.chunked_out:
-                self.out.append(wire.LAST_CHUNK)
-            else:
-                self.close_after = True
-            self.flush()
-            self._finish()
-            return
-        # The status line is gone: all we can do is cut the client connection.
-        self.core.observers.attempt_done(replica, False, kind, self.status)
-        self.error_code = f"upstream_{kind}_mid_body"
-        self.flush()
-        self.client.cut()
-        self._finish(notify=False)
-
-    def upstream_pause(self, paused: bool) -> None:
-        self.client.upstream_full(paused)
 
     # -- endings ------------------------------------------------------------------------------
 
@@ -561,4 +381,4 @@ class Exchange(RetryingExchange):
                 )
             )
         if notify:
-            self.client.exchange_finished(self)
+            self.client.exchange_finished(self, self.close_after)

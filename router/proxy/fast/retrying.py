@@ -14,13 +14,14 @@ import asyncio
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from router.errors import ProxyError, UpstreamTimeout
-from router.failures import PER_TRY_TIMEOUT
+from router.errors import ProxyError
+from router.failures import PER_TRY_TIMEOUT, TIMEOUT, upstream_error
 from router.models import Replica
+from router.proxy.fast.client_side import ClientSide
+from router.proxy.fast.core import EngineCore
 from router.proxy.retry_budget import Candidates
 
 if TYPE_CHECKING:
-    from router.proxy.fast.server import ClientConnection, EngineCore
     from router.proxy.fast.upstream import UpstreamConnection
 
 _DRAIN_LIMIT = 64 * 1024
@@ -71,7 +72,7 @@ class RetryingExchange:
     """Mixin of `Exchange`: the attributes below are Exchange's."""
 
     core: EngineCore
-    client: ClientConnection
+    client: ClientSide
     conn: UpstreamConnection | None
     replica: Replica | None
     status: int | None
@@ -201,5 +202,5 @@ class RetryingExchange:
             conn.sink = None
             conn.close()
         self.core.in_flight.leave(replica.id)
-        self.core.observers.attempt_done(replica, False, "timeout", None)
-        self.last_error = UpstreamTimeout("per-try timeout", replica=replica.id)
+        self.core.observers.attempt_done(replica, False, TIMEOUT, None)
+        self.last_error = upstream_error(PER_TRY_TIMEOUT, replica.id)

@@ -4,11 +4,11 @@ Requests are queued in arrival order and served one at a time, so pipelined requ
 answered in order. A request head that breaks a rule (see `strict`) is answered with its
 4xx after the requests before it, and the connection is closed: after a framing error the
 router can no longer know where the next request starts. One lazy timer per connection
-enforces the keep-alive idle timeout, the header timeout (slowloris), the gap allowed
-between body chunks and the idle timeout of an upgraded tunnel.
+(`timer.LazyTimer`) enforces the keep-alive idle timeout, the header timeout (slowloris),
+the gap allowed between body chunks and the idle timeout of an upgraded tunnel.
 
 The head limits hold on bytes received, not on completed lines: a head (or, inside a body,
-trailers and chunk extensions that move it no further) past `wire.MAX_HEAD_BYTES` gets 431
+trailers and chunk extensions that move it no further) past `MAX_HEAD_BYTES` gets 431
 at once. Body bytes are handed to the request once per read, whatever the chunking. Bytes
 sent after an Upgrade head wait, bounded, for the upstream's answer (the client is no
 longer read meanwhile).
@@ -20,25 +20,30 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import cast
 
 import httptools
 
-from router.errors import ClientRequestError, ProxyError
-from router.proxy.admission import Admission
-from router.proxy.apps import AppDirectory
-from router.proxy.base import InFlightCounter, Observers
+from router.errors import ProxyError
 from router.proxy.fast import wire
+from router.proxy.fast.core import EngineCore
 from router.proxy.fast.exchange import Exchange
 from router.proxy.fast.outbox import Writer
-from router.proxy.fast.pool import Pool
-from router.proxy.fast.strict import RequestHead, bad_request, validate
+from router.proxy.fast.strict import RequestHead, method_name, validate
+from router.proxy.fast.timer import BODY, HEADER, IDLE, TUNNEL, LazyTimer
 from router.proxy.fast.upstream import UpstreamConnection
-from router.proxy.headers import TrustedProxies
-from router.proxy.retry_budget import Retrier
-from router.proxy.well_known import AttestationEndpoint
+from router.proxy.request_rules import (
+    MAX_HEAD_BYTES,
+    MAX_HEADER_BLOCK,
+    MAX_HEADER_COUNT,
+    MAX_REQUEST_LINE,
+    bad_request,
+    body_too_slow,
+    check_declared_length,
+    head_too_slow,
+    headers_too_large,
+    uri_too_long,
+)
 from router.tls import server_name
 
 log = logging.getLogger(__name__)
@@ -47,55 +52,6 @@ log = logging.getLogger(__name__)
 _UPSTREAM_FULL = 1
 _BACKLOG = 2
 _MAX_QUEUE = 16  # pipelined requests parsed ahead of the one being served
-
-_IDLE, _HEADER, _BODY, _TUNNEL = 1, 2, 3, 4
-
-
-@dataclass(slots=True)
-class EngineCore:
-    """What every connection of one engine shares."""
-
-    # Host (and SNI) -> the app's snapshot source (router/proxy/apps.py).
-    apps: AppDirectory
-    observers: Observers
-    in_flight: InFlightCounter
-    trusted: TrustedProxies
-    pool: Pool
-    retries: int
-    max_body: int
-    count_5xx: bool
-    idle_timeout: float
-    header_timeout: float
-    body_timeout: float
-    admission: Admission
-    # How long a request may wait for an admission slot (the connect timeout, as aiohttp).
-    admission_wait: float
-    retrier: Retrier
-    # Set when listen_tls.redirect_http: plain-HTTP requests get a 308 to this https port.
-    redirect_https_port: int | None = None
-    # An idle keep-alive client connection is closed after this (proxy.client_idle_timeout).
-    client_idle_timeout: float = 60.0
-    # Headers (lower-case) removed from requests of untrusted peers (headers.edge_names).
-    edge_headers: frozenset[bytes] = frozenset()
-    # Set when acme_webroot: ACME challenge files answered on the plain listener.
-    acme_webroot: Path | None = None
-    # Answers /.well-known/phala-router/attestation (router.proxy.well_known); None: routed.
-    attestation: AttestationEndpoint | None = None
-    draining: bool = False
-    connections: set[ClientConnection] = field(default_factory=set)
-    all_closed: asyncio.Event = field(default_factory=asyncio.Event)
-
-
-_METHODS: dict[bytes, str] = {}
-
-
-def _method(raw: bytes) -> str:
-    method = _METHODS.get(raw)
-    if method is None:
-        method = raw.decode("latin-1")
-        if len(_METHODS) < 64:  # llhttp knows a fixed set of methods
-            _METHODS[raw] = method
-    return method
 
 
 class ClientConnection(asyncio.Protocol, Writer):
@@ -134,9 +90,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         self._read_body = 0  # body bytes passed on during this read
         self._last_key: object = None
         self._last_head: RequestHead | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_kind = 0
-        self._deadline = 0.0
+        self.timer = LazyTimer(self.loop, self._timed_out)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -151,12 +105,11 @@ class ClientConnection(asyncio.Protocol, Writer):
             self.sni = server_name(transport.get_extra_info("ssl_object"))
         self.core.connections.add(self)
         self.core.all_closed.clear()
-        self._arm(_IDLE, self.core.client_idle_timeout)
+        self.timer.arm(IDLE, self.core.client_idle_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel is not None:
-            if self._timer_kind == _TUNNEL:
-                self._deadline = self.loop.time() + self.core.idle_timeout
+            self.timer.push_back(TUNNEL, self.core.idle_timeout)
             self.tunnel.send([data])
             return
         if self.upgrading is not None:
@@ -210,13 +163,9 @@ class ClientConnection(asyncio.Protocol, Writer):
         else:
             self._head_received = 0
             return
-        if self._head_received > wire.MAX_HEAD_BYTES:
+        if self._head_received > MAX_HEAD_BYTES:
             what = "request head" if self._in_head else "trailers or chunk extensions"
-            self.reject(
-                ClientRequestError(
-                    431, "headers_too_large", f"{what} over {wire.MAX_HEAD_BYTES} bytes"
-                )
-            )
+            self.reject(headers_too_large(f"{what} over {MAX_HEAD_BYTES} bytes"))
 
     def _flush_body(self) -> None:
         """Pass the body bytes parsed so far to the request as one piece: a body of 1-byte
@@ -229,8 +178,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         self._read_body += len(data)
         exchange = self.reading
         if exchange is not None:
-            if self._timer_kind == _BODY:
-                self._deadline = self.loop.time() + self.core.body_timeout
+            self.timer.push_back(BODY, self.core.body_timeout)
             exchange.body_data(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -238,10 +186,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         core.connections.discard(self)
         if not core.connections:
             core.all_closed.set()
-        self._timer_kind = 0
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.timer.cancel()
         if self.tunnel is not None:
             tunnel, self.tunnel = self.tunnel, None
             tunnel.close()
@@ -278,25 +223,20 @@ class ClientConnection(asyncio.Protocol, Writer):
         self._in_head = True
         self._head_method = False
         if not self.queue:
-            self._arm(_HEADER, self.core.header_timeout)
+            self.timer.arm(HEADER, self.core.header_timeout)
 
     def on_url(self, url: bytes) -> None:
         self._url += url
         self._head_method = self.parser.get_method() == b"HEAD"  # known once the URL is
-        if len(self._url) > wire.MAX_REQUEST_LINE:
-            raise ClientRequestError(414, "uri_too_long", f"limit {wire.MAX_REQUEST_LINE} bytes")
+        if len(self._url) > MAX_REQUEST_LINE:
+            raise uri_too_long()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         if self.reading is not None:
             return  # a trailer after a chunked body: dropped, never forwarded
-        if (
-            self._header_bytes > wire.MAX_HEADER_BLOCK
-            or len(self._headers) >= wire.MAX_HEADER_COUNT
-        ):
-            raise ClientRequestError(
-                431, "headers_too_large", f"limit {wire.MAX_HEADER_BLOCK} bytes"
-            )
+        if self._header_bytes > MAX_HEADER_BLOCK or len(self._headers) >= MAX_HEADER_COUNT:
+            raise headers_too_large()
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -312,17 +252,17 @@ class ClientConnection(asyncio.Protocol, Writer):
             # validation and header rules are pure functions of it, so reuse the result.
             head = self._last_head
         else:
-            head = validate(_method(method), self._url, version, self._headers, keep_alive, upgrade)
+            head = validate(
+                method_name(method), self._url, version, self._headers, keep_alive, upgrade
+            )
             self._last_key, self._last_head = key, head
-        if head.content_length is not None and head.content_length > self.core.max_body:
-            limit = self.core.max_body
-            raise ClientRequestError(413, "body_too_large", f"limit {limit} bytes")
+        check_declared_length(head.content_length, self.core.max_body)
         exchange = Exchange(self, head)
         if head.has_body:
             self.reading = exchange
-            self._arm(_BODY, self.core.body_timeout)
-        elif self._timer_kind == _HEADER:
-            self._timer_kind = 0
+            self.timer.arm(BODY, self.core.body_timeout)
+        else:
+            self.timer.stop(HEADER)
         self.queue.append(exchange)
         if len(self.queue) == 1:
             exchange.start()
@@ -340,15 +280,14 @@ class ClientConnection(asyncio.Protocol, Writer):
         if exchange is not None:
             if exchange.close_after:
                 self.ignore_input = True
-            if self._timer_kind == _BODY:
-                self._timer_kind = 0
+            self.timer.stop(BODY)
             exchange.body_done()
             if exchange.finished and exchange.close_after:
                 self._close_when_done()
 
     # -- used by exchanges ---------------------------------------------------------------------
 
-    def is_active(self, exchange: Exchange) -> bool:
+    def is_active(self, exchange: object) -> bool:
         return bool(self.queue) and self.queue[0] is exchange
 
     def cut(self) -> None:
@@ -378,7 +317,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         if self.ignore_input:
             return  # e.g. bytes after a Connection: close request
         self.ignore_input = True
-        self._timer_kind = 0
+        self.timer.stop()
         self._body_parts.clear()
         if self.reading is not None:
             exchange, self.reading = self.reading, None
@@ -390,10 +329,10 @@ class ClientConnection(asyncio.Protocol, Writer):
         if len(self.queue) == 1:
             exchange.start()
 
-    def exchange_finished(self, exchange: Exchange) -> None:
+    def exchange_finished(self, exchange: object, close_after: bool) -> None:
         if self.queue and self.queue[0] is exchange:
             self.queue.popleft()
-        if exchange.close_after or self.draining:
+        if close_after or self.draining:
             self.ignore_input = True
             if self.reading is exchange:
                 return  # keep reading the rest of the body; close when it ends
@@ -410,9 +349,9 @@ class ClientConnection(asyncio.Protocol, Writer):
         if self.queue:
             self.queue[0].start()
         elif self._in_head:  # a pipelined head is still arriving: it gets the head timeout
-            self._arm(_HEADER, self.core.header_timeout)
+            self.timer.arm(HEADER, self.core.header_timeout)
         else:
-            self._arm(_IDLE, self.core.client_idle_timeout)
+            self.timer.arm(IDLE, self.core.client_idle_timeout)
 
     def _close_when_done(self) -> None:
         if not self.queue:
@@ -420,18 +359,17 @@ class ClientConnection(asyncio.Protocol, Writer):
 
     def tunnel_active(self) -> None:
         """Bytes crossed the tunnel: it is not idle."""
-        if self._timer_kind == _TUNNEL:
-            self._deadline = self.loop.time() + self.core.idle_timeout
+        self.timer.push_back(TUNNEL, self.core.idle_timeout)
 
     def upgrade_backlog(self, on: bool) -> None:
         """Bytes sent after an Upgrade head wait for the upstream's answer, bounded."""
         self._pause(_UPSTREAM_FULL, on)
 
-    def start_tunnel(self, exchange: Exchange, conn: UpstreamConnection) -> None:
+    def start_tunnel(self, conn: UpstreamConnection) -> None:
         """After a 101: bytes flow raw both ways until either side closes."""
         self.tunnel = conn
         self.upgrading = None
-        self._arm(_TUNNEL, self.core.idle_timeout)  # both directions' bytes push it back
+        self.timer.arm(TUNNEL, self.core.idle_timeout)  # both directions' bytes push it back
         conn.tunnel = self
         if self._paused:
             self._paused = 0
@@ -446,31 +384,15 @@ class ClientConnection(asyncio.Protocol, Writer):
 
     # -- timeouts ---------------------------------------------------------------------------
 
-    def _arm(self, kind: int, seconds: float) -> None:
-        """Lazy: moving a deadline later costs nothing, the timer re-arms when it fires."""
-        self._timer_kind = kind
-        self._deadline = deadline = self.loop.time() + seconds
-        if self._timer is not None:
-            if self._timer.when() <= deadline:
-                return
-            self._timer.cancel()
-        self._timer = self.loop.call_at(deadline, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        kind = self._timer_kind
-        if not kind or self.transport is None:
+    def _timed_out(self, kind: int) -> None:
+        if self.transport is None:
             return
-        if self.loop.time() < self._deadline:
-            self._timer = self.loop.call_at(self._deadline, self._on_timer)
-            return
-        self._timer_kind = 0
-        if kind == _IDLE:
+        if kind == IDLE:
             if not self.queue:
                 self.close_transport()
-        elif kind == _TUNNEL:
+        elif kind == TUNNEL:
             self.close_transport()  # connection_lost closes the upstream side and the slot
-        elif kind == _HEADER:
-            self.reject(ClientRequestError(408, "request_timeout", "request head too slow"))
+        elif kind == HEADER:
+            self.reject(head_too_slow(self.core.header_timeout))
         else:
-            self.reject(ClientRequestError(408, "request_timeout", "request body too slow"))
+            self.reject(body_too_slow(self.core.body_timeout))

@@ -4,9 +4,9 @@ llhttp (via httptools, no leniency flags) already refuses the framing attacks: b
 Content-Length and Transfer-Encoding, duplicate or non-numeric Content-Length, a
 Transfer-Encoding whose last coding is not chunked, bad chunk sizes, obsolete line folding,
 bare CR or LF, control characters in values, whitespace before the colon. What it lets
-through and this module refuses: a missing or repeated Host in HTTP/1.1, HTTP versions other
-than 1.0/1.1, CONNECT, and targets that are neither origin-form nor absolute-form for the
-host the request names (the router must never act as an open forward proxy).
+through is refused by the rules both engines share (`router.proxy.request_rules`: CONNECT,
+versions other than 1.0/1.1, Host, absolute-form targets for another host); this module
+reads the head's fields once for them and adds the fast engine's own upgrade rule.
 
 A request is an upgrade only when `Connection` has the token `upgrade` (comma-separated,
 trimmed, case-insensitive), `Upgrade` is present, and llhttp agrees it upgraded; if the two
@@ -19,10 +19,8 @@ lists (RFC 9112 section 9.3), for HTTP/1.0 too (llhttp lets `keep-alive, close` 
 
 from __future__ import annotations
 
-from yarl import URL
-
-from router.errors import ClientRequestError
 from router.proxy.fast.rules import RawHeaders
+from router.proxy.request_rules import bad_request, check_head, connection_tokens
 
 _NOTED = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect"}
@@ -80,13 +78,17 @@ class RequestHead:
         self.forward_block: bytes | None = None
 
 
-def bad_request(message: str, code: str = "bad_request") -> ClientRequestError:
-    return ClientRequestError(400, code, message)
+_METHODS: dict[bytes, str] = {}
 
 
-def connection_tokens(value: bytes) -> set[bytes]:
-    """`Connection` as a set of tokens: comma-separated, trimmed, lower-case."""
-    return {t.strip() for t in value.lower().split(b",")} - {b""}
+def method_name(raw: bytes) -> str:
+    """llhttp's method bytes as a str, decoded once per method."""
+    method = _METHODS.get(raw)
+    if method is None:
+        method = raw.decode("latin-1")
+        if len(_METHODS) < 64:  # llhttp knows a fixed set of methods
+            _METHODS[raw] = method
+    return method
 
 
 def validate(
@@ -97,10 +99,6 @@ def validate(
     keep_alive: bool,
     llhttp_upgrade: bool = False,
 ) -> RequestHead:
-    if method == "CONNECT":
-        raise ClientRequestError(405, "method_not_allowed", "CONNECT is not proxied")
-    if version not in ("1.1", "1.0"):
-        raise ClientRequestError(505, "http_version_not_supported", "HTTP/1.0 or 1.1 only")
     host: bytes | None = None
     hosts = 0
     content_length: int | None = None
@@ -125,8 +123,11 @@ def validate(
             upgrade = value
         else:
             expect_continue = value.lower() == b"100-continue"
-    if hosts > 1 or (hosts == 0 and version == "1.1"):
-        raise bad_request("exactly one Host header is required", "bad_host")
+    host_str = host.decode("latin-1") if host is not None else None
+    raw_target = url.decode("latin-1")
+    target = check_head(method, version, hosts, host_str, raw_target)
+    if not raw_target.startswith("/"):  # absolute form, now origin-form
+        url = target.encode("latin-1")
     tokens = connection_tokens(connection)
     if upgrade is not None and b"upgrade" not in tokens:
         upgrade = None
@@ -137,11 +138,6 @@ def validate(
         raise bad_request("ambiguous protocol upgrade", "bad_upgrade")
     if upgrade is not None and (chunked or content_length):
         raise bad_request("an Upgrade request cannot carry a body", "bad_upgrade")
-    host_str = host.decode("latin-1") if host is not None else None
-    target = url.decode("latin-1")
-    if not target.startswith("/"):
-        target = _absolute_target(target, host_str or "")
-        url = target.encode("latin-1")
     return RequestHead(
         method,
         target,
@@ -155,17 +151,3 @@ def validate(
         expect_continue,
         keep_alive,
     )
-
-
-def _absolute_target(raw: str, host_header: str) -> str:
-    """Absolute form is accepted only for the host the request is addressed to."""
-    try:
-        target = URL(raw, encoded=True)
-    except ValueError:
-        raise bad_request("malformed request target", "bad_target") from None
-    named = host_header.rsplit(":", 1)[0].lower()
-    if not target.is_absolute() or (target.host or "").lower() != named:
-        raise ClientRequestError(
-            400, "absolute_uri_not_allowed", "absolute-form target for another host"
-        )
-    return target.raw_path_qs

@@ -26,6 +26,7 @@ from router.failures import RESET, TIMEOUT
 from router.proxy.fast import wire
 from router.proxy.fast.outbox import Writer
 from router.proxy.fast.rules import ResponseRules
+from router.proxy.request_rules import MAX_HEAD_BYTES, MAX_HEADER_BLOCK, MAX_HEADER_COUNT
 from router.reach import AttestedReach
 
 if TYPE_CHECKING:
@@ -256,7 +257,7 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         else:
             self._head_received = 0
             return
-        if self._head_received > wire.MAX_HEAD_BYTES:
+        if self._head_received > MAX_HEAD_BYTES:
             self._violated("upstream response head or trailers too large")
 
     def _flush_body(self) -> None:
@@ -333,10 +334,10 @@ class UpstreamConnection(asyncio.Protocol, Writer):
         if not 100 <= status <= 599:
             self._violated(f"upstream sent status {status} (100-599 allowed)")
         headers, self._headers = self._headers, []
-        if len(headers) > wire.MAX_HEADER_COUNT:
+        if len(headers) > MAX_HEADER_COUNT:
             self._violated("upstream response has too many header fields")
         # (A head equal to the last one passed this check already.)
-        if headers != self.last_raw and wire.block_size(headers) > wire.MAX_HEADER_BLOCK:
+        if headers != self.last_raw and wire.block_size(headers) > MAX_HEADER_BLOCK:
             self._violated("upstream response head too large")
         if status < 200 and status != 101:
             # 100 Continue / 103 Early Hints: not relayed, and llhttp reads no body; one that

@@ -12,14 +12,7 @@ from http import HTTPStatus
 
 from router.errors import ProxyError
 from router.proxy.admission import retry_after
-
-# Limits on what a client may send before its request is even looked at.
-MAX_REQUEST_LINE = 8 * 1024  # longer targets get 414
-MAX_HEADER_BLOCK = 32 * 1024  # a bigger header block gets 431
-MAX_HEADER_COUNT = 100  # more header fields get 431
-# A head still incomplete past this many received bytes is refused at once, so a header
-# line with no end costs neither memory nor parser time (llhttp's callers accumulate it).
-MAX_HEAD_BYTES = MAX_REQUEST_LINE + MAX_HEADER_BLOCK
+from router.proxy.request_rules import MAX_HEAD_BYTES
 
 CRLF = b"\r\n"
 LAST_CHUNK = b"0\r\n\r\n"

@@ -1,7 +1,10 @@
 """How a relayed response is framed to the client: a pure function of the request head and
-the response head, decided once from what llhttp parsed and tested without sockets.
+the response head, decided once from what the HTTP parser read and tested without sockets
+(tests/test_fast_framing.py). Engine-independent: the fast engine writes the framing lines
+it returns (`fast/relay.py`); the aiohttp engine, whose server writes its own, applies its
+decisions (`aiohttp_relay.py`).
 
-The rules (RFC 9112 section 6.3, in llhttp's reading of the upstream bytes):
+The rules (RFC 9112 section 6.3, in the parser's reading of the upstream bytes):
 - only 100-199 are informational; they carry no body and are not relayed (101 switches
   protocols); any status outside 100-599 is a protocol error (502, connection closed);
 - a response to HEAD, and 1xx/204/304, has no body whatever its headers say;
