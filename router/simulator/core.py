@@ -13,7 +13,6 @@ attestation sources with quotes signed by `sim.quotes` (INSECURE: trust
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 import tempfile
@@ -22,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from router.simulator.banner import simulator_banner
 from router.simulator.certs import gateway_certificate
 from router.simulator.cloud_api import API_MODES, PREFIX, cloud_api_app
 from router.simulator.control import control_app
@@ -366,45 +366,7 @@ class Simulator:
 
     def banner(self) -> str:
         """What `phala-router simulate` prints once everything listens."""
-        gateway_host, gateway_port = self.gateway_address.rsplit(":", 1)
-        default_port = 443 if self.config.tls else 80
-        lines = [
-            f"Phala Cloud simulator for app {', app '.join(self.app_ids)}",
-            f"  Cloud API   {self.api_url}   (X-API-Key: {self.config.api_key})",
-            f"  gateway     {self.gateway_address}   ({self.scheme}, *.{self.config.base_domain})",
-            f"  control     {self.control_url}/replicas",
-        ]
-        if self.ca_file is not None:
-            lines.append(f"  gateway CA  {self.ca_file}")
-        if self.attestation:
-            lines += [
-                "attestation: simulated TDX quotes, signed by the simulator's own key (INSECURE)",
-                f"  public key  {self.quote_public_key.hex()}",
-                "  router config:  attestation: {verifier: insecure-simulator, "
-                "simulator_public_keys: [<public key>]}",
-                "  simulated OS:  os_measurements: ["
-                + json.dumps(simulated_os_measurement(), separators=(", ", ": "))
-                + "]",
-            ]
-        lines.append("replicas:")
-        for r in self.replicas:
-            state = r.status + (" (in progress)" if r.in_progress else "")
-            app = f" (app {self.ctx.apps[r.app_id]})" if len(self.ctx.apps) > 1 else ""
-            lines.append(
-                f"  {r.instance_id}  {r.region:<14} {state:<10} {self.url_of(r.instance_id)}{app}"
-            )
-        if self.replicas:
-            host = self.host_of(self.replicas[0].instance_id)
-            cacert = f"--cacert {self.ca_file} " if self.ca_file else ""
-            lines += [
-                "try:",
-                f"  curl {cacert}--connect-to {host}:{default_port}:{gateway_host}:{gateway_port} "
-                f"{self.scheme}://{host}/",
-                f"  curl -H 'X-API-Key: {self.config.api_key}' "
-                f"{self.api_url}/apps/{self.config.app_id}/cvms",
-                f'  curl -X PUT -d \'{{"mode": "500"}}\' {self.control_url}/api-mode',
-            ]
-        return "\n".join(lines)
+        return simulator_banner(self)
 
     def summary(self) -> dict[str, Any]:
         return {
