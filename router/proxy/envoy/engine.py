@@ -30,6 +30,7 @@ from router.proxy.envoy.listeners import Source, listeners, tls_secret
 from router.proxy.envoy.process import EnvoyProcess
 from router.proxy.envoy.resources import Json, clusters_and_endpoints, duration
 from router.proxy.envoy.routes import all_routes
+from router.proxy.envoy.sni import restrictions, sni_chains
 from router.proxy.envoy.tunnel import tunnel_cluster, tunnel_listener
 from router.proxy.envoy.vhosts import EnvoyApp, envoy_apps
 from router.proxy.envoy.view import ConfigView
@@ -189,6 +190,7 @@ class EnvoyEngine:
                 lambda name: source("endpoints", name),
                 pins=self._pins,
             )
+        sni = sni_chains(apps, config.listen_certificates()) if config.listen_tls else []
         # Replicas sharing a gateway address go through the tunnel (tunnel.py).
         clusters.append(tunnel_cluster(duration(config.proxy.connect_timeout)))
         if acme is not None:
@@ -202,9 +204,10 @@ class EnvoyEngine:
                 self._https_port(),
                 apps,
                 acme_cluster=ACME_CLUSTER if acme is not None else None,
+                restricted=restrictions(sni),
             ),
-            "secrets": tls_secret(config),
-            "listeners": [*listeners(config, self._addresses, source), tunnel_listener()],
+            "secrets": tls_secret(config, sni),
+            "listeners": [*listeners(config, self._addresses, source, sni), tunnel_listener()],
         }
 
     def set_apps(self, apps: AppDirectory) -> None:
