@@ -14,6 +14,7 @@ from typing import Any
 from router.apps import IMPLICIT_APP
 from router.balancing.regions import normalise_region, region_coordinates
 from router.proxy.envoy.geo import GEOIP_HEADER, location_matches
+from router.proxy.envoy.loopback import attestation_route
 from router.proxy.envoy.replies import (
     EVERY_PATH,
     acme_route,
@@ -285,11 +286,13 @@ def route_configuration(
     apps: Sequence[EnvoyApp] | None = None,
     acme_cluster: str | None = None,
     reachable: frozenset[str] | None = None,
+    attestation_cluster: str | None = None,
 ) -> Json:
     """The route configuration `name` (trusted or untrusted peers, per listener scheme):
     one virtual host per app host name (`apps`; None: the one app of `snapshot`).
     `acme_cluster`: where ACME challenges go on the plain listener (acme_webroot).
-    `reachable`: only these apps are served (an SNI chain's, sni.py), the rest get 421."""
+    `reachable`: only these apps are served (an SNI chain's, sni.py), the rest get 421.
+    `attestation_cluster`: the router's own attestation path goes there (loopback.py)."""
     trusted = name.startswith(TRUSTED)
     tls = config.listen_tls
     if scheme == "http" and tls is not None and tls.redirect_http and https_port is not None:
@@ -302,6 +305,9 @@ def route_configuration(
     if scheme == "http" and acme_cluster is not None:
         for host in hosts:  # before the redirect and before any app, as the Python engines
             host["routes"] = [acme_route(acme_cluster), *host["routes"]]
+    if attestation_cluster is not None:  # never an app's path, on every listener
+        for host in hosts:
+            host["routes"] = [attestation_route(attestation_cluster), *host["routes"]]
     resource: Json = {
         "@type": ROUTE_TYPE,
         "name": name,
@@ -344,6 +350,7 @@ def all_routes(
     apps: Sequence[EnvoyApp] | None = None,
     acme_cluster: str | None = None,
     restricted: Sequence[frozenset[str]] = (),
+    attestation_cluster: str | None = None,
 ) -> list[dict[str, Any]]:
     return [
         route_configuration(
@@ -355,6 +362,7 @@ def all_routes(
             apps=apps,
             acme_cluster=acme_cluster,
             reachable=reachable,
+            attestation_cluster=attestation_cluster,
         )
         for name, scheme, reachable in route_names(config, restricted)
     ]
