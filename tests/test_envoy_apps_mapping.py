@@ -4,6 +4,7 @@ each app gets its own clusters, and a Host no app serves gets 421 (or the defaul
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
@@ -12,10 +13,18 @@ from hypothesis import strategies as st
 from router.app_views import app_views
 from router.apps.hosts import HostRoute, HostTable, RouteConflict
 from router.config import RouterConfig, parse_config
+from router.proxy.envoy.listeners import local_replies
 from router.proxy.envoy.resources import Json, clusters_and_endpoints
 from router.proxy.envoy.routes import route_configuration
 from router.proxy.envoy.sni import SniChain, plan_sni_chains
-from router.proxy.envoy.vhosts import CATCH_ALL, EnvoyApp, VirtualHostPlan, plan_virtual_hosts
+from router.proxy.envoy.vhosts import (
+    CATCH_ALL,
+    AppCap,
+    EnvoyApp,
+    VirtualHostPlan,
+    app_caps,
+    plan_virtual_hosts,
+)
 from tests.test_envoy_mapping import dial, snapshot_of
 
 # -- the plan agrees with the router's own lookup -------------------------------------------
@@ -191,6 +200,25 @@ def test_each_app_gets_its_clusters_and_its_connection_cap() -> None:
     assert limits == {"api.app": 5, "ui.app": cfg.proxy.max_connections}
     assert by_name["ui.app"]["lb_policy"] == "MAGLEV"  # ui's sticky header
     assert by_name["api.app"]["lb_policy"] == "ROUND_ROBIN"
+
+
+def test_an_app_at_its_own_cap_gets_a_503_naming_it_other_overflows_the_plain_one() -> None:
+    caps = app_caps(envoy_apps_of(two_apps()))
+    assert caps == [AppCap("api", "api.", 5)]  # ui has no cap of its own
+    first, plain = local_replies(caps)["mappers"][:2]
+    assert first["body_format_override"]["json_format"] == {
+        "error": "overloaded",
+        "app": "api",
+        "limit": 5,
+    }
+    condition = json.dumps(first["filter"])
+    assert '"UO"' in condition
+    assert 'xds.cluster_name.startsWith(\\"api.\\")' in condition
+    assert plain["body_format_override"]["json_format"] == {"error": "overloaded"}
+    # a cap above proxy.max_connections is never what trips the cluster: not named
+    huge = two_apps()
+    views = [replace(app, max_connections=10**6) for app in envoy_apps_of(huge)]
+    assert app_caps(views) == []
 
 
 # -- the SNI rule on listen_tls (sni.py) -----------------------------------------------------

@@ -26,7 +26,7 @@ from router.proxy.envoy.acme_server import ACME_CLUSTER, AcmeServer, acme_cluste
 from router.proxy.envoy.bootstrap import bootstrap
 from router.proxy.envoy.dialer import Dialer, bind_port
 from router.proxy.envoy.files import ResourceFiles
-from router.proxy.envoy.listeners import Source, listeners, tls_secret
+from router.proxy.envoy.listeners import ListenerApps, Source, listeners, tls_secret
 from router.proxy.envoy.loopback import (
     ATTESTATION_CLUSTER,
     LoopbackServer,
@@ -38,7 +38,7 @@ from router.proxy.envoy.resources import Json, clusters_and_endpoints, duration
 from router.proxy.envoy.routes import all_routes
 from router.proxy.envoy.sni import restrictions, sni_chains
 from router.proxy.envoy.tunnel import tunnel_cluster, tunnel_listener
-from router.proxy.envoy.vhosts import EnvoyApp, envoy_apps
+from router.proxy.envoy.vhosts import EnvoyApp, app_caps, envoy_apps
 from router.proxy.envoy.view import ConfigView
 from router.proxy.settings import ProxySettings
 from router.proxy.well_known import AttestationEndpoint
@@ -225,7 +225,10 @@ class EnvoyEngine:
                 attestation_cluster=ATTESTATION_CLUSTER if attestation is not None else None,
             ),
             "secrets": tls_secret(config, sni),
-            "listeners": [*listeners(config, self._addresses, source, sni), tunnel_listener()],
+            "listeners": [
+                *listeners(config, self._addresses, source, ListenerApps(sni, app_caps(apps))),
+                tunnel_listener(),
+            ],
         }
 
     def set_apps(self, apps: AppDirectory) -> None:

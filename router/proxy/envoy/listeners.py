@@ -8,7 +8,9 @@ listener and never drains a connection.
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from router.proxy.envoy.geo import (
 from router.proxy.envoy.resources import Json, duration
 from router.proxy.envoy.routes import TRUSTED, peer_kinds, restricted_route_name
 from router.proxy.envoy.sni import SniChain
+from router.proxy.envoy.vhosts import AppCap
 from router.proxy.envoy.view import ConfigView
 from router.proxy.headers import VIA
 
@@ -56,7 +59,7 @@ def _flags(*flags: str) -> Json:
     return {"response_flag_filter": {"flags": list(flags)}}
 
 
-def _mapper(filter_: Json, status: int, body: dict[str, str], **headers: str) -> Json:
+def _mapper(filter_: Json, status: int, body: dict[str, Any], **headers: str) -> Json:
     mapper: Json = {
         "filter": filter_,
         "status_code": status,
@@ -73,24 +76,53 @@ def _mapper(filter_: Json, status: int, body: dict[str, str], **headers: str) ->
     return mapper
 
 
-def _tls_failed() -> Json:
-    """The last connect failure was a TLS handshake (Envoy records the TLS error text)."""
+def _cel(expression: str) -> Json:
     return {
         "extension_filter": {
             "name": "envoy.access_loggers.extension_filters.cel",
             "typed_config": {
                 "@type": "type.googleapis.com/"
                 "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                "expression": "upstream.transport_failure_reason.contains('TLS_error')",
+                "expression": expression,
             },
         }
     }
 
 
-def local_replies() -> Json:
+@dataclass(frozen=True)
+class ListenerApps:
+    """What several apps add to the listeners (both change only on reload): the TLS
+    listener's chains by server name (sni.py) and each capped app's overload reply."""
+
+    sni: Sequence[SniChain] = ()
+    caps: Sequence[AppCap] = ()
+
+
+NO_APPS = ListenerApps()
+
+
+def _app_overloaded(cap: AppCap) -> Json:
+    """The Python engines' 503 for an app at its cap names the app and the cap; Envoy knows
+    the cluster the request was for, and each app's clusters carry its name."""
+    on_cluster = _cel(f"xds.cluster_name.startsWith({json.dumps(cap.cluster_prefix)})")
+    return _mapper(
+        {"and_filter": {"filters": [_flags("UO"), on_cluster]}},
+        503,
+        {"error": "overloaded", "app": cap.name, "limit": cap.limit},
+        Retry_After="1",
+    )
+
+
+def _tls_failed() -> Json:
+    """The last connect failure was a TLS handshake (Envoy records the TLS error text)."""
+    return _cel("upstream.transport_failure_reason.contains('TLS_error')")
+
+
+def local_replies(caps: Sequence[AppCap] = ()) -> Json:
     """The Python engines' JSON error bodies for the replies Envoy makes itself."""
     return {
         "mappers": [
+            *(_app_overloaded(cap) for cap in caps),
             _mapper(_flags("UO"), 503, {"error": "overloaded"}, Retry_After="1"),
             _mapper(_flags("UH", "NR"), 503, {"error": "no_healthy_replica"}, Retry_After="5"),
             _mapper(
@@ -113,7 +145,12 @@ def local_replies() -> Json:
 
 
 def connection_manager(
-    config: ConfigView, route_name: str, source: Source, *, trusted: bool
+    config: ConfigView,
+    route_name: str,
+    source: Source,
+    *,
+    trusted: bool,
+    caps: Sequence[AppCap] = (),
 ) -> Json:
     proxy = config.proxy
     http2 = proxy.envoy.http2
@@ -150,7 +187,7 @@ def connection_manager(
             },
             "http_protocol_options": {},
             "normalize_path": False,
-            "local_reply_config": local_replies(),
+            "local_reply_config": local_replies(caps),
         },
     }
     if geoip:  # a client's own copy of the GeoIP header must not steer routing
@@ -176,12 +213,12 @@ def _downstream_tls(config: ConfigView, source: Source, secret: str = TLS_SECRET
     }
 
 
-def _peer_chain(config: ConfigView, kind: str, scheme: str, route: str, source: Source) -> Json:
+def _peer_chain(
+    config: ConfigView, kind: str, route: str, source: Source, apps: ListenerApps
+) -> Json:
     """One filter chain for a class of peer (`kind`), routed by the configuration `route`."""
-    chain: Json = {
-        "name": route,
-        "filters": [connection_manager(config, route, source, trusted=kind == TRUSTED)],
-    }
+    manager = connection_manager(config, route, source, trusted=kind == TRUSTED, caps=apps.caps)
+    chain: Json = {"name": route, "filters": [manager]}
     if kind == TRUSTED:
         chain["filter_chain_match"] = {
             "source_prefix_ranges": _prefix_ranges(config.proxy.trusted_proxies)
@@ -189,13 +226,15 @@ def _peer_chain(config: ConfigView, kind: str, scheme: str, route: str, source: 
     return chain
 
 
-def _sni_chain(config: ConfigView, kind: str, sni: SniChain, source: Source) -> Json:
+def _sni_chain(
+    config: ConfigView, kind: str, sni: SniChain, source: Source, apps: ListenerApps
+) -> Json:
     """The chain of connections whose SNI is `sni.server_name` (or a name only its wildcard
     covers): its certificate, and 421 for the apps that name cannot reach."""
     route = f"{kind}-https"
     if sni.reachable is not None:
         route = restricted_route_name(kind, sni.reachable)
-    chain = _peer_chain(config, kind, "https", route, source)
+    chain = _peer_chain(config, kind, route, source, apps)
     chain["name"] = f"{kind}-https-sni-{sni.server_name}"
     chain.setdefault("filter_chain_match", {})["server_names"] = [sni.server_name]
     secret = TLS_SECRET if sni.certificate is None else sni.certificate.label
@@ -204,15 +243,15 @@ def _sni_chain(config: ConfigView, kind: str, sni: SniChain, source: Source) -> 
 
 
 def _filter_chains(
-    config: ConfigView, scheme: str, source: Source, sni: Sequence[SniChain] = ()
+    config: ConfigView, scheme: str, source: Source, apps: ListenerApps
 ) -> list[Json]:
     chains: list[Json] = []
     for kind in peer_kinds(config):
-        chain = _peer_chain(config, kind, scheme, f"{kind}-{scheme}", source)
+        chain = _peer_chain(config, kind, f"{kind}-{scheme}", source, apps)
         if scheme == "https":
             # Clients without SNI, or with a name no app or certificate lists.
             chain["transport_socket"] = _downstream_tls(config, source)
-            chains += [_sni_chain(config, kind, name, source) for name in sni]
+            chains += [_sni_chain(config, kind, name, source, apps) for name in apps.sni]
         chains.append(chain)
     return chains
 
@@ -233,17 +272,17 @@ def listener(
     port: int,
     config: ConfigView,
     source: Source,
-    sni: Sequence[SniChain] = (),
+    apps: ListenerApps = NO_APPS,
 ) -> Json:
     scheme = "https" if name == "https" else "http"
     result: Json = {
         "@type": LISTENER_TYPE,
         "name": name,
         "address": {"socket_address": {"address": host, "port_value": port}},
-        "filter_chains": _filter_chains(config, scheme, source, sni),
+        "filter_chains": _filter_chains(config, scheme, source, apps),
         "per_connection_buffer_limit_bytes": 1024 * 1024,
     }
-    if sni and scheme == "https":  # chains chosen by SNI need the TLS ClientHello read first
+    if apps.sni and scheme == "https":  # chains chosen by SNI need the TLS ClientHello read first
         result["listener_filters"] = [
             {
                 "name": "envoy.filters.listener.tls_inspector",
@@ -257,11 +296,12 @@ def listeners(
     config: ConfigView,
     addresses: dict[str, tuple[str, int]],
     source: Source,
-    sni: Sequence[SniChain] = (),
+    apps: ListenerApps = NO_APPS,
 ) -> list[Json]:
-    """`addresses`: listener name (http, https) -> the bound host and port; `sni`: the TLS
-    listener's chains by server name (sni.py)."""
-    return [listener(name, h, p, config, source, sni) for name, (h, p) in sorted(addresses.items())]
+    """`addresses`: listener name (http, https) -> the bound host and port."""
+    return [
+        listener(name, h, p, config, source, apps) for name, (h, p) in sorted(addresses.items())
+    ]
 
 
 def _secret(name: str, cert_file: Path, key_file: Path) -> Json:
