@@ -30,11 +30,6 @@ class SniChain:
     # The certificate for this name; None: listen_tls.cert_file.
     certificate: ServedCertificate | None
 
-    @property
-    def route_suffix(self) -> str | None:
-        """Which route configuration the chain uses; None: the listener's ordinary one."""
-        return None if self.reachable is None else restricted_suffix(self.reachable)
-
 
 def sni_chains(
     apps: Sequence[EnvoyApp] | None, certificates: Sequence[ServedCertificate]
