@@ -62,6 +62,9 @@ def build_engine(
             app_configs=wiring.app_configs,
             connect_to=proxy_settings(config).connect_to,
             spki_pins=gate.pins if gate is not None else None,
+            # The attestation path is the router's on every listener, as the Python engines
+            # answer it (outside a CVM: 404 not_in_cvm, never routed).
+            attestation=wiring.attestation,
         )
         if wiring.watch_apps is not None:
             wiring.watch_apps(engine.on_snapshot)

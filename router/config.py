@@ -142,11 +142,6 @@ class RouterConfig(Frozen):
                 "apps[].tls: certificates by host name are served on listen_tls with "
                 "cert_file and key_file (the default certificate); set listen_tls"
             )
-        if self.proxy.engine == "envoy":
-            raise ValueError(
-                "listen_tls.certificates and apps[].tls are not mapped to Envoy yet: use "
-                "proxy.engine: fast or aiohttp, or one certificate (listen_tls.cert_file)"
-            )
         self.listen_certificates()  # raises for a host name with two certificates
         return self
 

@@ -12,6 +12,7 @@ import yaml
 
 from router.app import RouterApp
 from router.config import load_config
+from tests import test_apps_serve as serve
 from tests.envoy_support import require_envoy
 from tests.support import eventually, running_replica, running_router
 from tests.test_apps_reload import config as reload_config
@@ -127,3 +128,9 @@ async def test_reloading_apps_updates_envoys_virtual_hosts_without_a_failed_requ
             await app.stop(1)
         assert steady
         assert set(steady) == {200}
+
+
+async def test_an_app_at_its_max_connections_gets_the_python_engines_503_naming_it() -> None:
+    """Envoy's overflow on the app's clusters answers the body with `app` (and the other
+    app keeps serving): the conformance test of the Python engines, under Envoy."""
+    await serve.test_an_app_at_its_max_connections_gets_503_while_the_other_serves("envoy")

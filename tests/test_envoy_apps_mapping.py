@@ -4,6 +4,7 @@ each app gets its own clusters, and a Host no app serves gets 421 (or the defaul
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
@@ -12,9 +13,18 @@ from hypothesis import strategies as st
 from router.app_views import app_views
 from router.apps.hosts import HostRoute, HostTable, RouteConflict
 from router.config import RouterConfig, parse_config
+from router.proxy.envoy.listeners import local_replies
 from router.proxy.envoy.resources import Json, clusters_and_endpoints
 from router.proxy.envoy.routes import route_configuration
-from router.proxy.envoy.vhosts import CATCH_ALL, EnvoyApp, VirtualHostPlan, plan_virtual_hosts
+from router.proxy.envoy.sni import SniChain, plan_sni_chains
+from router.proxy.envoy.vhosts import (
+    CATCH_ALL,
+    AppCap,
+    EnvoyApp,
+    VirtualHostPlan,
+    app_caps,
+    plan_virtual_hosts,
+)
 from tests.test_envoy_mapping import dial, snapshot_of
 
 # -- the plan agrees with the router's own lookup -------------------------------------------
@@ -190,3 +200,67 @@ def test_each_app_gets_its_clusters_and_its_connection_cap() -> None:
     assert limits == {"api.app": 5, "ui.app": cfg.proxy.max_connections}
     assert by_name["ui.app"]["lb_policy"] == "MAGLEV"  # ui's sticky header
     assert by_name["api.app"]["lb_policy"] == "ROUND_ROBIN"
+
+
+def test_an_app_at_its_own_cap_gets_a_503_naming_it_other_overflows_the_plain_one() -> None:
+    caps = app_caps(envoy_apps_of(two_apps()))
+    assert caps == [AppCap("api", "api.", 5)]  # ui has no cap of its own
+    first, plain = local_replies(caps)["mappers"][:2]
+    assert first["body_format_override"]["json_format"] == {
+        "error": "overloaded",
+        "app": "api",
+        "limit": 5,
+    }
+    condition = json.dumps(first["filter"])
+    assert '"UO"' in condition
+    assert 'xds.cluster_name.startsWith(\\"api.\\")' in condition
+    assert plain["body_format_override"]["json_format"] == {"error": "overloaded"}
+    # a cap above proxy.max_connections is never what trips the cluster: not named
+    huge = two_apps()
+    views = [replace(app, max_connections=10**6) for app in envoy_apps_of(huge)]
+    assert app_caps(views) == []
+
+
+# -- the SNI rule on listen_tls (sni.py) -----------------------------------------------------
+
+
+def envoy_chain(chains: list[SniChain], sni: str) -> SniChain | None:
+    """Envoy's filter chain for `sni`: exact server name, then each shorter `*.suffix`;
+    None: the chain without names."""
+    by_name = {chain.server_name: chain for chain in chains}
+    if sni in by_name:
+        return by_name[sni]
+    dot = sni.find(".")
+    while dot != -1:
+        if "*" + sni[dot:] in by_name:
+            return by_name["*" + sni[dot:]]
+        dot = sni.find(".", dot + 1)
+    return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    routes=st.dictionaries(ROUTES, st.sampled_from(["api", "ui", "web"]), max_size=8),
+    default=st.sampled_from([None, "ui"]),
+    requests=st.lists(st.tuples(NAMES, NAMES, PATHS), min_size=1, max_size=10),
+)
+def test_envoy_refuses_a_host_the_connections_sni_cannot_reach_as_the_router_does(
+    routes: dict[HostRoute, str], default: str | None, requests: list[tuple[str, str, str]]
+) -> None:
+    try:
+        table = HostTable(routes.items(), default)
+    except RouteConflict:
+        return
+    apps = frozenset(routes.values()) | ({default} if default else set())
+    chains = plan_sni_chains(list(routes.items()), default, apps)
+    plans = plan_virtual_hosts(routes.items(), default)
+    for sni, host, path in requests:
+        chosen = envoy_route(envoy_virtual_host(plans, host), path)
+        chain = envoy_chain(chains, sni)
+        if chain is not None and chain.reachable is not None and chosen not in chain.reachable:
+            chosen = None  # the chain's route configuration answers 421 for that app
+        expected = table.lookup(host, path)
+        if chain is not None and expected not in table.reachable(sni):
+            expected = None  # the router's 421
+        # A name no app lists (chain None) is routed by Host alone: docs/envoy.md
+        assert chosen == expected, (sni, host, path)

@@ -14,19 +14,18 @@ from pathlib import Path
 from aiohttp import web
 
 from router import acme
+from router.proxy.envoy.loopback import LoopbackServer, loopback_cluster
 from router.proxy.envoy.resources import Json
 
 ACME_CLUSTER = "acme-webroot"
-CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 
 
-class AcmeServer:
+class AcmeServer(LoopbackServer):
     """A loopback HTTP server answering challenge requests from `webroot`."""
 
     def __init__(self, webroot: Path) -> None:
+        super().__init__(self._answer)
         self.webroot = webroot
-        self.port = 0
-        self._runner: web.AppRunner | None = None
 
     async def _answer(self, request: web.Request) -> web.Response:
         found = acme.answer(self.webroot, request.method, request.raw_path)
@@ -39,29 +38,7 @@ class AcmeServer:
             headers={"Cache-Control": "no-store"},
         )
 
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._answer)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.port = int(self._runner.addresses[0][1])
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
 
 def acme_cluster(port: int) -> Json:
     """The router's own challenge server on loopback (plain HTTP, a static address)."""
-    endpoint = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}
-    return {
-        "@type": CLUSTER_TYPE,
-        "name": ACME_CLUSTER,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": ACME_CLUSTER,
-            "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}],
-        },
-    }
+    return loopback_cluster(ACME_CLUSTER, port)

@@ -26,14 +26,22 @@ from router.proxy.envoy.acme_server import ACME_CLUSTER, AcmeServer, acme_cluste
 from router.proxy.envoy.bootstrap import bootstrap
 from router.proxy.envoy.dialer import Dialer, bind_port
 from router.proxy.envoy.files import ResourceFiles
-from router.proxy.envoy.listeners import Source, listeners, tls_secret
+from router.proxy.envoy.listeners import ListenerApps, Source, listeners, tls_secret
+from router.proxy.envoy.loopback import (
+    ATTESTATION_CLUSTER,
+    LoopbackServer,
+    attestation_handler,
+    loopback_cluster,
+)
 from router.proxy.envoy.process import EnvoyProcess
 from router.proxy.envoy.resources import Json, clusters_and_endpoints, duration
 from router.proxy.envoy.routes import all_routes
+from router.proxy.envoy.sni import restrictions, sni_chains
 from router.proxy.envoy.tunnel import tunnel_cluster, tunnel_listener
-from router.proxy.envoy.vhosts import EnvoyApp, envoy_apps
+from router.proxy.envoy.vhosts import EnvoyApp, app_caps, envoy_apps
 from router.proxy.envoy.view import ConfigView
 from router.proxy.settings import ProxySettings
+from router.proxy.well_known import AttestationEndpoint
 
 if TYPE_CHECKING:
     from router.proxy.envoy.xds import XdsServer
@@ -60,6 +68,7 @@ class EnvoyEngine:
         app_configs: Callable[[], Mapping[str, ConfigView]] | None = None,
         connect_to: Mapping[str, str] | None = None,
         spki_pins: Mapping[str, str] | None = None,
+        attestation: AttestationEndpoint | None = None,
     ) -> None:
         # The app's current config, read at every publish: a reload that changes only
         # routing reaches Envoy with the snapshot the new policy builds.
@@ -85,6 +94,9 @@ class EnvoyEngine:
         self._temporary: tempfile.TemporaryDirectory[str] | None = None
         self.xds: XdsServer | None = None
         self.acme: AcmeServer | None = None
+        # The router's own attestation path, answered on loopback (loopback.py).
+        self._attestation = attestation
+        self.attestation_server: LoopbackServer | None = None
         self._resolving: set[str] = set()
         subscribe(self._on_snapshot)
 
@@ -110,6 +122,9 @@ class EnvoyEngine:
         if self.config.acme_webroot is not None:
             self.acme = AcmeServer(self.config.acme_webroot)
             await self.acme.start()
+        if self._attestation is not None:
+            self.attestation_server = LoopbackServer(attestation_handler(self._attestation))
+            await self.attestation_server.start()
         if self.config.listen:
             self._addresses["http"] = bind_port(self.config.listen)
         if self.config.listen_tls:
@@ -189,10 +204,14 @@ class EnvoyEngine:
                 lambda name: source("endpoints", name),
                 pins=self._pins,
             )
+        sni = sni_chains(apps, config.listen_certificates()) if config.listen_tls else []
         # Replicas sharing a gateway address go through the tunnel (tunnel.py).
         clusters.append(tunnel_cluster(duration(config.proxy.connect_timeout)))
         if acme is not None:
             clusters.append(acme_cluster(acme.port))
+        attestation = self.attestation_server if local else None
+        if attestation is not None:
+            clusters.append(loopback_cluster(ATTESTATION_CLUSTER, attestation.port))
         return {
             "endpoints": assignments,
             "clusters": clusters,
@@ -202,9 +221,14 @@ class EnvoyEngine:
                 self._https_port(),
                 apps,
                 acme_cluster=ACME_CLUSTER if acme is not None else None,
+                restricted=restrictions(sni),
+                attestation_cluster=ATTESTATION_CLUSTER if attestation is not None else None,
             ),
-            "secrets": tls_secret(config),
-            "listeners": [*listeners(config, self._addresses, source), tunnel_listener()],
+            "secrets": tls_secret(config, sni),
+            "listeners": [
+                *listeners(config, self._addresses, source, ListenerApps(sni, app_caps(apps))),
+                tunnel_listener(),
+            ],
         }
 
     def set_apps(self, apps: AppDirectory) -> None:
@@ -330,8 +354,9 @@ class EnvoyEngine:
             await process.stop(grace)
         if self.xds is not None:
             await self.xds.stop()
-        if self.acme is not None:
-            await self.acme.stop()
+        for server in (self.acme, self.attestation_server):
+            if server is not None:
+                await server.stop()
         if self._temporary is not None:
             self._temporary.cleanup()
 

@@ -8,7 +8,10 @@ listener and never drains a connection.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from router.proxy.envoy.geo import (
@@ -18,7 +21,9 @@ from router.proxy.envoy.geo import (
     strip_geoip_header,
 )
 from router.proxy.envoy.resources import Json, duration
-from router.proxy.envoy.routes import TRUSTED, UNTRUSTED
+from router.proxy.envoy.routes import TRUSTED, peer_kinds, restricted_route_name
+from router.proxy.envoy.sni import SniChain
+from router.proxy.envoy.vhosts import AppCap
 from router.proxy.envoy.view import ConfigView
 from router.proxy.headers import VIA
 
@@ -37,6 +42,9 @@ DOWNSTREAM_TLS_TYPE = (
 # A type URL and a resource name, not credentials.
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"  # noqa: S105
 TLS_SECRET = "listen_tls"  # noqa: S105
+TLS_INSPECTOR_TYPE = (
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+)
 
 
 def _status_is(status: int) -> Json:
@@ -51,7 +59,7 @@ def _flags(*flags: str) -> Json:
     return {"response_flag_filter": {"flags": list(flags)}}
 
 
-def _mapper(filter_: Json, status: int, body: dict[str, str], **headers: str) -> Json:
+def _mapper(filter_: Json, status: int, body: dict[str, Any], **headers: str) -> Json:
     mapper: Json = {
         "filter": filter_,
         "status_code": status,
@@ -68,24 +76,53 @@ def _mapper(filter_: Json, status: int, body: dict[str, str], **headers: str) ->
     return mapper
 
 
-def _tls_failed() -> Json:
-    """The last connect failure was a TLS handshake (Envoy records the TLS error text)."""
+def _cel(expression: str) -> Json:
     return {
         "extension_filter": {
             "name": "envoy.access_loggers.extension_filters.cel",
             "typed_config": {
                 "@type": "type.googleapis.com/"
                 "envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                "expression": "upstream.transport_failure_reason.contains('TLS_error')",
+                "expression": expression,
             },
         }
     }
 
 
-def local_replies() -> Json:
+@dataclass(frozen=True)
+class ListenerApps:
+    """What several apps add to the listeners (both change only on reload): the TLS
+    listener's chains by server name (sni.py) and each capped app's overload reply."""
+
+    sni: Sequence[SniChain] = ()
+    caps: Sequence[AppCap] = ()
+
+
+NO_APPS = ListenerApps()
+
+
+def _app_overloaded(cap: AppCap) -> Json:
+    """The Python engines' 503 for an app at its cap names the app and the cap; Envoy knows
+    the cluster the request was for, and each app's clusters carry its name."""
+    on_cluster = _cel(f"xds.cluster_name.startsWith({json.dumps(cap.cluster_prefix)})")
+    return _mapper(
+        {"and_filter": {"filters": [_flags("UO"), on_cluster]}},
+        503,
+        {"error": "overloaded", "app": cap.name, "limit": cap.limit},
+        Retry_After="1",
+    )
+
+
+def _tls_failed() -> Json:
+    """The last connect failure was a TLS handshake (Envoy records the TLS error text)."""
+    return _cel("upstream.transport_failure_reason.contains('TLS_error')")
+
+
+def local_replies(caps: Sequence[AppCap] = ()) -> Json:
     """The Python engines' JSON error bodies for the replies Envoy makes itself."""
     return {
         "mappers": [
+            *(_app_overloaded(cap) for cap in caps),
             _mapper(_flags("UO"), 503, {"error": "overloaded"}, Retry_After="1"),
             _mapper(_flags("UH", "NR"), 503, {"error": "no_healthy_replica"}, Retry_After="5"),
             _mapper(
@@ -108,7 +145,12 @@ def local_replies() -> Json:
 
 
 def connection_manager(
-    config: ConfigView, route_name: str, source: Source, *, trusted: bool
+    config: ConfigView,
+    route_name: str,
+    source: Source,
+    *,
+    trusted: bool,
+    caps: Sequence[AppCap] = (),
 ) -> Json:
     proxy = config.proxy
     http2 = proxy.envoy.http2
@@ -145,7 +187,7 @@ def connection_manager(
             },
             "http_protocol_options": {},
             "normalize_path": False,
-            "local_reply_config": local_replies(),
+            "local_reply_config": local_replies(caps),
         },
     }
     if geoip:  # a client's own copy of the GeoIP header must not steer routing
@@ -153,7 +195,7 @@ def connection_manager(
     return manager
 
 
-def _downstream_tls(config: ConfigView, source: Source) -> Json:
+def _downstream_tls(config: ConfigView, source: Source, secret: str = TLS_SECRET) -> Json:
     alpn = ["h2", "http/1.1"] if config.proxy.envoy.http2 else ["http/1.1"]
     return {
         "name": "envoy.transport_sockets.tls",
@@ -163,7 +205,7 @@ def _downstream_tls(config: ConfigView, source: Source) -> Json:
                 # A secret from its own file: Envoy re-reads it (and the certificate files
                 # it names) when it changes, without touching the listener.
                 "tls_certificate_sds_secret_configs": [
-                    {"name": TLS_SECRET, "sds_config": source("secrets", TLS_SECRET)}
+                    {"name": secret, "sds_config": source("secrets", secret)}
                 ],
                 "alpn_protocols": alpn,
             },
@@ -171,24 +213,45 @@ def _downstream_tls(config: ConfigView, source: Source) -> Json:
     }
 
 
-def _filter_chains(config: ConfigView, scheme: str, source: Source) -> list[Json]:
-    chains: list[Json] = []
-    tls = _downstream_tls(config, source) if scheme == "https" else None
-    peers: list[tuple[str, tuple[str, ...] | None]] = [(UNTRUSTED, None)]
-    if config.proxy.trusted_proxies:
-        peers.insert(0, (TRUSTED, config.proxy.trusted_proxies))
-    for kind, cidrs in peers:
-        chain: Json = {
-            "filters": [
-                connection_manager(config, f"{kind}-{scheme}", source, trusted=kind == TRUSTED)
-            ]
+def _peer_chain(
+    config: ConfigView, kind: str, route: str, source: Source, apps: ListenerApps
+) -> Json:
+    """One filter chain for a class of peer (`kind`), routed by the configuration `route`."""
+    manager = connection_manager(config, route, source, trusted=kind == TRUSTED, caps=apps.caps)
+    chain: Json = {"name": route, "filters": [manager]}
+    if kind == TRUSTED:
+        chain["filter_chain_match"] = {
+            "source_prefix_ranges": _prefix_ranges(config.proxy.trusted_proxies)
         }
-        if cidrs is not None:
-            chain["filter_chain_match"] = {"source_prefix_ranges": _prefix_ranges(cidrs)}
-        else:
-            chain["name"] = f"{kind}-{scheme}"
-        if tls is not None:
-            chain["transport_socket"] = tls
+    return chain
+
+
+def _sni_chain(
+    config: ConfigView, kind: str, sni: SniChain, source: Source, apps: ListenerApps
+) -> Json:
+    """The chain of connections whose SNI is `sni.server_name` (or a name only its wildcard
+    covers): its certificate, and 421 for the apps that name cannot reach."""
+    route = f"{kind}-https"
+    if sni.reachable is not None:
+        route = restricted_route_name(kind, sni.reachable)
+    chain = _peer_chain(config, kind, route, source, apps)
+    chain["name"] = f"{kind}-https-sni-{sni.server_name}"
+    chain.setdefault("filter_chain_match", {})["server_names"] = [sni.server_name]
+    secret = TLS_SECRET if sni.certificate is None else sni.certificate.label
+    chain["transport_socket"] = _downstream_tls(config, source, secret)
+    return chain
+
+
+def _filter_chains(
+    config: ConfigView, scheme: str, source: Source, apps: ListenerApps
+) -> list[Json]:
+    chains: list[Json] = []
+    for kind in peer_kinds(config):
+        chain = _peer_chain(config, kind, f"{kind}-{scheme}", source, apps)
+        if scheme == "https":
+            # Clients without SNI, or with a name no app or certificate lists.
+            chain["transport_socket"] = _downstream_tls(config, source)
+            chains += [_sni_chain(config, kind, name, source, apps) for name in apps.sni]
         chains.append(chain)
     return chains
 
@@ -203,36 +266,63 @@ def _prefix_ranges(cidrs: tuple[str, ...]) -> list[Json]:
     return ranges
 
 
-def listener(name: str, host: str, port: int, config: ConfigView, source: Source) -> Json:
+def listener(
+    name: str,
+    host: str,
+    port: int,
+    config: ConfigView,
+    source: Source,
+    apps: ListenerApps = NO_APPS,
+) -> Json:
     scheme = "https" if name == "https" else "http"
-    return {
+    result: Json = {
         "@type": LISTENER_TYPE,
         "name": name,
         "address": {"socket_address": {"address": host, "port_value": port}},
-        "filter_chains": _filter_chains(config, scheme, source),
+        "filter_chains": _filter_chains(config, scheme, source, apps),
         "per_connection_buffer_limit_bytes": 1024 * 1024,
     }
+    if apps.sni and scheme == "https":  # chains chosen by SNI need the TLS ClientHello read first
+        result["listener_filters"] = [
+            {
+                "name": "envoy.filters.listener.tls_inspector",
+                "typed_config": {"@type": TLS_INSPECTOR_TYPE},
+            }
+        ]
+    return result
 
 
 def listeners(
-    config: ConfigView, addresses: dict[str, tuple[str, int]], source: Source
+    config: ConfigView,
+    addresses: dict[str, tuple[str, int]],
+    source: Source,
+    apps: ListenerApps = NO_APPS,
 ) -> list[Json]:
     """`addresses`: listener name (http, https) -> the bound host and port."""
-    return [listener(name, h, p, config, source) for name, (h, p) in sorted(addresses.items())]
+    return [
+        listener(name, h, p, config, source, apps) for name, (h, p) in sorted(addresses.items())
+    ]
 
 
-def tls_secret(config: ConfigView) -> list[dict[str, Any]]:
+def _secret(name: str, cert_file: Path, key_file: Path) -> Json:
+    return {
+        "@type": SECRET_TYPE,
+        "name": name,
+        "tls_certificate": {
+            "certificate_chain": {"filename": str(cert_file.resolve())},
+            "private_key": {"filename": str(key_file.resolve())},
+        },
+    }
+
+
+def tls_secret(config: ConfigView, sni: Sequence[SniChain] = ()) -> list[dict[str, Any]]:
+    """The listener's default certificate and each certificate an SNI chain serves."""
     tls = config.listen_tls
     # Config validation refuses listen_tls.ra_tls (no certificate files) with this engine.
     if tls is None or tls.cert_file is None or tls.key_file is None:
         return []
+    by_label = {c.certificate.label: c.certificate for c in sni if c.certificate is not None}
     return [
-        {
-            "@type": SECRET_TYPE,
-            "name": TLS_SECRET,
-            "tls_certificate": {
-                "certificate_chain": {"filename": str(tls.cert_file.resolve())},
-                "private_key": {"filename": str(tls.key_file.resolve())},
-            },
-        }
+        _secret(TLS_SECRET, tls.cert_file, tls.key_file),
+        *(_secret(label, c.cert_file, c.key_file) for label, c in sorted(by_label.items())),
     ]

@@ -70,6 +70,6 @@ def acme_route(cluster: str) -> Json:
     }
 
 
-def misdirected_route() -> Json:
-    """421 for a Host (and path) no app serves, as the Python engines answer."""
-    return _json_reply(421, {"error": "misdirected_request"})
+def misdirected_route(path: Json = EVERY_PATH) -> Json:
+    """421 for a Host (and path) no app serves on this connection, as the Python engines."""
+    return _json_reply(421, {"error": "misdirected_request"}, path)

@@ -14,6 +14,7 @@ from typing import Any
 from router.apps import IMPLICIT_APP
 from router.balancing.regions import normalise_region, region_coordinates
 from router.proxy.envoy.geo import GEOIP_HEADER, location_matches
+from router.proxy.envoy.loopback import attestation_route
 from router.proxy.envoy.replies import (
     EVERY_PATH,
     acme_route,
@@ -28,6 +29,7 @@ from router.proxy.envoy.resources import (
     geo_cluster,
     h2_upstream,
 )
+from router.proxy.envoy.sni import restricted_suffix
 from router.proxy.envoy.vhosts import EnvoyApp, VirtualHostPlan, apps_plan
 from router.proxy.envoy.view import ConfigView
 from router.proxy.headers import FORWARDING, IDEMPOTENT, edge_names
@@ -201,8 +203,17 @@ def app_routes(app: EnvoyApp, prefix: str, *, trusted: bool) -> list[Json]:
     return routes
 
 
-def virtual_host(plan: VirtualHostPlan[EnvoyApp], *, trusted: bool) -> Json:
-    routes = [r for prefix, app in plan.entries for r in app_routes(app, prefix, trusted=trusted)]
+def virtual_host(
+    plan: VirtualHostPlan[EnvoyApp], *, trusted: bool, reachable: frozenset[str] | None = None
+) -> Json:
+    """`reachable`: on a TLS chain whose SNI may reach only these apps (sni.py), the others'
+    routes answer 421 instead, as the Python engines do."""
+    routes: list[Json] = []
+    for prefix, app in plan.entries:
+        if reachable is None or app.name in reachable:
+            routes += app_routes(app, prefix, trusted=trusted)
+        else:
+            routes.append(misdirected_route(path_match(prefix)))
     if not plan.has_catch_all:
         routes.append(misdirected_route())
     return {"name": plan.name, "domains": list(plan.domains), "routes": routes}
@@ -274,22 +285,29 @@ def route_configuration(
     https_port: int | None = None,
     apps: Sequence[EnvoyApp] | None = None,
     acme_cluster: str | None = None,
+    reachable: frozenset[str] | None = None,
+    attestation_cluster: str | None = None,
 ) -> Json:
     """The route configuration `name` (trusted or untrusted peers, per listener scheme):
     one virtual host per app host name (`apps`; None: the one app of `snapshot`).
-    `acme_cluster`: where ACME challenges go on the plain listener (acme_webroot)."""
+    `acme_cluster`: where ACME challenges go on the plain listener (acme_webroot).
+    `reachable`: only these apps are served (an SNI chain's, sni.py), the rest get 421.
+    `attestation_cluster`: the router's own attestation path goes there (loopback.py)."""
     trusted = name.startswith(TRUSTED)
     tls = config.listen_tls
     if scheme == "http" and tls is not None and tls.redirect_http and https_port is not None:
         hosts = [{"name": "redirect", "domains": ["*"], "routes": [_redirect_to(https_port)]}]
     else:
         plans = apps_plan(apps if apps is not None else [single_app(snapshot, config)])
-        hosts = [virtual_host(plan, trusted=trusted) for plan in plans]
+        hosts = [virtual_host(p, trusted=trusted, reachable=reachable) for p in plans]
         for host in hosts:
             host["routes"] = [*body_limit_routes(config.proxy.max_request_body), *host["routes"]]
     if scheme == "http" and acme_cluster is not None:
         for host in hosts:  # before the redirect and before any app, as the Python engines
             host["routes"] = [acme_route(acme_cluster), *host["routes"]]
+    if attestation_cluster is not None:  # never an app's path, on every listener
+        for host in hosts:
+            host["routes"] = [attestation_route(attestation_cluster), *host["routes"]]
     resource: Json = {
         "@type": ROUTE_TYPE,
         "name": name,
@@ -301,14 +319,27 @@ def route_configuration(
     return resource
 
 
-def route_names(config: ConfigView) -> list[tuple[str, str]]:
-    """(route configuration name, scheme) for every listener and peer class."""
-    names: list[tuple[str, str]] = []
+def peer_kinds(config: ConfigView) -> list[str]:
+    return [TRUSTED, UNTRUSTED] if config.proxy.trusted_proxies else [UNTRUSTED]
+
+
+def restricted_route_name(kind: str, reachable: frozenset[str]) -> str:
+    """The route configuration of TLS chains whose SNI reaches only `reachable`."""
+    return f"{kind}-https-only-{restricted_suffix(reachable)}"
+
+
+def route_names(
+    config: ConfigView, restricted: Sequence[frozenset[str]] = ()
+) -> list[tuple[str, str, frozenset[str] | None]]:
+    """(route configuration name, scheme, apps it is restricted to) for every listener and
+    peer class, and for every restriction of SNI chains (`restricted`, sni.py)."""
+    names: list[tuple[str, str, frozenset[str] | None]] = []
     schemes = (["http"] if config.listen else []) + (["https"] if config.listen_tls else [])
     for scheme in schemes:
-        names.append((f"{UNTRUSTED}-{scheme}", scheme))
-        if config.proxy.trusted_proxies:
-            names.append((f"{TRUSTED}-{scheme}", scheme))
+        for kind in peer_kinds(config):
+            names.append((f"{kind}-{scheme}", scheme, None))
+            if scheme == "https":
+                names += [(restricted_route_name(kind, r), scheme, r) for r in restricted]
     return names
 
 
@@ -318,6 +349,8 @@ def all_routes(
     https_port: int | None = None,
     apps: Sequence[EnvoyApp] | None = None,
     acme_cluster: str | None = None,
+    restricted: Sequence[frozenset[str]] = (),
+    attestation_cluster: str | None = None,
 ) -> list[dict[str, Any]]:
     return [
         route_configuration(
@@ -328,6 +361,8 @@ def all_routes(
             https_port=https_port,
             apps=apps,
             acme_cluster=acme_cluster,
+            reachable=reachable,
+            attestation_cluster=attestation_cluster,
         )
-        for name, scheme in route_names(config)
+        for name, scheme, reachable in route_names(config, restricted)
     ]

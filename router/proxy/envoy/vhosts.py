@@ -134,3 +134,24 @@ def envoy_apps(
         )
         for name, entry in sorted(entries.items())
     ]
+
+
+@dataclass(frozen=True)
+class AppCap:
+    """An app's own cap on requests in flight (apps[].max_connections), which its clusters'
+    `max_requests` enforce: an overflow there is that app's 503."""
+
+    name: str
+    cluster_prefix: str
+    limit: int
+
+
+def app_caps(apps: Sequence[EnvoyApp] | None) -> list[AppCap]:
+    """The apps whose clusters' request cap is their own (not above `proxy.max_connections`,
+    which every cluster also has), so an overflow there is the app's."""
+    return [
+        AppCap(app.name, app.cluster_prefix, app.max_connections)
+        for app in apps or ()
+        if app.max_connections is not None
+        and app.max_connections <= app.config.proxy.max_connections
+    ]

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+from router.apps.certificates import ServedCertificate
 from router.balancing.settings import RoutingConfig
 from router.health.settings import HealthConfig
 from router.proxy.settings import ListenTLSConfig, ProxyConfig, UpstreamTLSConfig
@@ -48,3 +49,4 @@ class ConfigView(Protocol):
     def attestation(self) -> AttestationView: ...
     @property
     def acme_webroot(self) -> Path | None: ...
+    def listen_certificates(self) -> tuple[ServedCertificate, ...]: ...
