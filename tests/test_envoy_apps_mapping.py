@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
 import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -295,9 +296,9 @@ def test_envoy_refuses_a_host_the_connections_sni_cannot_reach_as_the_router_doe
         assert chosen == router_choice(directory, host, path, sni), (sni, host, path)
 
 
-def test_the_tls_listener_picks_chains_by_peer_then_sni_and_every_pick_is_a_chain(
-    tmp_path: Path,
-) -> None:
+def tls_listener_with_sni(tmp_path: Path) -> Json:
+    """The TLS listener of two apps (one a wildcard, the other the default) behind
+    trusted proxies 10.0.0.0/8."""
     pem = tmp_path / "cert.pem"
     trustme.CA().issue_cert("router.test").private_key_and_cert_chain_pem.write_to_path(str(pem))
     static = {"static": [{"id": "r", "url": "http://10.0.0.1:8000"}]}
@@ -314,6 +315,13 @@ def test_the_tls_listener_picks_chains_by_peer_then_sni_and_every_pick_is_a_chai
     )
     chains = sni_chains(envoy_apps_of(cfg), [])
     (https,) = listeners(cfg, {"https": ("127.0.0.1", 1)}, lambda k, n: {}, ListenerApps(chains))
+    return https
+
+
+def test_the_tls_listener_picks_chains_by_peer_then_sni_and_every_pick_is_a_chain(
+    tmp_path: Path,
+) -> None:
+    https = tls_listener_with_sni(tmp_path)
     names = {chain["name"] for chain in https["filter_chains"]}
     assert all("filter_chain_match" not in chain for chain in https["filter_chains"])
     (trusted_entry,) = https["filter_chain_matcher"]["matcher_list"]["matchers"]
@@ -333,3 +341,9 @@ def test_the_tls_listener_picks_chains_by_peer_then_sni_and_every_pick_is_a_chai
             picked = matched_chain(matcher, sni)
             assert picked == f"{peer}-{chain}", sni
             assert picked in names
+
+
+def test_the_tls_listener_matcher_packs_for_envoys_fed_over_xds(tmp_path: Path) -> None:
+    xds = pytest.importorskip("router.proxy.envoy.xds", reason="grpcio and xds-protos: [envoy]")
+    packed = xds.to_any(tls_listener_with_sni(tmp_path))  # every @type is known to the server
+    assert packed.type_url.endswith("envoy.config.listener.v3.Listener")
