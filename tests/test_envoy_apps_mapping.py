@@ -235,9 +235,9 @@ def test_an_app_at_its_own_cap_gets_a_503_naming_it_other_overflows_the_plain_on
 def string_matches(match: Json, value: str) -> bool:
     """Envoy's StringMatcher as chain_matcher.py uses it."""
     if "exact" in match:
-        return value.lower() == match["exact"].lower()
+        return value.lower() == str(match["exact"]).lower()
     if "suffix" in match:
-        return value.lower().endswith(match["suffix"].lower())
+        return value.lower().endswith(str(match["suffix"]).lower())
     return re.fullmatch(match["safe_regex"]["regex"], value) is not None
 
 
