@@ -4,19 +4,27 @@ each app gets its own clusters, and a Host no app serves gets 421 (or the defaul
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
+import pytest
+import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router.app_views import app_views
 from router.apps.hosts import HostRoute, HostTable, RouteConflict
 from router.config import RouterConfig, parse_config
-from router.proxy.envoy.listeners import local_replies
+from router.errors import ClientRequestError
+from router.proxy.apps import AppDirectory, AppEntry
+from router.proxy.base import SnapshotSource
+from router.proxy.envoy.chain_matcher import sni_matcher
+from router.proxy.envoy.listeners import ListenerApps, listeners, local_replies
 from router.proxy.envoy.resources import Json, clusters_and_endpoints
 from router.proxy.envoy.routes import route_configuration
-from router.proxy.envoy.sni import SniChain, plan_sni_chains
+from router.proxy.envoy.sni import plan_sni_chains, sni_chains
 from router.proxy.envoy.vhosts import (
     CATCH_ALL,
     AppCap,
@@ -224,43 +232,118 @@ def test_an_app_at_its_own_cap_gets_a_503_naming_it_other_overflows_the_plain_on
 # -- the SNI rule on listen_tls (sni.py) -----------------------------------------------------
 
 
-def envoy_chain(chains: list[SniChain], sni: str) -> SniChain | None:
-    """Envoy's filter chain for `sni`: exact server name, then each shorter `*.suffix`;
-    None: the chain without names."""
-    by_name = {chain.server_name: chain for chain in chains}
-    if sni in by_name:
-        return by_name[sni]
-    dot = sni.find(".")
-    while dot != -1:
-        if "*" + sni[dot:] in by_name:
-            return by_name["*" + sni[dot:]]
-        dot = sni.find(".", dot + 1)
-    return None
+def string_matches(match: Json, value: str) -> bool:
+    """Envoy's StringMatcher as chain_matcher.py uses it."""
+    if "exact" in match:
+        return value.lower() == str(match["exact"]).lower()
+    if "suffix" in match:
+        return value.lower().endswith(str(match["suffix"]).lower())
+    return re.fullmatch(match["safe_regex"]["regex"], value) is not None
+
+
+def matched_chain(matcher: Json, sni: str | None) -> str:
+    """Envoy's reading of the SNI matcher: the first predicate that holds names the chain;
+    without SNI the server name input has no value and no predicate holds."""
+    for entry in matcher["matcher_list"]["matchers"]:
+        value_match = entry["predicate"]["single_predicate"]["value_match"]
+        if sni is not None and string_matches(value_match, sni):
+            return str(entry["on_match"]["action"]["typed_config"]["value"])
+    return str(matcher["on_no_match"]["action"]["typed_config"]["value"])
+
+
+def router_choice(directory: AppDirectory, host: str, path: str, sni: str | None) -> str | None:
+    """The Python engines' app for the request, None for their 421."""
+    try:
+        return directory.resolve(host, path, sni).name
+    except ClientRequestError:
+        return None
+
+
+NO_SNI = "no-sni"
+# SNI names: listed or not (the label d is never an app's), any case, or none at all.
+SNI_NAMES = st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=3).map(".".join)
+SNIS = st.one_of(st.none(), SNI_NAMES, SNI_NAMES.map(str.upper))
 
 
 @settings(max_examples=300, deadline=None)
 @given(
     routes=st.dictionaries(ROUTES, st.sampled_from(["api", "ui", "web"]), max_size=8),
     default=st.sampled_from([None, "ui"]),
-    requests=st.lists(st.tuples(NAMES, NAMES, PATHS), min_size=1, max_size=10),
+    requests=st.lists(st.tuples(SNIS, NAMES, PATHS), min_size=1, max_size=10),
 )
 def test_envoy_refuses_a_host_the_connections_sni_cannot_reach_as_the_router_does(
-    routes: dict[HostRoute, str], default: str | None, requests: list[tuple[str, str, str]]
+    routes: dict[HostRoute, str], default: str | None, requests: list[tuple[str | None, str, str]]
 ) -> None:
+    entries = {name: AppEntry(name, cast(SnapshotSource, None)) for name in ["api", "ui", "web"]}
     try:
-        table = HostTable(routes.items(), default)
+        directory = AppDirectory(
+            [(route, entries[app]) for route, app in routes.items()],
+            entries[default] if default else None,
+        )
     except RouteConflict:
         return
     apps = frozenset(routes.values()) | ({default} if default else set())
-    chains = plan_sni_chains(list(routes.items()), default, apps)
+    chains = {
+        chain.server_name: chain for chain in plan_sni_chains(list(routes.items()), default, apps)
+    }
+    matcher = sni_matcher([(name, name) for name in chains], NO_SNI)
     plans = plan_virtual_hosts(routes.items(), default)
     for sni, host, path in requests:
         chosen = envoy_route(envoy_virtual_host(plans, host), path)
-        chain = envoy_chain(chains, sni)
+        chain = chains.get(matched_chain(matcher, sni))  # None: the chain without names
         if chain is not None and chain.reachable is not None and chosen not in chain.reachable:
             chosen = None  # the chain's route configuration answers 421 for that app
-        expected = table.lookup(host, path)
-        if chain is not None and expected not in table.reachable(sni):
-            expected = None  # the router's 421
-        # A name no app lists (chain None) is routed by Host alone: docs/envoy.md
-        assert chosen == expected, (sni, host, path)
+        assert chosen == router_choice(directory, host, path, sni), (sni, host, path)
+
+
+def tls_listener_with_sni(tmp_path: Path) -> Json:
+    """The TLS listener of two apps (one a wildcard, the other the default) behind
+    trusted proxies 10.0.0.0/8."""
+    pem = tmp_path / "cert.pem"
+    trustme.CA().issue_cert("router.test").private_key_and_cert_chain_pem.write_to_path(str(pem))
+    static = {"static": [{"id": "r", "url": "http://10.0.0.1:8000"}]}
+    cfg = parse_config(
+        {
+            "listen_tls": {"listen": "127.0.0.1:8443", "cert_file": str(pem), "key_file": str(pem)},
+            "proxy": {"engine": "envoy", "trusted_proxies": ["10.0.0.0/8"]},
+            "apps": [
+                {"name": "api", "hosts": ["api.example.com"], "discovery": static},
+                {"name": "ui", "hosts": ["*.ui.example.com"], "default": True, "discovery": static},
+            ],
+        },
+        {},
+    )
+    chains = sni_chains(envoy_apps_of(cfg), [])
+    (https,) = listeners(cfg, {"https": ("127.0.0.1", 1)}, lambda k, n: {}, ListenerApps(chains))
+    return https
+
+
+def test_the_tls_listener_picks_chains_by_peer_then_sni_and_every_pick_is_a_chain(
+    tmp_path: Path,
+) -> None:
+    https = tls_listener_with_sni(tmp_path)
+    names = {chain["name"] for chain in https["filter_chains"]}
+    assert all("filter_chain_match" not in chain for chain in https["filter_chains"])
+    (trusted_entry,) = https["filter_chain_matcher"]["matcher_list"]["matchers"]
+    ip = trusted_entry["predicate"]["single_predicate"]["custom_match"]["typed_config"]
+    assert ip["cidr_ranges"] == [{"address_prefix": "10.0.0.0", "prefix_len": 8}]
+    by_peer = {
+        "trusted": trusted_entry["on_match"]["matcher"],
+        "untrusted": https["filter_chain_matcher"]["on_no_match"]["matcher"],
+    }
+    for peer, matcher in by_peer.items():
+        for sni, chain in [
+            ("api.example.com", "https-sni-api.example.com"),
+            ("x.y.ui.example.com", "https-sni-*.ui.example.com"),
+            ("other.example.org", "https-sni-*"),  # an unlisted name: the default app only
+            (None, "https"),  # no SNI: routed by Host
+        ]:
+            picked = matched_chain(matcher, sni)
+            assert picked == f"{peer}-{chain}", sni
+            assert picked in names
+
+
+def test_the_tls_listener_matcher_packs_for_envoys_fed_over_xds(tmp_path: Path) -> None:
+    xds = pytest.importorskip("router.proxy.envoy.xds", reason="grpcio and xds-protos: [envoy]")
+    packed = xds.to_any(tls_listener_with_sni(tmp_path))  # every @type is known to the server
+    assert packed.type_url.endswith("envoy.config.listener.v3.Listener")

@@ -1,6 +1,7 @@
 """Several apps on `listen_tls` through a real Envoy: the SNI picks each app's certificate,
 and a TLS connection whose SNI names one app cannot reach another by changing Host (421),
-as under the Python engines (the same test runs against the fast engine)."""
+as under the Python engines (the same test runs against the fast engine). A name no app or
+certificate lists reaches only the default app; a client without SNI is routed by Host."""
 
 from __future__ import annotations
 
@@ -19,13 +20,15 @@ from tests.test_tls_certificates import config_with_certificates, served_names
 CLAIMED_CLIENT = "198.51.100.7"  # believed from trusted proxies only
 
 
-async def request_over_tls(port: int, ca: trustme.CA, sni: str, host: str) -> tuple[int, bytes]:
-    """One HTTPS request on a connection with SNI `sni` and a Host header `host`."""
+async def request_over_tls(
+    port: int, ca: trustme.CA, sni: str | None, host: str
+) -> tuple[int, bytes]:
+    """One HTTPS request on a connection with SNI `sni` (None: no SNI) and a Host `host`."""
     context = ssl.create_default_context()
     ca.configure_trust(context)
     context.check_hostname = False  # the SNI names the certificate; Host is what is tested
     reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=context, server_hostname=sni
+        "127.0.0.1", port, ssl=context, server_hostname=sni or ""
     )
     writer.write(
         f"GET /v2/x HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-For: {CLAIMED_CLIENT}\r\n"
@@ -74,6 +77,8 @@ async def test_sni_picks_certificates_and_a_host_of_another_app_gets_421(
                 ("eu.docs.example.com", "api.example.com"),
                 ("api.example.com", "other.example.com"),  # the default app is ui
                 ("API.Example.COM", "ui.example.com"),
+                ("unknown.example.org", "api.example.com"),  # an unlisted name: default only
+                ("Unknown.Example.ORG", "api.example.com"),
             ]:
                 status, body = await request_over_tls(port, ca, sni, host)
                 assert (status, b"misdirected_request" in body) == (421, True), (sni, host)
@@ -82,6 +87,10 @@ async def test_sni_picks_certificates_and_a_host_of_another_app_gets_421(
                 ("api.example.com", "api.example.com", b'"api"'),
                 ("ui.example.com", "ui.example.com", b'"ui"'),
                 ("eu.docs.example.com", "other.example.com", b'"ui"'),  # both reach ui
+                ("unknown.example.org", "ui.example.com", b'"ui"'),
+                ("unknown.example.org", "other.example.com", b'"ui"'),
+                (None, "api.example.com", b'"api"'),  # no SNI: Host alone decides
+                (None, "ui.example.com", b'"ui"'),
             ]:
                 status, body = await request_over_tls(port, ca, sni, host)
                 assert status == 200, (sni, host)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router.proxy.envoy.chain_matcher import peer_matcher, sni_matcher
 from router.proxy.envoy.geo import (
     clear_route_cache,
     geoip_filter,
@@ -21,7 +22,7 @@ from router.proxy.envoy.geo import (
     strip_geoip_header,
 )
 from router.proxy.envoy.resources import Json, duration
-from router.proxy.envoy.routes import TRUSTED, peer_kinds, restricted_route_name
+from router.proxy.envoy.routes import TRUSTED, UNTRUSTED, peer_kinds, restricted_route_name
 from router.proxy.envoy.sni import SniChain
 from router.proxy.envoy.vhosts import AppCap
 from router.proxy.envoy.view import ConfigView
@@ -230,16 +231,38 @@ def _sni_chain(
     config: ConfigView, kind: str, sni: SniChain, source: Source, apps: ListenerApps
 ) -> Json:
     """The chain of connections whose SNI is `sni.server_name` (or a name only its wildcard
-    covers): its certificate, and 421 for the apps that name cannot reach."""
+    covers, or any unlisted name): its certificate, and 421 for the apps it cannot reach.
+    The listener's matcher picks it (chain_matcher.py)."""
     route = f"{kind}-https"
     if sni.reachable is not None:
         route = restricted_route_name(kind, sni.reachable)
     chain = _peer_chain(config, kind, route, source, apps)
-    chain["name"] = f"{kind}-https-sni-{sni.server_name}"
-    chain.setdefault("filter_chain_match", {})["server_names"] = [sni.server_name]
+    chain["name"] = _sni_chain_name(kind, sni.server_name)
+    chain.pop("filter_chain_match", None)
     secret = TLS_SECRET if sni.certificate is None else sni.certificate.label
     chain["transport_socket"] = _downstream_tls(config, source, secret)
     return chain
+
+
+def _sni_chain_name(kind: str, server_name: str) -> str:
+    return f"{kind}-https-sni-{server_name}"
+
+
+def _chain_matcher(config: ConfigView, sni: Sequence[SniChain]) -> Json:
+    """The TLS listener's chain choice: peer class, then SNI (exact, longest wildcard, any
+    other name); clients without SNI get the peer class's chain without names."""
+    by_kind = {
+        kind: sni_matcher(
+            [(chain.server_name, _sni_chain_name(kind, chain.server_name)) for chain in sni],
+            f"{kind}-https",
+        )
+        for kind in peer_kinds(config)
+    }
+    trusted = by_kind.get(TRUSTED)
+    if trusted is None:
+        return by_kind[UNTRUSTED]
+    ranges = _prefix_ranges(config.proxy.trusted_proxies)
+    return peer_matcher(ranges, trusted, by_kind[UNTRUSTED])
 
 
 def _filter_chains(
@@ -249,8 +272,10 @@ def _filter_chains(
     for kind in peer_kinds(config):
         chain = _peer_chain(config, kind, f"{kind}-{scheme}", source, apps)
         if scheme == "https":
-            # Clients without SNI, or with a name no app or certificate lists.
+            # Clients without SNI (and any SNI when no chain is chosen by name).
             chain["transport_socket"] = _downstream_tls(config, source)
+            if apps.sni:  # the matcher picks chains (chain_matcher.py), not this field
+                chain.pop("filter_chain_match", None)
             chains += [_sni_chain(config, kind, name, source, apps) for name in apps.sni]
         chains.append(chain)
     return chains
@@ -283,6 +308,7 @@ def listener(
         "per_connection_buffer_limit_bytes": 1024 * 1024,
     }
     if apps.sni and scheme == "https":  # chains chosen by SNI need the TLS ClientHello read first
+        result["filter_chain_matcher"] = _chain_matcher(config, apps.sni)
         result["listener_filters"] = [
             {
                 "name": "envoy.filters.listener.tls_inspector",

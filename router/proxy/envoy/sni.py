@@ -7,7 +7,9 @@ alone, but it picks a listener filter chain by SNI with the same precedence (`se
 exact, then each shorter `*.suffix`, then the chain without names). So every SNI name the
 config knows (app hosts and certificate hosts) gets a chain of its own: its certificate, and
 a route configuration in which the apps that name cannot reach answer 421. Names that
-reach every app share the listener's ordinary route configuration. Pure.
+reach every app share the listener's ordinary route configuration. A name the config does
+not list has a chain of its own too (`ANY_OTHER_NAME`), apart from connections without SNI:
+the router lets it reach only the default app. Pure.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from router.apps.certificates import ServedCertificate
 from router.apps.hosts import HostRoute, HostTable
 from router.proxy.envoy.vhosts import EnvoyApp
 
+# The chain of an SNI that names no app or certificate host (chain_matcher.py: any name).
+ANY_OTHER_NAME = "*"
+
 
 @dataclass(frozen=True)
 class SniChain:
     """One SNI name's filter chain on the TLS listener."""
 
-    server_name: str  # exact, or `*.suffix` (any depth below suffix, as the router)
+    # exact, `*.suffix` (any depth below suffix, as the router), or ANY_OTHER_NAME
+    server_name: str
     # The apps a connection with this SNI may reach; None: every app (no restriction).
     reachable: frozenset[str] | None
     # The certificate for this name; None: listen_tls.cert_file.
@@ -50,7 +56,9 @@ def plan_sni_chains(
 ) -> list[SniChain]:
     """`sni_chains` from the apps' host routes (route -> app name) and `default` app."""
     several = len(apps) > 1
-    if not several and not certificates:
+    # One app that is the default serves every name (the router's single-app case).
+    only = not several and default is not None
+    if only and not certificates:
         return []
     hosts = HostTable(routes, default)
     by_name = HostTable(
@@ -61,9 +69,13 @@ def plan_sni_chains(
     for name in sorted(names):
         # `*.suffix` is never an exact route or certificate, so for a wildcard both lookups
         # start at the wildcard levels: what every name only that wildcard covers gets.
-        reachable = hosts.reachable(name) if several else apps
+        reachable = apps if only else hosts.reachable(name)
         restricted = None if reachable == apps else reachable
         chains.append(SniChain(name, restricted, by_name.lookup(name)))
+    # No route covers an unlisted name: it reaches the default app alone, if there is one.
+    unknown = apps if only else frozenset(() if default is None else (default,))
+    restricted = None if unknown == apps else unknown
+    chains.append(SniChain(ANY_OTHER_NAME, restricted, None))
     return chains
 
 

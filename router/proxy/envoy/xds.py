@@ -42,6 +42,9 @@ from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2  # noqa: E402
 from envoy.extensions.filters.http.geoip.v3 import geoip_pb2  # noqa: E402, F401
 from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: E402, F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: E402, F401
+from envoy.extensions.filters.listener.tls_inspector.v3 import (  # noqa: E402, F401
+    tls_inspector_pb2,
+)
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: E402, F401
     http_connection_manager_pb2,
 )
@@ -50,6 +53,10 @@ from envoy.extensions.geoip_providers.maxmind.v3 import maxmind_pb2  # noqa: E40
 from envoy.extensions.http.early_header_mutation.header_mutation.v3 import (  # noqa: E402, F401
     header_mutation_pb2,
 )
+from envoy.extensions.matching.common_inputs.network.v3 import (  # noqa: E402, F401
+    network_inputs_pb2,
+)
+from envoy.extensions.matching.input_matchers.ip.v3 import ip_pb2  # noqa: E402, F401
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: E402, F401
 from envoy.extensions.transport_sockets.internal_upstream.v3 import (  # noqa: E402, F401
     internal_upstream_pb2,
@@ -58,6 +65,7 @@ from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # n
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2  # noqa: E402, F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: E402, F401
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2  # noqa: E402
+from google.protobuf import wrappers_pb2  # noqa: E402, F401
 
 # Envoy asks for these type URLs; names are listed only for the named kinds.
 WILDCARD_TYPES = frozenset(
