@@ -98,9 +98,11 @@ class CountingLoop(asyncio.SelectorEventLoop):
 
     timers = 0
 
-    def call_at(self, when: float, callback: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+    def call_at(  # type: ignore[override]
+        self, when: float, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
         self.timers += 1
-        return super().call_at(when, callback, *args, **kw)
+        return super().call_at(when, callback, *args, context=context)
 
 
 def test_a_thousand_connections_cost_one_loop_timer() -> None:
