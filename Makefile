@@ -32,7 +32,7 @@ demo: $(DEMO_STAMP)
 
 # The engine suites that run a second time against the compiled hot path (router/native.py).
 COMPILED_TESTS := tests/test_fast_engine.py tests/test_fast_findings.py tests/test_fast_framing.py \
-	tests/test_fast_rules.py tests/test_conformance.py tests/test_strictness.py \
+	tests/test_fast_rules.py tests/test_fast_timer.py tests/test_conformance.py tests/test_strictness.py \
 	tests/test_health_passive.py tests/test_balancing_least_request.py tests/test_native_build.py \
 	tests/test_differential_framing.py tests/test_exhaustion.py tests/test_retry_policy.py \
 	tests/test_metrics.py tests/test_metrics_operator.py tests/test_access_log.py \

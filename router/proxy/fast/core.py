@@ -17,6 +17,7 @@ from router.proxy.admission import Admission
 from router.proxy.apps import AppDirectory
 from router.proxy.base import InFlightCounter, Observers
 from router.proxy.fast.pool import Pool
+from router.proxy.fast.timer import DeadlineSweep
 from router.proxy.headers import TrustedProxies
 from router.proxy.retry_budget import Retrier
 from router.proxy.well_known import AttestationEndpoint
@@ -50,6 +51,8 @@ class EngineCore:
     # How long a request may wait for an admission slot (the connect timeout, as aiohttp).
     admission_wait: float
     retrier: Retrier
+    # Checks every client connection's timeout (one loop timer for all of them).
+    sweep: DeadlineSweep
     # Set when listen_tls.redirect_http: plain-HTTP requests get a 308 to this https port.
     redirect_https_port: int | None = None
     # An idle keep-alive client connection is closed after this (proxy.client_idle_timeout).

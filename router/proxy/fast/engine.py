@@ -14,6 +14,7 @@ from router.proxy.base import InFlightCounter, Observers, SnapshotSource
 from router.proxy.fast.core import EngineCore
 from router.proxy.fast.pool import Pool
 from router.proxy.fast.server import ClientConnection
+from router.proxy.fast.timer import DeadlineSweep
 from router.proxy.headers import TrustedProxies
 from router.proxy.retry import RetryPolicy
 from router.proxy.retry_budget import Retrier
@@ -91,6 +92,7 @@ class FastEngine:
             admission=admission,
             admission_wait=proxy.connect_timeout,
             retrier=Retrier(RetryPolicy.from_config(proxy), lambda: admission.active),
+            sweep=DeadlineSweep(pool.loop),
             client_idle_timeout=proxy.client_idle_timeout,
             edge_headers=_edge_headers(config),
         )
@@ -197,6 +199,7 @@ class FastEngine:
             if connection.transport is not None:
                 connection.transport.abort()
         core.pool.close()
+        core.sweep.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):
                 for server in servers:

@@ -3,9 +3,10 @@
 Requests are queued in arrival order and served one at a time, so pipelined requests are
 answered in order. A request head that breaks a rule (see `strict`) is answered with its
 4xx after the requests before it, and the connection is closed: after a framing error the
-router can no longer know where the next request starts. One lazy timer per connection
-(`timer.LazyTimer`) enforces the keep-alive idle timeout, the header timeout (slowloris),
-the gap allowed between body chunks and the idle timeout of an upgraded tunnel.
+router can no longer know where the next request starts. One timer per connection
+(`timer.ConnectionTimer`, checked by the engine's one deadline sweep) enforces the
+keep-alive idle timeout, the header timeout (slowloris), the gap allowed between body
+chunks and the idle timeout of an upgraded tunnel.
 
 The head limits hold on bytes received, not on completed lines: a head (or, inside a body,
 trailers and chunk extensions that move it no further) past `MAX_HEAD_BYTES` gets 431
@@ -30,7 +31,7 @@ from router.proxy.fast.core import EngineCore
 from router.proxy.fast.exchange import Exchange
 from router.proxy.fast.outbox import Writer
 from router.proxy.fast.strict import RequestHead, method_name, validate
-from router.proxy.fast.timer import BODY, HEADER, IDLE, TUNNEL, LazyTimer
+from router.proxy.fast.timer import BODY, HEADER, IDLE, TUNNEL, ConnectionTimer
 from router.proxy.fast.upstream import UpstreamConnection
 from router.proxy.request_rules import (
     MAX_HEAD_BYTES,
@@ -90,7 +91,7 @@ class ClientConnection(asyncio.Protocol, Writer):
         self._read_body = 0  # body bytes passed on during this read
         self._last_key: object = None
         self._last_head: RequestHead | None = None
-        self.timer = LazyTimer(self.loop, self._timed_out)
+        self.timer = ConnectionTimer(core.sweep, self._timed_out)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
