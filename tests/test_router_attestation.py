@@ -262,8 +262,7 @@ async def test_quotes_in_progress_are_bounded_more_callers_get_503() -> None:
     assert await endpoint.load() is not None
     agent.gate = asyncio.Event()
     slow = asyncio.create_task(endpoint.answer("GET", f"{ATTESTATION_PATH}?nonce={1:064x}", "a"))
-    while agent.quotes < 2:  # the slow quote is being made
-        await asyncio.sleep(0)
+    await eventually(lambda: agent.quotes >= 2)  # the slow quote is being made
     refused = await endpoint.answer("GET", f"{ATTESTATION_PATH}?nonce={2:064x}", "b")
     assert refused.status == 503
     assert b"busy" in refused.body
